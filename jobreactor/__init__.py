@@ -1,0 +1,68 @@
+"""jobreactor: asyncio client-server background jobs (a Python JobReactor).
+
+The public API is exactly `__all__`; see DESIGN.md "Public API".
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from jobreactor.config import Config, ReactorConfig
+from jobreactor.definitions import (
+    Registry,
+    job,
+    job_callback,
+    job_errback,
+    job_lock_expired,
+    job_lock_failed,
+    job_loner_enqueue_failed,
+)
+from jobreactor.errors import (
+    CancelJob,
+    ConfigError,
+    InvalidOptions,
+    JobCancelled,
+    JobFailed,
+    JobReactorError,
+    JobTimeout,
+    NoSuchJob,
+    QueueFull,
+    ReactorClosed,
+    StorageError,
+    StorageUnavailable,
+)
+from jobreactor.handle import JobHandle
+from jobreactor.reactor import JR, Reactor
+
+try:
+    __version__ = version("jobreactor")
+except PackageNotFoundError:  # pragma: no cover (running from a source tree)
+    __version__ = "0.0.0"
+
+__all__ = [
+    "JR",
+    "CancelJob",
+    "Config",
+    "ConfigError",
+    "InvalidOptions",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobReactorError",
+    "JobTimeout",
+    "NoSuchJob",
+    "QueueFull",
+    "Reactor",
+    "ReactorClosed",
+    "ReactorConfig",
+    "Registry",
+    "StorageError",
+    "StorageUnavailable",
+    "__version__",
+    "job",
+    "job_callback",
+    "job_errback",
+    "job_lock_expired",
+    "job_lock_failed",
+    "job_loner_enqueue_failed",
+]

@@ -1,0 +1,3 @@
+from jobreactor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Configuration: pydantic models, TOML files and `JOBREACTOR_*` environment overrides.
+
+`ReactorConfig` holds the keys of SPEC 1.12 with the same names and defaults, plus our extras.
+`Config` is the mutable face `JR.config` shows (`update()`, item access); every change is
+validated against the model, so a typo is an error, not a silently ignored key. Components take
+a snapshot (`config.snapshot()`) when they start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobreactor.errors import ConfigError
+from jobreactor.protocol import DEFAULT_MAX_FRAME_BYTES
+
+ENV_PREFIX = "JOBREACTOR_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ReactorConfig(_Strict):
+    """Every tunable, SPEC 1.12 names and defaults first, then ours."""
+
+    job_directory: str = "reactor_jobs"
+    max_attempt: int = Field(default=10, ge=1)
+    retry_multiplier: float = Field(default=5, ge=0)
+    retry_jobs_at_start: bool = True
+    merge_job_itself_to_args: bool = False
+    log_job_processing: bool = True
+    always_use_specified_node: bool = False
+    remove_done_jobs: bool = True
+    remove_cancelled_jobs: bool = True
+    remove_failed_jobs: bool = False
+    hiredis_url: str = "redis://localhost:6379"
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    # A logging level name for jobreactor's logger, or None to silence it (SPEC: logger_method).
+    logger_method: str | None = "INFO"
+
+    max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
+    thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
+    reconnect_interval: float = Field(default=1.0, gt=0)
+    retry_strategy: Literal["linear", "exponential"] = "linear"
+    default_priority: int = 0
+    max_run_time: float | None = Field(default=None, gt=0)
+    # Seconds a vanished Redis node keeps its jobs before they are taken over.
+    node_grace: float = Field(default=30.0, ge=0)
+    # Long enough for typical jobs to finish after SIGTERM, shorter than Kubernetes' 30 s.
+    shutdown_timeout: float = Field(default=20.0, ge=0)
+    secret: str | None = None
+    handshake_timeout: float = Field(default=2.0, gt=0)
+    # An idle link pings this often and is closed after 3 silent intervals.
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    concurrency: int = Field(default=100, ge=1)
+    # Jobs waiting in a distributor for a node; enqueue raises QueueFull beyond this.
+    max_pending_jobs: int = Field(default=2_000_000, ge=1)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    # Safety TTL for enqueue_id / perform_id / loner keys, so a lost job cannot block forever.
+    unique_ttl: float = Field(default=86_400.0, gt=0)
+    duplicate_delay: float = Field(default=30.0, ge=0)
+    lock_timeout: float = Field(default=3600.0, ge=0)
+
+    @field_validator("logger_method")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        import logging
+
+        if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"unknown logging level {value!r}")
+        return value
+
+
+class DistributorAddress(_Strict):
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+
+def _addresses(value: Any) -> Any:
+    """Accept [["h", p], ...], ["h:p", ...] or [{host, port}, ...]."""
+    if not isinstance(value, list | tuple):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, list | tuple) and len(item) == 2:  # noqa: PLR2004
+            out.append({"host": item[0], "port": item[1]})
+        elif isinstance(item, str) and ":" in item:
+            host, _, port = item.rpartition(":")
+            out.append({"host": host, "port": port})
+        else:
+            out.append(item)
+    return out
+
+
+class NodeConfig(_Strict):
+    """`jobreactor node --config node.toml`: the node's own keys plus any ReactorConfig key."""
+
+    name: str = Field(min_length=1)
+    storage: Literal["memory", "redis"] = "memory"
+    distributors: tuple[DistributorAddress, ...] = Field(min_length=1)
+    job_directory: str | None = None
+    redis_url: str | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+    secret: str | None = None
+    settings: ReactorConfig = ReactorConfig()
+
+    @field_validator("distributors", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        return _addresses(value)
+
+
+class DistributorConfig(_Strict):
+    """`jobreactor distributor --config dist.toml`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5000, ge=0, le=65535)
+    advertise: str | None = None
+    storage: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    secret: str | None = None
+    settings: ReactorConfig = ReactorConfig()
+
+
+_NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}
+_DIST_KEYS = set(DistributorConfig.model_fields) - {"settings"}
+
+
+def _env_overrides(keys: set[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in keys:
+        raw = environ.get(ENV_PREFIX + key.upper())
+        if raw is None:
+            continue
+        try:
+            out[key] = json.loads(raw)  # lists, numbers, booleans
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _split(data: dict[str, Any], own_keys: set[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    setting_keys = set(ReactorConfig.model_fields)
+    merged = {**data, **_env_overrides(own_keys | setting_keys, environ)}
+    own = {k: v for k, v in merged.items() if k in own_keys or k not in setting_keys}
+    settings = {k: v for k, v in merged.items() if k in setting_keys and k not in own_keys}
+    # Node-level keys that are also settings flow into the settings too.
+    for key in ("job_directory", "concurrency", "secret"):
+        if merged.get(key) is not None and key in setting_keys:
+            settings[key] = merged[key]
+    own["settings"] = settings
+    return own
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'] if p != 'settings') or '(root)'}: {err['msg']}"
+        for err in exc.errors()
+    )
+    return f"{source}: {problems}"
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load_node_config(
+    path: str | Path | None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> NodeConfig:
+    """Read a node.toml (optional), apply JOBREACTOR_* and keyword overrides, validate."""
+    data = load_toml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    raw = _split(data, _NODE_KEYS, os.environ if environ is None else environ)
+    try:
+        return NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path or "node options"))) from None
+
+
+def load_distributor_config(
+    path: str | Path | None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> DistributorConfig:
+    data = load_toml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    raw = _split(data, _DIST_KEYS, os.environ if environ is None else environ)
+    try:
+        return DistributorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path or "distributor options"))) from None
+
+
+class Config:
+    """`JR.config`: dict-like, validated on every change (SPEC 1.12 keys plus extras)."""
+
+    def __init__(self, **values: Any) -> None:
+        self._model = self._validate(values)
+
+    @staticmethod
+    def _validate(values: Mapping[str, Any]) -> ReactorConfig:
+        try:
+            return ReactorConfig.model_validate(dict(values))
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, "JR.config")) from None
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        merged = {**self._model.model_dump(), **(values or {}), **more}
+        self._model = self._validate(merged)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ReactorConfig.model_fields:
+            raise KeyError(key)
+        return getattr(self._model, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ReactorConfig.model_fields)
+
+    def __repr__(self) -> str:
+        return f"Config({self._model.model_dump()})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self._model, key, default)
+
+    def snapshot(self, **overrides: Any) -> ReactorConfig:
+        """A frozen copy for a component starting now, with per-component overrides applied."""
+        if not overrides:
+            return self._model
+        return self._validate({**self._model.model_dump(), **overrides})
+
+
+def client_ssl_context(settings: ReactorConfig) -> ssl.SSLContext | None:
+    """A node's TLS context from tls_ca (and tls_cert/tls_key for client certificates)."""
+    if settings.tls_ca is None and settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def server_ssl_context(settings: ReactorConfig) -> ssl.SSLContext | None:
+    """A distributor's TLS context from tls_cert/tls_key (and tls_ca to require client certs)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=settings.tls_ca)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -1,0 +1,180 @@
+"""FramedConnection: the one asyncio.Protocol both ends use to pump frames.
+
+It owns the transport, the FrameDecoder, write coalescing (every frame written during one loop
+tick leaves in a single `transport.write`), the heartbeat timer and the close path. What the
+messages mean is the owner's business (`ConnectionOwner`): the distributor's node session or
+the node's link. Bad input closes this connection only, with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from jobreactor.errors import RemoteProtocolError
+from jobreactor.protocol import Bye, FrameDecoder, Message, Ping, Pong, encode
+
+logger = logging.getLogger("jobreactor.connection")
+
+# A peer silent for this many heartbeat intervals is considered gone.
+_SILENT_INTERVALS = 3
+
+
+class ConnectionOwner(Protocol):
+    def on_message(self, message: Message) -> None: ...
+
+    def on_close(self, reason: str) -> None: ...
+
+    def before_flush(self) -> None:
+        """Called once per tick before buffered frames leave: add batched messages now."""
+        ...
+
+
+class FramedConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        owner_factory: Callable[[FramedConnection], ConnectionOwner],
+        *,
+        max_frame_bytes: int,
+        heartbeat_interval: float,
+        label: str,
+    ) -> None:
+        self._owner_factory = owner_factory
+        self._owner: ConnectionOwner | None = None
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._heard_since_beat = True
+        self._silent_beats = 0
+        self._sent_since_beat = False
+        self._loop = asyncio.get_running_loop()
+        self.label = label
+        self.closed = asyncio.Event()
+        self.peer: str = "?"
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self.closed.is_set() else "OPEN"
+        return f"<FramedConnection {self.label} {self.peer} {state}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self.closed.is_set()
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._owner = self._owner_factory(self)
+        self._arm_heartbeat()
+
+    def data_received(self, data: bytes) -> None:
+        self._heard_since_beat = True
+        self._decoder.feed(data)
+        try:
+            for message in self._decoder.messages():
+                if self.closed.is_set() or self._owner is None:
+                    return
+                if isinstance(message, Ping):
+                    self.send(Pong())
+                elif not isinstance(message, Pong):
+                    self._owner.on_message(message)
+        except RemoteProtocolError as exc:
+            logger.warning(
+                "closing %s connection from %s: %s (a peer with another version or a bug)",
+                self.label,
+                self.peer,
+                exc,
+            )
+            self.close(str(exc), notify=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish("connection lost" if exc is None else f"connection lost: {exc}")
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        self.send_frame(encode(message))
+
+    def send_frame(self, frame: bytes) -> None:
+        if self._transport is None or self.closed.is_set():
+            return
+        self._out.append(frame)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self.closed.is_set():
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._owner is not None and not self.closed.is_set():
+            self._owner.before_flush()
+        if self._out and self._transport is not None and not self.closed.is_set():
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._sent_since_beat = True
+            self._transport.write(data)
+
+    # --- heartbeat and closing --------------------------------------------------------------
+
+    def _arm_heartbeat(self) -> None:
+        self._heartbeat = self._loop.call_later(self._heartbeat_interval, self._beat)
+
+    def _beat(self) -> None:
+        if self.closed.is_set():
+            return
+        if self._heard_since_beat:
+            self._silent_beats = 0
+        else:
+            self._silent_beats += 1
+            if self._silent_beats >= _SILENT_INTERVALS:
+                logger.warning(
+                    "closing %s connection %s: silent for %.0fs (peer hung or network cut)",
+                    self.label,
+                    self.peer,
+                    self._silent_beats * self._heartbeat_interval,
+                )
+                self.close("heartbeat timeout")
+                return
+        self._heard_since_beat = False
+        if not self._sent_since_beat:
+            self.send(Ping())
+        self._sent_since_beat = False
+        self._arm_heartbeat()
+
+    def close(self, reason: str, *, notify: bool = False) -> None:
+        """Close now. With `notify`, tell the peer why first (best effort)."""
+        if self.closed.is_set():
+            return
+        if self._transport is not None:
+            if notify:
+                self._out.append(encode(Bye(reason[:500])))
+            if self._out:
+                self._transport.write(b"".join(self._out))
+                self._out.clear()
+            self._transport.close()
+        self._finish(reason)
+
+    def abort(self, reason: str) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._out.clear()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.on_close(reason)

@@ -1,0 +1,395 @@
+"""Distributor: accepts nodes, dispatches jobs by credit, routes feedback back to the app.
+
+The shell around three pure parts: `Dispatcher` (who gets what), `Tracker` (what is out and
+under which lease) and the feedback table here. Everything runs on the reactor's loop; the
+app's threads reach it only through `Reactor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobreactor.config import ReactorConfig
+from jobreactor.connection import FramedConnection
+from jobreactor.distributor.dispatch import Dispatcher
+from jobreactor.distributor.session import NodeSession
+from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.handle import JobHandle
+from jobreactor.job import JobRecord
+from jobreactor.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Cancel,
+    Message,
+    Nack,
+    ReportItem,
+    Reports,
+    Return,
+    Welcome,
+)
+
+logger = logging.getLogger("jobreactor.distributor")
+
+Feedback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    success: Feedback | None
+    error: Feedback | None
+    handle: JobHandle | None
+
+
+class Distributor:
+    def __init__(
+        self,
+        settings: ReactorConfig,
+        *,
+        secret: str | None = None,
+        advertise: str | None = None,
+    ) -> None:
+        self.settings = settings
+        secret = secret if secret is not None else settings.secret
+        self.secret = secret.encode() if secret else None
+        self.address = advertise or ""
+        self._advertise = advertise
+        self.loop = asyncio.get_running_loop()
+        self.dispatcher = Dispatcher(strict_node=settings.always_use_specified_node)
+        self.tracker = Tracker()
+        self._waiting: dict[str, _Waiting] = {}
+        self._sessions: dict[int, NodeSession] = {}
+        self._by_name: dict[str, NodeSession] = {}
+        self._keys = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._node_joined = asyncio.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Distributor {self.address} nodes={len(self._by_name)} "
+            f"pending={len(self.dispatcher)} in_flight={len(self.tracker)}>"
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port); return the bound address."""
+
+        def factory() -> FramedConnection:
+            return FramedConnection(
+                self._new_session,
+                max_frame_bytes=self.settings.max_frame_bytes,
+                heartbeat_interval=self.settings.heartbeat_interval,
+                label="node",
+            )
+
+        self._server = await self.loop.create_server(factory, host, port, ssl=ssl_context)
+        sockname = self._server.sockets[0].getsockname()
+        bound = (str(sockname[0]), int(sockname[1]))
+        if not self._advertise:
+            self.address = f"{host}:{bound[1]}"
+        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        return bound
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._server is not None:
+            self._server.close()
+        deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        if self._by_name and (len(self.dispatcher) or self._has_unfinished_one_shots()):
+            try:
+                async with asyncio.timeout(deadline):
+                    while self._by_name and (
+                        len(self.dispatcher) or self._has_unfinished_one_shots()
+                    ):
+                        self._idle.clear()
+                        await self._idle.wait()
+            except TimeoutError:
+                pass
+        dropped = self.dispatcher.drain()
+        if dropped:
+            logger.warning(
+                "distributor stopping: %d pending job(s) dropped (memory storage keeps nothing; "
+                "use redis storage on the distributor to keep them)",
+                len(dropped),
+            )
+        for job in dropped:
+            self._resolve_cancelled(job.id, "dropped: the distributor stopped")
+        for session in list(self._sessions.values()):
+            session.conn.close("distributor stopping", notify=True)
+        for waiting_id in list(self._waiting):
+            self._resolve_cancelled(waiting_id, "abandoned: the distributor stopped")
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=deadline)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _has_unfinished_one_shots(self) -> bool:
+        return any(
+            not self.tracker.get(job_id).job.is_periodic  # type: ignore[union-attr]
+            for job_id in self._waiting
+            if self.tracker.get(job_id) is not None
+        )
+
+    # --- app side -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        job: JobRecord,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        handle: JobHandle | None = None,
+    ) -> None:
+        """Queue a validated job (on the loop) and send it out if a node has credit."""
+        job.distributor = self.address
+        if success is not None:
+            job.on_success = job.id
+        if error is not None:
+            job.on_error = job.id
+        self._waiting[job.id] = _Waiting(success, error, handle)
+        self.dispatcher.add(job)
+        self._dispatch()
+
+    def submit_many(self, items: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]]) -> None:
+        address = self.address
+        for job, success, error, handle in items:
+            job.distributor = address
+            if success is not None:
+                job.on_success = job.id
+            if error is not None:
+                job.on_error = job.id
+            self._waiting[job.id] = _Waiting(success, error, handle)
+            self.dispatcher.add(job)
+        self._dispatch()
+
+    def address_port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def pending_count(self) -> int:
+        return len(self.dispatcher)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending, scheduled or periodic job wherever it is. True if it was found."""
+        if self.dispatcher.remove(job_id) is not None:
+            self._resolve_cancelled(job_id)
+            return True
+        entry = self.tracker.get(job_id)
+        if entry is None:
+            return False
+        entry.cancel_requested = True
+        session = self._sessions.get(entry.conn) if entry.conn is not None else None
+        if session is not None:
+            session.conn.send(Cancel(job_id))
+        return True
+
+    def nodes(self) -> list[dict[str, Any]]:
+        slots = {slot.key: slot for slot in self.dispatcher.nodes}
+        return [
+            {
+                "name": s.node_name,
+                "address": s.conn.peer,
+                "job_names": list(s.hello.job_names) if s.hello else [],
+                "free_credit": slots[s.key].credits if s.key in slots else 0,
+                "storage": s.hello.storage if s.hello else "?",
+                "in_flight": len(self.tracker.jobs_on(s.key)),
+            }
+            for s in self._by_name.values()
+        ]
+
+    async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
+        """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
+        async with asyncio.timeout(timeout), self._node_joined:
+            await self._node_joined.wait_for(
+                lambda: bool(self._by_name) if name is None else name in self._by_name
+            )
+
+    # --- node sessions --------------------------------------------------------------------------
+
+    def _new_session(self, conn: FramedConnection) -> NodeSession:
+        session = NodeSession(self, conn, next(self._keys))
+        self._sessions[session.key] = session
+        return session
+
+    def on_node_ready(self, session: NodeSession) -> None:
+        hello = session.hello
+        assert hello is not None
+        drop = self._take_over_held(session, hello.held)
+        old = self._by_name.get(hello.node_name)
+        if old is not None and old is not session:
+            old.conn.close("replaced by a new connection of the same node", notify=True)
+        self._by_name[hello.node_name] = session
+        held_now = len(self.tracker.jobs_on(session.key))
+        self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
+        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop))
+        logger.info(
+            "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
+        )
+        self._notify_joined()
+        self._dispatch()
+
+    def _take_over_held(self, session: NodeSession, held: list[tuple[str, int]]) -> list[str]:
+        """Rebind jobs a reconnecting node still holds; tell it to drop the ones given away."""
+        drop: list[str] = []
+        for job_id, lease in held:
+            entry = self.tracker.get(job_id)
+            if entry is not None:
+                if entry.node == session.node_name and entry.lease == lease:
+                    self.tracker.rebind(job_id, session.key)
+                else:
+                    drop.append(job_id)
+                continue
+            pending = self.dispatcher.remove(job_id)
+            if pending is None:
+                drop.append(job_id)  # finished, cancelled or unknown to us
+                continue
+            # Requeued when the node dropped but not sent elsewhere yet: it stays there.
+            job, seq = pending
+            self.tracker.issue(job, session.key, session.node_name, seq, lease=lease)
+        return drop
+
+    def _notify_joined(self) -> None:
+        async def notify() -> None:
+            async with self._node_joined:
+                self._node_joined.notify_all()
+
+        self._spawn(notify())
+
+    def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
+        self._sessions.pop(session.key, None)
+        if self._by_name.get(session.node_name) is session:
+            del self._by_name[session.node_name]
+        self.dispatcher.remove_node(session.key)
+        durable = bool(session.hello and session.hello.storage == "redis")
+        requeue = self.tracker.detach(session.key, keep_acked=durable)
+        if was_ready:
+            logger.info(
+                "%s disconnected (%s); %d job(s) back to the queue",
+                session.node_name,
+                reason,
+                len(requeue),
+            )
+        for entry in requeue:
+            self._requeue(entry)
+        self._dispatch()
+        self._idle.set()
+
+    def on_node_message(self, session: NodeSession, message: Message) -> None:
+        match message:
+            case Ack():
+                for lease in message.leases:
+                    self.tracker.ack(session.key, lease)
+                self.dispatcher.grant(session.key, message.credits)
+            case Nack():
+                entry = self.tracker.by_lease(session.key, message.lease)
+                if entry is not None:
+                    logger.warning(
+                        "%s could not store job %s (%s); requeued",
+                        session.node_name,
+                        entry.job.id,
+                        message.reason,
+                    )
+                    self.tracker.forget(entry.job.id)
+                    self._requeue(entry)
+                self.dispatcher.grant(session.key, 1)
+            case Reports():
+                for item in message.items:
+                    self._on_report(session, item)
+                session.ack_reports(message.first_seq + len(message.items) - 1)
+            case Return():
+                for job_id in message.job_ids:
+                    entry = self.tracker.get(job_id)
+                    if entry is not None and entry.conn == session.key:
+                        self.tracker.forget(job_id)
+                        self._requeue(entry)
+                self.dispatcher.set_credits(session.key, 0)
+        self._dispatch()
+
+    # --- dispatch and feedback ------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for key, job, seq in self.dispatcher.assign():
+            session = self._sessions[key]
+            lease = self.tracker.issue(job, key, session.node_name, seq)
+            session.queue_job(lease, job.to_dict())
+        if not len(self.dispatcher):
+            self._idle.set()
+
+    def _requeue(self, entry: InFlight) -> None:
+        if entry.cancel_requested:
+            self._resolve_cancelled(entry.job.id)
+            return
+        self.dispatcher.add(entry.job, seq=entry.seq)
+
+    def _on_report(self, session: NodeSession, item: ReportItem) -> None:
+        entry = self.tracker.check_report(session.key, item.job_id, item.lease)
+        if entry is None:
+            logger.debug(
+                "stale report for job %s (lease %d) from %s rejected",
+                item.job_id,
+                item.lease,
+                session.node_name,
+            )
+            return
+        if item.final:
+            self.tracker.forget(item.job_id)
+            waiting = self._waiting.pop(item.job_id, None)
+        else:
+            waiting = self._waiting.get(item.job_id)
+        if waiting is None:
+            return
+        if item.outcome == "success":
+            self._call(waiting.success, item.args, item.job_id)
+            if item.final and waiting.handle is not None:
+                waiting.handle._succeed(item.args)
+        elif item.outcome == "error":
+            self._call(waiting.error, item.args, item.job_id)
+            if waiting.handle is not None:
+                waiting.handle._fail(item.args)
+        elif waiting.handle is not None:
+            waiting.handle._cancel()
+        if item.final:
+            self._idle.set()
+
+    def _resolve_cancelled(self, job_id: str, reason: str = "cancelled") -> None:
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None and waiting.handle is not None:
+            waiting.handle._cancel(reason)
+
+    def _call(self, feedback: Feedback | None, args: dict[str, Any], job_id: str) -> None:
+        if feedback is None:
+            return
+        try:
+            result = feedback(args)
+        except Exception:
+            # SPEC D19: a failing feedback is the app's bug; log it and keep serving.
+            logger.exception("feedback for job %s raised; continuing", job_id)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_feedback(result, job_id))
+
+    async def _await_feedback(self, awaitable: Any, job_id: str) -> None:
+        try:
+            await awaitable
+        except Exception:
+            logger.exception("async feedback for job %s raised; continuing", job_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,173 @@
+"""NodeSession: the distributor's side of one node connection.
+
+What is legal now is one table (practice 2): Hello first, then Auth when a secret is set, then
+the working messages. Anything else is a protocol violation that closes this connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from enum import Enum
+from typing import TYPE_CHECKING, Final
+
+from jobreactor.connection import FramedConnection
+from jobreactor.errors import HandshakeFailed, RemoteProtocolError
+from jobreactor.protocol import (
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Bye,
+    Challenge,
+    Hello,
+    Jobs,
+    Message,
+    Nack,
+    Record,
+    Reports,
+    ReportsAck,
+    Return,
+    encode,
+    handshake_proof,
+    proof_matches,
+)
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.distributor import Distributor
+
+logger = logging.getLogger("jobreactor.distributor")
+
+# Jobs per Jobs frame: big enough to amortise packing, small enough to stay far below
+# max_frame_bytes for ordinary jobs and to let the node start work on the first ones early.
+_JOBS_PER_FRAME: Final = 512
+
+
+class Phase(Enum):
+    AWAIT_HELLO = "await hello"
+    AWAIT_AUTH = "await auth"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+_ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
+    Phase.AWAIT_HELLO: (Hello,),
+    Phase.AWAIT_AUTH: (Auth,),
+    Phase.READY: (Ack, Nack, Reports, Return, Bye),
+    Phase.CLOSED: (),
+}
+
+
+class NodeSession:
+    def __init__(self, distributor: Distributor, conn: FramedConnection, key: int) -> None:
+        self.distributor = distributor
+        self.conn = conn
+        self.key = key
+        self.phase = Phase.AWAIT_HELLO
+        self.hello: Hello | None = None
+        self._nonce = b""
+        self._outbox: list[tuple[int, Record]] = []
+        self._report_ack: int | None = None
+        loop = distributor.loop
+        self._deadline = loop.call_later(
+            distributor.settings.handshake_timeout, self._handshake_expired
+        )
+
+    def __repr__(self) -> str:
+        name = self.hello.node_name if self.hello else "?"
+        return f"<NodeSession {name} {self.conn.peer} {self.phase.name}>"
+
+    @property
+    def node_name(self) -> str:
+        return self.hello.node_name if self.hello else "?"
+
+    # --- ConnectionOwner --------------------------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        if not isinstance(message, _ALLOWED[self.phase]):
+            raise RemoteProtocolError(
+                f"{type(message).__name__} is not allowed in phase {self.phase.value}"
+            )
+        match message:
+            case Hello():
+                self._on_hello(message)
+            case Auth():
+                self._on_auth(message)
+            case Bye():
+                logger.info("node %s said goodbye: %s", self.node_name, message.reason)
+                self.conn.close("peer said goodbye")
+            case _:
+                self.distributor.on_node_message(self, message)
+
+    def on_close(self, reason: str) -> None:
+        self._deadline.cancel()
+        was_ready = self.phase is Phase.READY
+        self.phase = Phase.CLOSED
+        self._outbox.clear()
+        self.distributor.on_session_closed(self, was_ready, reason)
+
+    def before_flush(self) -> None:
+        if self._report_ack is not None:
+            self.conn.send_frame(encode(ReportsAck(self._report_ack)))
+            self._report_ack = None
+        outbox = self._outbox
+        while outbox:
+            chunk = outbox[:_JOBS_PER_FRAME]
+            del outbox[:_JOBS_PER_FRAME]
+            self.conn.send_frame(encode(Jobs(chunk)))
+
+    # --- handshake --------------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        if self.phase in (Phase.AWAIT_HELLO, Phase.AWAIT_AUTH):
+            logger.warning(
+                "closing connection from %s: no handshake within %.1fs "
+                "(not a jobreactor node, or a wrong port)",
+                self.conn.peer,
+                self.distributor.settings.handshake_timeout,
+            )
+            self.conn.close("handshake timeout", notify=True)
+
+    def _on_hello(self, hello: Hello) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            raise HandshakeFailed(
+                f"node {hello.node_name!r} speaks protocol {hello.version}, we speak "
+                f"{PROTOCOL_VERSION}: upgrade the older side"
+            )
+        if not hello.node_name or hello.credits < 0 or len(hello.nonce) != NONCE_BYTES:
+            raise HandshakeFailed("hello with an empty name, negative credits or a bad nonce")
+        self.hello = hello
+        secret = self.distributor.secret
+        if secret is None:
+            self._admit()
+            return
+        self._nonce = secrets.token_bytes(NONCE_BYTES)
+        proof = handshake_proof(secret, "distributor", hello.node_name, hello.nonce, self._nonce)
+        self.phase = Phase.AWAIT_AUTH
+        self.conn.send(Challenge(self._nonce, proof))
+
+    def _on_auth(self, auth: Auth) -> None:
+        assert self.hello is not None and self.distributor.secret is not None
+        expected = handshake_proof(
+            self.distributor.secret, "node", self.hello.node_name, self.hello.nonce, self._nonce
+        )
+        if not proof_matches(expected, auth.proof):
+            raise HandshakeFailed(
+                f"node {self.hello.node_name!r} failed authentication: its secret differs"
+            )
+        self._admit()
+
+    def _admit(self) -> None:
+        self._deadline.cancel()
+        self.phase = Phase.READY
+        self.distributor.on_node_ready(self)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def queue_job(self, lease: int, record: Record) -> None:
+        self._outbox.append((lease, record))
+        self.conn.schedule_flush()
+
+    def ack_reports(self, upto_seq: int) -> None:
+        self._report_ack = upto_seq
+        self.conn.schedule_flush()

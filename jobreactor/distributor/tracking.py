@@ -1,0 +1,119 @@
+"""In-flight tracking, pure: every job sent until its final report (DESIGN "Ownership").
+
+Each send issues a fresh lease. A report counts only if it names the job's current lease and
+comes from the connection (or, for a durable node, the node name) that holds it; anything else
+is stale and rejected, which is what makes the final feedback exactly-once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from jobreactor.job import JobRecord
+
+
+@dataclass(slots=True)
+class InFlight:
+    job: JobRecord
+    lease: int
+    conn: int | None  # None: its durable node is away, jobs wait for it (node_grace)
+    node: str
+    seq: int
+    acked: bool = False
+    cancel_requested: bool = False
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self._leases = itertools.count(1)
+        self._jobs: dict[str, InFlight] = {}
+        self._by_conn: dict[int, set[str]] = {}
+        self._by_lease: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, job_id: str) -> InFlight | None:
+        return self._jobs.get(job_id)
+
+    def issue(
+        self, job: JobRecord, conn: int, node: str, seq: int, lease: int | None = None
+    ) -> int:
+        """Record that `job` goes to `conn` now; return its new lease.
+
+        `lease` re-adopts a job a reconnecting node still holds under the lease we gave it.
+        """
+        self.forget(job.id)
+        adopted = lease is not None
+        lease = next(self._leases) if lease is None else lease
+        self._jobs[job.id] = InFlight(job, lease, conn, node, seq, acked=adopted)
+        self._by_conn.setdefault(conn, set()).add(job.id)
+        self._by_lease[lease] = job.id
+        return lease
+
+    def ack(self, conn: int, lease: int) -> InFlight | None:
+        job_id = self._by_lease.get(lease)
+        entry = None if job_id is None else self._jobs.get(job_id)
+        if entry is None or entry.conn != conn:
+            return None
+        entry.acked = True
+        return entry
+
+    def by_lease(self, conn: int, lease: int) -> InFlight | None:
+        job_id = self._by_lease.get(lease)
+        entry = None if job_id is None else self._jobs.get(job_id)
+        return entry if entry is not None and entry.conn == conn else None
+
+    def check_report(self, conn: int, job_id: str, lease: int) -> InFlight | None:
+        """The entry if this report is current for `conn`, else None (stale: reject it)."""
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.lease != lease or entry.conn != conn:
+            return None
+        return entry
+
+    def forget(self, job_id: str) -> InFlight | None:
+        entry = self._jobs.pop(job_id, None)
+        if entry is None:
+            return None
+        self._by_lease.pop(entry.lease, None)
+        if entry.conn is not None:
+            held = self._by_conn.get(entry.conn)
+            if held is not None:
+                held.discard(job_id)
+        return entry
+
+    def rebind(self, job_id: str, conn: int) -> InFlight | None:
+        """A reconnecting node still holds this job: move it to the new connection."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return None
+        if entry.conn is not None:
+            self._by_conn.get(entry.conn, set()).discard(job_id)
+        entry.conn = conn
+        self._by_conn.setdefault(conn, set()).add(job_id)
+        return entry
+
+    def detach(self, conn: int, *, keep_acked: bool) -> list[InFlight]:
+        """`conn` closed. Return the entries to requeue (and forget them).
+
+        Unacknowledged jobs always come back (SPEC D7). Acknowledged ones come back too unless
+        `keep_acked` (a durable node owns them while it is away; see `orphans_of`).
+        """
+        job_ids = self._by_conn.pop(conn, set())
+        requeue: list[InFlight] = []
+        for job_id in job_ids:
+            entry = self._jobs[job_id]
+            if keep_acked and entry.acked:
+                entry.conn = None
+            else:
+                self.forget(job_id)
+                requeue.append(entry)
+        return requeue
+
+    def orphans_of(self, node: str) -> list[InFlight]:
+        """Jobs of durable node `node` held while it is away."""
+        return [e for e in self._jobs.values() if e.conn is None and e.node == node]
+
+    def jobs_on(self, conn: int) -> list[InFlight]:
+        return [self._jobs[job_id] for job_id in self._by_conn.get(conn, ())]

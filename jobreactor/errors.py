@@ -1,0 +1,116 @@
+"""Every exception jobreactor raises on purpose, under one root: `JobReactorError`.
+
+The first split is whose fault it is (h11's Local/Remote): a `RemoteProtocolError`
+means "close that peer, keep serving everyone else"; a `LocalProtocolError` is a bug here.
+Callers branch on the class, never on the message; messages say what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobReactorError(Exception):
+    """Base class for every error jobreactor raises."""
+
+
+class ConfigError(JobReactorError, ValueError):
+    """A configuration value or file is invalid; the message names the key and the file."""
+
+
+class InvalidOptions(JobReactorError, ValueError):
+    """`enqueue` options are unknown, of the wrong type or contradictory."""
+
+
+class NoSuchJob(JobReactorError):
+    """No job with this name is defined on the node that got it (SPEC D13)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no job named {name!r} is defined; check the node's job_directory")
+        self.name = name
+
+
+class ProtocolError(JobReactorError):
+    """The wire protocol was violated. Use a subclass; it says who broke it."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids: a bug on our side."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids: close that connection only."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame header announced more bytes than `max_frame_bytes` allows."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"frame of {size} bytes exceeds max_frame_bytes={limit}; "
+            "raise max_frame_bytes on both sides if such jobs are intended"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class MalformedFrame(RemoteProtocolError):
+    """A frame body is not a valid message."""
+
+
+class HandshakeFailed(RemoteProtocolError):
+    """The peer did not complete the handshake in time, spoke another version, or failed auth."""
+
+
+class StorageError(JobReactorError):
+    """A storage operation failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage backend (Redis) cannot be reached; retry later."""
+
+
+class ReactorClosed(JobReactorError):
+    """The reactor is not running (never started, or stopped): start it with `JR.run()`."""
+
+
+class JobTimeout(JobReactorError, TimeoutError):
+    """An attempt ran longer than its `max_run_time`."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(f"job {name!r} exceeded max_run_time={seconds:g}s (execution expired)")
+        self.seconds = seconds
+
+
+class JobFailed(JobReactorError):
+    """The job's final outcome was an error; `.args_dict` holds the final args (with `error`)."""
+
+    def __init__(self, job_id: str, args: dict[str, Any]) -> None:
+        error = args.get("error")
+        if isinstance(error, dict):
+            error = f"{error.get('class')}: {error.get('message')}"
+        super().__init__(f"job {job_id} failed: {error}")
+        self.job_id = job_id
+        self.args_dict = args
+
+
+class JobCancelled(JobReactorError):
+    """The job was cancelled with `JR.cancel` before it finished."""
+
+
+class AlreadyClosed(JobReactorError):
+    """A batch was closed already: no more parts can be pushed (DistributedJob)."""
+
+
+class CancelJob(JobReactorError):  # noqa: N818 (the name is pinned by SPEC §8 and DESIGN.md)
+    """Raise from a job, callback or errback to stop the job for good (SPEC 1.6.8).
+
+    From the job or a callback: the success feedback fires with the args as they were
+    before this attempt. From an errback: the error feedback fires. No further runs,
+    periodic jobs included. It is a control-flow signal, not a failure; it sits under
+    `JobReactorError` so `except JobReactorError` sees it.
+    """
+
+
+class QueueFull(JobReactorError):
+    """The distributor's pending queue holds `max_pending_jobs` already: slow down or add nodes."""

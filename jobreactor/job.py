@@ -1,0 +1,301 @@
+"""The job record, its statuses, enqueue options (validated once, at enqueue) and timing rules.
+
+Pure: no I/O and no clock. Callers pass `now_epoch_s` (wall-clock seconds) in. Wall time is used
+because a due time crosses processes; each node converts it to its own loop clock once (SPEC D9).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import traceback
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Final
+
+from jobreactor.errors import InvalidOptions
+
+JobArgs = dict[str, Any]
+JobOpts = dict[str, Any]
+
+
+class JobStatus(StrEnum):
+    """SPEC 1.7 life cycle: new → in progress → (queued | error → …) → complete/failed/cancelled."""
+
+    NEW = "new"
+    IN_PROGRESS = "in progress"
+    QUEUED = "queued"
+    ERROR = "error"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATUSES: Final = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+ENQUEUE_OPTIONS: Final = frozenset(
+    {
+        "after", "run_at", "period", "defer", "node", "not_node", "priority", "max_attempt",
+        "retry_strategy", "max_run_time", "enqueue_id", "perform_id", "duplicate_delay", "lock",
+        "lock_timeout", "loner", "batch", "part",
+    }
+)  # fmt: skip
+RETRY_STRATEGIES: Final = frozenset({"linear", "exponential"})
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job as it is sent, stored and run. Field names follow SPEC 1.7 (+ §7 extras)."""
+
+    id: str
+    name: str
+    args: JobArgs
+    attempt: int = 0
+    status: str = JobStatus.NEW
+    # Absolute due time of the next run, wall-clock seconds (SPEC D9: survives transit/restart).
+    run_at_ts: float = 0.0
+    make_after: float = 0.0
+    period: float = 0.0
+    defer: bool = False
+    node: str | None = None
+    not_node: str | None = None
+    distributor: str = ""
+    priority: int = 0
+    max_attempt: int | None = None
+    retry_strategy: str | None = None
+    max_run_time: float | None = None
+    on_success: str | None = None
+    on_error: str | None = None
+    # When the last attempt started / failed (SPEC 1.7: run_at is a start time, not a schedule).
+    run_at: float | None = None
+    failed_at: float | None = None
+    last_error: str | None = None
+    enqueue_id: str | None = None
+    perform_id: str | None = None
+    duplicate_delay: float | None = None
+    lock: str | None = None
+    lock_timeout: float | None = None
+    loner: bool = False
+    batch: str | None = None
+    part: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_periodic(self) -> bool:
+        return self.period > 0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field that differs from its default: the wire and storage form."""
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
+        for name, default in _DEFAULTS.items():
+            value = getattr(self, name)
+            if value != default:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """Build from `to_dict` output; unknown keys are kept in `extra`, not trusted as fields."""
+        known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
+        unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
+        record = cls(**known)
+        if unknown:
+            record.extra.update(unknown)
+        return record
+
+    def copy(self) -> JobRecord:
+        clone = JobRecord.from_dict(self.to_dict())
+        clone.args = dict(self.args)
+        return clone
+
+
+_FIELD_NAMES: Final = frozenset(f.name for f in fields(JobRecord)) - {"extra"}
+_DEFAULTS: Final = {
+    f.name: f.default
+    for f in fields(JobRecord)
+    if f.name not in {"id", "name", "args", "extra"}
+}
+
+
+# --- building a record from enqueue arguments ------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    """One text for equal data (sorted keys, compact): lock keys, dedup keys (SPEC §6)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def _number(opts: JobOpts, key: str, *, allow_negative: bool = False) -> float | None:
+    value = opts.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidOptions(f"option {key!r} must be a number of seconds, got {value!r}")
+    if not allow_negative and value < 0:
+        raise InvalidOptions(f"option {key!r} must not be negative, got {value!r}")
+    return float(value)
+
+
+def _text(opts: JobOpts, key: str) -> str | None:
+    value = opts.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidOptions(f"option {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # naive datetimes are local time, as datetime.timestamp() says
+            return value.timestamp()
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOptions(f"option 'run_at' must be a datetime or a unix timestamp, got {value!r}")
+    return float(value)
+
+
+def due_time(opts: JobOpts, now_epoch_s: float) -> tuple[float, float]:
+    """(run_at_ts, make_after): `run_at` wins over `after` (SPEC 1.5.1), both become absolute."""
+    after = _number(opts, "after") or 0.0
+    if opts.get("run_at") is not None:
+        run_at_ts = _epoch(opts["run_at"])
+        return run_at_ts, run_at_ts - now_epoch_s
+    return now_epoch_s + after, after
+
+
+def _check_routing(opts: JobOpts, strict_node: bool) -> None:
+    node, not_node = _text(opts, "node"), _text(opts, "not_node")
+    if strict_node and node is not None and node == not_node:
+        # SPEC D10: the Ruby distributor hangs forever on this; we refuse it up front.
+        raise InvalidOptions(
+            f"node == not_node == {node!r} with always_use_specified_node: it could never run"
+        )
+
+
+def _lock_key(name: str, args: JobArgs, lock: Any) -> str | None:
+    if lock is None or lock is False:
+        return None
+    if lock is True:
+        return f"lock:{name}:{canonical_json(args)}"
+    if isinstance(lock, str) and lock:
+        return lock
+    raise InvalidOptions(f"option 'lock' must be True or a non-empty key string, got {lock!r}")
+
+
+def _int_option(opts: JobOpts, key: str, minimum: int | None = None) -> int | None:
+    value = opts.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOptions(f"option {key!r} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidOptions(f"option {key!r} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def build_record(
+    job_id: str,
+    name: str,
+    args: JobArgs,
+    opts: JobOpts,
+    *,
+    now_epoch_s: float,
+    distributor: str = "",
+    default_priority: int = 0,
+    strict_node: bool = False,
+) -> JobRecord:
+    """Validate `opts` once and build the record (SPEC 1.5.1, D9, D10; §7 extras).
+
+    Raises `InvalidOptions` (a ValueError) for unknown keys, wrong types and contradictions.
+    Neither `args` nor `opts` is mutated.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidOptions(f"job name must be a non-empty string, got {name!r}")
+    unknown = set(opts) - ENQUEUE_OPTIONS
+    if unknown:
+        raise InvalidOptions(
+            f"unknown enqueue option(s) {sorted(unknown)}; allowed: {sorted(ENQUEUE_OPTIONS)}"
+        )
+    _check_routing(opts, strict_node)
+    run_at_ts, make_after = due_time(opts, now_epoch_s)
+    retry_strategy = opts.get("retry_strategy")
+    if retry_strategy is not None and retry_strategy not in RETRY_STRATEGIES:
+        raise InvalidOptions(f"retry_strategy must be one of {sorted(RETRY_STRATEGIES)}")
+    period = _number(opts, "period") or 0.0
+    part = opts.get("part")
+    if (opts.get("batch") is None) != (part is None):
+        raise InvalidOptions("options 'batch' and 'part' go together")
+    return JobRecord(
+        id=job_id,
+        name=name,
+        args=args,
+        run_at_ts=run_at_ts,
+        make_after=make_after,
+        period=period,
+        defer=bool(opts.get("defer", False)),
+        node=_text(opts, "node"),
+        not_node=_text(opts, "not_node"),
+        distributor=distributor,
+        priority=_int_option(opts, "priority") if "priority" in opts else default_priority,  # type: ignore[arg-type]
+        max_attempt=_int_option(opts, "max_attempt", minimum=1),
+        retry_strategy=retry_strategy,
+        max_run_time=_positive(opts, "max_run_time"),
+        enqueue_id=_text(opts, "enqueue_id"),
+        perform_id=_text(opts, "perform_id"),
+        duplicate_delay=_number(opts, "duplicate_delay"),
+        lock=_lock_key(name, args, opts.get("lock")),
+        lock_timeout=_number(opts, "lock_timeout"),
+        loner=bool(opts.get("loner", False)),
+        batch=_text(opts, "batch"),
+        part=None if part is None else str(part),
+    )
+
+
+def _positive(opts: JobOpts, key: str) -> float | None:
+    value = _number(opts, key)
+    if value is not None and value <= 0:
+        raise InvalidOptions(f"option {key!r} must be positive, got {value!r}")
+    return value
+
+
+# --- timing rules -------------------------------------------------------------------------
+
+
+def retry_delay(attempt: int, strategy: str, retry_multiplier: float) -> float:
+    """Seconds before the next attempt, `attempt` being the attempts made so far (>= 1).
+
+    linear (JobReactor, SPEC 1.6.7): attempt × retry_multiplier → 5, 10, 15 … s by default.
+    exponential (delayed_job, SPEC 2.5): attempt**4 + 5 → 6, 21, 86 … s.
+    """
+    if strategy == "exponential":
+        return float(attempt**4 + 5)
+    return attempt * retry_multiplier
+
+
+def next_periodic_due(previous_due: float, period: float, now: float) -> float:
+    """The next run on the job's own grid (no drift); runs missed while busy are skipped."""
+    steps = max(1, math.ceil((now - previous_due) / period)) if now > previous_due else 1
+    return previous_due + steps * period
+
+
+# --- errors as data ------------------------------------------------------------------------
+
+
+def error_value(exc: BaseException) -> dict[str, str]:
+    """How an exception crosses the wire and sits in storage (DESIGN: error values)."""
+    return {
+        "class": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc, limit=20))[-4000:],
+    }
+
+
+def error_text(exc: BaseException) -> str:
+    """`last_error` as SPEC 1.7 stores it: "Class: message"."""
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,309 @@
+"""DistributorLink: a node's connection to one distributor, kept alive by redialling.
+
+It dials, proves the secret (if any), re-offers the jobs the node still holds from this
+distributor, and then carries acknowledgements, credits and reports, coalesced once per loop
+tick. Reports survive reconnects: they stay queued until the distributor acknowledges them
+(SPEC D15: the Ruby report lock got stuck after a disconnect; ours is reset and flushed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from collections import deque
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from jobreactor.connection import FramedConnection
+from jobreactor.errors import HandshakeFailed, RemoteProtocolError
+from jobreactor.protocol import (
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Bye,
+    Cancel,
+    Challenge,
+    Hello,
+    Jobs,
+    Message,
+    Nack,
+    ReportItem,
+    Reports,
+    ReportsAck,
+    Return,
+    Welcome,
+    encode,
+    handshake_proof,
+    proof_matches,
+)
+
+if TYPE_CHECKING:
+    from jobreactor.node.node import Node
+
+logger = logging.getLogger("jobreactor.node")
+
+_MAX_BACKOFF_S = 30.0
+# Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
+_REPORTS_PER_FRAME = 512
+
+
+class LinkPhase(Enum):
+    DOWN = "down"
+    AWAIT_WELCOME = "await welcome"
+    READY = "ready"
+
+
+class DistributorLink:
+    def __init__(self, node: Node, host: str, port: int, ssl_context: ssl.SSLContext | None):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.configured = f"{host}:{port}"
+        self.address = self.configured  # replaced by the distributor's advertised address
+        self._ssl = ssl_context
+        self.phase = LinkPhase.DOWN
+        self.conn: FramedConnection | None = None
+        self._nonce = b""
+        self._acks: list[int] = []
+        self._credits = 0
+        self._nacks: list[Nack] = []
+        self._reports: deque[tuple[int, ReportItem]] = deque()  # sent or not, unacknowledged
+        self._unsent_from = 0  # index into _reports of the first report not yet sent
+        self._seq = 0
+        self._stopping = False
+        self._challenged = False
+        self.ready = asyncio.Event()
+        self._reports_drained = asyncio.Event()
+        self._reports_drained.set()
+
+    def __repr__(self) -> str:
+        return f"<DistributorLink {self.configured} {self.phase.name}>"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.phase is LinkPhase.READY
+
+    def unacked_report_ids(self) -> list[tuple[str, int]]:
+        return [(item.job_id, item.lease) for _, item in self._reports]
+
+    # --- the dial loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dial, serve, redial with backoff, until `stop()`."""
+        backoff = self.node.settings.reconnect_interval
+        while not self._stopping:
+            try:
+                await self._connect_once()
+                backoff = self.node.settings.reconnect_interval
+            except (OSError, TimeoutError) as exc:
+                logger.info(
+                    "Searching for distributor %s: %s; retrying in %.1fs",
+                    self.configured,
+                    exc,
+                    backoff,
+                )
+            if self._stopping:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.node.settings
+
+        def factory() -> FramedConnection:
+            return FramedConnection(
+                lambda conn: self,
+                max_frame_bytes=settings.max_frame_bytes,
+                heartbeat_interval=settings.heartbeat_interval,
+                label="distributor",
+            )
+
+        async with asyncio.timeout(settings.handshake_timeout * 2):
+            _, conn = await loop.create_connection(
+                factory, self.host, self.port, ssl=self._ssl
+            )
+        self.conn = conn
+        self._nonce = secrets.token_bytes(NONCE_BYTES)
+        self.phase = LinkPhase.AWAIT_WELCOME
+        conn.send(
+            Hello(
+                PROTOCOL_VERSION,
+                self.node.name,
+                self.node.registry.names(),
+                self.node.free_credits(self),
+                self.node.storage.kind,
+                self._nonce,
+                self.node.held_from(self) + self.unacked_report_ids(),
+            )
+        )
+        try:
+            async with asyncio.timeout(settings.handshake_timeout):
+                await self.ready.wait()
+        except TimeoutError:
+            if not conn.closed.is_set():
+                logger.warning("distributor %s did not welcome us in time", self.configured)
+                conn.close("handshake timeout")
+        await conn.closed.wait()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.conn is not None:
+            self.conn.close("node stopping", notify=True)
+
+    # --- ConnectionOwner ------------------------------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        match message:
+            case Challenge() if self.phase is LinkPhase.AWAIT_WELCOME:
+                self._on_challenge(message)
+            case Welcome() if self.phase is LinkPhase.AWAIT_WELCOME:
+                self._on_welcome(message)
+            case Jobs() if self.is_ready:
+                self.node.receive_jobs(self, message.jobs)
+            case ReportsAck() if self.is_ready:
+                self._on_reports_ack(message.upto_seq)
+            case Cancel() if self.is_ready:
+                self.node.cancel_job(message.job_id)
+            case Bye():
+                logger.warning("distributor %s closed the link: %s", self.configured, message.reason)
+                if self.conn is not None:
+                    self.conn.close("distributor said goodbye")
+            case _:
+                raise RemoteProtocolError(
+                    f"{type(message).__name__} is not allowed in phase {self.phase.value}"
+                )
+
+    def _on_challenge(self, challenge: Challenge) -> None:
+        secret = self.node.secret
+        if secret is None:
+            raise HandshakeFailed(
+                f"distributor {self.configured} requires a secret; set `secret` on this node"
+            )
+        expected = handshake_proof(secret, "distributor", self.node.name, self._nonce, challenge.nonce)
+        if not proof_matches(expected, challenge.proof):
+            raise HandshakeFailed(f"distributor {self.configured} failed to prove the secret")
+        self._challenged = True
+        assert self.conn is not None
+        self.conn.send(
+            Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
+        )
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        if self.node.secret is not None and not self._challenged:
+            raise HandshakeFailed(
+                f"distributor {self.configured} admitted us without checking the secret; "
+                "refusing an unauthenticated distributor"
+            )
+        self._challenged = False
+        self.address = welcome.distributor
+        self.phase = LinkPhase.READY
+        self.node.link_ready(self, welcome.drop)
+        # Everything unacknowledged goes again, in order, on the new connection.
+        self._unsent_from = 0
+        self._flush_soon()
+        self.ready.set()
+        logger.info("%s ready to work with distributor %s", self.node.name, self.address)
+
+    def on_close(self, reason: str) -> None:
+        was_ready = self.is_ready
+        self.phase = LinkPhase.DOWN
+        self.ready.clear()
+        self._acks.clear()
+        self._nacks.clear()
+        self._credits = 0
+        self.conn = None
+        if was_ready and not self._stopping:
+            logger.warning(
+                "lost distributor %s (%s); redialling, %d report(s) kept for it",
+                self.configured,
+                reason,
+                len(self._reports),
+            )
+        self.node.link_down(self)
+
+    def before_flush(self) -> None:
+        conn = self.conn
+        if conn is None or not self.is_ready:
+            return
+        if self._acks or self._credits:
+            conn.send_frame(encode(Ack(self._acks, self._credits)))
+            self._acks = []
+            self._credits = 0
+        for nack in self._nacks:
+            conn.send_frame(encode(nack))
+        self._nacks.clear()
+        reports = self._reports
+        while self._unsent_from < len(reports):
+            start = self._unsent_from
+            chunk = [reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))]
+            self._unsent_from += len(chunk)
+            conn.send_frame(encode(Reports(chunk[0][0], [item for _, item in chunk])))
+
+    # --- what the node sends --------------------------------------------------------------------
+
+    def _flush_soon(self) -> None:
+        if self.conn is not None and self.is_ready:
+            self.conn.schedule_flush()
+
+    def ack(self, lease: int, credit: bool) -> None:
+        self._acks.append(lease)
+        if credit:
+            self._credits += 1
+        self._flush_soon()
+
+    def grant(self, credits: int = 1) -> None:
+        self._credits += credits
+        self._flush_soon()
+
+    def nack(self, lease: int, reason: str) -> None:
+        self._nacks.append(Nack(lease, reason))
+        self._flush_soon()
+
+    def report(self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]) -> None:
+        self._seq += 1
+        self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
+        self._reports_drained.clear()
+        self._flush_soon()
+
+    def hand_back(self, job_ids: list[str]) -> None:
+        if self.conn is not None and self.is_ready and job_ids:
+            self.conn.send(Return(job_ids))
+
+    def drop_reports_for(self, job_ids: set[str]) -> None:
+        kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]
+        self._reports = deque(kept)
+        self._unsent_from = min(self._unsent_from, len(self._reports))
+        if not kept:
+            self._reports_drained.set()
+
+    def _on_reports_ack(self, upto_seq: int) -> None:
+        reports = self._reports
+        while reports and reports[0][0] <= upto_seq:
+            reports.popleft()
+            self._unsent_from = max(0, self._unsent_from - 1)
+        if not reports:
+            self._reports_drained.set()
+
+    @property
+    def unacked_reports(self) -> int:
+        return len(self._reports)
+
+    async def wait_reports_acked(self, timeout: float) -> bool:
+        """Until every report is acknowledged, the link drops, or `timeout` passes."""
+        conn = self.conn
+        if conn is None or not self.is_ready:
+            return not self._reports
+        waiters = [
+            asyncio.ensure_future(self._reports_drained.wait()),
+            asyncio.ensure_future(conn.closed.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self._reports

@@ -1,0 +1,613 @@
+"""Node: receives jobs, stores them, runs them on timers, reports back (SPEC 1.6).
+
+Life of a job here: `receive_jobs` → stored (acknowledged only then, SPEC D6) → due now: the
+ready queue; later: the timer heap (one loop timer for the earliest) → an attempt (runner.py)
+→ success / retry / failure / cancel, each reported to the distributor it came from.
+State changes are written behind, batched once per tick, so storage costs no round trip per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobreactor.config import ReactorConfig
+from jobreactor.definitions import JobDefinition, Registry
+from jobreactor.errors import CancelJob, NoSuchJob, StorageError
+from jobreactor.job import (
+    JobRecord,
+    JobStatus,
+    error_text,
+    next_periodic_due,
+    retry_delay,
+)
+from jobreactor.node.link import DistributorLink
+from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
+from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.protocol import Record
+from jobreactor.storage.base import Storage
+
+logger = logging.getLogger("jobreactor.node")
+
+# Jobs started per loop turn before yielding, so acks and reports keep flowing under load.
+_DRAIN_BUDGET = 512
+
+
+@dataclass(slots=True)
+class Held:
+    record: JobRecord
+    link: DistributorLink | None
+    lease: int
+    running: bool = False
+    cancel_requested: bool = False
+    holds_credit: bool = False  # an instant job's credit, returned when its first attempt ends
+    dropped: bool = False  # the distributor gave it to someone else: finish silently
+
+
+class Node:
+    def __init__(
+        self,
+        name: str,
+        settings: ReactorConfig,
+        registry: Registry,
+        storage: Storage,
+        distributors: list[tuple[str, int]],
+        *,
+        secret: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.registry = registry
+        self.storage = storage
+        secret = secret if secret is not None else settings.secret
+        self.secret = secret.encode() if secret else None
+        self.loop = asyncio.get_running_loop()
+        self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
+        self._jobs: dict[str, Held] = {}
+        self._timers = TimerHeap()
+        self._ready = ReadyQueue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._drain_scheduled = False
+        self._running = 0
+        self._concurrency = settings.concurrency
+        self._window = settings.concurrency * 2  # credits: running slots plus as many queued
+        self._inbox: list[Held] = []
+        self._storing = False
+        self._dirty: dict[str, JobRecord] = {}
+        self._doomed: set[str] = set()
+        self._flushing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._link_tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
+        )
+        self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Node {self.name} held={len(self._jobs)} running={self._running} "
+            f"scheduled={len(self._timers)} ready={len(self._ready)}>"
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.retry_jobs_at_start and self.storage.durable:
+            await self._recover()
+        for link in self.links:
+            task = self.loop.create_task(link.run(), name=f"link {link.configured}")
+            self._link_tasks.append(task)
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until every distributor link has been welcomed once."""
+        async with asyncio.timeout(timeout):
+            for link in self.links:
+                await link.ready.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: hand back unstarted jobs, let running ones finish (bounded), close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_timeout if grace is None else grace
+        self._hand_back_unstarted()
+        if self._running:
+            self._idle.clear()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                logger.warning(
+                    "%s: %d attempt(s) still running after shutdown_timeout=%.1fs; cancelling",
+                    self.name,
+                    self._running,
+                    grace,
+                )
+        self._hand_back_unstarted()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        await self._flush_storage()
+        for link in self.links:
+            await link.wait_reports_acked(timeout=min(2.0, grace + 0.5))
+        for link in self.links:
+            link.stop()
+        for task in self._link_tasks:
+            task.cancel()
+        await asyncio.gather(*self._link_tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.storage.aclose()
+        logger.info("node %s stopped", self.name)
+
+    def _hand_back_unstarted(self) -> None:
+        """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
+        by_link: dict[DistributorLink, list[Held]] = {}
+        for held in list(self._jobs.values()):
+            if held.running or held.link is None or not held.link.is_ready:
+                continue
+            if self.storage.durable and held.record.id not in self._ready:
+                continue
+            by_link.setdefault(held.link, []).append(held)
+        for link, helds in by_link.items():
+            link.hand_back([h.record.id for h in helds])
+            for held in helds:
+                self._forget(held, destroy=True)
+            logger.info("%s handed %d job(s) back to %s", self.name, len(helds), link.address)
+
+    # --- links ----------------------------------------------------------------------------------
+
+    def free_credits(self, link: DistributorLink) -> int:
+        if self._stopping:
+            return 0
+        used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
+        return max(0, self._window - used)
+
+    def held_from(self, link: DistributorLink) -> list[tuple[str, int]]:
+        return [
+            (h.record.id, h.lease)
+            for h in self._jobs.values()
+            if not h.dropped and (h.link is link or h.record.distributor == link.configured)
+        ]
+
+    def link_ready(self, link: DistributorLink, drop: list[str]) -> None:
+        for held in self._jobs.values():
+            if held.link is None and held.record.distributor in (link.address, link.configured):
+                held.link = link  # recovered from storage: now we know where to report
+        for job_id in drop:
+            held = self._jobs.get(job_id)
+            if held is not None:
+                held.dropped = True
+                if not held.running:
+                    self._forget(held, destroy=True)
+        link.drop_reports_for(set(drop))
+
+    def link_down(self, link: DistributorLink) -> None:
+        return None  # held jobs go on; their reports wait in the link until it is back
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None:
+        for lease, data in jobs:
+            job_id = data["id"]
+            if self._stopping:
+                link.hand_back([job_id])
+                continue
+            existing = self._jobs.get(job_id)
+            if existing is not None:  # sent again after a reconnect: keep ours, take the lease
+                existing.lease, existing.link = lease, link
+                link.ack(lease, credit=True)
+                continue
+            try:
+                record = JobRecord.from_dict(data)
+            except TypeError as exc:
+                link.nack(lease, f"bad job record: {exc}")
+                continue
+            record.node = self.name
+            held = Held(record, link, lease)
+            self._jobs[job_id] = held
+            self._inbox.append(held)
+        if self._inbox and not self._storing:
+            self._storing = True
+            self._spawn(self._store_inbox())
+
+    async def _store_inbox(self) -> None:
+        try:
+            while self._inbox:
+                batch, self._inbox = self._inbox, []
+                try:
+                    await self.storage.save_many(self.name, [h.record for h in batch])
+                except StorageError as exc:
+                    logger.error(  # noqa: G201
+                        "%s could not store %d job(s): %s; handing them back", self.name, len(batch), exc
+                    )
+                    for held in batch:
+                        if held.link is not None:
+                            held.link.nack(held.lease, str(exc))
+                        self._jobs.pop(held.record.id, None)
+                    continue
+                self._accept(batch)
+        finally:
+            self._storing = False
+
+    def _accept(self, batch: list[Held]) -> None:
+        now_loop, now_epoch = self.loop.time(), time.time()
+        for held in batch:
+            if held.dropped or held.link is None:
+                continue
+            due = now_loop + (held.record.run_at_ts - now_epoch)
+            instant = due <= now_loop
+            held.holds_credit = instant
+            held.link.ack(held.lease, credit=not instant)
+            self._schedule(held, due, now_loop)
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def _schedule(self, held: Held, due: float, now: float) -> None:
+        job_id = held.record.id
+        if due <= now:
+            self._ready.push(job_id, held.record.priority)
+            self._kick()
+            return
+        self._timers.schedule(job_id, due)
+        if self._timer_when is None or due < self._timer_when:
+            self._arm_timer()
+
+    def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
+        now_loop = self.loop.time()
+        self._schedule(held, now_loop + (due_epoch - time.time()), now_loop)
+
+    def _arm_timer(self) -> None:
+        deadline = self._timers.next_deadline()
+        if deadline == self._timer_when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = deadline
+        self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        for job_id in self._timers.pop_due(self.loop.time()):
+            held = self._jobs.get(job_id)
+            if held is not None:
+                self._ready.push(job_id, held.record.priority)
+        self._arm_timer()
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        budget = _DRAIN_BUDGET
+        while self._running < self._concurrency and budget > 0:
+            job_id = self._ready.pop()
+            if job_id is None:
+                return
+            held = self._jobs.get(job_id)
+            if held is None or held.running:
+                continue
+            budget -= 1
+            self._start(held)
+        if len(self._ready) and self._running < self._concurrency:
+            self._kick()
+
+    # --- attempts (SPEC 1.6.4) --------------------------------------------------------------------
+
+    def _start(self, held: Held) -> None:
+        record = held.record
+        record.status = JobStatus.IN_PROGRESS
+        record.attempt += 1
+        record.run_at = time.time()
+        self._persist(record)
+        held.running = True
+        self._running += 1
+        self._idle.clear()
+        definition = self.registry.get(record.name)
+        if definition is None:
+            self._on_failure(held, None, NoSuchJob(record.name))
+            return
+        if self._log_jobs:
+            logger.info("start %r (%s, attempt %d)", record.name, record.id, record.attempt)
+        args = dict(record.args)
+        if self.settings.merge_job_itself_to_args:
+            args["job_itself"] = self._job_itself(record)
+        timeout = record.max_run_time or self.settings.max_run_time
+        is_async = definition.is_async
+        if not is_async and not record.defer and timeout is None:
+            self._after_callbacks(held, definition, args, run_sync(steps_of(definition), args))
+            return
+        self._spawn(self._attempt(held, definition, args, timeout))
+
+    def _pool_for(self, record: JobRecord, definition: JobDefinition, timeout: float | None) -> concurrent.futures.ThreadPoolExecutor | None:
+        # A plain job under max_run_time runs in the pool too: only there can it be timed out.
+        if definition.is_async:
+            return None
+        return self._pool if (record.defer or timeout is not None) else None
+
+    async def _attempt(
+        self, held: Held, definition: JobDefinition, args: dict[str, Any], timeout: float | None
+    ) -> None:
+        record = held.record
+        raised = await run_steps(
+            steps_of(definition),
+            args,
+            is_async=definition.is_async,
+            pool=self._pool_for(record, definition, timeout),
+            timeout_s=timeout,
+            job_name=record.name,
+        )
+        if raised is None or isinstance(raised, CancelJob):
+            self._after_callbacks(held, definition, args, raised)
+            return
+        errback_args = self._prepare_errbacks(held, raised)
+        raised2 = await run_steps(
+            errbacks_of(definition),
+            errback_args,
+            is_async=definition.is_async,
+            pool=self._pool if record.defer else None,
+            timeout_s=None,
+            job_name=record.name,
+        )
+        self._after_errbacks(held, raised, errback_args, raised2)
+
+    def _after_callbacks(
+        self,
+        held: Held,
+        definition: JobDefinition,
+        args: dict[str, Any],
+        raised: BaseException | None,
+    ) -> None:
+        if raised is None:
+            self._on_success(held, args)
+        elif isinstance(raised, CancelJob):
+            self._on_cancel(held, error=False)
+        else:
+            self._on_failure(held, definition, raised)
+
+    def _on_failure(self, held: Held, definition: JobDefinition | None, exc: BaseException) -> None:
+        errback_args = self._prepare_errbacks(held, exc)
+        errbacks = [] if definition is None else errbacks_of(definition)
+        raised2 = run_sync(errbacks, errback_args) if errbacks else None
+        self._after_errbacks(held, exc, errback_args, raised2)
+
+    def _prepare_errbacks(self, held: Held, exc: BaseException) -> dict[str, Any]:
+        record = held.record
+        record.failed_at = time.time()
+        record.last_error = error_text(exc)
+        record.status = JobStatus.ERROR
+        if self._log_jobs:
+            logger.info("error %r (%s): %s", record.name, record.id, record.last_error)
+        record.args["error"] = exc  # SPEC 1.6.6: merged into the pre-attempt args, in place
+        errback_args = dict(record.args)
+        if self.settings.merge_job_itself_to_args:
+            errback_args["job_itself"] = self._job_itself(record)
+        return errback_args
+
+    def _after_errbacks(
+        self,
+        held: Held,
+        exc: BaseException,
+        errback_args: dict[str, Any],
+        raised2: BaseException | None,
+    ) -> None:
+        record = held.record
+        if raised2 is None:
+            record.args = errback_args
+        elif isinstance(raised2, CancelJob):
+            record.args = plain_args(record.args)
+            self._on_cancel(held, error=True)
+            return
+        else:
+            record.args["errback_error"] = raised2
+        record.args = plain_args(record.args)
+        self._on_rescue(held, exc)
+
+    def _on_success(self, held: Held, args: dict[str, Any]) -> None:
+        record = held.record
+        args = plain_args(args)
+        if self._log_jobs:
+            logger.info("complete %r (%s)", record.name, record.id)
+        periodic = record.is_periodic and not held.cancel_requested
+        self._report(held, "success", not record.is_periodic, args)
+        if periodic and not held.dropped:
+            args.pop("job_itself", None)
+            record.args = args
+            record.attempt = 0  # SPEC D12: a successful periodic run resets the count
+            record.status = JobStatus.QUEUED
+            record.run_at_ts = next_periodic_due(record.run_at_ts, record.period, time.time())
+            self._persist(record)
+            self._end_attempt(held)
+            self._schedule_at_epoch(held, record.run_at_ts)
+            return
+        record.args = args
+        if record.is_periodic:  # cancelled while it ran
+            self._end_attempt(held)
+            self._cancel_now(held)
+            return
+        record.status = JobStatus.COMPLETE
+        self._end_attempt(held)
+        self._forget(held, destroy=self.settings.remove_done_jobs)
+
+    def _on_rescue(self, held: Held, exc: BaseException) -> None:
+        """SPEC 1.6.6 complete_rescue: retry while attempts remain, else fail for good."""
+        record = held.record
+        limit = record.max_attempt or self.settings.max_attempt
+        self._end_attempt(held)
+        if held.cancel_requested:
+            self._cancel_now(held)
+            return
+        if record.attempt < limit and not isinstance(exc, NoSuchJob) and not held.dropped:
+            strategy = record.retry_strategy or self.settings.retry_strategy
+            if record.is_periodic:
+                delay = record.period
+            else:
+                delay = retry_delay(record.attempt, strategy, self.settings.retry_multiplier)
+            record.args.pop("job_itself", None)
+            record.run_at_ts = time.time() + delay
+            self._persist(record)
+            self._schedule_at_epoch(held, record.run_at_ts)
+            return
+        record.status = JobStatus.FAILED
+        self._report(held, "error", True, record.args)
+        self._forget(held, destroy=self.settings.remove_failed_jobs)
+
+    def _on_cancel(self, held: Held, *, error: bool) -> None:
+        """SPEC 1.6.8: CancelJob from the chain (success feedback) or an errback (error)."""
+        record = held.record
+        args = plain_args(record.args)
+        record.args = args
+        self._report(held, "error" if error else "success", True, args)
+        record.status = JobStatus.CANCELLED
+        self._end_attempt(held)
+        self._forget(held, destroy=self.settings.remove_cancelled_jobs)
+
+    def _cancel_now(self, held: Held) -> None:
+        held.record.status = JobStatus.CANCELLED
+        self._report(held, "cancelled", True, held.record.args)
+        self._forget(held, destroy=self.settings.remove_cancelled_jobs)
+
+    def cancel_job(self, job_id: str) -> None:
+        """The distributor cancels this job (JR.cancel)."""
+        held = self._jobs.get(job_id)
+        if held is None:
+            return
+        if held.running:
+            held.cancel_requested = True
+            return
+        self._cancel_now(held)
+
+    def _end_attempt(self, held: Held) -> None:
+        if not held.running:
+            return
+        held.running = False
+        self._running -= 1
+        if held.holds_credit:
+            held.holds_credit = False
+            if held.link is not None:
+                held.link.grant(1)
+        if self._running == 0:
+            self._idle.set()
+        self._kick()
+
+    def _forget(self, held: Held, *, destroy: bool) -> None:
+        """The job is done here: drop it from memory, and from storage if `destroy`."""
+        job_id = held.record.id
+        self._timers.cancel(job_id)
+        self._ready.remove(job_id)
+        if held.holds_credit and not held.running:
+            held.holds_credit = False
+            if held.link is not None and not held.dropped:
+                held.link.grant(1)
+        self._jobs.pop(job_id, None)
+        if destroy:
+            self._dirty.pop(job_id, None)
+            self._doomed.add(job_id)
+            self._flush_soon()
+        else:
+            self._persist(held.record)
+
+    def _report(self, held: Held, outcome: str, final: bool, args: dict[str, Any]) -> None:
+        if held.dropped:
+            return
+        link = held.link
+        if link is None:
+            # SPEC D14: no link to that distributor: log and drop, never crash.
+            logger.warning(
+                "job %s: no link to distributor %r; %s report dropped",
+                held.record.id,
+                held.record.distributor,
+                outcome,
+            )
+            return
+        link.report(held.record.id, held.lease, outcome, final, args)
+
+    def _job_itself(self, record: JobRecord) -> dict[str, Any]:
+        itself = record.to_dict()
+        itself["args"] = dict(record.args)
+        itself.setdefault("attempt", record.attempt)
+        itself.setdefault("status", str(record.status))
+        itself.setdefault("node", record.node)
+        return itself
+
+    # --- storage write-behind ---------------------------------------------------------------------
+
+    def _persist(self, record: JobRecord) -> None:
+        self._doomed.discard(record.id)
+        self._dirty[record.id] = record
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            self._spawn(self._flush_storage())
+
+    async def _flush_storage(self) -> None:
+        try:
+            while self._dirty or self._doomed:
+                dirty = list(self._dirty.values())
+                doomed = list(self._doomed)
+                self._dirty.clear()
+                self._doomed.clear()
+                try:
+                    if dirty:
+                        await self.storage.save_many(self.name, dirty)
+                    if doomed:
+                        await self.storage.destroy_many(self.name, doomed)
+                except StorageError as exc:
+                    logger.error("%s: storage write failed (%s); will retry", self.name, exc)  # noqa: G201
+                    for record in dirty:
+                        self._dirty.setdefault(record.id, record)
+                    self._doomed.update(doomed)
+                    await asyncio.sleep(self.settings.reconnect_interval)
+        finally:
+            self._flushing = False
+
+    async def _recover(self) -> None:
+        """SPEC 1.15 with the intended filter: resume this node's unfinished jobs."""
+        jobs = await self.storage.jobs_for(self.name, unfinished_only=True)
+        now = time.time()
+        for record in jobs:
+            record.args["retrying"] = True
+            held = Held(record, None, int(record.extra.get("lease", 0)))
+            self._jobs[record.id] = held
+            due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
+            self._schedule_at_epoch(held, due)
+        if jobs:
+            logger.info("%s resumed %d stored job(s)", self.name, len(jobs))
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("node %s: internal task failed", self.name, exc_info=task.exception())
+
+    # --- introspection ----------------------------------------------------------------------------
+
+    @property
+    def held_count(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def running_count(self) -> int:
+        return self._running

@@ -1,0 +1,97 @@
+"""One attempt of one job: the callback chain, then (on failure) the errback chain.
+
+SPEC 1.8 in code: callbacks run in definition order on one shared args dict; the first raise
+skips the rest and starts the errbacks, which see the args as they were *before* this attempt
+plus `error`; an errback that raises skips the remaining errbacks and adds `errback_error`;
+`CancelJob` anywhere stops the job for good. The chain runs inline on the loop for plain
+functions (no task per job), as a task when a step is `async def`, and in the thread pool for
+`defer` jobs (SPEC D8). What to *do* with the outcome is the node's business (`Outcome`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from jobreactor.definitions import JobDefinition, Step
+from jobreactor.errors import CancelJob, JobTimeout
+from jobreactor.job import error_value
+
+
+def steps_of(definition: JobDefinition) -> list[Step]:
+    return [definition.fn, *(fn for _, fn in definition.callbacks)]
+
+
+def errbacks_of(definition: JobDefinition) -> list[Step]:
+    return [fn for _, fn in definition.errbacks]
+
+
+def run_sync(steps: Sequence[Step], args: dict[str, Any]) -> BaseException | None:
+    """Run plain steps in order on `args`; return the exception that stopped them, if any."""
+    try:
+        for step in steps:
+            result = step(args)
+            if inspect.isawaitable(result):
+                # A sync wrapper returned a coroutine: it can't be awaited on this path.
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError(f"{step!r} returned an awaitable; declare it `async def`")
+    except CancelJob as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 (a job's failure is data: it goes to errbacks)
+        return exc
+    return None
+
+
+async def run_async(steps: Sequence[Step], args: dict[str, Any]) -> BaseException | None:
+    """Like `run_sync`, awaiting steps that are coroutines."""
+    try:
+        for step in steps:
+            result = step(args)
+            if inspect.isawaitable(result):
+                await result
+    except CancelJob as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+async def run_steps(
+    steps: Sequence[Step],
+    args: dict[str, Any],
+    *,
+    is_async: bool,
+    pool: concurrent.futures.ThreadPoolExecutor | None,
+    timeout_s: float | None,
+    job_name: str,
+) -> BaseException | None:
+    """Run `steps` the way the job asks: awaited, in the pool (defer), under a time limit."""
+    loop = asyncio.get_running_loop()
+    if pool is not None:
+        future = loop.run_in_executor(pool, run_sync, steps, args)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            # The thread can't be killed; it is abandoned and its outcome ignored.
+            return JobTimeout(job_name, timeout_s or 0.0)
+    if not is_async:
+        return run_sync(steps, args)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await run_async(steps, args)
+    except TimeoutError:
+        return JobTimeout(job_name, timeout_s or 0.0)
+
+
+def plain_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Args fit for the wire and storage: live exceptions become error values (SPEC 1.4.3)."""
+    if not any(isinstance(v, BaseException) for v in args.values()):
+        return args
+    return {k: error_value(v) if isinstance(v, BaseException) else v for k, v in args.items()}
+
+

@@ -1,0 +1,100 @@
+"""Time on a node, pure: one heap of due times, one ready queue (DESIGN "Scheduling").
+
+A million delayed jobs are a million small heap entries, not a million asyncio handles: the
+node arms a single loop timer for `next_deadline()`. Time is a parameter (practice 4): callers
+pass `now` in loop-clock seconds, so tests use plain numbers and never sleep.
+
+Entries are never removed from the middle: each carries a token, and an entry whose token is
+no longer the job's current one (cancelled or rescheduled) is skipped when it surfaces.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+
+class TimerHeap:
+    """Due times of scheduled jobs."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._tokens = itertools.count(1)
+        self._live: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._live
+
+    def schedule(self, job_id: str, due: float) -> None:
+        """(Re)schedule `job_id` at `due`; an earlier schedule of it is forgotten."""
+        token = next(self._tokens)
+        self._live[job_id] = token
+        heapq.heappush(self._heap, (due, token, job_id))
+
+    def cancel(self, job_id: str) -> bool:
+        return self._live.pop(job_id, None) is not None
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and self._live.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now: float) -> list[str]:
+        """Remove and return, in due order, every job due at or before `now`."""
+        due: list[str] = []
+        heap, live = self._heap, self._live
+        while heap and heap[0][0] <= now:
+            _, token, job_id = heapq.heappop(heap)
+            if live.get(job_id) == token:
+                del live[job_id]
+                due.append(job_id)
+        if len(heap) > 64 and len(heap) > 4 * len(live):  # noqa: PLR2004
+            self._compact()
+        return due
+
+    def _compact(self) -> None:
+        live = self._live
+        self._heap = [entry for entry in self._heap if live.get(entry[2]) == entry[1]]
+        heapq.heapify(self._heap)
+
+
+class ReadyQueue:
+    """Jobs due now, waiting for a free run slot: by priority (lower first), then due order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._seq = itertools.count()
+        self._live: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._live
+
+    def push(self, job_id: str, priority: int = 0) -> None:
+        if job_id not in self._live:
+            self._live.add(job_id)
+            heapq.heappush(self._heap, (priority, next(self._seq), job_id))
+
+    def remove(self, job_id: str) -> bool:
+        if job_id in self._live:
+            self._live.discard(job_id)
+            return True
+        return False
+
+    def pop(self) -> str | None:
+        heap, live = self._heap, self._live
+        while heap:
+            job_id = heapq.heappop(heap)[2]
+            if job_id in live:
+                live.discard(job_id)
+                return job_id
+        return None
+
+    def ids(self) -> list[str]:
+        return list(self._live)

@@ -1,0 +1,464 @@
+"""Reactor: owns the event loop and its thread; the only module that crosses threads.
+
+`JR` is the default instance; tests build their own. App threads call `enqueue`, which
+validates and copies the job in the caller's thread, appends it to a queue and wakes the loop
+at most once per batch (one `call_soon_threadsafe` for many jobs, not one per job). Every
+other cross-thread call hops onto the loop with `run_coroutine_threadsafe` and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import ssl as ssl_module
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+
+from jobreactor.config import Config
+from jobreactor.definitions import Registry, default_registry
+from jobreactor.distributor import Distributor
+from jobreactor.distributor.distributor import Feedback
+from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
+from jobreactor.handle import JobHandle
+from jobreactor.job import JobRecord, build_record
+from jobreactor.node import Node
+from jobreactor.protocol import pack_args
+from jobreactor.storage import open_storage
+
+logger = logging.getLogger("jobreactor")
+
+T = TypeVar("T")
+Setup = Callable[[], Any]
+
+# Options whose cross-process semantics (unique ids, locks, batches) land with the gems' issue;
+# until then they are refused loudly rather than silently ignored.
+_NOT_YET: frozenset[str] = frozenset(
+    {"enqueue_id", "perform_id", "duplicate_delay", "lock", "lock_timeout", "loner", "batch", "part"}
+)
+# Room for the record around the args in a Jobs frame.
+_FRAME_OVERHEAD = 4096
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover (uvloop is a dependency except on Windows)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+class Reactor:
+    """An event loop in a thread, with the distributors and nodes that live on it."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = Config(**config)
+        self.registry: Registry = default_registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._distributors: list[Distributor] = []
+        self._nodes: list[Node] = []
+        self._inbox: collections.deque[
+            tuple[JobRecord, Feedback | None, Feedback | None, JobHandle]
+        ] = collections.deque()
+        self._wake_pending = False
+        self._stop_event: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "stopped"
+        return f"<Reactor {state} distributors={len(self._distributors)} nodes={len(self._nodes)}>"
+
+    # --- the loop and its thread ----------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True once `run()` finished its setup and the loop is still running (SPEC JR.ready?)."""
+        return self._ready.is_set() and self._loop is not None and self._loop.is_running()
+
+    def run(self, setup: Setup | None = None, *, timeout: float = 10.0) -> None:
+        """Start the loop in a daemon thread; run `setup` (from this thread); return when ready."""
+        if self._thread is not None and self._thread.is_alive():
+            if setup is not None:
+                setup()
+            return
+        self._apply_logging()
+        self._ready.clear()
+        self._stopped.clear()
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(started,), name="jobreactor-loop", daemon=True
+        )
+        self._thread.start()
+        if not started.wait(timeout):
+            raise ReactorClosed("the reactor loop did not start in time")
+        if setup is not None:
+            setup()
+        self._ready.set()
+
+    def _thread_main(self, started: threading.Event) -> None:
+        loop = _new_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            self._stop_event = asyncio.Event()
+            started.set()
+            await self._stop_event.wait()
+            await self._shutdown()
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+            self._stopped.set()
+
+    def run_forever(self, setup: Setup | None = None) -> None:
+        """Run the loop in this thread until `stop()` or SIGINT/SIGTERM (SPEC JR.run!).
+
+        `setup` runs in a helper thread once the loop is up, so it may call the blocking API.
+        A first signal stops gracefully; a second one stops at once.
+        """
+        self._apply_logging()
+        loop = _new_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.info("signal received: stopping gracefully (again to stop at once)")
+                self._request_stop()
+            else:
+                for node in self._nodes:
+                    loop.create_task(node.stop(grace=0))
+
+        async def main() -> None:
+            self._stop_event = asyncio.Event()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, on_signal)
+            if setup is not None:
+                try:
+                    await loop.run_in_executor(None, setup)
+                except BaseException:
+                    self._stop_event.set()
+                    await self._shutdown()
+                    raise
+            self._ready.set()
+            await self._stop_event.wait()
+            await self._shutdown()
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+            self._ready.clear()
+            self._stopped.set()
+
+    def _request_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        self._ready.clear()
+        if self._in_loop_thread():
+            self._request_stop()
+            return
+        loop.call_soon_threadsafe(self._request_stop)
+        limit = self.config["shutdown_timeout"] * 2 + 10 if timeout is None else timeout
+        self._stopped.wait(limit)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    async def _shutdown(self) -> None:
+        self._drain_inbox()
+        for node in list(self._nodes):
+            await node.stop()
+        for distributor in list(self._distributors):
+            await distributor.stop()
+        self._nodes.clear()
+        self._distributors.clear()
+
+    def _apply_logging(self) -> None:
+        level = self.config["logger_method"]
+        if level is None:
+            logger.disabled = True
+        else:
+            logger.disabled = False
+            logger.setLevel(level.upper())
+
+    def _in_loop_thread(self) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        """Run `coro` on the loop and wait for it from this (non-loop) thread."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            coro.close()
+            raise ReactorClosed("the reactor is not running: call JR.run() first")
+        if self._in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "this blocking call was made on the reactor's own loop; "
+                "use the `a`-prefixed coroutine (e.g. `await JR.astart_node(...)`) there"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    # --- distributors ---------------------------------------------------------------------------
+
+    def start_distributor(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        secret: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        storage: str = "memory",
+        redis_url: str | None = None,
+        advertise: str | None = None,
+    ) -> tuple[str, int]:
+        """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
+        return self._call(
+            self.astart_distributor(
+                host,
+                port,
+                secret=secret,
+                ssl=ssl,
+                storage=storage,
+                redis_url=redis_url,
+                advertise=advertise,
+            )
+        )
+
+    async def astart_distributor(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        secret: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        storage: str = "memory",
+        redis_url: str | None = None,
+        advertise: str | None = None,
+    ) -> tuple[str, int]:
+        if storage not in {"memory", "memory_storage"}:
+            raise InvalidOptions(
+                f"distributor storage {storage!r} is not available yet; use 'memory'"
+            )
+        distributor = Distributor(self.config.snapshot(), secret=secret, advertise=advertise)
+        bound = await distributor.start(host, port, ssl)
+        self._distributors.append(distributor)
+        return bound
+
+    @property
+    def distributor(self) -> Distributor:
+        if not self._distributors:
+            raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
+        return self._distributors[0]
+
+    # --- nodes ----------------------------------------------------------------------------------
+
+    def start_node(
+        self,
+        name: str,
+        storage: str = "memory",
+        distributors: list[tuple[str, int]] | None = None,
+        *,
+        job_directory: str | Path | None = None,
+        redis_url: str | None = None,
+        concurrency: int | None = None,
+        secret: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        registry: Registry | None = None,
+        wait: bool = True,
+    ) -> Node:
+        """Start a node on this reactor (SPEC start_node). Thread-safe; waits for its links."""
+        return self._call(
+            self.astart_node(
+                name,
+                storage,
+                distributors,
+                job_directory=job_directory,
+                redis_url=redis_url,
+                concurrency=concurrency,
+                secret=secret,
+                ssl=ssl,
+                registry=registry,
+                wait=wait,
+            )
+        )
+
+    async def astart_node(
+        self,
+        name: str,
+        storage: str = "memory",
+        distributors: list[tuple[str, int]] | None = None,
+        *,
+        job_directory: str | Path | None = None,
+        redis_url: str | None = None,
+        concurrency: int | None = None,
+        secret: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        registry: Registry | None = None,
+        wait: bool = True,
+    ) -> Node:
+        overrides: dict[str, Any] = {}
+        if concurrency is not None:
+            overrides["concurrency"] = concurrency
+        settings = self.config.snapshot(**overrides)
+        if registry is None:
+            registry = Registry()
+            directory = job_directory if job_directory is not None else settings.job_directory
+            registry.load_directory(directory)
+        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in self._distributors])
+        if not targets:
+            raise InvalidOptions("start_node needs distributors=[(host, port), ...]")
+        node = Node(
+            name,
+            settings,
+            registry,
+            open_storage(storage, redis_url or settings.hiredis_url),
+            [(str(h), int(p)) for h, p in targets],
+            secret=secret,
+            ssl_context=ssl,
+        )
+        await node.start()
+        self._nodes.append(node)
+        if wait:
+            await node.wait_ready(timeout=max(5.0, settings.handshake_timeout * 3))
+        return node
+
+    # --- the app's calls --------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        opts: dict[str, Any] | None = None,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+    ) -> JobHandle | None:
+        """Queue job `name` from any thread; return its handle (SPEC 1.5.1).
+
+        Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
+        options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
+        Nothing is sent when it raises. Returns None when `enqueue_id`/`loner` refuse the job.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running() or not self._distributors:
+            raise ReactorClosed(
+                "no running distributor: call JR.run() and JR.start_distributor() first"
+            )
+        distributor = self._distributors[0]
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise TypeError(f"job args must be a dict, got {type(args).__name__}")
+        packed = pack_args(args)
+        if len(packed) > self.config["max_frame_bytes"] - _FRAME_OVERHEAD:
+            raise InvalidOptions(
+                f"job args are {len(packed)} bytes, over max_frame_bytes; pass a reference "
+                "(a key, a URL) instead of the data"
+            )
+        opts = dict(opts or {})
+        definition = self.registry.get(name)
+        if definition is not None and definition.options:
+            opts = {**definition.options, **opts}
+        not_yet = _NOT_YET & {k for k, v in opts.items() if v is not None}
+        if not_yet:
+            raise InvalidOptions(f"option(s) {sorted(not_yet)} are not supported yet")
+        record = build_record(
+            uuid.uuid4().hex,
+            name,
+            msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
+            opts,
+            now_epoch_s=time.time(),
+            distributor=distributor.address,
+            default_priority=self.config["default_priority"],
+            strict_node=self.config["always_use_specified_node"],
+        )
+        if distributor.pending_count + len(self._inbox) >= self.config["max_pending_jobs"]:
+            raise QueueFull(
+                f"{self.config['max_pending_jobs']} jobs already wait for a node; "
+                "start more nodes or raise max_pending_jobs"
+            )
+        handle = JobHandle(record.id)
+        self._inbox.append(
+            (record, success if callable(success) else None, error if callable(error) else None, handle)
+        )
+        if not self._wake_pending:
+            self._wake_pending = True
+            loop.call_soon_threadsafe(self._drain_inbox)
+        return handle
+
+    def _drain_inbox(self) -> None:
+        self._wake_pending = False
+        if not self._distributors:
+            return
+        inbox = self._inbox
+        batch = []
+        while inbox:
+            batch.append(inbox.popleft())
+        if batch:
+            self._distributors[0].submit_many(batch)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Connected nodes: name, job names, free credit, address, storage, jobs in flight."""
+        distributor = self.distributor
+        if self._in_loop_thread():
+            return distributor.nodes()
+
+        async def get() -> list[dict[str, Any]]:
+            return distributor.nodes()
+
+        return self._call(get())
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending, scheduled or periodic job wherever it is; True if found."""
+        distributor = self.distributor
+        if self._in_loop_thread():
+            self._drain_inbox()
+            return distributor.cancel(job_id)
+
+        async def do() -> bool:
+            self._drain_inbox()
+            return distributor.cancel(job_id)
+
+        return self._call(do())
+
+    def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
+        """Block until a node (named `name`, or any) has joined the first distributor."""
+        self._call(self.distributor.wait_for_node(name, timeout), timeout=timeout + 1)
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
+        """Run an async function on the reactor's loop and return its result (for tools/tests)."""
+
+        async def run() -> T:
+            return await fn()
+
+        return self._call(run(), timeout)
+
+
+JR = Reactor()
