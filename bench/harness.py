@@ -54,7 +54,7 @@ def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     def target() -> None:
         try:
             box["result"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
             box["error"] = exc
 
     thread = threading.Thread(target=target, name=f"bench-{what}", daemon=True)
@@ -116,9 +116,7 @@ def tail(path: Path, lines: int = 12) -> str:
 
 def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -207,8 +205,11 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def flushall(self) -> None:
-        self.client.flushall()
+    def flushdb(self, db: int) -> None:
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=30) as client:
+            client.flushdb()
 
     def used_memory(self) -> int:
         return int(self.client.info("memory")["used_memory"])
@@ -297,12 +298,14 @@ class Cluster:
         concurrency: int,
         redis: RedisServer | None = None,
         label: str = "bench",
+        redis_db: int = 1,
     ) -> None:
         self.workdir = workdir
         self.storage = storage
         self.concurrency = concurrency
         self.redis = redis
         self.label = label
+        self.redis_db = redis_db  # the node storage's db; db 0 is the peers' body's
         self.nodes: list[NodeProcess] = []
         self.reactor: Any = None
         self.address: tuple[str, int] | None = None
@@ -317,7 +320,7 @@ class Cluster:
         from jobreactor import Reactor
 
         if self.storage == "redis" and self.redis is not None:
-            self.redis.flushall()  # no node may resume a previous run's jobs
+            self.redis.flushdb(self.redis_db)  # no node may resume a previous run's jobs
         reactor = Reactor()
         reactor.config.update(
             log_job_processing=False, logger_method="WARNING", shutdown_timeout=5.0
@@ -334,9 +337,11 @@ class Cluster:
 
     def add_node(self) -> NodeProcess:
         assert self.address is not None
-        name = f"b{len(self.nodes) + 1}"
+        name = f"{self.label}{len(self.nodes) + 1}"
         env = {"BENCH_REDIS_PORT": str(self.redis.port)} if self.redis else {}
-        redis_url = self.redis.url(1) if self.storage == "redis" and self.redis else None
+        redis_url = (
+            self.redis.url(self.redis_db) if self.storage == "redis" and self.redis else None
+        )
         node = NodeProcess(
             name,
             self.workdir,

@@ -93,7 +93,7 @@ def _addresses(value: Any) -> Any:
         return value
     out: list[Any] = []
     for item in value:
-        if isinstance(item, list | tuple) and len(item) == 2:  # noqa: PLR2004
+        if isinstance(item, list | tuple) and len(item) == 2:
             out.append({"host": item[0], "port": item[1]})
         elif isinstance(item, str) and ":" in item:
             host, _, port = item.rpartition(":")

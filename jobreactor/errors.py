@@ -102,7 +102,7 @@ class AlreadyClosed(JobReactorError):
     """A batch was closed already: no more parts can be pushed (DistributedJob)."""
 
 
-class CancelJob(JobReactorError):  # noqa: N818 (the name is pinned by SPEC §8 and DESIGN.md)
+class CancelJob(JobReactorError):
     """Raise from a job, callback or errback to stop the job for good (SPEC 1.6.8).
 
     From the job or a callback: the success feedback fires with the args as they were

@@ -10,8 +10,6 @@ from typing import Any
 from jobreactor.errors import JobCancelled, JobFailed
 
 
-
-
 class JobHandle:
     """`h.id`; `h.result(timeout)` blocks for the final success args; `await h` on a loop.
 

@@ -116,9 +116,7 @@ class JobRecord:
 
 _FIELD_NAMES: Final = frozenset(f.name for f in fields(JobRecord)) - {"extra"}
 _DEFAULTS: Final = {
-    f.name: f.default
-    for f in fields(JobRecord)
-    if f.name not in {"id", "name", "args", "extra"}
+    f.name: f.default for f in fields(JobRecord) if f.name not in {"id", "name", "args", "extra"}
 }
 
 
@@ -156,7 +154,9 @@ def _epoch(value: Any) -> float:
             return value.timestamp()
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidOptions(f"option 'run_at' must be a datetime or a unix timestamp, got {value!r}")
+        raise InvalidOptions(
+            f"option 'run_at' must be a datetime or a unix timestamp, got {value!r}"
+        )
     return float(value)
 
 
@@ -215,7 +215,8 @@ def build_record(
     Raises `InvalidOptions` (a ValueError) for unknown keys, wrong types and contradictions.
     Neither `args` nor `opts` is mutated.
     """
-    if not isinstance(name, str) or not name:
+    untrusted: object = name  # callers from untyped code pass anything
+    if not isinstance(untrusted, str) or not untrusted:
         raise InvalidOptions(f"job name must be a non-empty string, got {name!r}")
     unknown = set(opts) - ENQUEUE_OPTIONS
     if unknown:

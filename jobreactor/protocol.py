@@ -254,14 +254,14 @@ def _held(value: Any) -> list[tuple[str, int]]:
         raise MalformedFrame("held must be a list of [job_id, lease]")
     out: list[tuple[str, int]] = []
     for item in value:
-        if not isinstance(item, list) or len(item) != 2:  # noqa: PLR2004
+        if not isinstance(item, list) or len(item) != 2:
             raise MalformedFrame("held must be a list of [job_id, lease]")
         out.append((_typed(item[0], str, "held job id"), _typed(item[1], int, "held lease")))
     return out
 
 
 def _job_entry(item: Any) -> tuple[int, Record]:
-    if not isinstance(item, list) or len(item) != 2:  # noqa: PLR2004
+    if not isinstance(item, list) or len(item) != 2:
         raise MalformedFrame("a job entry must be [lease, record]")
     lease = _typed(item[0], int, "job lease")
     record = _typed(item[1], dict, "job record")
@@ -273,7 +273,7 @@ def _job_entry(item: Any) -> tuple[int, Record]:
 
 
 def _report_item(item: Any) -> ReportItem:
-    if not isinstance(item, list) or len(item) != 5:  # noqa: PLR2004
+    if not isinstance(item, list) or len(item) != 5:
         raise MalformedFrame("a report must be [job_id, lease, outcome, final, args]")
     job_id, lease, outcome, final, args = item
     if outcome not in OUTCOMES:
@@ -287,7 +287,7 @@ def _report_item(item: Any) -> ReportItem:
     )
 
 
-def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901, PLR0911
+def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
     def need(count: int) -> None:
         if len(f) != count:
             raise MalformedFrame(f"message {tag} needs {count} fields, got {len(f)}")
@@ -313,7 +313,9 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901, PLR0911
         case Welcome.TAG:
             need(3)
             return Welcome(
-                _typed(f[0], int, "version"), _typed(f[1], str, "distributor"), _str_list(f[2], "drop")
+                _typed(f[0], int, "version"),
+                _typed(f[1], str, "distributor"),
+                _str_list(f[2], "drop"),
             )
         case Jobs.TAG:
             need(1)
@@ -377,7 +379,7 @@ def decode_body(body: bytes) -> Message:
 def encode(message: Message) -> bytes:
     """One frame: length header + msgpack body."""
     try:
-        body = msgpack.packb([message.TAG, *message.fields()], use_bin_type=True)
+        body: bytes = msgpack.packb([message.TAG, *message.fields()], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
     return _LENGTH.pack(len(body)) + body

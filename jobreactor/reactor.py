@@ -42,7 +42,16 @@ Setup = Callable[[], Any]
 # Options whose cross-process semantics (unique ids, locks, batches) land with the gems' issue;
 # until then they are refused loudly rather than silently ignored.
 _NOT_YET: frozenset[str] = frozenset(
-    {"enqueue_id", "perform_id", "duplicate_delay", "lock", "lock_timeout", "loner", "batch", "part"}
+    {
+        "enqueue_id",
+        "perform_id",
+        "duplicate_delay",
+        "lock",
+        "lock_timeout",
+        "loner",
+        "batch",
+        "part",
+    }
 )
 # Room for the record around the args in a Jobs frame.
 _FRAME_OVERHEAD = 4096
@@ -53,7 +62,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:  # pragma: no cover (uvloop is a dependency except on Windows)
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 class Reactor:
@@ -280,7 +289,7 @@ class Reactor:
 
     # --- nodes ----------------------------------------------------------------------------------
 
-    def start_node(
+    def start_node(  # noqa: PLR0913 (pinned API: DESIGN.md)
         self,
         name: str,
         storage: str = "memory",
@@ -310,7 +319,7 @@ class Reactor:
             )
         )
 
-    async def astart_node(
+    async def astart_node(  # noqa: PLR0913 (mirrors start_node)
         self,
         name: str,
         storage: str = "memory",
@@ -332,7 +341,9 @@ class Reactor:
             registry = Registry()
             directory = job_directory if job_directory is not None else settings.job_directory
             registry.load_directory(directory)
-        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in self._distributors])
+        targets = list(
+            distributors or [("127.0.0.1", d.address_port()) for d in self._distributors]
+        )
         if not targets:
             raise InvalidOptions("start_node needs distributors=[(host, port), ...]")
         node = Node(
@@ -406,7 +417,12 @@ class Reactor:
             )
         handle = JobHandle(record.id)
         self._inbox.append(
-            (record, success if callable(success) else None, error if callable(error) else None, handle)
+            (
+                record,
+                success if callable(success) else None,
+                error if callable(error) else None,
+                handle,
+            )
         )
         if not self._wake_pending:
             self._wake_pending = True
@@ -418,7 +434,7 @@ class Reactor:
         if not self._distributors:
             return
         inbox = self._inbox
-        batch = []
+        batch: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]] = []
         while inbox:
             batch.append(inbox.popleft())
         if batch:

@@ -165,7 +165,9 @@ class Distributor:
         self.dispatcher.add(job)
         self._dispatch()
 
-    def submit_many(self, items: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]]) -> None:
+    def submit_many(
+        self, items: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]]
+    ) -> None:
         address = self.address
         for job, success, error, handle in items:
             job.distributor = address

@@ -147,7 +147,8 @@ class NodeSession:
         self.conn.send(Challenge(self._nonce, proof))
 
     def _on_auth(self, auth: Auth) -> None:
-        assert self.hello is not None and self.distributor.secret is not None
+        assert self.hello is not None
+        assert self.distributor.secret is not None
         expected = handshake_proof(
             self.distributor.secret, "node", self.hello.node_name, self.hello.nonce, self._nonce
         )

@@ -9,6 +9,7 @@ tick. Reports survive reconnects: they stay queued until the distributor acknowl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl
@@ -73,7 +74,7 @@ class DistributorLink:
         self._reports: deque[tuple[int, ReportItem]] = deque()  # sent or not, unacknowledged
         self._unsent_from = 0  # index into _reports of the first report not yet sent
         self._seq = 0
-        self._stopping = False
+        self._stop = asyncio.Event()
         self._challenged = False
         self.ready = asyncio.Event()
         self._reports_drained = asyncio.Event()
@@ -94,7 +95,7 @@ class DistributorLink:
     async def run(self) -> None:
         """Dial, serve, redial with backoff, until `stop()`."""
         backoff = self.node.settings.reconnect_interval
-        while not self._stopping:
+        while not self._stop.is_set():
             try:
                 await self._connect_once()
                 backoff = self.node.settings.reconnect_interval
@@ -105,9 +106,10 @@ class DistributorLink:
                     exc,
                     backoff,
                 )
-            if self._stopping:
+            if self._stop.is_set():
                 return
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _connect_once(self) -> None:
@@ -123,9 +125,7 @@ class DistributorLink:
             )
 
         async with asyncio.timeout(settings.handshake_timeout * 2):
-            _, conn = await loop.create_connection(
-                factory, self.host, self.port, ssl=self._ssl
-            )
+            _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
@@ -150,7 +150,7 @@ class DistributorLink:
         await conn.closed.wait()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         if self.conn is not None:
             self.conn.close("node stopping", notify=True)
 
@@ -169,7 +169,9 @@ class DistributorLink:
             case Cancel() if self.is_ready:
                 self.node.cancel_job(message.job_id)
             case Bye():
-                logger.warning("distributor %s closed the link: %s", self.configured, message.reason)
+                logger.warning(
+                    "distributor %s closed the link: %s", self.configured, message.reason
+                )
                 if self.conn is not None:
                     self.conn.close("distributor said goodbye")
             case _:
@@ -183,7 +185,9 @@ class DistributorLink:
             raise HandshakeFailed(
                 f"distributor {self.configured} requires a secret; set `secret` on this node"
             )
-        expected = handshake_proof(secret, "distributor", self.node.name, self._nonce, challenge.nonce)
+        expected = handshake_proof(
+            secret, "distributor", self.node.name, self._nonce, challenge.nonce
+        )
         if not proof_matches(expected, challenge.proof):
             raise HandshakeFailed(f"distributor {self.configured} failed to prove the secret")
         self._challenged = True
@@ -216,7 +220,7 @@ class DistributorLink:
         self._nacks.clear()
         self._credits = 0
         self.conn = None
-        if was_ready and not self._stopping:
+        if was_ready and not self._stop.is_set():
             logger.warning(
                 "lost distributor %s (%s); redialling, %d report(s) kept for it",
                 self.configured,
@@ -239,7 +243,9 @@ class DistributorLink:
         reports = self._reports
         while self._unsent_from < len(reports):
             start = self._unsent_from
-            chunk = [reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))]
+            chunk = [
+                reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))
+            ]
             self._unsent_from += len(chunk)
             conn.send_frame(encode(Reports(chunk[0][0], [item for _, item in chunk])))
 
@@ -263,7 +269,9 @@ class DistributorLink:
         self._nacks.append(Nack(lease, reason))
         self._flush_soon()
 
-    def report(self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]) -> None:
+    def report(
+        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
+    ) -> None:
         self._seq += 1
         self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
         self._reports_drained.clear()

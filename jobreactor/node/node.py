@@ -187,11 +187,11 @@ class Node:
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
         for job_id in drop:
-            held = self._jobs.get(job_id)
-            if held is not None:
-                held.dropped = True
-                if not held.running:
-                    self._forget(held, destroy=True)
+            gone = self._jobs.get(job_id)
+            if gone is not None:
+                gone.dropped = True
+                if not gone.running:
+                    self._forget(gone, destroy=True)
         link.drop_reports_for(set(drop))
 
     def link_down(self, link: DistributorLink) -> None:
@@ -230,8 +230,11 @@ class Node:
                 try:
                     await self.storage.save_many(self.name, [h.record for h in batch])
                 except StorageError as exc:
-                    logger.error(  # noqa: G201
-                        "%s could not store %d job(s): %s; handing them back", self.name, len(batch), exc
+                    logger.error(
+                        "%s could not store %d job(s): %s; handing them back",
+                        self.name,
+                        len(batch),
+                        exc,
                     )
                     for held in batch:
                         if held.link is not None:
@@ -335,7 +338,9 @@ class Node:
             return
         self._spawn(self._attempt(held, definition, args, timeout))
 
-    def _pool_for(self, record: JobRecord, definition: JobDefinition, timeout: float | None) -> concurrent.futures.ThreadPoolExecutor | None:
+    def _pool_for(
+        self, record: JobRecord, definition: JobDefinition, timeout: float | None
+    ) -> concurrent.futures.ThreadPoolExecutor | None:
         # A plain job under max_run_time runs in the pool too: only there can it be timed out.
         if definition.is_async:
             return None
@@ -571,7 +576,7 @@ class Node:
                     if doomed:
                         await self.storage.destroy_many(self.name, doomed)
                 except StorageError as exc:
-                    logger.error("%s: storage write failed (%s); will retry", self.name, exc)  # noqa: G201
+                    logger.error("%s: storage write failed (%s); will retry", self.name, exc)
                     for record in dirty:
                         self._dirty.setdefault(record.id, record)
                     self._doomed.update(doomed)

@@ -93,5 +93,3 @@ def plain_args(args: dict[str, Any]) -> dict[str, Any]:
     if not any(isinstance(v, BaseException) for v in args.values()):
         return args
     return {k: error_value(v) if isinstance(v, BaseException) else v for k, v in args.items()}
-
-

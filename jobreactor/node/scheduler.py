@@ -52,7 +52,7 @@ class TimerHeap:
             if live.get(job_id) == token:
                 del live[job_id]
                 due.append(job_id)
-        if len(heap) > 64 and len(heap) > 4 * len(live):  # noqa: PLR2004
+        if len(heap) > 64 and len(heap) > 4 * len(live):
             self._compact()
         return due
 

@@ -1,0 +1,163 @@
+"""Fixtures: real reactors on real sockets (port 0), in-process and CLI nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobreactor import Reactor, Registry
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    """A running reactor with a distributor on 127.0.0.1:<free port>; fast retries (SPEC 1.18)."""
+    r = Reactor(
+        retry_multiplier=0,
+        max_attempt=5,
+        logger_method="WARNING",
+        log_job_processing=False,
+        shutdown_timeout=2.0,
+        reconnect_interval=0.05,
+    )
+    r.run()
+    r.start_distributor("127.0.0.1", 0)
+    yield r
+    r.stop(timeout=15)
+
+
+@pytest.fixture
+def address(reactor: Reactor) -> tuple[str, int]:
+    return ("127.0.0.1", reactor.distributor.address_port())
+
+
+class Recorder:
+    """Thread-safe list of observations with a wait-for-count (no sleeping in tests)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Any]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.items) >= count, timeout)
+            assert ok, f"waited {timeout}s for {count} items, got {len(self.items)}"
+            return list(self.items)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self.items)
+
+
+@pytest.fixture
+def recorder() -> Callable[[], Recorder]:
+    return Recorder
+
+
+NODE_JOBS = textwrap.dedent(
+    """
+    import json, os, time
+    from jobreactor import job, job_errback
+
+    def _record(args, what):
+        with open(args["out"], "a") as f:
+            f.write(json.dumps({"what": what, "i": args.get("i"), "node": os.environ.get("NODE"),
+                                "t": time.time()}) + "\\n")
+
+    @job("simple")
+    def simple(args):
+        _record(args, "simple")
+        args["result"] = "ok"
+
+    @job("fail")
+    def fail(args):
+        _record(args, "fail")
+        raise RuntimeError("always")
+
+    @job_errback("fail")
+    def fail_eb(args):
+        args["seen_error"] = args["error"].__class__.__name__
+    """
+)
+
+
+class CliNode:
+    """`python -m jobreactor node --config node.toml` as a real subprocess."""
+
+    def __init__(self, tmp: Path, name: str, address: tuple[str, int], **settings: Any) -> None:
+        jobs = tmp / "cli_jobs"
+        jobs.mkdir(exist_ok=True)
+        (jobs / "jobs.py").write_text(NODE_JOBS)
+        lines = [
+            f'name = "{name}"',
+            'storage = "memory"',
+            f'distributors = [["{address[0]}", {address[1]}]]',
+            f'job_directory = "{jobs}"',
+            "retry_multiplier = 0",
+            "max_attempt = 3",
+            "reconnect_interval = 0.1",
+            "shutdown_timeout = 5.0",
+            'logger_method = "INFO"',
+            "log_job_processing = false",
+        ]
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
+        self.config = tmp / f"{name}.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = tmp / f"{name}.log"
+        env = {**os.environ, "NODE": name}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def cli_node(tmp_path: Path) -> Iterator[Callable[..., CliNode]]:
+    started: list[CliNode] = []
+
+    def start(name: str, address: tuple[str, int], **settings: Any) -> CliNode:
+        node = CliNode(tmp_path, name, address, **settings)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def make_registry() -> Registry:
+    return Registry()
