@@ -237,6 +237,11 @@ class Config:
     def __repr__(self) -> str:
         return f"Config({self._model.model_dump()})"
 
+    @property
+    def current(self) -> ReactorConfig:
+        """The validated settings now in force (a frozen model: read it, don't keep it)."""
+        return self._model
+
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self._model, key, default)
 

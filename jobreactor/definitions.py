@@ -40,12 +40,13 @@ class JobDefinition:
     lock_failed: Step | None = None
     lock_expired: Step | None = None
     loner_enqueue_failed: Step | None = None
+    # True if any step of either chain is a coroutine function (then the attempt is a task).
+    # Kept up to date by the registry, so the hot path reads a bool instead of inspecting.
+    is_async: bool = False
 
-    @property
-    def is_async(self) -> bool:
-        """True if any step of either chain is a coroutine function (then it runs as a task)."""
+    def refresh(self) -> None:
         steps = [self.fn, *(fn for _, fn in self.callbacks), *(fn for _, fn in self.errbacks)]
-        return any(inspect.iscoroutinefunction(step) for step in steps)
+        self.is_async = any(inspect.iscoroutinefunction(step) for step in steps)
 
 
 class Registry:
@@ -82,7 +83,9 @@ class Registry:
             if name in self._definitions:
                 # SPEC 1.3: re-registering replaces the job, callbacks included.
                 logger.warning("job %r defined again; the new definition replaces it", name)
-            self._definitions[name] = JobDefinition(name, fn, options=dict(options))
+            definition = JobDefinition(name, fn, options=dict(options))
+            definition.refresh()
+            self._definitions[name] = definition
             return fn
 
         return register
@@ -91,7 +94,9 @@ class Registry:
         """Append the decorated function to job `name`'s callback chain (define the job first)."""
 
         def register(fn: F) -> F:
-            self[name].callbacks.append((callback_name, fn))
+            definition = self[name]
+            definition.callbacks.append((callback_name, fn))
+            definition.refresh()
             return fn
 
         return register
@@ -100,7 +105,9 @@ class Registry:
         """Append the decorated function to job `name`'s errback chain (define the job first)."""
 
         def register(fn: F) -> F:
-            self[name].errbacks.append((errback_name, fn))
+            definition = self[name]
+            definition.errbacks.append((errback_name, fn))
+            definition.refresh()
             return fn
 
         return register

@@ -1,13 +1,21 @@
-"""JobHandle: what `enqueue` returns. Wait for the final outcome from any thread or coroutine."""
+"""JobHandle: what `enqueue` returns. Wait for the final outcome from any thread or coroutine.
+
+A handle costs almost nothing until somebody waits on it: no Future, no Condition per job (a
+`concurrent.futures.Future` per job was 20 % of the whole enqueue-to-feedback path). Waiters
+register under one module lock; the distributor resolves the handle once, on its loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 from jobreactor.errors import JobCancelled, JobFailed
+
+_LOCK = threading.Lock()
+_PENDING, _SUCCEEDED, _FAILED = 0, 1, 2
 
 
 class JobHandle:
@@ -18,34 +26,74 @@ class JobHandle:
     resolves only when the job ends (cancelled, or failed for good).
     """
 
-    __slots__ = ("_future", "id")
+    __slots__ = ("_state", "_value", "_waiters", "id")
 
     def __init__(self, job_id: str) -> None:
         self.id = job_id
-        self._future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._state = _PENDING
+        self._value: Any = None
+        self._waiters: list[Callable[[], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {'done' if self.done() else 'pending'}>"
 
     def done(self) -> bool:
-        return self._future.done()
+        return self._state != _PENDING
+
+    def _outcome(self) -> dict[str, Any]:
+        if self._state == _SUCCEEDED:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job's final outcome; raise TimeoutError if it takes longer."""
-        return self._future.result(timeout)
+        event = threading.Event()
+        with _LOCK:
+            if self._state == _PENDING:
+                if self._waiters is None:
+                    self._waiters = []
+                self._waiters.append(event.set)
+        if self._state == _PENDING and not event.wait(timeout):
+            raise TimeoutError(f"job {self.id} did not finish within {timeout}s")
+        return self._outcome()
 
     def __await__(self) -> Generator[Any, None, dict[str, Any]]:
-        return asyncio.wrap_future(self._future).__await__()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
 
-    # called by the distributor, on its loop, exactly once
+        def wake() -> None:
+            loop.call_soon_threadsafe(_set_if_pending, future)
+
+        with _LOCK:
+            if self._state == _PENDING:
+                if self._waiters is None:
+                    self._waiters = []
+                self._waiters.append(wake)
+            else:
+                future.set_result(None)
+        yield from future.__await__()
+        return self._outcome()
+
+    # called by the distributor, on its loop, at most once each
+    def _resolve(self, state: int, value: Any) -> None:
+        with _LOCK:
+            if self._state != _PENDING:
+                return
+            self._state, self._value = state, value
+            waiters, self._waiters = self._waiters, None
+        for wake in waiters or ():
+            wake()
+
     def _succeed(self, args: dict[str, Any]) -> None:
-        if not self._future.done():
-            self._future.set_result(args)
+        self._resolve(_SUCCEEDED, args)
 
     def _fail(self, args: dict[str, Any]) -> None:
-        if not self._future.done():
-            self._future.set_exception(JobFailed(self.id, args))
+        self._resolve(_FAILED, JobFailed(self.id, args))
 
     def _cancel(self, reason: str = "cancelled") -> None:
-        if not self._future.done():
-            self._future.set_exception(JobCancelled(f"job {self.id} {reason}"))
+        self._resolve(_FAILED, JobCancelled(f"job {self.id} {reason}"))
+
+
+def _set_if_pending(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -101,6 +101,8 @@ class JobRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         """Build from `to_dict` output; unknown keys are kept in `extra`, not trusted as fields."""
+        if data.keys() <= _FIELD_NAMES:  # the usual case: one call, no filtering
+            return cls(**data)
         known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
         record = cls(**known)

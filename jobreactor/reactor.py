@@ -16,7 +16,8 @@ import signal
 import ssl as ssl_module
 import threading
 import time
-import uuid
+import itertools
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,6 +83,10 @@ class Reactor:
         ] = collections.deque()
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
+        # Job ids: 64 random bits per reactor + a counter. Unique like uuid4 for our purposes
+        # (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall per job.
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count(1)
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "stopped"
@@ -387,8 +392,9 @@ class Reactor:
             args = {}
         if not isinstance(args, dict):
             raise TypeError(f"job args must be a dict, got {type(args).__name__}")
+        settings = self.config.current
         packed = pack_args(args)
-        if len(packed) > self.config["max_frame_bytes"] - _FRAME_OVERHEAD:
+        if len(packed) > settings.max_frame_bytes - _FRAME_OVERHEAD:
             raise InvalidOptions(
                 f"job args are {len(packed)} bytes, over max_frame_bytes; pass a reference "
                 "(a key, a URL) instead of the data"
@@ -401,18 +407,18 @@ class Reactor:
         if not_yet:
             raise InvalidOptions(f"option(s) {sorted(not_yet)} are not supported yet")
         record = build_record(
-            uuid.uuid4().hex,
+            f"{self._id_prefix}{next(self._id_counter):08x}",
             name,
             msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
             opts,
             now_epoch_s=time.time(),
             distributor=distributor.address,
-            default_priority=self.config["default_priority"],
-            strict_node=self.config["always_use_specified_node"],
+            default_priority=settings.default_priority,
+            strict_node=settings.always_use_specified_node,
         )
-        if distributor.pending_count + len(self._inbox) >= self.config["max_pending_jobs"]:
+        if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
             raise QueueFull(
-                f"{self.config['max_pending_jobs']} jobs already wait for a node; "
+                f"{settings.max_pending_jobs} jobs already wait for a node; "
                 "start more nodes or raise max_pending_jobs"
             )
         handle = JobHandle(record.id)

@@ -368,7 +368,7 @@ def test_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
 
 def test_a_file_instead_of_a_directory_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path / "jobs.py", "")
-    with pytest.raises(ConfigError, match="jobs.py"):
+    with pytest.raises(ConfigError, match=r"jobs\.py"):
         Registry().load_directory(path)
 
 

@@ -49,7 +49,8 @@ def test_minimal_record_has_the_spec_defaults() -> None:
     assert record.name == "echo"
     assert record.args == {"a": 1}
     assert record.attempt == 0
-    assert record.status == JobStatus.NEW == "new"
+    assert record.status == JobStatus.NEW
+    assert record.status == "new"
     assert record.make_after == 0
     assert record.run_at_ts == NOW
     assert record.period == 0

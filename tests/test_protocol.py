@@ -346,7 +346,9 @@ def _wrong_value_for(value: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("message", "index"), _field_cases(), ids=lambda v: type(v).__name__ if not isinstance(v, int) else str(v)
+    ("message", "index"),
+    _field_cases(),
+    ids=lambda v: type(v).__name__ if not isinstance(v, int) else str(v),
 )
 def test_every_field_of_the_wrong_type_is_malformed(message: Message, index: int) -> None:
     for wrong in _wrong_value_for(message.fields()[index]):
@@ -597,8 +599,12 @@ plain = st.recursive(
     | st.text(max_size=8)
     | st.binary(max_size=8)
     | st.sampled_from(["success", "error", "cancelled"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=4) | st.integers(-(2**63), 2**63 - 1), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=4) | st.integers(-(2**63), 2**63 - 1), children, max_size=4
+        )
+    ),
     max_leaves=16,
 )
 
@@ -615,7 +621,7 @@ def test_tagged_arrays_of_random_fields_only_raise_malformed_frame(
         message = decode_body(body_of([tag, *fields]))
     except MalformedFrame:
         return
-    assert message.TAG == tag
+    assert tag == message.TAG
     # Whatever decoded is well-typed enough to be sent again unchanged.
     assert decode_body(encode(message)[4:]) == message
 

@@ -1,0 +1,270 @@
+"""In-flight tracking, pure: leases, stale reports, connection loss (DESIGN "Ownership")."""
+
+from __future__ import annotations
+
+from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.job import JobRecord
+
+CONN1, CONN2, CONN3 = 11, 12, 13
+
+
+def job(job_id: str) -> JobRecord:
+    return JobRecord(job_id, "echo", {"n": job_id})
+
+
+def test_issue_records_the_job_and_returns_a_lease() -> None:
+    tracker = Tracker()
+    record = job("j1")
+    lease = tracker.issue(record, CONN1, "w1", seq=5)
+    entry = tracker.get("j1")
+    assert isinstance(entry, InFlight)
+    assert entry.job is record
+    assert (entry.lease, entry.conn, entry.node, entry.seq) == (lease, CONN1, "w1", 5)
+    assert entry.acked is False
+    assert entry.cancel_requested is False
+    assert len(tracker) == 1
+    assert tracker.jobs_on(CONN1) == [entry]
+    assert tracker.get("unknown") is None
+
+
+def test_leases_are_unique() -> None:
+    tracker = Tracker()
+    leases = [tracker.issue(job(f"j{i}"), CONN1 + i % 3, "w1", seq=i) for i in range(500)]
+    assert len(set(leases)) == 500
+
+
+def test_re_issuing_a_job_gives_a_new_lease_and_retires_the_old_one() -> None:
+    tracker = Tracker()
+    first = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    second = tracker.issue(job("j1"), CONN2, "w2", seq=0)
+    assert second != first
+    assert len(tracker) == 1
+    assert tracker.check_report(CONN1, "j1", first) is None
+    assert tracker.check_report(CONN2, "j1", first) is None
+    assert tracker.ack(CONN1, first) is None
+    assert tracker.by_lease(CONN1, first) is None
+    assert tracker.jobs_on(CONN1) == []
+    entry = tracker.check_report(CONN2, "j1", second)
+    assert entry is not None
+    assert entry.node == "w2"
+
+
+def test_leases_are_never_reused_after_forget() -> None:
+    tracker = Tracker()
+    seen = set()
+    for i in range(50):
+        lease = tracker.issue(job("same"), CONN1, "w1", seq=i)
+        assert lease not in seen
+        seen.add(lease)
+        tracker.forget("same")
+
+
+# --- check_report -------------------------------------------------------------------------------
+
+
+def test_check_report_accepts_the_current_lease_from_the_holding_connection() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    entry = tracker.check_report(CONN1, "j1", lease)
+    assert entry is not None
+    assert entry is tracker.get("j1")
+
+
+def test_check_report_rejects_a_wrong_lease() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    other = tracker.issue(job("j2"), CONN1, "w1", seq=1)
+    assert tracker.check_report(CONN1, "j1", lease + 1000) is None
+    assert tracker.check_report(CONN1, "j1", other) is None  # another job's lease
+    assert tracker.check_report(CONN1, "j2", lease) is None
+
+
+def test_check_report_rejects_the_wrong_connection() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    assert tracker.check_report(CONN2, "j1", lease) is None
+
+
+def test_check_report_rejects_an_unknown_or_finished_job() -> None:
+    tracker = Tracker()
+    assert tracker.check_report(CONN1, "nope", 1) is None
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    forgotten = tracker.forget("j1")  # final report handled
+    assert forgotten is not None
+    assert forgotten.lease == lease
+    assert tracker.check_report(CONN1, "j1", lease) is None  # a duplicate final report
+    assert tracker.forget("j1") is None
+    assert len(tracker) == 0
+
+
+# --- ack / by_lease -------------------------------------------------------------------------------
+
+
+def test_ack_marks_the_job_acknowledged() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    entry = tracker.ack(CONN1, lease)
+    assert entry is not None
+    assert entry.acked is True
+    assert tracker.by_lease(CONN1, lease) is entry
+
+
+def test_ack_from_the_wrong_connection_or_for_an_unknown_lease_is_ignored() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    assert tracker.ack(CONN2, lease) is None
+    assert tracker.ack(CONN1, lease + 99) is None
+    entry = tracker.get("j1")
+    assert entry is not None
+    assert entry.acked is False
+    assert tracker.by_lease(CONN2, lease) is None
+    assert tracker.by_lease(CONN1, lease + 99) is None
+
+
+# --- detach -------------------------------------------------------------------------------------
+
+
+def two_jobs_on_conn1(tracker: Tracker) -> tuple[int, int]:
+    unacked = tracker.issue(job("unacked"), CONN1, "w1", seq=1)
+    acked = tracker.issue(job("acked"), CONN1, "w1", seq=2)
+    assert tracker.ack(CONN1, acked) is not None
+    tracker.issue(job("elsewhere"), CONN2, "w2", seq=3)
+    return unacked, acked
+
+
+def test_detach_returns_unacked_jobs_and_keeps_acked_ones_for_a_durable_node() -> None:
+    tracker = Tracker()
+    unacked, acked = two_jobs_on_conn1(tracker)
+    requeue = tracker.detach(CONN1, keep_acked=True)
+    assert [e.job.id for e in requeue] == ["unacked"]
+    assert requeue[0].seq == 1  # the original FIFO place travels with it
+    assert tracker.get("unacked") is None
+    kept = tracker.get("acked")
+    assert kept is not None
+    assert kept.conn is None
+    assert tracker.orphans_of("w1") == [kept]
+    assert tracker.orphans_of("w2") == []
+    assert tracker.jobs_on(CONN1) == []
+    # The stale connection can no longer report or ack.
+    assert tracker.check_report(CONN1, "acked", acked) is None
+    assert tracker.check_report(CONN1, "unacked", unacked) is None
+    assert tracker.ack(CONN1, unacked) is None
+    # Other connections are untouched.
+    assert [e.job.id for e in tracker.jobs_on(CONN2)] == ["elsewhere"]
+    assert len(tracker) == 2
+
+
+def test_detach_returns_acked_jobs_too_for_a_memory_node() -> None:
+    # DESIGN: a job acknowledged by a memory node that disconnects is re-dispatched.
+    tracker = Tracker()
+    two_jobs_on_conn1(tracker)
+    requeue = tracker.detach(CONN1, keep_acked=False)
+    assert sorted(e.job.id for e in requeue) == ["acked", "unacked"]
+    assert tracker.get("acked") is None
+    assert tracker.get("unacked") is None
+    assert tracker.orphans_of("w1") == []
+    assert len(tracker) == 1
+
+
+def test_detach_of_an_unknown_connection_returns_nothing() -> None:
+    tracker = Tracker()
+    tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    assert tracker.detach(CONN3, keep_acked=False) == []
+    assert len(tracker) == 1
+
+
+def test_detach_twice_returns_nothing_the_second_time() -> None:
+    tracker = Tracker()
+    two_jobs_on_conn1(tracker)
+    tracker.detach(CONN1, keep_acked=True)
+    assert tracker.detach(CONN1, keep_acked=True) == []
+    assert tracker.detach(CONN1, keep_acked=False) == []
+    assert len(tracker.orphans_of("w1")) == 1
+
+
+def test_requeued_job_can_be_issued_again_with_a_fresh_lease() -> None:
+    tracker = Tracker()
+    old = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    [entry] = tracker.detach(CONN1, keep_acked=False)
+    new = tracker.issue(entry.job, CONN2, "w2", seq=entry.seq)
+    assert new != old
+    assert tracker.check_report(CONN2, "j1", new) is not None
+    assert tracker.check_report(CONN1, "j1", old) is None
+
+
+# --- rebind -------------------------------------------------------------------------------------
+
+
+def test_rebind_moves_an_orphan_to_the_reconnected_node() -> None:
+    tracker = Tracker()
+    _, acked = two_jobs_on_conn1(tracker)
+    tracker.detach(CONN1, keep_acked=True)
+    entry = tracker.rebind("acked", CONN3)
+    assert entry is not None
+    assert entry.conn == CONN3
+    assert entry.lease == acked  # the node still holds it under the same lease
+    assert tracker.orphans_of("w1") == []
+    assert tracker.jobs_on(CONN3) == [entry]
+    assert tracker.check_report(CONN3, "acked", acked) is entry
+
+
+def test_rebind_from_a_live_connection() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=0)
+    entry = tracker.rebind("j1", CONN2)
+    assert entry is not None
+    assert tracker.jobs_on(CONN1) == []
+    assert tracker.jobs_on(CONN2) == [entry]
+    assert tracker.check_report(CONN1, "j1", lease) is None
+    assert tracker.check_report(CONN2, "j1", lease) is entry
+    # Closing the old connection no longer touches the moved job.
+    assert tracker.detach(CONN1, keep_acked=False) == []
+    assert tracker.get("j1") is entry
+
+
+def test_rebind_of_an_unknown_job_is_none() -> None:
+    tracker = Tracker()
+    assert tracker.rebind("nope", CONN1) is None
+    assert tracker.jobs_on(CONN1) == []
+
+
+# --- issue with an explicit lease (a reconnecting node's held jobs) -------------------------
+
+
+def test_issue_with_an_explicit_lease_adopts_it_as_acked() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("held"), CONN1, "w1", seq=3, lease=77)
+    assert lease == 77
+    entry = tracker.get("held")
+    assert entry is not None
+    assert entry.acked is True  # the node stored it long ago
+    assert tracker.check_report(CONN1, "held", 77) is entry
+    assert tracker.by_lease(CONN1, 77) is entry
+    # Adopted jobs stay with a durable node that drops again.
+    assert tracker.detach(CONN1, keep_acked=True) == []
+    assert tracker.orphans_of("w1") == [entry]
+
+
+def test_adopting_replaces_an_orphaned_entry_of_the_same_job() -> None:
+    tracker = Tracker()
+    lease = tracker.issue(job("j1"), CONN1, "w1", seq=4)
+    tracker.ack(CONN1, lease)
+    tracker.detach(CONN1, keep_acked=True)
+    adopted = tracker.issue(job("j1"), CONN2, "w1", seq=4, lease=lease)
+    assert adopted == lease
+    assert len(tracker) == 1
+    assert tracker.orphans_of("w1") == []
+    assert tracker.check_report(CONN2, "j1", lease) is not None
+
+
+def test_new_leases_never_collide_with_an_adopted_one() -> None:
+    # A node reconnecting to a restarted distributor presents leases this Tracker never issued;
+    # leases issued afterwards must not reuse them, or acks would land on the wrong job.
+    tracker = Tracker()
+    tracker.issue(job("held"), CONN1, "w1", seq=0, lease=3)
+    fresh = [tracker.issue(job(f"j{i}"), CONN2, "w2", seq=i + 1) for i in range(10)]
+    assert 3 not in fresh
+    assert len(set(fresh)) == 10
+    entry = tracker.by_lease(CONN1, 3)
+    assert entry is not None
+    assert entry.job.id == "held"
