@@ -18,6 +18,7 @@ from bench.context import Context, Params
 from bench.harness import REGISTRY, RedisServerMissing, RedisStorageUnavailable
 from bench.report import (
     FAILED,
+    INVALID,
     SKIPPED,
     Fig,
     machine_info,
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="jobreactor benchmark (issue 6): throughput, latency, delayed jobs, memory, "
-        "idle CPU. Prints a markdown table; writes JSON to bench/results/.",
+        "idle CPU. Prints a markdown table; writes JSON to bench/results/. Exit status 1 if "
+        "any row is FAILED or INVALID (a job not run exactly once, a delayed job run early).",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: whole run < 60 s")
     parser.add_argument("--n", type=int, default=None, help="throughput jobs per case "
@@ -174,4 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"logs kept in {workdir}")
     else:
         tmp.cleanup()
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    bad = [f for f in all_figs if f.status in (FAILED, INVALID)]
+    if bad:
+        console.print(f"[red]{len(bad)} row(s) FAILED or INVALID (exit status 1)")
+    return 1 if bad else 0

@@ -515,7 +515,8 @@ def memory(ctx: Context, storage: str, figs: Figs | None = None) -> Figs:
         )  # fmt: skip
         figs["app_bytes_per_job"] = Fig(
             case, "app (distributor) RSS per pending job", (app1 - app0) / m, "bytes",
-            note=f"app RSS {app0 / 2**20:.0f} → {app1 / 2**20:.0f} MiB",
+            note=f"app RSS {app0 / 2**20:.0f} → {app1 / 2**20:.0f} MiB; approx. (in-process: "
+            "memory freed by earlier workloads is reused)",
         )  # fmt: skip
         if storage == "redis":
             figs["redis_bytes_per_job"] = Fig(

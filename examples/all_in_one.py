@@ -64,11 +64,11 @@ def main() -> int:
             continue
         kind, args = outcomes[n]
         if kind == "success":
-            print(f"  job {n}: success feedback, result={args['result']!r}, checked={args['checked']}")
+            print(f"  job {n}: success feedback: result={args['result']!r}")
             ok = ok and n % 2 == 0 and args["checked"] is True
         else:
-            err = args["error"]
-            print(f"  job {n}: error feedback, error={err['class']}: {err['message']}, err={args['err']!r}")
+            error = f"{args['error']['class']}: {args['error']['message']}"
+            print(f"  job {n}: error feedback: {error} (err={args['err']!r})")
             ok = ok and n % 2 == 1 and args["err"] == "seen by first_errback"
     print("all feedbacks arrived as expected" if ok else "something went wrong")
     return 0 if ok else 1

@@ -65,10 +65,10 @@ class Tally:
     def error(self, args: dict[str, Any]) -> None:
         with self.lock:
             error = args["error"]
-            attempts = args.get("job_itself", {}).get("attempt")
             if error["class"] != "NameError":
                 self.problems.append(f"job {args['i']}: unexpected error {error}")
-            self.by_node[f"{args.get('job_itself', {}).get('node')} (error_job)"] += 1
+            # Present when the nodes set merge_job_itself_to_args.
+            attempts = (args.get("job_itself") or {}).get("attempt")
             if attempts is not None and attempts != args["max_attempt"]:
                 self.problems.append(f"job {args['i']}: error feedback after {attempts} attempts")
             self._count(self.errors, args["i"])

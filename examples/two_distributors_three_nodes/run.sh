@@ -84,6 +84,7 @@ echo "run.sh: distributors listen on $APP_PORT and $APP2_PORT; starting 3 nodes"
 for n in 1 2 3; do
     "$PYTHON" -m jobreactor node --config "node$n.toml" >"$LOGS/node$n.log" 2>&1 &
     NODE_PIDS+=($!)
+    echo "run.sh: node$n.toml ($(grep -m1 '^name' "node$n.toml" | cut -d'"' -f2)) has pid $!"
 done
 
 # 3. Wait for both applications.

@@ -6,6 +6,7 @@ Every node loads this directory (`job_directory = "jobs"` in node1/2/3.toml).
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from jobreactor import job
@@ -19,10 +20,11 @@ def success_job(args: dict[str, Any]) -> None:
     for _ in range(5_000):
         digest = hashlib.sha256(digest).digest()
     args["digest"] = digest.hex()[:16]
-    # The nodes set merge_job_itself_to_args, so the record is in args: which node runs it,
-    # which attempt this is. It goes back to the application in the success feedback.
-    itself = args.get("job_itself", {})
-    args["ran_on"] = itself.get("node")
+    # With merge_job_itself_to_args the record is in args["job_itself"]: which node runs the
+    # job, which attempt this is. Without it, the node process's pid tells the nodes apart
+    # (run.sh prints which pid is which node). It goes back to the app in the feedback.
+    itself = args.get("job_itself") or {}
+    args["ran_on"] = itself.get("node") or f"node pid {os.getpid()}"
 
 
 @job("error_job")
