@@ -67,8 +67,8 @@ def main() -> int:
             print(f"  job {n}: success feedback: result={args['result']!r}")
             ok = ok and n % 2 == 0 and args["checked"] is True
         else:
-            error = f"{args['error']['class']}: {args['error']['message']}"
-            print(f"  job {n}: error feedback: {error} (err={args['err']!r})")
+            why = f"{args['error']['class']}: {args['error']['message']}"
+            print(f"  job {n}: error feedback: {why} (err={args['err']!r})")
             ok = ok and n % 2 == 1 and args["err"] == "seen by first_errback"
     print("all feedbacks arrived as expected" if ok else "something went wrong")
     return 0 if ok else 1

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import math
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Final
 
@@ -79,7 +79,11 @@ class JobRecord:
     loner: bool = False
     batch: str | None = None
     part: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The distributor's lease for the node holding it (node side only; kept across restarts).
+    lease: int = 0
+    # Unknown keys from a newer peer, kept rather than trusted (None until there are some,
+    # to save an empty dict per pending job).
+    extra: dict[str, Any] | None = None
 
     @property
     def is_periodic(self) -> bool:
@@ -107,7 +111,7 @@ class JobRecord:
         unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
         record = cls(**known)
         if unknown:
-            record.extra.update(unknown)
+            record.extra = unknown
         return record
 
     def copy(self) -> JobRecord:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import collections
 import itertools
 import logging
 import ssl
@@ -38,6 +39,7 @@ from jobreactor.protocol import (
 logger = logging.getLogger("jobreactor.distributor")
 
 Feedback = Callable[[dict[str, Any]], Any]
+_GIVEN_AWAY_LIMIT = 1_000_000
 
 
 @dataclass(slots=True)
@@ -69,6 +71,10 @@ class Distributor:
         self._keys = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Jobs we took from a node and sent elsewhere (or queued again): if that node comes
+        # back still holding one, it must drop it. Bounded: the oldest entries go first.
+        self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._takeovers: dict[str, asyncio.TimerHandle] = {}
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,6 +114,9 @@ class Distributor:
         if self.closed:
             return
         self.closed = True
+        for handle in self._takeovers.values():
+            handle.cancel()
+        self._takeovers.clear()
         if self._server is not None:
             self._server.close()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
@@ -236,6 +245,9 @@ class Distributor:
         if old is not None and old is not session:
             old.conn.close("replaced by a new connection of the same node", notify=True)
         self._by_name[hello.node_name] = session
+        takeover = self._takeovers.pop(hello.node_name, None)
+        if takeover is not None:
+            takeover.cancel()
         held_now = len(self.tracker.jobs_on(session.key))
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop))
@@ -246,24 +258,38 @@ class Distributor:
         self._dispatch()
 
     def _take_over_held(self, session: NodeSession, held: list[tuple[str, int]]) -> list[str]:
-        """Rebind jobs a reconnecting node still holds; tell it to drop the ones given away."""
+        """Settle the jobs a (re)connecting node says it holds; return the ones it must drop.
+
+        Still ours under that lease: it keeps them. Queued again after it vanished but not sent
+        anywhere yet: it gets them back. Given to another node: it drops them. Unknown to us
+        (this distributor restarted): it keeps them; their reports will be ignored.
+        """
+        name = session.node_name
         drop: list[str] = []
         for job_id, lease in held:
             entry = self.tracker.get(job_id)
             if entry is not None:
-                if entry.node == session.node_name and entry.lease == lease:
+                if entry.node == name and entry.lease == lease:
                     self.tracker.rebind(job_id, session.key)
                 else:
                     drop.append(job_id)
                 continue
+            if self._given_away.get(job_id) != name:
+                continue
             pending = self.dispatcher.remove(job_id)
             if pending is None:
-                drop.append(job_id)  # finished, cancelled or unknown to us
+                drop.append(job_id)  # re-sent elsewhere, finished or cancelled meanwhile
                 continue
-            # Requeued when the node dropped but not sent elsewhere yet: it stays there.
+            del self._given_away[job_id]
             job, seq = pending
-            self.tracker.issue(job, session.key, session.node_name, seq, lease=lease)
+            self.tracker.issue(job, session.key, name, seq, lease=lease)
         return drop
+
+    def _give_away(self, entry: InFlight) -> None:
+        self._given_away[entry.job.id] = entry.node
+        self._given_away.move_to_end(entry.job.id)
+        while len(self._given_away) > _GIVEN_AWAY_LIMIT:
+            self._given_away.popitem(last=False)
 
     def _notify_joined(self) -> None:
         async def notify() -> None:
@@ -280,16 +306,50 @@ class Distributor:
         durable = bool(session.hello and session.hello.storage == "redis")
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
+            kept = len(self.tracker.orphans_of(session.node_name)) if durable else 0
             logger.info(
-                "%s disconnected (%s); %d job(s) back to the queue",
+                "%s disconnected (%s); %d job(s) back to the queue, %d kept for it for %.0fs",
                 session.node_name,
                 reason,
                 len(requeue),
+                kept,
+                self.settings.node_grace,
             )
+            if kept and session.node_name not in self._by_name and not self.closed:
+                self._arm_takeover(session.node_name)
         for entry in requeue:
+            self._give_away(entry)
             self._requeue(entry)
         self._dispatch()
         self._idle.set()
+
+    def _arm_takeover(self, name: str) -> None:
+        old = self._takeovers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._takeovers[name] = self.loop.call_later(
+            self.settings.node_grace, self._take_over, name
+        )
+
+    def _take_over(self, name: str) -> None:
+        """`name` stayed away past node_grace: its jobs go to other nodes (DESIGN)."""
+        self._takeovers.pop(name, None)
+        if name in self._by_name:
+            return
+        orphans = self.tracker.orphans_of(name)
+        if not orphans:
+            return
+        logger.warning(
+            "node %s stayed away longer than node_grace=%.0fs: %d job(s) taken over",
+            name,
+            self.settings.node_grace,
+            len(orphans),
+        )
+        for entry in orphans:
+            self.tracker.forget(entry.job.id)
+            self._give_away(entry)
+            self._requeue(entry)
+        self._dispatch()
 
     def on_node_message(self, session: NodeSession, message: Message) -> None:
         match message:
@@ -307,6 +367,7 @@ class Distributor:
                         message.reason,
                     )
                     self.tracker.forget(entry.job.id)
+                    self._give_away(entry)
                     self._requeue(entry)
                 self.dispatcher.grant(session.key, 1)
             case Reports():
@@ -318,6 +379,7 @@ class Distributor:
                     entry = self.tracker.get(job_id)
                     if entry is not None and entry.conn == session.key:
                         self.tracker.forget(job_id)
+                        self._give_away(entry)
                         self._requeue(entry)
                 self.dispatcher.set_credits(session.key, 0)
         self._dispatch()

@@ -40,9 +40,8 @@ _DRAIN_BUDGET = 512
 
 @dataclass(slots=True)
 class Held:
-    record: JobRecord
+    record: JobRecord  # record.lease: the distributor's lease, stored so a restart keeps it
     link: DistributorLink | None
-    lease: int
     running: bool = False
     cancel_requested: bool = False
     holds_credit: bool = False  # an instant job's credit, returned when its first attempt ends
@@ -177,7 +176,7 @@ class Node:
 
     def held_from(self, link: DistributorLink) -> list[tuple[str, int]]:
         return [
-            (h.record.id, h.lease)
+            (h.record.id, h.record.lease)
             for h in self._jobs.values()
             if not h.dropped and (h.link is link or h.record.distributor == link.configured)
         ]
@@ -207,7 +206,7 @@ class Node:
                 continue
             existing = self._jobs.get(job_id)
             if existing is not None:  # sent again after a reconnect: keep ours, take the lease
-                existing.lease, existing.link = lease, link
+                existing.record.lease, existing.link = lease, link
                 link.ack(lease, credit=True)
                 continue
             try:
@@ -216,7 +215,8 @@ class Node:
                 link.nack(lease, f"bad job record: {exc}")
                 continue
             record.node = self.name
-            held = Held(record, link, lease)
+            record.lease = lease
+            held = Held(record, link)
             self._jobs[job_id] = held
             self._inbox.append(held)
         if self._inbox and not self._storing:
@@ -238,7 +238,7 @@ class Node:
                     )
                     for held in batch:
                         if held.link is not None:
-                            held.link.nack(held.lease, str(exc))
+                            held.link.nack(held.record.lease, str(exc))
                         self._jobs.pop(held.record.id, None)
                     continue
                 self._accept(batch)
@@ -253,7 +253,7 @@ class Node:
             due = now_loop + (held.record.run_at_ts - now_epoch)
             instant = due <= now_loop
             held.holds_credit = instant
-            held.link.ack(held.lease, credit=not instant)
+            held.link.ack(held.record.lease, credit=not instant)
             self._schedule(held, due, now_loop)
 
     # --- time -----------------------------------------------------------------------------------
@@ -541,7 +541,7 @@ class Node:
                 outcome,
             )
             return
-        link.report(held.record.id, held.lease, outcome, final, args)
+        link.report(held.record.id, held.record.lease, outcome, final, args)
 
     def _job_itself(self, record: JobRecord) -> dict[str, Any]:
         itself = record.to_dict()
@@ -590,7 +590,7 @@ class Node:
         now = time.time()
         for record in jobs:
             record.args["retrying"] = True
-            held = Held(record, None, int(record.extra.get("lease", 0)))
+            held = Held(record, None)
             self._jobs[record.id] = held
             due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
             self._schedule_at_epoch(held, due)
