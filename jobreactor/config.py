@@ -137,11 +137,21 @@ _NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}
 _DIST_KEYS = set(DistributorConfig.model_fields) - {"settings"}
 
 
+_STRING_KEYS = {"name", "secret", "redis_url", "job_directory", "host", "advertise", "storage"} | {
+    name
+    for name, info in ReactorConfig.model_fields.items()
+    if info.annotation in (str, str | None)
+}
+
+
 def _env_overrides(keys: set[str], environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in keys:
         raw = environ.get(ENV_PREFIX + key.upper())
         if raw is None:
+            continue
+        if key in _STRING_KEYS:
+            out[key] = raw  # JOBREACTOR_SECRET=123456 stays a string
             continue
         try:
             out[key] = json.loads(raw)  # lists, numbers, booleans
@@ -150,9 +160,21 @@ def _env_overrides(keys: set[str], environ: Mapping[str, str]) -> dict[str, Any]
     return out
 
 
-def _split(data: dict[str, Any], own_keys: set[str], environ: Mapping[str, str]) -> dict[str, Any]:
+def _split(
+    data: dict[str, Any],
+    own_keys: set[str],
+    environ: Mapping[str, str],
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Merge file < environment < explicit overrides, then split node keys from settings."""
     setting_keys = set(ReactorConfig.model_fields)
-    merged = {**data, **_env_overrides(own_keys | setting_keys, environ)}
+    data = dict(data)
+    table = data.pop("settings", None)
+    if table is not None:
+        if not isinstance(table, dict):
+            raise ConfigError("'settings' must be a table of config keys")
+        data = {**table, **data}  # a [settings] table is allowed; top-level keys win
+    merged = {**data, **_env_overrides(own_keys | setting_keys, environ), **overrides}
     own = {k: v for k, v in merged.items() if k in own_keys or k not in setting_keys}
     settings = {k: v for k, v in merged.items() if k in setting_keys and k not in own_keys}
     # Node-level keys that are also settings flow into the settings too.
@@ -186,8 +208,8 @@ def load_node_config(
 ) -> NodeConfig:
     """Read a node.toml (optional), apply JOBREACTOR_* and keyword overrides, validate."""
     data = load_toml(path) if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    raw = _split(data, _NODE_KEYS, os.environ if environ is None else environ)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    raw = _split(data, _NODE_KEYS, os.environ if environ is None else environ, explicit)
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:
@@ -198,8 +220,8 @@ def load_distributor_config(
     path: str | Path | None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> DistributorConfig:
     data = load_toml(path) if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    raw = _split(data, _DIST_KEYS, os.environ if environ is None else environ)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    raw = _split(data, _DIST_KEYS, os.environ if environ is None else environ, explicit)
     try:
         return DistributorConfig.model_validate(raw)
     except ValidationError as exc:

@@ -100,6 +100,9 @@ class JobRecord:
             value = getattr(self, name)
             if value != default:
                 out[name] = value
+        if self.extra:
+            for key, value in self.extra.items():
+                out.setdefault(key, value)
         return out
 
     @classmethod
@@ -138,7 +141,7 @@ def _number(opts: JobOpts, key: str, *, allow_negative: bool = False) -> float |
     value = opts.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidOptions(f"option {key!r} must be a number of seconds, got {value!r}")
     if not allow_negative and value < 0:
         raise InvalidOptions(f"option {key!r} must not be negative, got {value!r}")
@@ -156,10 +159,8 @@ def _text(opts: JobOpts, key: str) -> str | None:
 
 def _epoch(value: Any) -> float:
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # naive datetimes are local time, as datetime.timestamp() says
-            return value.timestamp()
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value.timestamp()  # naive datetimes are local time, as datetime.timestamp() says
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidOptions(
             f"option 'run_at' must be a datetime or a unix timestamp, got {value!r}"
         )
@@ -249,7 +250,7 @@ def build_record(
         node=_text(opts, "node"),
         not_node=_text(opts, "not_node"),
         distributor=distributor,
-        priority=_int_option(opts, "priority") if "priority" in opts else default_priority,  # type: ignore[arg-type]
+        priority=_priority(opts, default_priority),
         max_attempt=_int_option(opts, "max_attempt", minimum=1),
         retry_strategy=retry_strategy,
         max_run_time=_positive(opts, "max_run_time"),
@@ -262,6 +263,11 @@ def build_record(
         batch=_text(opts, "batch"),
         part=None if part is None else str(part),
     )
+
+
+def _priority(opts: JobOpts, default: int) -> int:
+    value = _int_option(opts, "priority")
+    return default if value is None else value
 
 
 def _positive(opts: JobOpts, key: str) -> float | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ def _report_item(item: Any) -> ReportItem:
     if not isinstance(item, list) or len(item) != 5:
         raise MalformedFrame("a report must be [job_id, lease, outcome, final, args]")
     job_id, lease, outcome, final, args = item
-    if outcome not in OUTCOMES:
+    if not isinstance(outcome, str) or outcome not in OUTCOMES:
         raise MalformedFrame(f"unknown report outcome {outcome!r}")
     return ReportItem(
         _typed(job_id, str, "report job_id"),
@@ -371,9 +372,30 @@ def decode_body(body: bytes) -> Message:
         raise
     except Exception as exc:  # noqa: BLE001 (msgpack raises many types on garbage)
         raise MalformedFrame(f"undecodable frame body: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise MalformedFrame("a frame must be a msgpack array starting with a message tag")
+    if _TIMESTAMP_MARKERS.search(body) and _has_timestamp(obj):
+        raise MalformedFrame("msgpack timestamps (ext type -1) are not allowed")
     return _decode_fields(obj[0], obj[1:])
+
+
+# msgpack decodes ext -1 (timestamps) itself without calling ext_hook; these are its three
+# encodings. Only bodies containing one of them pay for the tree walk.
+_TIMESTAMP_MARKERS: Final = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
+
+
+def _has_timestamp(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, msgpack.Timestamp):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
 
 
 def encode(message: Message) -> bytes:

@@ -83,7 +83,7 @@ async def wait_and_echo(args: dict[str, Any]) -> None:
 @job("hash_chain")
 def hash_chain(args: dict[str, Any]) -> None:
     digest = str(args.get("seed", "jobreactor")).encode()
-    for _ in range(int(args.get("rounds", 100_000))):
+    for _ in range(int(args.get("rounds", 1_000_000))):
         digest = hashlib.sha256(digest).digest()
     args["digest"] = digest.hex()
 

@@ -151,6 +151,9 @@ class Dispatcher:
     def _choose(self, key: BucketKey) -> NodeSlot | None:
         name, node, not_node = key
         knowers = self._knowers.get(name) or list(self._nodes.values())
+        if node is not None and not any(slot.name == node for slot in knowers):
+            # The app named this node explicitly: it is eligible whatever it declared.
+            knowers = knowers + [s for s in self._nodes.values() if s.name == node]
         best: NodeSlot | None = None
         preferred: NodeSlot | None = None
         for slot in knowers:

@@ -7,7 +7,6 @@ is stale and rejected, which is what makes the final feedback exactly-once.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from jobreactor.job import JobRecord
@@ -26,7 +25,7 @@ class InFlight:
 
 class Tracker:
     def __init__(self) -> None:
-        self._leases = itertools.count(1)
+        self._next_lease = 1
         self._jobs: dict[str, InFlight] = {}
         self._by_conn: dict[int, set[str]] = {}
         self._by_lease: dict[int, str] = {}
@@ -46,7 +45,10 @@ class Tracker:
         """
         self.forget(job.id)
         adopted = lease is not None
-        lease = next(self._leases) if lease is None else lease
+        if lease is None:
+            lease = self._next_lease
+        # An adopted lease (from a node that outlived our restart) must never be issued again.
+        self._next_lease = max(self._next_lease, lease + 1)
         self._jobs[job.id] = InFlight(job, lease, conn, node, seq, acked=adopted)
         self._by_conn.setdefault(conn, set()).add(job.id)
         self._by_lease[lease] = job.id

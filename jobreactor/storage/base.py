@@ -97,8 +97,7 @@ class Storage(Protocol):
         else may hold it now, so nothing is deleted); "not_held" otherwise."""
         ...
 
-    async def lock_holder(self, key: str) -> str | None:
-        ...
+    async def lock_holder(self, key: str) -> str | None: ...
 
     async def force_unlock(self, key: str) -> bool:
         """`JR.release_lock(key)`: delete the lock whoever holds it; True if it existed."""
