@@ -8,8 +8,8 @@ app's threads reach it only through `Reactor`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import collections
+import inspect
 import itertools
 import logging
 import ssl

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import ssl
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +217,9 @@ class Node:
                 continue
             record.node = self.name
             record.lease = lease
+            # Shared strings: name and distributor repeat across millions of pending jobs.
+            record.name = sys.intern(record.name)
+            record.distributor = sys.intern(record.distributor)
             held = Held(record, link)
             self._jobs[job_id] = held
             self._inbox.append(held)

@@ -15,12 +15,15 @@ import itertools
 
 
 class TimerHeap:
-    """Due times of scheduled jobs."""
+    """Due times of scheduled jobs.
+
+    An entry is `(due, job_id)`; the job's live entry is that very tuple (compared by
+    identity), so a stale entry costs no token object: this heap holds a million jobs.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._tokens = itertools.count(1)
-        self._live: dict[str, int] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._live: dict[str, tuple[float, str]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -30,16 +33,16 @@ class TimerHeap:
 
     def schedule(self, job_id: str, due: float) -> None:
         """(Re)schedule `job_id` at `due`; an earlier schedule of it is forgotten."""
-        token = next(self._tokens)
-        self._live[job_id] = token
-        heapq.heappush(self._heap, (due, token, job_id))
+        entry = (due, job_id)
+        self._live[job_id] = entry
+        heapq.heappush(self._heap, entry)
 
     def cancel(self, job_id: str) -> bool:
         return self._live.pop(job_id, None) is not None
 
     def next_deadline(self) -> float | None:
-        heap = self._heap
-        while heap and self._live.get(heap[0][2]) != heap[0][1]:
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][1]) is not heap[0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -48,17 +51,17 @@ class TimerHeap:
         due: list[str] = []
         heap, live = self._heap, self._live
         while heap and heap[0][0] <= now:
-            _, token, job_id = heapq.heappop(heap)
-            if live.get(job_id) == token:
-                del live[job_id]
-                due.append(job_id)
+            entry = heapq.heappop(heap)
+            if live.get(entry[1]) is entry:
+                del live[entry[1]]
+                due.append(entry[1])
         if len(heap) > 64 and len(heap) > 4 * len(live):
             self._compact()
         return due
 
     def _compact(self) -> None:
         live = self._live
-        self._heap = [entry for entry in self._heap if live.get(entry[2]) == entry[1]]
+        self._heap = [entry for entry in self._heap if live.get(entry[1]) is entry]
         heapq.heapify(self._heap)
 
 
