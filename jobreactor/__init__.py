@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from jobreactor.batch import Batch
 from jobreactor.config import Config, ReactorConfig
 from jobreactor.definitions import (
     Registry,
@@ -18,6 +19,7 @@ from jobreactor.definitions import (
     job_loner_enqueue_failed,
 )
 from jobreactor.errors import (
+    AlreadyClosed,
     CancelJob,
     ConfigError,
     InvalidOptions,
@@ -41,6 +43,8 @@ except PackageNotFoundError:  # pragma: no cover (running from a source tree)
 
 __all__ = [
     "JR",
+    "AlreadyClosed",
+    "Batch",
     "CancelJob",
     "Config",
     "ConfigError",

@@ -77,6 +77,8 @@ class ReactorConfig(_Strict):
     def _known_level(cls, value: str | None) -> str | None:
         import logging
 
+        if value is not None and value.lower() in {"none", "null", "off", "false", ""}:
+            return None  # SPEC 1.12: nil disables logging; TOML and env have no nil
         if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
             raise ValueError(f"unknown logging level {value!r}")
         return value
@@ -208,6 +210,9 @@ def load_node_config(
 ) -> NodeConfig:
     """Read a node.toml (optional), apply JOBREACTOR_* and keyword overrides, validate."""
     data = load_toml(path) if path is not None else {}
+    if path is not None and isinstance(data.get("job_directory"), str):
+        # A relative job_directory in a file means relative to that file, not to the cwd.
+        data["job_directory"] = str((Path(path).parent / data["job_directory"]).resolve())
     explicit = {k: v for k, v in overrides.items() if v is not None}
     raw = _split(data, _NODE_KEYS, os.environ if environ is None else environ, explicit)
     try:

@@ -257,7 +257,8 @@ def build_record(
         enqueue_id=_text(opts, "enqueue_id"),
         perform_id=_text(opts, "perform_id"),
         duplicate_delay=_number(opts, "duplicate_delay"),
-        lock=_lock_key(name, args, opts.get("lock")),
+        # loner (resque-lock-timeout) is an extra enqueue-time check on top of the run lock.
+        lock=_lock_key(name, args, opts.get("lock") or (True if opts.get("loner") else None)),
         lock_timeout=_number(opts, "lock_timeout"),
         loner=bool(opts.get("loner", False)),
         batch=_text(opts, "batch"),

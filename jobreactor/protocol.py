@@ -41,6 +41,8 @@ import msgpack
 from jobreactor.errors import FrameTooLarge, LocalProtocolError, MalformedFrame
 
 PROTOCOL_VERSION: Final = 1
+# Put into the success args of the part that completed its batch; the distributor takes it out.
+BATCH_COMPLETE_KEY: Final = "_jr_batch_complete"
 # 16 MiB: far above any sane job (args are meant to be ids and small values), far below what
 # would let one peer exhaust memory. Both sides check it before buffering a body.
 DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
@@ -150,12 +152,13 @@ class Nack(Message):
 class ReportItem:
     job_id: str
     lease: int
-    outcome: str  # "success" | "error" | "cancelled"
+    outcome: str  # "success" | "error" | "cancelled" | "started"
     final: bool
     args: Record
 
 
-OUTCOMES: Final = frozenset({"success", "error", "cancelled"})
+# "started": first attempt began (frees enqueue_id/loner keys); never final.
+OUTCOMES: Final = frozenset({"success", "error", "cancelled", "started"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,36 +24,23 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from jobreactor.batch import Batch, open_batch
 from jobreactor.config import Config
 from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.distributor import Feedback
 from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
 from jobreactor.handle import JobHandle
-from jobreactor.job import JobRecord, build_record
+from jobreactor.job import JobRecord, JobStatus, build_record
 from jobreactor.node import Node
 from jobreactor.protocol import pack_args
-from jobreactor.storage import open_storage
+from jobreactor.storage import Storage, open_storage
 
 logger = logging.getLogger("jobreactor")
 
 T = TypeVar("T")
 Setup = Callable[[], Any]
 
-# Options whose cross-process semantics (unique ids, locks, batches) land with the gems' issue;
-# until then they are refused loudly rather than silently ignored.
-_NOT_YET: frozenset[str] = frozenset(
-    {
-        "enqueue_id",
-        "perform_id",
-        "duplicate_delay",
-        "lock",
-        "lock_timeout",
-        "loner",
-        "batch",
-        "part",
-    }
-)
 # Room for the record around the args in a Jobs frame.
 _FRAME_OVERHEAD = 4096
 
@@ -277,11 +264,13 @@ class Reactor:
         redis_url: str | None = None,
         advertise: str | None = None,
     ) -> tuple[str, int]:
-        if storage not in {"memory", "memory_storage"}:
-            raise InvalidOptions(
-                f"distributor storage {storage!r} is not available yet; use 'memory'"
-            )
-        distributor = Distributor(self.config.snapshot(), secret=secret, advertise=advertise)
+        settings = self.config.snapshot()
+        distributor = Distributor(
+            settings,
+            secret=secret,
+            advertise=advertise,
+            storage=open_storage(storage, redis_url or settings.hiredis_url),
+        )
         bound = await distributor.start(host, port, ssl)
         self._distributors.append(distributor)
         return bound
@@ -359,11 +348,17 @@ class Reactor:
             [(str(h), int(p)) for h, p in targets],
             secret=secret,
             ssl_context=ssl,
+            redis_url=redis_url or settings.hiredis_url,
         )
         await node.start()
         self._nodes.append(node)
         if wait:
-            await node.wait_ready(timeout=max(5.0, settings.handshake_timeout * 3))
+            try:
+                await node.wait_ready(timeout=max(5.0, settings.handshake_timeout * 3))
+            except TimeoutError:
+                self._nodes.remove(node)
+                await node.stop(grace=0)
+                raise
         return node
 
     # --- the app's calls --------------------------------------------------------------------------
@@ -380,8 +375,47 @@ class Reactor:
 
         Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
         options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
-        Nothing is sent when it raises. Returns None when `enqueue_id`/`loner` refuse the job.
+        Nothing is sent when it raises. Returns None when `enqueue_id`/`loner` refuse the job
+        (those two options cost a round trip to the loop; every other enqueue does not wait).
         """
+        loop, distributor, record = self._prepare(name, args, opts)
+        success = success if callable(success) else None
+        error = error if callable(error) else None
+        if record.enqueue_id is not None or record.loner:
+            if self._in_loop_thread():
+                raise RuntimeError(
+                    "enqueue with enqueue_id/loner waits for the storage; on the reactor's "
+                    "loop use `await JR.aenqueue(...)`"
+                )
+            return self._call(self._admit_and_submit(distributor, record, success, error))
+        handle = JobHandle(record.id)
+        self._inbox.append((record, success, error, handle))
+        if not self._wake_pending:
+            self._wake_pending = True
+            loop.call_soon_threadsafe(self._drain_inbox)
+        return handle
+
+    async def aenqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        opts: dict[str, Any] | None = None,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+    ) -> JobHandle | None:
+        """`enqueue` for code running on the reactor's loop (feedbacks, async jobs)."""
+        _, distributor, record = self._prepare(name, args, opts)
+        return await self._admit_and_submit(
+            distributor,
+            record,
+            success if callable(success) else None,
+            error if callable(error) else None,
+        )
+
+    def _prepare(
+        self, name: str, args: dict[str, Any] | None, opts: dict[str, Any] | None
+    ) -> tuple[asyncio.AbstractEventLoop, Distributor, JobRecord]:
+        """Validate and copy in the caller's thread; build the record."""
         loop = self._loop
         if loop is None or not loop.is_running() or not self._distributors:
             raise ReactorClosed(
@@ -403,9 +437,6 @@ class Reactor:
         definition = self.registry.get(name)
         if definition is not None and definition.options:
             opts = {**definition.options, **opts}
-        not_yet = _NOT_YET & {k for k, v in opts.items() if v is not None}
-        if not_yet:
-            raise InvalidOptions(f"option(s) {sorted(not_yet)} are not supported yet")
         record = build_record(
             f"{self._id_prefix}{next(self._id_counter):08x}",
             name,
@@ -421,18 +452,26 @@ class Reactor:
                 f"{settings.max_pending_jobs} jobs already wait for a node; "
                 "start more nodes or raise max_pending_jobs"
             )
+        return loop, distributor, record
+
+    async def _admit_and_submit(
+        self,
+        distributor: Distributor,
+        record: JobRecord,
+        success: Feedback | None,
+        error: Feedback | None,
+    ) -> JobHandle | None:
+        self._drain_inbox()  # keep FIFO with jobs enqueued just before
+        if not await distributor.admit(record):
+            definition = self.registry.get(record.name)
+            if record.loner and definition is not None and definition.loner_enqueue_failed:
+                try:
+                    definition.loner_enqueue_failed(dict(record.args))
+                except Exception:
+                    logger.exception("loner_enqueue_failed hook of %r raised", record.name)
+            return None
         handle = JobHandle(record.id)
-        self._inbox.append(
-            (
-                record,
-                success if callable(success) else None,
-                error if callable(error) else None,
-                handle,
-            )
-        )
-        if not self._wake_pending:
-            self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain_inbox)
+        distributor.submit(record, success, error, handle)
         return handle
 
     def _drain_inbox(self) -> None:
@@ -469,6 +508,79 @@ class Reactor:
             return distributor.cancel(job_id)
 
         return self._call(do())
+
+    def batch(
+        self,
+        token: str | None = None,
+        ttl: int = 86_400,
+        namespace: str | None = None,
+        redis_url: str | None = None,
+        *,
+        on_complete: Callable[[str], Any] | None = None,
+    ) -> Batch:
+        """A DistributedJob batch (SPEC §5): Redis with `redis_url`, else this process's memory.
+
+        Jobs enqueued with `{"batch": b.token, "part": part_id}` mark their part done after
+        their final successful run (and are skipped once the batch is stopped);
+        `on_complete(token)` runs here exactly once, when the part that completes it reports.
+        """
+        created = open_batch(token, ttl=ttl, namespace=namespace, redis_url=redis_url)
+        if on_complete is not None:
+            distributor = self.distributor
+            callback = on_complete
+            if self._in_loop_thread():
+                distributor.on_batch_complete(created.token, callback)
+            else:
+
+                async def register() -> None:
+                    distributor.on_batch_complete(created.token, callback)
+
+                self._call(register())
+        return created
+
+    def release_lock(self, key: str) -> bool:
+        """Resque Lock's explicit release: delete lock `key` whoever holds it; True if held."""
+
+        async def release() -> bool:
+            found = False
+            for storage in self._storages():
+                found = await storage.force_unlock(key) or found
+            return found
+
+        return self._call(release())
+
+    def retry(self, job_id: str) -> bool:
+        """Run a failed job (kept because remove_failed_jobs is off) again; True if found.
+
+        It is taken atomically from the node's storage, its attempts reset, and enqueued again
+        with the same id (delayed_job's retry of a failed job). No feedbacks are attached.
+        """
+
+        async def retry() -> bool:
+            for storage in self._storages():
+                for node in await storage.nodes():
+                    record = await storage.load(node, job_id)
+                    if record is None or record.status != JobStatus.FAILED:
+                        continue
+                    claimed = await storage.claim(node, [job_id])
+                    if not claimed:
+                        continue
+                    job = claimed[0]
+                    job.attempt, job.status, job.lease = 0, JobStatus.NEW, 0
+                    job.run_at_ts, job.node = time.time(), None
+                    self.distributor.submit(job, None, None, JobHandle(job.id))
+                    return True
+            return False
+
+        return self._call(retry())
+
+    def _storages(self) -> list[Storage]:
+        seen: list[Storage] = []
+        owners: list[Distributor | Node] = [*self._distributors, *self._nodes]
+        for owner in owners:
+            if not any(owner.storage is s for s in seen):
+                seen.append(owner.storage)
+        return seen
 
     def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Block until a node (named `name`, or any) has joined the first distributor."""

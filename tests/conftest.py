@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, Registry
+from tests.redis_server import redis_server  # noqa: F401
 
 
 @pytest.fixture

@@ -47,8 +47,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir: Path = tmp_path_factory.mktemp("batch-redis")
     port = _free_port()
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -77,7 +88,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
+def raw(redis_url: str) -> Iterator[redis.Redis[str]]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
@@ -91,7 +102,7 @@ class Env:
     kind: str
     namespace: str
     url: str | None
-    raw: redis.Redis | None
+    raw: redis.Redis[str] | None
 
     def make(self, token: str | None = None, ttl: int = TTL, **kw: Any) -> Batch:
         kw.setdefault("namespace", self.namespace)
@@ -104,7 +115,8 @@ class Env:
             state: Any = self.raw.ttl(f"{batch.key}:state")
             return float(parts), float(state)
         parts_left, state_left = batch.remaining_ttl("parts"), batch.remaining_ttl("state")
-        assert parts_left is not None and state_left is not None
+        assert parts_left is not None
+        assert state_left is not None
         return parts_left, state_left
 
     def assert_ttls(self, batch: Batch, ttl: int = TTL) -> None:
@@ -547,7 +559,9 @@ def test_memory_store_sweeps_expired_batches() -> None:
     assert not any("old" in key for key in [*store._sets, *store._hashes])
 
 
-def test_redis_batch_expires_after_ttl_without_writes(redis_url: str, raw: redis.Redis) -> None:
+def test_redis_batch_expires_after_ttl_without_writes(
+    redis_url: str, raw: redis.Redis[str]
+) -> None:
     batch = open_batch(ttl=1, namespace=f"test-{uuid.uuid4().hex[:12]}", redis_url=redis_url)
     batch.push_all(["a", "b"])
     batch.stop()
@@ -567,7 +581,7 @@ def rbatch(redis_url: str) -> Batch:
 
 
 def test_redis_namespace_prefix_applied_and_plain_keys_absent(
-    redis_url: str, raw: redis.Redis
+    redis_url: str, raw: redis.Redis[str]
 ) -> None:
     batch = open_batch(namespace="some_namespace", redis_url=redis_url)
     for _ in batch.push_each(ITEMS):
@@ -578,18 +592,19 @@ def test_redis_namespace_prefix_applied_and_plain_keys_absent(
     assert raw.exists(f"distributed_jobs:{batch.token}:parts") == 0
 
 
-def test_redis_key_layout_is_the_gems(rbatch: Batch, raw: redis.Redis) -> None:
+def test_redis_key_layout_is_the_gems(rbatch: Batch, raw: redis.Redis[str]) -> None:
     for _ in rbatch.push_each(["x", "y", "y"]):
         pass
     rbatch.stop()
     parts, state = f"{rbatch.key}:parts", f"{rbatch.key}:state"
-    assert raw.type(parts) == "set"
-    assert raw.type(state) == "hash"
+    client: Any = raw
+    assert client.type(parts) == "set"
+    assert client.type(state) == "hash"
     assert raw.smembers(parts) == {"0", "1", "2"}
     assert raw.hgetall(state) == {"total": "3", "closed": "1", "stopped": "1"}
 
 
-def test_redis_reads_a_batch_written_by_the_ruby_gem(rbatch: Batch, raw: redis.Redis) -> None:
+def test_redis_reads_a_batch_written_by_the_ruby_gem(rbatch: Batch, raw: redis.Redis[str]) -> None:
     parts, state = f"{rbatch.key}:parts", f"{rbatch.key}:state"
     raw.sadd(parts, "0", "1")
     raw.hset(state, mapping={"total": 2, "closed": 1})
@@ -599,7 +614,9 @@ def test_redis_reads_a_batch_written_by_the_ruby_gem(rbatch: Batch, raw: redis.R
     assert rbatch.finished()
 
 
-def test_redis_remaining_ttl_agrees_with_the_ttl_command(rbatch: Batch, raw: redis.Redis) -> None:
+def test_redis_remaining_ttl_agrees_with_the_ttl_command(
+    rbatch: Batch, raw: redis.Redis[str]
+) -> None:
     assert rbatch.remaining_ttl() is None
     rbatch._push("a")
     left = rbatch.remaining_ttl("parts")
@@ -609,7 +626,7 @@ def test_redis_remaining_ttl_agrees_with_the_ttl_command(rbatch: Batch, raw: red
     assert rbatch.remaining_ttl("state") == float("inf")
 
 
-def test_redis_scripts_survive_a_script_flush(rbatch: Batch, raw: redis.Redis) -> None:
+def test_redis_scripts_survive_a_script_flush(rbatch: Batch, raw: redis.Redis[str]) -> None:
     rbatch._push("a")
     raw.script_flush()
     rbatch.push_all(["b", "c"])
@@ -649,7 +666,7 @@ def test_redis_unreachable_is_storage_unavailable() -> None:
         close_redis_clients()
 
 
-def test_redis_other_errors_are_storage_error(rbatch: Batch, raw: redis.Redis) -> None:
+def test_redis_other_errors_are_storage_error(rbatch: Batch, raw: redis.Redis[str]) -> None:
     raw.set(f"{rbatch.key}:parts", "not a set")
     calls: list[Callable[[], object]] = [
         rbatch.count,

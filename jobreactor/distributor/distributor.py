@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import itertools
 import logging
@@ -22,9 +23,11 @@ from jobreactor.connection import FramedConnection
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.errors import StorageError
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
+    BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
     Ack,
     Cancel,
@@ -35,6 +38,7 @@ from jobreactor.protocol import (
     Return,
     Welcome,
 )
+from jobreactor.storage import MemoryStorage, Storage
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -56,8 +60,12 @@ class Distributor:
         *,
         secret: str | None = None,
         advertise: str | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self._unique: dict[str, list[str]] = {}
+        self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
         self.secret = secret.encode() if secret else None
         self.address = advertise or ""
@@ -120,16 +128,7 @@ class Distributor:
         if self._server is not None:
             self._server.close()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
-        if self._by_name and (len(self.dispatcher) or self._has_unfinished_one_shots()):
-            try:
-                async with asyncio.timeout(deadline):
-                    while self._by_name and (
-                        len(self.dispatcher) or self._has_unfinished_one_shots()
-                    ):
-                        self._idle.clear()
-                        await self._idle.wait()
-            except TimeoutError:
-                pass
+        await self._drain(deadline)
         dropped = self.dispatcher.drain()
         if dropped:
             logger.warning(
@@ -147,6 +146,20 @@ class Distributor:
             await asyncio.wait(self._tasks, timeout=deadline)
         if self._server is not None:
             await self._server.wait_closed()
+        await self.storage.aclose()
+
+    def _busy(self) -> bool:
+        return bool(self._by_name) and bool(
+            len(self.dispatcher) or self._has_unfinished_one_shots()
+        )
+
+    async def _drain(self, deadline: float) -> None:
+        """While nodes are connected, wait (bounded) for pending and one-shot jobs to finish."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                while self._busy():
+                    self._idle.clear()
+                    await self._idle.wait()
 
     def _has_unfinished_one_shots(self) -> bool:
         return any(
@@ -410,11 +423,18 @@ class Distributor:
                 session.node_name,
             )
             return
+        if item.outcome == "started":
+            self._release_unique(item.job_id)
+            return
+        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
         if item.final:
             self.tracker.forget(item.job_id)
+            self._release_unique(item.job_id)
             waiting = self._waiting.pop(item.job_id, None)
         else:
             waiting = self._waiting.get(item.job_id)
+        if isinstance(batch_token, str):
+            self._batch_complete(batch_token)
         if waiting is None:
             return
         if item.outcome == "success":
@@ -430,7 +450,67 @@ class Distributor:
         if item.final:
             self._idle.set()
 
+    # --- the gems' app-side parts: unique enqueues (dj_one, loner) and batch completion ------
+
+    async def admit(self, job: JobRecord) -> bool:
+        """Take the enqueue-time keys of `job` (enqueue_id, loner); False: refuse the job.
+
+        Keys are held until the job's first attempt starts (the node reports "started"), or
+        until it ends, is cancelled or dropped; a TTL (unique_ttl) bounds a lost job's hold.
+        """
+        storage, ttl, taken = self.storage, self.settings.unique_ttl, []
+        try:
+            if job.enqueue_id is not None:
+                key = f"enqueue:{job.enqueue_id}"
+                if not await storage.acquire(key, job.id, ttl):
+                    return False
+                taken.append(key)
+            if job.loner and job.lock is not None:
+                key = f"loner:{job.lock}"
+                running = await storage.lock_holder(job.lock)
+                if running is not None or not await storage.acquire(key, job.id, ttl):
+                    for held_key in taken:
+                        await storage.release(held_key, job.id)
+                    return False
+                taken.append(key)
+        except BaseException:
+            for held_key in taken:
+                await storage.release(held_key, job.id)
+            raise
+        if taken:
+            self._unique[job.id] = taken
+        return True
+
+    def _release_unique(self, job_id: str) -> None:
+        keys = self._unique.pop(job_id, None)
+        if keys:
+            self._spawn(self._release_keys(keys, job_id))
+
+    async def _release_keys(self, keys: list[str], job_id: str) -> None:
+        for key in keys:
+            try:
+                await self.storage.release(key, job_id)
+            except StorageError as exc:
+                logger.warning("could not release %s of job %s: %s", key, job_id, exc)
+
+    def on_batch_complete(self, token: str, callback: Callable[[str], Any]) -> None:
+        """Call `callback(token)` once, when the job that completes batch `token` reports."""
+        self._batch_callbacks[token] = callback
+
+    def _batch_complete(self, token: str) -> None:
+        callback = self._batch_callbacks.pop(token, None)
+        if callback is None:
+            return
+        try:
+            result = callback(token)
+        except Exception:
+            logger.exception("on_complete of batch %s raised; continuing", token)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_feedback(result, f"batch {token}"))
+
     def _resolve_cancelled(self, job_id: str, reason: str = "cancelled") -> None:
+        self._release_unique(job_id)
         waiting = self._waiting.pop(job_id, None)
         if waiting is not None and waiting.handle is not None:
             waiting.handle._cancel(reason)

@@ -51,8 +51,8 @@ class Phase(Enum):
 
 
 _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
-    Phase.AWAIT_HELLO: (Hello,),
-    Phase.AWAIT_AUTH: (Auth,),
+    Phase.AWAIT_HELLO: (Hello, Bye),
+    Phase.AWAIT_AUTH: (Auth, Bye),
     Phase.READY: (Ack, Nack, Reports, Return, Bye),
     Phase.CLOSED: (),
 }

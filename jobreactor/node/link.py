@@ -18,7 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.connection import FramedConnection
-from jobreactor.errors import HandshakeFailed, RemoteProtocolError
+from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import (
     NONCE_BYTES,
     PROTOCOL_VERSION,
@@ -38,6 +38,7 @@ from jobreactor.protocol import (
     Welcome,
     encode,
     handshake_proof,
+    pack_args,
     proof_matches,
 )
 
@@ -49,6 +50,14 @@ logger = logging.getLogger("jobreactor.node")
 _MAX_BACKOFF_S = 30.0
 # Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
 _REPORTS_PER_FRAME = 512
+
+
+def _wire_safe(value: Any) -> Any:
+    try:
+        pack_args({"v": value})
+    except TypeError:
+        return repr(value)
+    return value
 
 
 class LinkPhase(Enum):
@@ -247,7 +256,28 @@ class DistributorLink:
                 reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))
             ]
             self._unsent_from += len(chunk)
-            conn.send_frame(encode(Reports(chunk[0][0], [item for _, item in chunk])))
+            conn.send_frame(self._encode_reports(chunk))
+
+    def _encode_reports(self, chunk: list[tuple[int, ReportItem]]) -> bytes:
+        try:
+            return encode(Reports(chunk[0][0], [item for _, item in chunk]))
+        except LocalProtocolError:
+            pass
+        # Some job put a value msgpack can't carry into its args: send that report with the
+        # values as text rather than let one bad report block every report after it.
+        fixed = []
+        for seq, item in chunk:
+            try:
+                encode(Reports(seq, [item]))
+            except LocalProtocolError:
+                logger.warning(
+                    "job %s: its final args hold values msgpack can't carry; sent as text",
+                    item.job_id,
+                )
+                args = {k: _wire_safe(v) for k, v in item.args.items()}
+                item = ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
+            fixed.append(item)
+        return encode(Reports(chunk[0][0], fixed))
 
     # --- what the node sends --------------------------------------------------------------------
 

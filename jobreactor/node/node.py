@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from jobreactor.batch import Batch, open_batch
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
@@ -27,10 +28,11 @@ from jobreactor.job import (
     next_periodic_due,
     retry_delay,
 )
+from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
-from jobreactor.protocol import Record
+from jobreactor.protocol import BATCH_COMPLETE_KEY, Record
 from jobreactor.storage.base import Storage
 
 logger = logging.getLogger("jobreactor.node")
@@ -47,6 +49,8 @@ class Held:
     cancel_requested: bool = False
     holds_credit: bool = False  # an instant job's credit, returned when its first attempt ends
     dropped: bool = False  # the distributor gave it to someone else: finish silently
+    perform_held: bool = False  # holds its perform_id (dj_one) key
+    lock_token: str | None = None  # owns its `lock` for the running attempt
 
 
 class Node:
@@ -60,8 +64,10 @@ class Node:
         *,
         secret: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.name = name
+        self._redis_url = redis_url
         self.settings = settings
         self.registry = registry
         self.storage = storage
@@ -311,21 +317,30 @@ class Node:
             if held is None or held.running:
                 continue
             budget -= 1
-            self._start(held)
+            self._claim_slot(held)
+            if guards.needs_guard(held):
+                self._spawn(guards.enter(self, held))
+            else:
+                self.start_attempt(held)
         if len(self._ready) and self._running < self._concurrency:
             self._kick()
 
     # --- attempts (SPEC 1.6.4) --------------------------------------------------------------------
 
-    def _start(self, held: Held) -> None:
+    def _claim_slot(self, held: Held) -> None:
+        held.running = True
+        self._running += 1
+        self._idle.clear()
+
+    def start_attempt(self, held: Held) -> None:
+        """Run one attempt of `held`, whose run slot is taken (SPEC 1.6.4)."""
         record = held.record
         record.status = JobStatus.IN_PROGRESS
         record.attempt += 1
         record.run_at = time.time()
         self._persist(record)
-        held.running = True
-        self._running += 1
-        self._idle.clear()
+        if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
+            self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
         definition = self.registry.get(record.name)
         if definition is None:
             self._on_failure(held, None, NoSuchJob(record.name))
@@ -433,6 +448,25 @@ class Node:
         args = plain_args(args)
         if self._log_jobs:
             logger.info("complete %r (%s)", record.name, record.id)
+        if record.batch is not None and record.part is not None and not record.is_periodic:
+            self._spawn(self._finish_part(held, args))
+            return
+        self._complete_success(held, args)
+
+    async def _finish_part(self, held: Held, args: dict[str, Any]) -> None:
+        """DistributedJob: mark the part done; the one caller that closes the batch says so."""
+        record = held.record
+        assert record.batch is not None
+        assert record.part is not None
+        try:
+            if await self.batch_done(record.batch, record.part):
+                args[BATCH_COMPLETE_KEY] = record.batch
+        except StorageError as exc:
+            logger.warning("job %s: could not mark batch part done: %s", record.id, exc)
+        self._complete_success(held, args)
+
+    def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
+        record = held.record
         periodic = record.is_periodic and not held.cancel_requested
         self._report(held, "success", not record.is_periodic, args)
         if periodic and not held.dropped:
@@ -458,11 +492,17 @@ class Node:
         """SPEC 1.6.6 complete_rescue: retry while attempts remain, else fail for good."""
         record = held.record
         limit = record.max_attempt or self.settings.max_attempt
-        self._end_attempt(held)
+        retry = (
+            record.attempt < limit
+            and not isinstance(exc, NoSuchJob)
+            and not held.dropped
+            and not held.cancel_requested
+        )
+        self._end_attempt(held, retrying=retry)
         if held.cancel_requested:
             self._cancel_now(held)
             return
-        if record.attempt < limit and not isinstance(exc, NoSuchJob) and not held.dropped:
+        if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
             if record.is_periodic:
                 delay = record.period
@@ -502,9 +542,11 @@ class Node:
             return
         self._cancel_now(held)
 
-    def _end_attempt(self, held: Held) -> None:
+    def _end_attempt(self, held: Held, *, retrying: bool = False) -> None:
         if not held.running:
             return
+        if held.lock_token is not None or (held.perform_held and not retrying):
+            self._spawn(guards.release(self, held, release_perform=not retrying))
         held.running = False
         self._running -= 1
         if held.holds_credit:
@@ -514,6 +556,36 @@ class Node:
         if self._running == 0:
             self._idle.set()
         self._kick()
+
+    def postpone(self, held: Held, delay: float) -> None:
+        """Not now (perform_id busy, storage away): run later, no attempt used (dj_one)."""
+        record = held.record
+        record.status = JobStatus.QUEUED
+        record.run_at_ts = time.time() + delay
+        self._persist(record)
+        self._end_attempt(held, retrying=True)
+        self._schedule_at_epoch(held, record.run_at_ts)
+
+    def skip(self, held: Held, reason: str) -> None:
+        """Drop the job without running it (lock held, batch stopped): final 'cancelled'."""
+        logger.info("job %s (%r) skipped: %s", held.record.id, held.record.name, reason)
+        self._end_attempt(held, retrying=True)
+        self._cancel_now(held)
+
+    async def batch_stopped(self, token: str) -> bool:
+        batch = self._batch(token)
+        return await self.loop.run_in_executor(self._pool, batch.stopped)
+
+    async def batch_done(self, token: str, part: str) -> bool:
+        batch = self._batch(token)
+        return await self.loop.run_in_executor(self._pool, batch.done, part)
+
+    def _batch(self, token: str) -> Batch:
+        redis_url = self._redis_url if self.storage.durable else None
+        try:
+            return open_batch(token, redis_url=redis_url)
+        except Exception as exc:
+            raise StorageError(f"cannot open batch {token}: {exc}") from exc
 
     def _forget(self, held: Held, *, destroy: bool) -> None:
         """The job is done here: drop it from memory, and from storage if `destroy`."""
@@ -549,7 +621,7 @@ class Node:
 
     def _job_itself(self, record: JobRecord) -> dict[str, Any]:
         itself = record.to_dict()
-        itself["args"] = dict(record.args)
+        itself["args"] = plain_args(dict(record.args))
         itself.setdefault("attempt", record.attempt)
         itself.setdefault("status", str(record.status))
         itself.setdefault("node", record.node)

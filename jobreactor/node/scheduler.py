@@ -66,12 +66,16 @@ class TimerHeap:
 
 
 class ReadyQueue:
-    """Jobs due now, waiting for a free run slot: by priority (lower first), then due order."""
+    """Jobs due now, waiting for a free run slot: by priority (lower first), then due order.
+
+    As in TimerHeap, a job's live entry is that very tuple, so a removed-then-pushed job
+    takes its new place and its old entry is skipped.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str]] = []
         self._seq = itertools.count()
-        self._live: set[str] = set()
+        self._live: dict[str, tuple[int, int, str]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -81,22 +85,20 @@ class ReadyQueue:
 
     def push(self, job_id: str, priority: int = 0) -> None:
         if job_id not in self._live:
-            self._live.add(job_id)
-            heapq.heappush(self._heap, (priority, next(self._seq), job_id))
+            entry = (priority, next(self._seq), job_id)
+            self._live[job_id] = entry
+            heapq.heappush(self._heap, entry)
 
     def remove(self, job_id: str) -> bool:
-        if job_id in self._live:
-            self._live.discard(job_id)
-            return True
-        return False
+        return self._live.pop(job_id, None) is not None
 
     def pop(self) -> str | None:
         heap, live = self._heap, self._live
         while heap:
-            job_id = heapq.heappop(heap)[2]
-            if job_id in live:
-                live.discard(job_id)
-                return job_id
+            entry = heapq.heappop(heap)
+            if live.get(entry[2]) is entry:
+                del live[entry[2]]
+                return entry[2]
         return None
 
     def ids(self) -> list[str]:

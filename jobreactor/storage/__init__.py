@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jobreactor.errors import ConfigError
-from jobreactor.storage.base import Storage
+from jobreactor.storage.base import Storage, UnlockResult
 from jobreactor.storage.memory import MemoryStorage
 
-__all__ = ["MemoryStorage", "Storage", "open_storage"]
+__all__ = ["MemoryStorage", "Storage", "UnlockResult", "open_storage"]
 
 
-def open_storage(kind: str, redis_url: str | None = None, **options: object) -> Storage:
-    """Build the storage a node or distributor asked for by name."""
+def open_storage(kind: str, redis_url: str | None = None, **options: Any) -> Storage:
+    """Build the storage a node or distributor asked for by name.
+
+    Redis options: `prefix` (key namespace, default "jr") and any `redis.asyncio` client option
+    (`socket_timeout`, `max_connections`, …). Memory storage takes none.
+    """
     if kind in {"memory", "memory_storage"}:
         return MemoryStorage()
     if kind in {"redis", "redis_storage"}:
         try:
-            from jobreactor.storage.redis import RedisStorage  # type: ignore[import-not-found,unused-ignore]
+            # Imported here so memory-only users never pay for importing redis-py.
+            from jobreactor.storage.redis import DEFAULT_REDIS_URL, RedisStorage
         except ImportError as exc:
             raise ConfigError(f"redis storage is not available: {exc}") from exc
-        return RedisStorage(redis_url or "redis://localhost:6379", **options)  # type: ignore[no-any-return,unused-ignore]
+        return RedisStorage(redis_url or DEFAULT_REDIS_URL, **options)
     raise ConfigError(f"unknown storage {kind!r}; use 'memory' or 'redis'")

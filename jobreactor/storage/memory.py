@@ -1,10 +1,37 @@
-"""MemoryStorage: best effort, dies with the process (DESIGN: memory storage says so)."""
+"""MemoryStorage: best effort, dies with the process (DESIGN: memory storage says so).
+
+Same semantics as RedisStorage within one process (the contract suite runs both), with
+expiries on `time.monotonic()`. Expired unique keys and locks are dropped lazily, when touched,
+and by an occasional sweep so a long-lived process doesn't collect them forever.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Final
 
 from jobreactor.job import JobRecord
+from jobreactor.storage.base import UnlockResult
+
+# Sweep expired keys once per this many acquire/lock calls (amortised O(1)).
+_SWEEP_EVERY: Final = 4096
+# An expired lock is remembered this long, so `unlock` can still answer "expired" (as Redis).
+_LOCK_GRACE_S: Final = 86_400.0
+
+# (owner or token, monotonic expiry or None for never)
+_Entry = tuple[str, float | None]
+
+
+def _live(entry: _Entry | None, now: float) -> bool:
+    return entry is not None and (entry[1] is None or entry[1] > now)
+
+
+def _expiry(seconds: float | None, now: float) -> float | None:
+    """None, 0, negative or infinite means never."""
+    if seconds is None or not 0 < seconds < float("inf"):
+        return None
+    return now + seconds
 
 
 class MemoryStorage:
@@ -15,12 +42,18 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, JobRecord]] = {}
+        self._queues: dict[str, dict[str, JobRecord]] = {}  # insertion order = queue order
+        self._uniq: dict[str, _Entry] = {}
+        self._locks: dict[str, _Entry] = {}
+        self._calls = 0
 
     def __repr__(self) -> str:
         return f"<MemoryStorage nodes={len(self._jobs)} jobs={self.count()}>"
 
     def count(self) -> int:
         return sum(len(jobs) for jobs in self._jobs.values())
+
+    # --- jobs held by a node (hot path: keep these cheap) ---------------------------------------
 
     async def save_many(self, node: str, jobs: Sequence[JobRecord]) -> None:
         table = self._jobs.setdefault(node, {})
@@ -41,6 +74,96 @@ class MemoryStorage:
     async def jobs_for(self, node: str, *, unfinished_only: bool = False) -> list[JobRecord]:
         jobs = self._jobs.get(node, {}).values()
         return [job.copy() for job in jobs if not (unfinished_only and job.is_finished)]
+
+    async def nodes(self) -> list[str]:
+        return sorted(name for name, table in self._jobs.items() if table)
+
+    async def claim(self, from_node: str, job_ids: Sequence[str]) -> list[JobRecord]:
+        # No await inside: atomic with respect to every other coroutine on the loop.
+        table = self._jobs.get(from_node)
+        if table is None:
+            return []
+        taken = (table.pop(job_id, None) for job_id in job_ids)
+        return [job.copy() for job in taken if job is not None]
+
+    # --- a distributor's durable queue ----------------------------------------------------------
+
+    async def queue_save(self, queue: str, jobs: Sequence[JobRecord]) -> None:
+        table = self._queues.setdefault(queue, {})
+        for job in jobs:
+            table[job.id] = job  # a re-save keeps the job's place in the queue
+
+    async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
+        table = self._queues.get(queue)
+        if table is None:
+            return
+        for job_id in job_ids:
+            table.pop(job_id, None)
+        if not table:
+            del self._queues[queue]
+
+    async def queue_load(self, queue: str) -> list[JobRecord]:
+        return [job.copy() for job in self._queues.get(queue, {}).values()]
+
+    # --- unique keys ------------------------------------------------------------------------------
+
+    async def acquire(self, key: str, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        self._maybe_sweep(now)
+        entry = self._uniq.get(key)
+        if _live(entry, now) and entry is not None and entry[0] != owner:
+            return False
+        self._uniq[key] = (owner, _expiry(ttl_s, now))  # the owner taking it again refreshes it
+        return True
+
+    async def release(self, key: str, owner: str) -> bool:
+        entry = self._uniq.get(key)
+        if entry is None or entry[0] != owner or not _live(entry, time.monotonic()):
+            return False
+        del self._uniq[key]
+        return True
+
+    async def holder(self, key: str) -> str | None:
+        entry = self._uniq.get(key)
+        return entry[0] if entry is not None and _live(entry, time.monotonic()) else None
+
+    # --- locks with expiry --------------------------------------------------------------------
+
+    async def lock(self, key: str, token: str, timeout_s: float | None) -> bool:
+        now = time.monotonic()
+        self._maybe_sweep(now)
+        entry = self._locks.get(key)
+        if _live(entry, now) and entry is not None and entry[0] != token:
+            return False
+        # Not re-entrant in spirit (tokens are per attempt), but taking it again with the same
+        # token succeeds, as a retried Redis call would.
+        self._locks[key] = (token, _expiry(timeout_s, now))
+        return True
+
+    async def unlock(self, key: str, token: str) -> UnlockResult:
+        entry = self._locks.get(key)
+        if entry is None or entry[0] != token:
+            return "not_held"
+        if not _live(entry, time.monotonic()):
+            return "expired"  # someone may take it now; it isn't ours to delete
+        del self._locks[key]
+        return "released"
+
+    async def lock_holder(self, key: str) -> str | None:
+        entry = self._locks.get(key)
+        return entry[0] if entry is not None and _live(entry, time.monotonic()) else None
+
+    async def force_unlock(self, key: str) -> bool:
+        return self._locks.pop(key, None) is not None
+
+    def _maybe_sweep(self, now: float) -> None:
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY:
+            return
+        self._uniq = {k: e for k, e in self._uniq.items() if _live(e, now)}
+        self._locks = {
+            k: e for k, e in self._locks.items() if e[1] is None or e[1] + _LOCK_GRACE_S > now
+        }
 
     async def aclose(self) -> None:
         return None

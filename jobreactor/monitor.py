@@ -1,0 +1,169 @@
+"""RedisMonitor: a synchronous look into Redis storage, for consoles and apps (SPEC 1.14).
+
+It reads and deletes the records RedisStorage writes, addressed by job id (not by Redis key,
+as the Ruby one was), through the per-node index sets: never `KEYS`, and node "node" never sees
+node "redis_node"'s jobs (SPEC D16).
+
+    >>> from jobreactor import RedisMonitor
+    >>> mon = RedisMonitor("redis://localhost:6379")
+    >>> mon.jobs_for("worker1", to_be_retried=True)
+    {'5f0c…': {'id': '5f0c…', 'name': 'send_mail', 'args': {...}, 'attempt': 2, ...}}
+
+Records are plain dicts typed like `JobRecord.to_dict()` (ints as ints, args decoded), holding
+every field stored; `JobRecord.from_dict(record)` rebuilds the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from jobreactor.errors import ConfigError, StorageError
+from jobreactor.storage.redis import (
+    DEFAULT_REDIS_URL,
+    Keys,
+    decode_fields,
+    is_unfinished,
+    redact_url,
+    redis_errors,
+)
+
+__all__ = ["RedisMonitor"]
+
+_CHUNK = 1000
+
+
+class RedisMonitor:
+    """Sync helper over the job records of every node sharing one Redis and key prefix."""
+
+    def __init__(self, redis_url: str | None = None, prefix: str = "jr", **options: Any) -> None:
+        url = redis_url or DEFAULT_REDIS_URL
+        self._keys = Keys(prefix)
+        self._where = redact_url(url)
+        options["decode_responses"] = True
+        options.setdefault("socket_connect_timeout", 5.0)
+        options.setdefault("socket_timeout", 10.0)
+        try:
+            self._redis: redis.Redis[str] = redis.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise ConfigError(f"invalid redis_url {self._where!r}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"<RedisMonitor {self._where} prefix={self._keys.base}>"
+
+    @property
+    def storage(self) -> redis.Redis[str]:
+        """The sync Redis client (the Ruby monitor's `storage`)."""
+        return self._redis
+
+    def nodes(self) -> list[str]:
+        """Names of the nodes that have stored jobs, sorted."""
+        with redis_errors("nodes", self._where):
+            names = sorted(self._redis.smembers(self._keys.nodes))
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.scard(self._keys.index(name))
+            sizes = pipe.execute() if names else []
+        return [name for name, size in zip(names, sizes, strict=True) if size]
+
+    def jobs_for(self, node: str, to_be_retried: bool = False) -> dict[str, dict[str, Any]]:
+        """`{job_id: record}` of `node`; with `to_be_retried`, only jobs not complete, cancelled
+        or failed: the ones the node resumes when it starts again (SPEC 1.15)."""
+        out: dict[str, dict[str, Any]] = {}
+        with redis_errors("jobs_for", self._where):
+            for ids in self._pages(node):
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hgetall(self._keys.job(node, job_id))
+                for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                    if raw and (not to_be_retried or is_unfinished(raw.get("status"))):
+                        out[job_id] = self._decode(node, job_id, raw)
+        return out
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        """The record of `job_id`, whichever node stores it, or None."""
+        node = self.node_of(job_id)
+        if node is None:
+            return None
+        with redis_errors("load", self._where):
+            raw = self._redis.hgetall(self._keys.job(node, job_id))
+        return self._decode(node, job_id, raw) if raw else None
+
+    def node_of(self, job_id: str) -> str | None:
+        """The node whose index holds `job_id` (ids are unique across nodes)."""
+        found = self._holders(job_id)
+        return found[0] if found else None
+
+    def destroy(self, job_id: str) -> bool:
+        """Delete the job wherever it is stored; True if it was."""
+        found = self._holders(job_id)
+        if not found:
+            return False
+        with redis_errors("destroy", self._where):
+            pipe = self._redis.pipeline(transaction=True)
+            for node in found:
+                pipe.delete(self._keys.job(node, job_id))
+                pipe.srem(self._keys.index(node), job_id)
+            pipe.execute()
+        return True
+
+    def destroy_all_jobs_for(self, node: str) -> int:
+        """Delete every job of `node` (only that node's); returns how many there were."""
+        count = 0
+        with redis_errors("destroy_all_jobs_for", self._where):
+            for ids in self._pages(node):
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.delete(*[self._keys.job(node, job_id) for job_id in ids])
+                pipe.srem(self._keys.index(node), *ids)
+                deleted, _ = pipe.execute()
+                count += int(deleted)
+        return count
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> RedisMonitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _holders(self, job_id: str) -> list[str]:
+        with redis_errors("load", self._where):
+            names = sorted(self._redis.smembers(self._keys.nodes))
+            if not names:
+                return []
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.sismember(self._keys.index(name), job_id)
+            member = pipe.execute()
+        return [name for name, there in zip(names, member, strict=True) if there]
+
+    def _pages(self, node: str) -> Iterator[list[str]]:
+        """All ids in the node's index, a page at a time (SSCAN, never SMEMBERS on big sets).
+
+        Collected before the caller deletes anything, so deleting doesn't disturb the scan.
+        """
+        ids = list(dict.fromkeys(self._redis.sscan_iter(self._keys.index(node), count=_CHUNK)))
+        for start in range(0, len(ids), _CHUNK):
+            yield ids[start : start + _CHUNK]
+
+    def _decode(self, node: str, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
+        try:
+            record = decode_fields(raw)
+        except ValueError as exc:
+            raise StorageError(
+                f"stored job {self._keys.job(node, job_id)} is malformed: {exc}"
+            ) from exc
+        record.setdefault("id", job_id)
+        return record

@@ -1,0 +1,105 @@
+"""The gems' per-attempt checks, around an attempt (SPEC §3, §4, §5, §7.2–7.4).
+
+Before an attempt: a stopped batch skips the job; `perform_id` (dj_one) postpones it by
+`duplicate_delay` while another job with that id runs, without using an attempt; `lock`
+(resque-lock-timeout) drops it, calling its `lock_failed` hook, while the lock is held.
+After: the lock is released only by its owner token, and if it expired first the
+`lock_expired` hook runs instead (someone else may hold it now); the perform id is released
+unless the job waits for a retry (dj_one keeps it then). All of it goes through the node's
+storage, so with Redis it holds across nodes, with memory within one node process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+from jobreactor.errors import StorageError
+
+if TYPE_CHECKING:
+    from jobreactor.definitions import Step
+    from jobreactor.node.node import Held, Node
+
+logger = logging.getLogger("jobreactor.node")
+
+
+def perform_key(perform_id: str) -> str:
+    return f"perform:{perform_id}"
+
+
+def needs_guard(held: Held) -> bool:
+    record = held.record
+    return record.perform_id is not None or record.lock is not None or record.batch is not None
+
+
+async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
+    if hook is None:
+        return
+    try:
+        result = hook(dict(args))
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("%s hook raised; continuing", what)
+
+
+async def enter(node: Node, held: Held) -> None:
+    """Run the checks for `held` (its run slot is already taken); then start, postpone or skip."""
+    record = held.record
+    settings = node.settings
+    definition = node.registry.get(record.name)
+    try:
+        if record.batch is not None and await node.batch_stopped(record.batch):
+            node.skip(held, "its batch was stopped")
+            return
+        if record.perform_id is not None and not held.perform_held:
+            ttl = record.max_run_time or settings.max_run_time or settings.unique_ttl
+            if not await node.storage.acquire(perform_key(record.perform_id), record.id, ttl):
+                delay = record.duplicate_delay
+                node.postpone(held, settings.duplicate_delay if delay is None else delay)
+                return
+            held.perform_held = True
+        if record.lock is not None:
+            token = f"{record.id}:{record.attempt + 1}"
+            timeout = settings.lock_timeout if record.lock_timeout is None else record.lock_timeout
+            if not await node.storage.lock(record.lock, token, timeout):
+                await call_hook(
+                    definition.lock_failed if definition else None, record.args, "lock_failed"
+                )
+                await release(node, held, release_perform=True)
+                node.skip(held, f"lock {record.lock!r} is held")
+                return
+            held.lock_token = token
+    except StorageError as exc:
+        logger.warning(
+            "job %s: storage unavailable for its lock/unique checks (%s); trying again in %.1fs",
+            record.id,
+            exc,
+            settings.reconnect_interval,
+        )
+        node.postpone(held, settings.reconnect_interval)
+        return
+    node.start_attempt(held)
+
+
+async def release(node: Node, held: Held, *, release_perform: bool) -> None:
+    """After an attempt: unlock (owner only), and free the perform id unless retrying."""
+    record = held.record
+    try:
+        token, held.lock_token = held.lock_token, None
+        if token is not None and record.lock is not None:
+            outcome = await node.storage.unlock(record.lock, token)
+            if outcome == "expired":
+                definition = node.registry.get(record.name)
+                await call_hook(
+                    definition.lock_expired if definition else None,
+                    record.args,
+                    "lock_expired",
+                )
+        if release_perform and held.perform_held and record.perform_id is not None:
+            held.perform_held = False
+            await node.storage.release(perform_key(record.perform_id), record.id)
+    except StorageError as exc:
+        # The keys carry a TTL (lock_timeout, unique_ttl), so they cannot block forever.
+        logger.warning("job %s: could not release its lock/perform id: %s", record.id, exc)
