@@ -71,6 +71,8 @@ class ReactorConfig(_Strict):
     unique_ttl: float = Field(default=86_400.0, gt=0)
     duplicate_delay: float = Field(default=30.0, ge=0)
     lock_timeout: float = Field(default=3600.0, ge=0)
+    # With redis storage on the distributor, enqueue waits until the job is stored, this long.
+    enqueue_timeout: float = Field(default=5.0, gt=0)
 
     @field_validator("logger_method")
     @classmethod

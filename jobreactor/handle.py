@@ -26,13 +26,45 @@ class JobHandle:
     resolves only when the job ends (cancelled, or failed for good).
     """
 
-    __slots__ = ("_state", "_value", "_waiters", "id")
+    __slots__ = ("_durable", "_durable_waiters", "_state", "_value", "_waiters", "id")
 
     def __init__(self, job_id: str) -> None:
         self.id = job_id
         self._state = _PENDING
         self._value: Any = None
         self._waiters: list[Callable[[], None]] | None = None
+        # None: not yet stored; True: stored; an exception: storing failed.
+        self._durable: bool | BaseException | None = None
+        self._durable_waiters: list[Callable[[], None]] | None = None
+
+    def accepted(self, timeout: float | None = None) -> bool:
+        """Block until the distributor has stored the job; True then.
+
+        With redis storage on the distributor this means it survives a distributor restart;
+        with memory storage it is true as soon as the distributor holds it (best effort).
+        Raises the storage error (e.g. StorageUnavailable) if the job could not be stored:
+        then it was not enqueued. Raises TimeoutError after `timeout`.
+        """
+        event = threading.Event()
+        with _LOCK:
+            if self._durable is None:
+                if self._durable_waiters is None:
+                    self._durable_waiters = []
+                self._durable_waiters.append(event.set)
+        if self._durable is None and not event.wait(timeout):
+            raise TimeoutError(f"job {self.id} was not stored within {timeout}s")
+        if isinstance(self._durable, BaseException):
+            raise self._durable
+        return True
+
+    def _stored(self, error: BaseException | None = None) -> None:
+        with _LOCK:
+            if self._durable is not None:
+                return
+            self._durable = True if error is None else error
+            waiters, self._durable_waiters = self._durable_waiters, None
+        for wake in waiters or ():
+            wake()
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {'done' if self.done() else 'pending'}>"

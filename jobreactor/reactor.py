@@ -66,8 +66,10 @@ class Reactor:
         self._distributors: list[Distributor] = []
         self._nodes: list[Node] = []
         self._inbox: collections.deque[
-            tuple[JobRecord, Feedback | None, Feedback | None, JobHandle]
+            tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]
         ] = collections.deque()
+        self._named_feedbacks: dict[str, Feedback] = {}
+        self._signal_tasks: set[asyncio.Task[None]] = set()
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
         # Job ids: 64 random bits per reactor + a counter. Unique like uuid4 for our purposes
@@ -142,7 +144,9 @@ class Reactor:
                 self._request_stop()
             else:
                 for node in self._nodes:
-                    loop.create_task(node.stop(grace=0))
+                    task = loop.create_task(node.stop(grace=0))
+                    self._signal_tasks.add(task)
+                    task.add_done_callback(self._signal_tasks.discard)
 
         async def main() -> None:
             self._stop_event = asyncio.Event()
@@ -271,6 +275,7 @@ class Reactor:
             advertise=advertise,
             storage=open_storage(storage, redis_url or settings.hiredis_url),
         )
+        distributor.named_feedbacks = self._named_feedbacks
         bound = await distributor.start(host, port, ssl)
         self._distributors.append(distributor)
         return bound
@@ -368,8 +373,8 @@ class Reactor:
         name: str,
         args: dict[str, Any] | None = None,
         opts: dict[str, Any] | None = None,
-        success: Feedback | None = None,
-        error: Feedback | None = None,
+        success: Feedback | str | None = None,
+        error: Feedback | str | None = None,
     ) -> JobHandle | None:
         """Queue job `name` from any thread; return its handle (SPEC 1.5.1).
 
@@ -379,8 +384,7 @@ class Reactor:
         (those two options cost a round trip to the loop; every other enqueue does not wait).
         """
         loop, distributor, record = self._prepare(name, args, opts)
-        success = success if callable(success) else None
-        error = error if callable(error) else None
+        success, error = self._feedback(success), self._feedback(error)
         if record.enqueue_id is not None or record.loner:
             if self._in_loop_thread():
                 raise RuntimeError(
@@ -393,23 +397,42 @@ class Reactor:
         if not self._wake_pending:
             self._wake_pending = True
             loop.call_soon_threadsafe(self._drain_inbox)
+        if distributor.journal is not None and not self._in_loop_thread():
+            # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
+            handle.accepted(self.config.current.enqueue_timeout)
         return handle
+
+    def register_feedback(self, name: str, feedback: Feedback) -> None:
+        """Register a feedback under `name`, to pass as `success=name` / `error=name`.
+
+        Named feedbacks survive a distributor restart (redis storage): closures can't be
+        stored. Register them at start-up, before `start_distributor`.
+        """
+        if not callable(feedback):
+            raise TypeError("a feedback must be callable")
+        self._named_feedbacks[name] = feedback
+
+    def _feedback(self, feedback: Feedback | str | None) -> Feedback | str | None:
+        if isinstance(feedback, str):
+            if feedback not in self._named_feedbacks:
+                raise InvalidOptions(
+                    f"no feedback registered as {feedback!r}; call JR.register_feedback first"
+                )
+            return feedback
+        return feedback if callable(feedback) else None  # SPEC 1.5.1: non-callables ignored
 
     async def aenqueue(
         self,
         name: str,
         args: dict[str, Any] | None = None,
         opts: dict[str, Any] | None = None,
-        success: Feedback | None = None,
-        error: Feedback | None = None,
+        success: Feedback | str | None = None,
+        error: Feedback | str | None = None,
     ) -> JobHandle | None:
         """`enqueue` for code running on the reactor's loop (feedbacks, async jobs)."""
         _, distributor, record = self._prepare(name, args, opts)
         return await self._admit_and_submit(
-            distributor,
-            record,
-            success if callable(success) else None,
-            error if callable(error) else None,
+            distributor, record, self._feedback(success), self._feedback(error)
         )
 
     def _prepare(
@@ -458,8 +481,8 @@ class Reactor:
         self,
         distributor: Distributor,
         record: JobRecord,
-        success: Feedback | None,
-        error: Feedback | None,
+        success: Feedback | str | None,
+        error: Feedback | str | None,
     ) -> JobHandle | None:
         self._drain_inbox()  # keep FIFO with jobs enqueued just before
         if not await distributor.admit(record):
@@ -479,7 +502,9 @@ class Reactor:
         if not self._distributors:
             return
         inbox = self._inbox
-        batch: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]] = []
+        batch: list[
+            tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
+        ] = []
         while inbox:
             batch.append(inbox.popleft())
         if batch:

@@ -21,6 +21,7 @@ from typing import Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.distributor.dispatch import Dispatcher
+from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.errors import StorageError
@@ -48,8 +49,8 @@ _GIVEN_AWAY_LIMIT = 1_000_000
 
 @dataclass(slots=True)
 class _Waiting:
-    success: Feedback | None
-    error: Feedback | None
+    success: Feedback | str | None  # a str names a feedback registered with register_feedback
+    error: Feedback | str | None
     handle: JobHandle | None
 
 
@@ -65,6 +66,8 @@ class Distributor:
         self.settings = settings
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
+        self.journal: Journal | None = None
+        self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
         self.secret = secret.encode() if secret else None
@@ -114,8 +117,43 @@ class Distributor:
         bound = (str(sockname[0]), int(sockname[1]))
         if not self._advertise:
             self.address = f"{host}:{bound[1]}"
+        if self.storage.durable:
+            self.journal = Journal(
+                self.storage,
+                f"distributor:{self.address}",
+                self.settings.reconnect_interval,
+                self._admitted,
+                self._refused,
+            )
+            await self._restore()
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
+
+    async def _restore(self) -> None:
+        """Read back the journal of a previous run at this address (redis storage)."""
+        assert self.journal is not None
+        jobs = await self.journal.load()
+        out_on = 0
+        for job in jobs:
+            # A feedback id equal to the job id was a closure: gone with the old process.
+            success = job.on_success if job.on_success not in (None, job.id) else None
+            error = job.on_error if job.on_error not in (None, job.id) else None
+            self._waiting[job.id] = _Waiting(success, error, None)
+            node = assignee(job)
+            if isinstance(node, str) and job.lease:
+                self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
+                out_on += 1
+            else:
+                self.dispatcher.add(job)
+        for name in {entry.node for entry in self.tracker.orphans_of_all()}:
+            self._arm_takeover(name)
+        if jobs:
+            logger.info(
+                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
+                self.address,
+                len(jobs),
+                out_on,
+            )
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
@@ -136,16 +174,21 @@ class Distributor:
                 "use redis storage on the distributor to keep them)",
                 len(dropped),
             )
+        keep = self.journal is not None  # a durable distributor resumes them at restart
         for job in dropped:
-            self._resolve_cancelled(job.id, "dropped: the distributor stopped")
+            self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
         for session in list(self._sessions.values()):
             session.conn.close("distributor stopping", notify=True)
         for waiting_id in list(self._waiting):
-            self._resolve_cancelled(waiting_id, "abandoned: the distributor stopped")
+            self._resolve_cancelled(
+                waiting_id, "abandoned: the distributor stopped", forget=not keep
+            )
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=deadline)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.journal is not None:
+            await self.journal.aclose()
         await self.storage.aclose()
 
     def _busy(self) -> bool:
@@ -173,33 +216,48 @@ class Distributor:
     def submit(
         self,
         job: JobRecord,
-        success: Feedback | None = None,
-        error: Feedback | None = None,
+        success: Feedback | str | None = None,
+        error: Feedback | str | None = None,
         handle: JobHandle | None = None,
     ) -> None:
         """Queue a validated job (on the loop) and send it out if a node has credit."""
-        job.distributor = self.address
-        if success is not None:
-            job.on_success = job.id
-        if error is not None:
-            job.on_error = job.id
-        self._waiting[job.id] = _Waiting(success, error, handle)
-        self.dispatcher.add(job)
-        self._dispatch()
+        self.submit_many([(job, success, error, handle)])
 
     def submit_many(
-        self, items: list[tuple[JobRecord, Feedback | None, Feedback | None, JobHandle | None]]
+        self,
+        items: list[
+            tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
+        ],
     ) -> None:
-        address = self.address
+        address, journal = self.address, self.journal
         for job, success, error, handle in items:
             job.distributor = address
             if success is not None:
-                job.on_success = job.id
+                job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
-                job.on_error = job.id
+                job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = _Waiting(success, error, handle)
+            if journal is not None:
+                journal.admit(job, handle)  # dispatched once stored (see _admitted)
+                continue
+            if handle is not None:
+                handle._stored()  # memory: held here, best effort
             self.dispatcher.add(job)
+        if journal is None:
+            self._dispatch()
+
+    def _admitted(self, jobs: list[JobRecord]) -> None:
+        for job in jobs:
+            if job.id in self._waiting:  # not cancelled while it was being stored
+                self.dispatcher.add(job)
         self._dispatch()
+
+    def _refused(self, jobs: list[JobRecord]) -> None:
+        for job in jobs:
+            self._release_unique(job.id)
+            waiting = self._waiting.pop(job.id, None)
+            if waiting is not None and waiting.handle is not None:
+                waiting.handle._cancel("refused: it could not be stored")
 
     def address_port(self) -> int:
         return int(self.address.rpartition(":")[2])
@@ -215,6 +273,9 @@ class Distributor:
             return True
         entry = self.tracker.get(job_id)
         if entry is None:
+            if job_id in self._waiting and self.journal is not None:
+                self._resolve_cancelled(job_id)  # still being stored: it won't be dispatched
+                return True
             return False
         entry.cancel_requested = True
         session = self._sessions.get(entry.conn) if entry.conn is not None else None
@@ -403,6 +464,8 @@ class Distributor:
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
             lease = self.tracker.issue(job, key, session.node_name, seq)
+            if self.journal is not None:
+                self.journal.assigned(job, session.node_name, lease)
             session.queue_job(lease, job.to_dict())
         if not len(self.dispatcher):
             self._idle.set()
@@ -411,6 +474,8 @@ class Distributor:
         if entry.cancel_requested:
             self._resolve_cancelled(entry.job.id)
             return
+        if self.journal is not None:
+            self.journal.unassigned(entry.job)
         self.dispatcher.add(entry.job, seq=entry.seq)
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
@@ -430,13 +495,20 @@ class Distributor:
         if item.final:
             self.tracker.forget(item.job_id)
             self._release_unique(item.job_id)
+            if self.journal is not None:
+                self.journal.remove(item.job_id)
             waiting = self._waiting.pop(item.job_id, None)
         else:
             waiting = self._waiting.get(item.job_id)
         if isinstance(batch_token, str):
             self._batch_complete(batch_token)
-        if waiting is None:
-            return
+        if waiting is not None:
+            self._deliver(waiting, item)
+        if item.final:
+            self._idle.set()
+
+    def _deliver(self, waiting: _Waiting, item: ReportItem) -> None:
+        """Call the feedback for this report and settle the handle on the final one."""
         if item.outcome == "success":
             self._call(waiting.success, item.args, item.job_id)
             if item.final and waiting.handle is not None:
@@ -447,8 +519,6 @@ class Distributor:
                 waiting.handle._fail(item.args)
         elif waiting.handle is not None:
             waiting.handle._cancel()
-        if item.final:
-            self._idle.set()
 
     # --- the gems' app-side parts: unique enqueues (dj_one, loner) and batch completion ------
 
@@ -509,15 +579,31 @@ class Distributor:
         if inspect.isawaitable(result):
             self._spawn(self._await_feedback(result, f"batch {token}"))
 
-    def _resolve_cancelled(self, job_id: str, reason: str = "cancelled") -> None:
-        self._release_unique(job_id)
+    def _resolve_cancelled(
+        self, job_id: str, reason: str = "cancelled", *, forget: bool = True
+    ) -> None:
+        """The job ends here without a report. `forget=False` keeps it in the journal."""
+        if forget:
+            self._release_unique(job_id)
+            if self.journal is not None:
+                self.journal.remove(job_id)
         waiting = self._waiting.pop(job_id, None)
         if waiting is not None and waiting.handle is not None:
             waiting.handle._cancel(reason)
 
-    def _call(self, feedback: Feedback | None, args: dict[str, Any], job_id: str) -> None:
+    def _call(self, feedback: Feedback | str | None, args: dict[str, Any], job_id: str) -> None:
         if feedback is None:
             return
+        if isinstance(feedback, str):
+            named = self.named_feedbacks.get(feedback)
+            if named is None:
+                logger.warning(
+                    "job %s: no feedback registered as %r; register it at start-up",
+                    job_id,
+                    feedback,
+                )
+                return
+            feedback = named
         try:
             result = feedback(args)
         except Exception:

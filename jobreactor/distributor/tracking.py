@@ -54,6 +54,13 @@ class Tracker:
         self._by_lease[lease] = job.id
         return lease
 
+    def adopt_orphan(self, job: JobRecord, node: str, lease: int, seq: int) -> None:
+        """A restarted distributor's journal says `node` holds `job` under `lease`."""
+        self.forget(job.id)
+        self._next_lease = max(self._next_lease, lease + 1)
+        self._jobs[job.id] = InFlight(job, lease, None, node, seq, acked=True)
+        self._by_lease[lease] = job.id
+
     def ack(self, conn: int, lease: int) -> InFlight | None:
         job_id = self._by_lease.get(lease)
         entry = None if job_id is None else self._jobs.get(job_id)
@@ -116,6 +123,9 @@ class Tracker:
     def orphans_of(self, node: str) -> list[InFlight]:
         """Jobs of durable node `node` held while it is away."""
         return [e for e in self._jobs.values() if e.conn is None and e.node == node]
+
+    def orphans_of_all(self) -> list[InFlight]:
+        return [e for e in self._jobs.values() if e.conn is None]
 
     def jobs_on(self, conn: int) -> list[InFlight]:
         return [self._jobs[job_id] for job_id in self._by_conn.get(conn, ())]

@@ -94,6 +94,7 @@ class Node:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
@@ -123,6 +124,13 @@ class Node:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: hand back unstarted jobs, let running ones finish (bounded), close."""
         if self._stopping:
+            # A second stop (second signal) with a shorter grace tightens the drain now.
+            deadline = self._drain_deadline
+            if grace is not None and deadline is not None:
+                cutoff = self.loop.time() + grace
+                when = deadline.when()
+                if when is None or cutoff < when:
+                    deadline.reschedule(cutoff)
             return
         self._stopping = True
         grace = self.settings.shutdown_timeout if grace is None else grace
@@ -130,7 +138,8 @@ class Node:
         if self._running:
             self._idle.clear()
             try:
-                async with asyncio.timeout(grace):
+                async with asyncio.timeout(grace) as deadline:
+                    self._drain_deadline = deadline
                     await self._idle.wait()
             except TimeoutError:
                 logger.warning(
@@ -308,6 +317,8 @@ class Node:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
+        if self._stopping:
+            return  # no new attempts while shutting down; unstarted jobs are handed back
         budget = _DRAIN_BUDGET
         while self._running < self._concurrency and budget > 0:
             job_id = self._ready.pop()

@@ -32,6 +32,7 @@ from dataclasses import fields
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+import msgpack
 import redis.asyncio as aredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -257,6 +258,28 @@ redis.call('SET', KEYS[2], cmsgpack.pack(out), 'PX', ARGV_LOG_MS)
 return out
 """.replace("ARGV_LOG_MS", str(_CLAIM_LOG_MS))
 
+_SAVE = """
+-- KEYS[1] index set, KEYS[2] node names, KEYS[3..] job hashes;
+-- ARGV[1] node name, ARGV[2..] msgpack [id, field1, value1, ...] for KEYS[3..].
+-- Atomic: a job is never seen half-written, nor between its DEL and HSET by a claim. DEL
+-- first, so fields that went back to None/default don't linger.
+redis.call('SADD', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+  local flat = cmsgpack.unpack(ARGV[i - 1])
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], unpack(flat, 2))
+  redis.call('SADD', KEYS[1], flat[1])
+end
+return #KEYS - 2
+"""
+
+_LOAD_MANY = """
+-- KEYS: job hashes. One command for a page of jobs (cheaper to send than HGETALL each).
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
 _QUEUE_SAVE = """
 -- KEYS: jobs hash, order zset, sequence; ARGV: id1, record1, id2, record2, ...
 for i = 1, #ARGV, 2 do
@@ -363,6 +386,8 @@ class RedisStorage:
             self._redis: aredis.Redis[str] = aredis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"invalid redis_url {self._where!r}: {exc}") from exc
+        self._save = self._redis.register_script(_SAVE)
+        self._load_many = self._redis.register_script(_LOAD_MANY)
         self._claim = self._redis.register_script(_CLAIM)
         self._queue_save = self._redis.register_script(_QUEUE_SAVE)
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -383,17 +408,15 @@ class RedisStorage:
     async def save_many(self, node: str, jobs: Sequence[JobRecord]) -> None:
         if not jobs:
             return
-        encoded = [(job.id, _encode_checked(job)) for job in jobs]
+        # One packed argument per job: redis-py's per-argument packing, not Redis, was the
+        # cost of a pipeline of HSETs (40 -> ~10 us per job).
+        packed = [_pack_job(job) for job in jobs]
+        keys = [self.keys.index(node), self.keys.nodes]
         with self._errors("save_many"):
-            # MULTI: a job is never seen half-written (nor between its DEL and HSET by a claim).
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for job_id, mapping in encoded:
-                    key = self.keys.job(node, job_id)
-                    pipe.delete(key)  # fields now None/default must not linger
-                    pipe.hset(key, mapping=typing.cast(Any, mapping))  # stubs: invariant key type
-                pipe.sadd(self.keys.index(node), *[job_id for job_id, _ in encoded])
-                pipe.sadd(self.keys.nodes, node)
-                await pipe.execute()
+            for start in range(0, len(jobs), _CHUNK):
+                chunk = jobs[start : start + _CHUNK]
+                job_keys = [self.keys.job(node, job.id) for job in chunk]
+                await self._save(keys=keys + job_keys, args=[node, *packed[start : start + _CHUNK]])
 
     async def destroy_many(self, node: str, job_ids: Sequence[str]) -> None:
         if not job_ids:
@@ -419,11 +442,10 @@ class RedisStorage:
         out: list[JobRecord] = []
         with self._errors("jobs_for"):
             async for ids in self._index_pages(node):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        pipe.hgetall(self.keys.job(node, job_id))
-                    hashes: list[dict[str, str]] = await pipe.execute()
-                for job_id, raw in zip(ids, hashes, strict=True):
+                keys = [self.keys.job(node, job_id) for job_id in ids]
+                flats: list[list[str]] = await self._load_many(keys=keys)
+                for job_id, flat in zip(ids, flats, strict=True):
+                    raw = dict(zip(flat[::2], flat[1::2], strict=True))
                     if not raw or (unfinished_only and not is_unfinished(raw.get("status"))):
                         continue
                     try:
@@ -573,11 +595,16 @@ class RedisStorage:
             await self._redis.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
 
-def _encode_checked(job: JobRecord) -> dict[str, str]:
+def _pack_job(job: JobRecord) -> bytes:
     try:
-        return encode_job(job)
+        fields = encode_job(job)
     except (TypeError, ValueError) as exc:
         raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc
+    flat = [job.id]
+    for item in fields.items():
+        flat += item
+    packed: bytes = msgpack.packb(flat)
+    return packed
 
 
 def _record_json(job: JobRecord) -> str:

@@ -37,7 +37,9 @@ async def storage(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[
 
 
 @pytest.fixture
-async def twin(storage: Storage, request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Storage]:
+async def twin(
+    storage: Storage, request: pytest.FixtureRequest, prefix: str
+) -> AsyncIterator[Storage]:
     """A second client on the same data (a second process, for Redis): races are real races."""
     other: Storage
     if isinstance(storage, RedisStorage):

@@ -1,0 +1,136 @@
+"""Journal: a distributor's durable record of the jobs it accepted and has not finished.
+
+With redis storage on the distributor, every accepted job is written here before it is
+dispatched (batched: one pipeline per loop tick for every job accepted in it), updated when it
+is sent to a node (which node, which lease), and removed at its final report. If the write
+fails the job is refused, not dispatched: its handle's `accepted()` raises, so "enqueued" always
+means "stored". A restarted distributor reads the journal back: jobs never sent are queued
+again; jobs out on a node wait for that node (node_grace) under the lease it holds. Feedbacks
+registered by name (`JR.register_feedback`) are found again; closures can't be stored, so their
+jobs still run but report to nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from jobreactor.errors import StorageError
+from jobreactor.handle import JobHandle
+from jobreactor.job import JobRecord
+from jobreactor.storage.base import Storage
+
+logger = logging.getLogger("jobreactor.distributor")
+
+ASSIGNED = "assigned_to"  # extra field: the node a journaled job was sent to
+
+
+class Journal:
+    def __init__(
+        self,
+        storage: Storage,
+        queue: str,
+        retry_interval: float,
+        on_admitted: Callable[[list[JobRecord]], None],
+        on_refused: Callable[[list[JobRecord]], None],
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self._retry_interval = retry_interval
+        self._on_admitted = on_admitted
+        self._on_refused = on_refused
+        self._admit: list[tuple[JobRecord, JobHandle | None]] = []
+        self._save: dict[str, JobRecord] = {}
+        self._remove: set[str] = set()
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def admit(self, job: JobRecord, handle: JobHandle | None) -> None:
+        """Store `job`, then hand it to `on_admitted`; refuse it if it can't be stored."""
+        self._admit.append((job, handle))
+        self._flush_soon()
+
+    def assigned(self, job: JobRecord, node: str, lease: int) -> None:
+        job.lease = lease
+        if job.extra is None:
+            job.extra = {}
+        job.extra[ASSIGNED] = node
+        self._update(job)
+
+    def unassigned(self, job: JobRecord) -> None:
+        if job.extra:
+            job.extra.pop(ASSIGNED, None)
+        job.lease = 0
+        self._update(job)
+
+    def _update(self, job: JobRecord) -> None:
+        self._remove.discard(job.id)
+        self._save[job.id] = job
+        self._flush_soon()
+
+    def remove(self, job_id: str) -> None:
+        self._save.pop(job_id, None)
+        self._remove.add(job_id)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            self._task = asyncio.get_running_loop().create_task(self.flush())
+
+    async def flush(self) -> None:
+        try:
+            while self._admit or self._save or self._remove:
+                await self._flush_once()
+        finally:
+            self._flushing = False
+
+    async def _flush_once(self) -> None:
+        admit, self._admit = self._admit, []
+        save, self._save = self._save, {}
+        remove, self._remove = self._remove, set()
+        try:
+            records = [job for job, _ in admit] + list(save.values())
+            if records:
+                await self.storage.queue_save(self.queue, records)
+            if remove:
+                await self.storage.queue_remove(self.queue, list(remove))
+        except StorageError as exc:
+            logger.error(
+                "distributor journal write failed (%s): %d new job(s) refused; "
+                "check that Redis is reachable",
+                exc,
+                len(admit),
+            )
+            for _, handle in admit:
+                if handle is not None:
+                    handle._stored(exc)
+            if admit:
+                self._on_refused([job for job, _ in admit])
+            for job_id, job in save.items():
+                self._save.setdefault(job_id, job)
+            self._remove.update(remove - self._save.keys())
+            await asyncio.sleep(self._retry_interval)
+            return
+        for _, handle in admit:
+            if handle is not None:
+                handle._stored()
+        if admit:
+            self._on_admitted([job for job, _ in admit])
+
+    async def load(self) -> list[JobRecord]:
+        return await self.storage.queue_load(self.queue)
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                logger.warning("distributor journal: its last writes did not finish in time")
+
+
+def assignee(job: JobRecord) -> Any:
+    return (job.extra or {}).get(ASSIGNED)
