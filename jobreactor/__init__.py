@@ -34,6 +34,7 @@ from jobreactor.errors import (
     StorageUnavailable,
 )
 from jobreactor.handle import JobHandle
+from jobreactor.monitor import RedisMonitor
 from jobreactor.reactor import JR, Reactor
 
 try:
@@ -59,6 +60,7 @@ __all__ = [
     "Reactor",
     "ReactorClosed",
     "ReactorConfig",
+    "RedisMonitor",
     "Registry",
     "StorageError",
     "StorageUnavailable",

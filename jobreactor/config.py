@@ -42,6 +42,8 @@ class ReactorConfig(_Strict):
     remove_cancelled_jobs: bool = True
     remove_failed_jobs: bool = False
     hiredis_url: str = "redis://localhost:6379"
+    # Prefix of every Redis key (all under one hash tag `{prefix}`), to share one Redis.
+    redis_prefix: str = Field(default="jr", min_length=1)
     redis_host: str = "localhost"
     redis_port: int = 6379
     # A logging level name for jobreactor's logger, or None to silence it (SPEC: logger_method).

@@ -258,7 +258,9 @@ def build_record(
         perform_id=_text(opts, "perform_id"),
         duplicate_delay=_number(opts, "duplicate_delay"),
         # loner (resque-lock-timeout) is an extra enqueue-time check on top of the run lock.
-        lock=_lock_key(name, args, opts.get("lock") or (True if opts.get("loner") else None)),
+        lock=_lock_key(
+            name, args, True if opts.get("loner") and opts.get("lock") is None else opts.get("lock")
+        ),
         lock_timeout=_number(opts, "lock_timeout"),
         loner=bool(opts.get("loner", False)),
         batch=_text(opts, "batch"),

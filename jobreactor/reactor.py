@@ -273,7 +273,9 @@ class Reactor:
             settings,
             secret=secret,
             advertise=advertise,
-            storage=open_storage(storage, redis_url or settings.hiredis_url),
+            storage=open_storage(
+                storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
+            ),
         )
         distributor.named_feedbacks = self._named_feedbacks
         bound = await distributor.start(host, port, ssl)
@@ -349,7 +351,7 @@ class Reactor:
             name,
             settings,
             registry,
-            open_storage(storage, redis_url or settings.hiredis_url),
+            open_storage(storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix),
             [(str(h), int(p)) for h, p in targets],
             secret=secret,
             ssl_context=ssl,

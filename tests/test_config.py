@@ -246,7 +246,7 @@ def test_node_keys_and_config_keys_in_one_file(tmp_path: Path) -> None:
     node = load_node_config(path, environ={})
     assert node.storage == "redis"
     assert node.redis_url == "redis://127.0.0.1:6390/0"
-    assert node.job_directory == "my_jobs"
+    assert node.job_directory == str(path.parent / "my_jobs")  # relative to the file
     assert node.concurrency == 8
     assert node.secret == "s3cret"
     settings = node.settings
@@ -254,7 +254,7 @@ def test_node_keys_and_config_keys_in_one_file(tmp_path: Path) -> None:
     assert settings.retry_multiplier == 0
     assert settings.remove_failed_jobs is True
     # Node-level keys that are also settings reach the settings.
-    assert settings.job_directory == "my_jobs"
+    assert settings.job_directory == str(path.parent / "my_jobs")
     assert settings.concurrency == 8
     assert settings.secret == "s3cret"
     assert settings.remove_done_jobs is True  # untouched keys keep SPEC defaults

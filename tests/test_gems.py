@@ -68,7 +68,7 @@ def test_failed_job_is_kept_and_jr_retry_runs_it_again(reactor: Reactor) -> None
     assert reactor.retry("nope") is False
 
 
-# --- DjOne -----------------------------------------------------------------------------------------
+# --- DjOne ---------------------------------------------------------------------------------------
 
 
 def test_enqueue_id_refuses_a_second_copy_until_the_first_starts(reactor: Reactor) -> None:

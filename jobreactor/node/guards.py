@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.errors import StorageError
@@ -90,7 +91,12 @@ async def release(node: Node, held: Held, *, release_perform: bool) -> None:
         token, held.lock_token = held.lock_token, None
         if token is not None and record.lock is not None:
             outcome = await node.storage.unlock(record.lock, token)
-            if outcome == "expired":
+            timeout = (
+                node.settings.lock_timeout if record.lock_timeout is None else record.lock_timeout
+            )
+            ran_s = time.time() - (record.run_at or time.time())
+            # "not_held" after our timeout ran out: it expired and someone else took it.
+            if outcome == "expired" or (outcome == "not_held" and 0 < timeout <= ran_s):
                 definition = node.registry.get(record.name)
                 await call_hook(
                     definition.lock_expired if definition else None,

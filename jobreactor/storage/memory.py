@@ -23,6 +23,18 @@ _LOCK_GRACE_S: Final = 86_400.0
 _Entry = tuple[str, float | None]
 
 
+class Keyspace:
+    """Unique keys and locks. One per process by default, so a distributor and the nodes in
+    one process see one another's (the gems' features hold "within one process" on memory)."""
+
+    def __init__(self) -> None:
+        self.uniq: dict[str, _Entry] = {}
+        self.locks: dict[str, _Entry] = {}
+
+
+PROCESS_KEYSPACE = Keyspace()
+
+
 def _live(entry: _Entry | None, now: float) -> bool:
     return entry is not None and (entry[1] is None or entry[1] > now)
 
@@ -40,11 +52,12 @@ class MemoryStorage:
     kind = "memory"
     durable = False
 
-    def __init__(self) -> None:
+    def __init__(self, keyspace: Keyspace | None = None) -> None:
         self._jobs: dict[str, dict[str, JobRecord]] = {}
         self._queues: dict[str, dict[str, JobRecord]] = {}  # insertion order = queue order
-        self._uniq: dict[str, _Entry] = {}
-        self._locks: dict[str, _Entry] = {}
+        keys = PROCESS_KEYSPACE if keyspace is None else keyspace
+        self._uniq = keys.uniq
+        self._locks = keys.locks
         self._calls = 0
 
     def __repr__(self) -> str:
@@ -160,10 +173,12 @@ class MemoryStorage:
         self._calls += 1
         if self._calls % _SWEEP_EVERY:
             return
-        self._uniq = {k: e for k, e in self._uniq.items() if _live(e, now)}
-        self._locks = {
-            k: e for k, e in self._locks.items() if e[1] is None or e[1] + _LOCK_GRACE_S > now
-        }
+        for key in [k for k, e in self._uniq.items() if not _live(e, now)]:
+            del self._uniq[key]
+        for key in [
+            k for k, e in self._locks.items() if e[1] is not None and e[1] + _LOCK_GRACE_S <= now
+        ]:
+            del self._locks[key]
 
     async def aclose(self) -> None:
         return None

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jobreactor.storage import MemoryStorage, Storage
+from jobreactor.storage.memory import Keyspace
 from jobreactor.storage.redis import RedisStorage
 from tests.redis_server import RedisServer, own_redis_server, unique_prefix  # noqa: F401
 
@@ -31,7 +32,7 @@ async def storage(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[
         server: RedisServer = request.getfixturevalue("redis_server")
         store = RedisStorage(server.url, prefix=prefix)
     else:
-        store = MemoryStorage()
+        store = MemoryStorage(Keyspace())  # fresh keys per test, like a fresh Redis prefix
     yield store
     await store.aclose()
 
