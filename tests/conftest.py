@@ -91,6 +91,12 @@ NODE_JOBS = textwrap.dedent(
     @job_errback("fail")
     def fail_eb(args):
         args["seen_error"] = args["error"].__class__.__name__
+
+    @job("slow")
+    async def slow(args):
+        import asyncio
+        await asyncio.sleep(args.get("s", 0.2))
+        _record(args, "slow")
     """
 )
 
@@ -98,13 +104,20 @@ NODE_JOBS = textwrap.dedent(
 class CliNode:
     """`python -m jobreactor node --config node.toml` as a real subprocess."""
 
-    def __init__(self, tmp: Path, name: str, address: tuple[str, int], **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        address: tuple[str, int],
+        storage: str = "memory",
+        **settings: Any,
+    ) -> None:
         jobs = tmp / "cli_jobs"
         jobs.mkdir(exist_ok=True)
         (jobs / "jobs.py").write_text(NODE_JOBS)
         lines = [
             f'name = "{name}"',
-            'storage = "memory"',
+            f'storage = "{storage}"',
             f'distributors = [["{address[0]}", {address[1]}]]',
             f'job_directory = "{jobs}"',
             "retry_multiplier = 0",

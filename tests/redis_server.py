@@ -42,7 +42,8 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """`redis-server` without persistence, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, aof: bool = False) -> None:
+        self.aof = aof
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -90,7 +91,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.aof else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self.directory),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -108,6 +110,13 @@ class RedisServer:
                 pytest.fail(f"redis-server gave no PONG in {START_TIMEOUT_S}s on {self.url}")
             time.sleep(0.02)
         return True
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no final fsync (what AOF `everysec` must survive)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
     def stop(self) -> None:
         """Stop it (clients then see connection errors); `start()` brings it back."""

@@ -85,6 +85,7 @@ class Node:
         self._concurrency = settings.concurrency
         self._window = settings.concurrency * 2  # credits: running slots plus as many queued
         self._inbox: list[Held] = []
+        self._parked: dict[str, float] = {}  # recovered jobs waiting for their distributor
         self._storing = False
         self._dirty: dict[str, JobRecord] = {}
         self._doomed: set[str] = set()
@@ -202,12 +203,18 @@ class Node:
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
         for job_id in drop:
+            self._parked.pop(job_id, None)
             gone = self._jobs.get(job_id)
             if gone is not None:
                 gone.dropped = True
                 if not gone.running:
                     self._forget(gone, destroy=True)
         link.drop_reports_for(set(drop))
+        for job_id, due in list(self._parked.items()):
+            waiting = self._jobs.get(job_id)
+            if waiting is not None and waiting.link is link:
+                del self._parked[job_id]
+                self._schedule_at_epoch(waiting, due)
 
     def link_down(self, link: DistributorLink) -> None:
         return None  # held jobs go on; their reports wait in the link until it is back
@@ -675,14 +682,25 @@ class Node:
         """SPEC 1.15 with the intended filter: resume this node's unfinished jobs."""
         jobs = await self.storage.jobs_for(self.name, unfinished_only=True)
         now = time.time()
+        known = {link.configured for link in self.links}
         for record in jobs:
             record.args["retrying"] = True
             held = Held(record, None)
             self._jobs[record.id] = held
             due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
-            self._schedule_at_epoch(held, due)
+            if record.distributor in known:
+                # Wait for that distributor's welcome: it may have given the job to another
+                # node while we were away (node_grace), and then we must not run it too.
+                self._parked[record.id] = due
+            else:
+                self._schedule_at_epoch(held, due)  # nobody to ask: run it
         if jobs:
-            logger.info("%s resumed %d stored job(s)", self.name, len(jobs))
+            logger.info(
+                "%s resumed %d stored job(s), %d waiting for their distributor",
+                self.name,
+                len(jobs),
+                len(self._parked),
+            )
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

@@ -11,13 +11,25 @@ import pytest
 
 from jobreactor import CancelJob, JobCancelled, JobFailed, Reactor, Registry
 from tests.conftest import Recorder
+from tests.redis_server import unique_prefix
 
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(params=["memory", "redis"], autouse=True)
+def storage_kind(request: pytest.FixtureRequest, reactor: Reactor) -> str:
+    """Every test here runs once per storage (issue 4: shared behaviour on both)."""
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        reactor.config.update(redis_prefix=unique_prefix(), hiredis_url=server.url)
+    reactor.test_storage = request.param  # type: ignore[attr-defined]
+    return str(request.param)
+
+
 def start(reactor: Reactor, registry: Registry, name: str = "w1", **kw: Any) -> None:
+    storage = getattr(reactor, "test_storage", "memory")
     reactor.start_node(
-        name, "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry, **kw
+        name, storage, [("127.0.0.1", reactor.distributor.address_port())], registry=registry, **kw
     )
 
 
@@ -297,9 +309,7 @@ def test_merge_job_itself_to_args(reactor: Reactor) -> None:
     reactor.config.update(merge_job_itself_to_args=True)
     registry, seen = Registry(), Recorder()
     registry.job("me")(lambda args: seen(dict(args["job_itself"])))
-    reactor.start_node(
-        "w1", "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry
-    )
+    start(reactor, registry)
     out = reactor.enqueue("me", {"x": 1}).result(10)  # type: ignore[union-attr]
     itself = seen.items[0]
     for key in ("name", "args", "attempt", "status", "distributor", "node", "run_at"):
