@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,19 @@ NODE_JOBS = textwrap.dedent(
     def fail_eb(args):
         args["seen_error"] = args["error"].__class__.__name__
 
+    @job("span")
+    async def span(args):
+        import asyncio
+        start = time.time()
+        await asyncio.sleep(args.get("s", 0.02))
+        with open(args["out"], "a") as f:
+            f.write(json.dumps({"what": "span", "i": args["i"], "node": os.environ.get("NODE"),
+                                "start": start, "end": time.time()}) + "\\n")
+
+    @job("part")
+    def part(args):
+        pass
+
     @job("slow")
     async def slow(args):
         import asyncio
@@ -110,6 +124,7 @@ class CliNode:
         name: str,
         address: tuple[str, int],
         storage: str = "memory",
+        distributors_override: list[str] | None = None,
         **settings: Any,
     ) -> None:
         jobs = tmp / "cli_jobs"
@@ -118,7 +133,12 @@ class CliNode:
         lines = [
             f'name = "{name}"',
             f'storage = "{storage}"',
-            f'distributors = [["{address[0]}", {address[1]}]]',
+            "distributors = "
+            + (
+                json.dumps(distributors_override)
+                if distributors_override
+                else f'[["{address[0]}", {address[1]}]]'
+            ),
             f'job_directory = "{jobs}"',
             "retry_multiplier = 0",
             "max_attempt = 3",
