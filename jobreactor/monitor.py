@@ -11,10 +11,15 @@ node "redis_node"'s jobs (SPEC D16).
 
 Records are plain dicts typed like `JobRecord.to_dict()` (ints as ints, args decoded), holding
 every field stored; `JobRecord.from_dict(record)` rebuilds the record.
+
+`retry(job_id)` puts a failed job back in its node's hands (delayed_job's retry of a failed
+job): reset in place, then a wake-up on the node's commands channel, so no node polls.
+`stats()` counts jobs by status per node (`jobreactor jobs stats`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 import redis
 
 from jobreactor.errors import ConfigError, StorageError
+from jobreactor.job import JobStatus
 from jobreactor.storage.redis import (
     DEFAULT_REDIS_URL,
     Keys,
@@ -34,6 +40,18 @@ from jobreactor.storage.redis import (
 __all__ = ["RedisMonitor"]
 
 _CHUNK = 1000
+
+# KEYS[1] the job hash; ARGV: run_at_ts, status field value "new", channel, job id.
+# Atomic, so a node finishing the job at the same moment can't be overwritten half-way.
+# `lease` goes back to its default (absent); last_error, failed_at and run_at stay: history.
+_RETRY = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'failed' and status ~= 'error' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'attempt', '0', 'run_at_ts', ARGV[1])
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
 
 
 class RedisMonitor:
@@ -50,6 +68,7 @@ class RedisMonitor:
             self._redis: redis.Redis[str] = redis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"invalid redis_url {self._where!r}: {exc}") from exc
+        self._retry = self._redis.register_script(_RETRY)
 
     def __repr__(self) -> str:
         return f"<RedisMonitor {self._where} prefix={self._keys.base}>"
@@ -121,6 +140,46 @@ class RedisMonitor:
                 deleted, _ = pipe.execute()
                 count += int(deleted)
         return count
+
+    def retry(self, job_id: str) -> bool:
+        """Run a failed job again: True if `job_id` was stored with status failed (or error).
+
+        The record is reset in place (status new, attempt 0, due now, no lease; last_error and
+        failed_at stay for history) and its id is published on the node's commands channel:
+        a node listening takes it at once, one that is down resumes it when it starts
+        (`retry_jobs_at_start`). No feedback is attached: the old ones fired already.
+        """
+        for node in self._holders(job_id):
+            with redis_errors("retry", self._where):
+                done = self._retry(
+                    keys=[self._keys.job(node, job_id)],
+                    args=[
+                        repr(time.time()),
+                        JobStatus.NEW.value,
+                        self._keys.commands(node),
+                        job_id,
+                    ],
+                )
+            if done:
+                return True
+        return False
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """`{node: {status: count}}` for every node with stored jobs (statuses sorted)."""
+        out: dict[str, dict[str, int]] = {}
+        for node in self.nodes():
+            counts: dict[str, int] = {}
+            with redis_errors("stats", self._where):
+                for ids in self._pages(node):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for job_id in ids:
+                        pipe.hget(self._keys.job(node, job_id), "status")
+                    for status in pipe.execute():
+                        if status is not None:
+                            counts[status] = counts.get(status, 0) + 1
+            if counts:
+                out[node] = dict(sorted(counts.items()))
+        return out
 
     def close(self) -> None:
         self._redis.close()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -265,30 +264,35 @@ def _held(value: Any) -> list[tuple[str, int]]:
 
 
 def _job_entry(item: Any) -> tuple[int, Record]:
-    if not isinstance(item, list) or len(item) != 2:
+    if type(item) is not list or len(item) != 2:
         raise MalformedFrame("a job entry must be [lease, record]")
-    lease = _typed(item[0], int, "job lease")
-    record = _typed(item[1], dict, "job record")
-    if not isinstance(record.get("id"), str) or not isinstance(record.get("name"), str):
-        raise MalformedFrame("a job record needs string 'id' and 'name'")
-    if not isinstance(record.get("args"), dict):
-        raise MalformedFrame("a job record needs a dict 'args'")
+    lease, record = item
+    if type(lease) is not int or type(record) is not dict:
+        raise MalformedFrame("a job entry must be [int lease, dict record]")
+    if (
+        type(record.get("id")) is not str
+        or type(record.get("name")) is not str
+        or type(record.get("args")) is not dict
+    ):
+        raise MalformedFrame("a job record needs string 'id' and 'name' and a dict 'args'")
     return lease, record
 
 
 def _report_item(item: Any) -> ReportItem:
-    if not isinstance(item, list) or len(item) != 5:
+    # Hot path (one per job): the checks are inlined; _typed would cost a call per field.
+    if type(item) is not list or len(item) != 5:
         raise MalformedFrame("a report must be [job_id, lease, outcome, final, args]")
     job_id, lease, outcome, final, args = item
-    if not isinstance(outcome, str) or outcome not in OUTCOMES:
+    if (
+        type(job_id) is not str
+        or type(lease) is not int
+        or type(final) is not bool
+        or type(args) is not dict
+    ):
+        raise MalformedFrame("a report needs [str, int, str, bool, dict]")
+    if type(outcome) is not str or outcome not in OUTCOMES:
         raise MalformedFrame(f"unknown report outcome {outcome!r}")
-    return ReportItem(
-        _typed(job_id, str, "report job_id"),
-        _typed(lease, int, "report lease"),
-        outcome,
-        _typed(final, bool, "report final"),
-        _typed(args, dict, "report args"),
-    )
+    return ReportItem(job_id, lease, outcome, final, args)
 
 
 def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
@@ -368,8 +372,10 @@ def decode_body(body: bytes) -> Message:
             use_list=True,
             strict_map_key=False,
             # unpackb derives its container and string limits from len(body), which
-            # max_frame_bytes already bounds; ext types are refused outright.
+            # max_frame_bytes already bounds; ext types are refused outright, except
+            # timestamps (ext -1, decoded by msgpack itself), which become float seconds.
             ext_hook=_reject_ext,
+            timestamp=1,
         )
     except MalformedFrame:
         raise
@@ -377,28 +383,7 @@ def decode_body(body: bytes) -> Message:
         raise MalformedFrame(f"undecodable frame body: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise MalformedFrame("a frame must be a msgpack array starting with a message tag")
-    if _TIMESTAMP_MARKERS.search(body) and _has_timestamp(obj):
-        raise MalformedFrame("msgpack timestamps (ext type -1) are not allowed")
     return _decode_fields(obj[0], obj[1:])
-
-
-# msgpack decodes ext -1 (timestamps) itself without calling ext_hook; these are its three
-# encodings. Only bodies containing one of them pay for the tree walk.
-_TIMESTAMP_MARKERS: Final = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
-
-
-def _has_timestamp(obj: Any) -> bool:
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, msgpack.Timestamp):
-            return True
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-    return False
 
 
 def encode(message: Message) -> bytes:

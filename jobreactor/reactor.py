@@ -395,6 +395,8 @@ class Reactor:
                 )
             return self._call(self._admit_and_submit(distributor, record, success, error))
         handle = JobHandle(record.id)
+        if distributor.journal is None:
+            handle._durable = True  # memory: held as soon as it is queued (best effort)
         self._inbox.append((record, success, error, handle))
         if not self._wake_pending:
             self._wake_pending = True

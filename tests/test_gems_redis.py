@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ def spans(path: Path) -> list[dict[str, Any]]:
 
 def assert_never_overlapping(items: list[dict[str, Any]]) -> None:
     ordered = sorted(items, key=lambda s: s["start"])
-    for before, after in zip(ordered, ordered[1:], strict=False):
+    for before, after in itertools.pairwise(ordered):
         assert after["start"] >= before["end"], f"two ran at once: {before} and {after}"
 
 
@@ -110,7 +111,9 @@ def test_enqueue_id_is_unique_across_distributors(cluster) -> None:
     assert b.enqueue("part", {}, {"enqueue_id": "user-7"}) is None
     assert a.enqueue("part", {}, {"enqueue_id": "user-8"}) is not None
     assert a.cancel(first.id)
-    assert b.enqueue("part", {}, {"enqueue_id": "user-7"}) is not None  # freed by the cancel
+    with pytest.raises(JobCancelled):
+        first.result(20)  # resolves once its enqueue_id is free again
+    assert b.enqueue("part", {}, {"enqueue_id": "user-7"}) is not None
 
 
 def test_batch_of_1000_parts_on_four_nodes_completes_exactly_once(

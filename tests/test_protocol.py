@@ -444,18 +444,20 @@ def test_ext_types_are_malformed(code: int) -> None:
         decode_body(b"\x92" + body_of(Jobs.TAG) + b"\x91\x92\x01" + record)
 
 
-def test_timestamp_ext_type_is_malformed_even_inside_args() -> None:
-    # msgpack decodes ext type -1 itself (it never reaches ext_hook); the module promises that
-    # no ext type is trusted, and a Timestamp in args would break JSON storage later.
+def test_timestamp_ext_type_becomes_plain_float_seconds() -> None:
+    # msgpack decodes ext type -1 itself (it never reaches ext_hook). Rather than scan every
+    # body for it, the decoder turns it into float seconds: plain data, JSON-safe, no object.
     stamp = msgpack.Timestamp.from_datetime(dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
     with pytest.raises(MalformedFrame):
-        decode_body(body_of([Bye.TAG, stamp]))
+        decode_body(body_of([Bye.TAG, stamp]))  # a float is still not a reason string
     record = {"id": "j", "name": "n", "args": {"when": stamp}}
-    with pytest.raises(MalformedFrame):
-        decode_body(body_of([Jobs.TAG, [[1, record]]]))
+    message = decode_body(body_of([Jobs.TAG, [[1, record]]]))
+    assert isinstance(message, Jobs)
+    assert message.jobs[0][1]["args"]["when"] == 1704067200.0
     item = ["j", 1, "success", True, {"when": stamp}]
-    with pytest.raises(MalformedFrame):
-        decode_body(body_of([Reports.TAG, 0, [item]]))
+    decoded = decode_body(body_of([Reports.TAG, 0, [item]]))
+    assert isinstance(decoded, Reports)
+    assert decoded.items[0].args == {"when": 1704067200.0}
 
 
 GARBAGE = {

@@ -240,7 +240,7 @@ class Distributor:
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
-            if handle is not None:
+            if handle is not None and handle._durable is None:
                 handle._stored()  # memory: held here, best effort
             self.dispatcher.add(job)
         if journal is None:
@@ -492,20 +492,21 @@ class Distributor:
             self._release_unique(item.job_id)
             return
         batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
-        if item.final:
-            self.tracker.forget(item.job_id)
-            self._release_unique(item.job_id)
-            if self.journal is not None:
-                self.journal.remove(item.job_id)
-            waiting = self._waiting.pop(item.job_id, None)
-        else:
-            waiting = self._waiting.get(item.job_id)
         if isinstance(batch_token, str):
             self._batch_complete(batch_token)
-        if waiting is not None:
-            self._deliver(waiting, item)
-        if item.final:
-            self._idle.set()
+        if not item.final:
+            waiting = self._waiting.get(item.job_id)
+            if waiting is not None:
+                self._deliver(waiting, item)
+            return
+        self.tracker.forget(item.job_id)
+        if self.journal is not None:
+            self.journal.remove(item.job_id)
+        final = self._waiting.pop(item.job_id, None)
+        self._idle.set()
+        if final is not None:
+            # The app hears the outcome once its unique keys are free again (dj_one, loner).
+            self._release_unique(item.job_id, then=lambda: self._deliver(final, item))
 
     def _deliver(self, waiting: _Waiting, item: ReportItem) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
@@ -551,17 +552,23 @@ class Distributor:
             self._unique[job.id] = taken
         return True
 
-    def _release_unique(self, job_id: str) -> None:
+    def _release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:
         keys = self._unique.pop(job_id, None)
         if keys:
-            self._spawn(self._release_keys(keys, job_id))
+            self._spawn(self._release_keys(keys, job_id, then))
+        elif then is not None:
+            then()
 
-    async def _release_keys(self, keys: list[str], job_id: str) -> None:
+    async def _release_keys(
+        self, keys: list[str], job_id: str, then: Callable[[], None] | None
+    ) -> None:
         for key in keys:
             try:
                 await self.storage.release(key, job_id)
             except StorageError as exc:
                 logger.warning("could not release %s of job %s: %s", key, job_id, exc)
+        if then is not None:
+            then()
 
     def on_batch_complete(self, token: str, callback: Callable[[str], Any]) -> None:
         """Call `callback(token)` once, when the job that completes batch `token` reports."""
@@ -583,13 +590,17 @@ class Distributor:
         self, job_id: str, reason: str = "cancelled", *, forget: bool = True
     ) -> None:
         """The job ends here without a report. `forget=False` keeps it in the journal."""
-        if forget:
-            self._release_unique(job_id)
-            if self.journal is not None:
-                self.journal.remove(job_id)
         waiting = self._waiting.pop(job_id, None)
-        if waiting is not None and waiting.handle is not None:
-            waiting.handle._cancel(reason)
+        handle = waiting.handle if waiting is not None else None
+        if not forget:
+            if handle is not None:
+                handle._cancel(reason)
+            return
+        if self.journal is not None:
+            self.journal.remove(job_id)
+        self._release_unique(
+            job_id, then=None if handle is None else lambda: handle._cancel(reason)
+        )
 
     def _call(self, feedback: Feedback | str | None, args: dict[str, Any], job_id: str) -> None:
         if feedback is None:

@@ -90,6 +90,9 @@ class Node:
         self._dirty: dict[str, JobRecord] = {}
         self._doomed: set[str] = set()
         self._flushing = False
+        # Memory storage keeps the node's own record objects (saved once on receipt), so state
+        # changes need no write; a durable storage gets every change, batched per tick.
+        self._write_behind = storage.durable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
@@ -648,6 +651,8 @@ class Node:
     # --- storage write-behind ---------------------------------------------------------------------
 
     def _persist(self, record: JobRecord) -> None:
+        if not self._write_behind:
+            return  # memory storage holds this very object: nothing to write
         self._doomed.discard(record.id)
         self._dirty[record.id] = record
         self._flush_soon()

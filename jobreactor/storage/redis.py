@@ -7,6 +7,8 @@ Redis Cluster slot and multi-key commands, MULTI and Lua scripts stay legal ther
                                      JobRecord field), args and extras as JSON, numbers as
                                      text, bools "true"/"false"; a None field is absent
     {jr}:node:<node>:jobs     set    ids of the jobs stored for <node> (the per-node index)
+    {jr}:node:<node>:commands pub/sub channel: job ids <node> should (re)schedule from storage
+                                     (RedisMonitor.retry publishes; a channel, not a key)
     {jr}:nodes                set    names of nodes that ever stored jobs
     {jr}:queue:<queue>:jobs   hash   id -> JSON record (a distributor's durable queue)
     {jr}:queue:<queue>:order  zset   id scored by a sequence number: oldest first
@@ -21,6 +23,7 @@ Redis Cluster slot and multi-key commands, MULTI and Lua scripts stay legal ther
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -29,7 +32,7 @@ import math
 import types
 import typing
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import fields
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +55,14 @@ _CHUNK: Final = 1000
 # An expired lock stays readable this long (so `unlock` can say "expired"), then Redis drops it.
 _LOCK_GRACE_MS: Final = 86_400_000
 _CLAIM_LOG_MS: Final = 60_000
+# The commands subscription: a PING after this long without traffic, reconnect if it goes
+# unanswered as long again (a half-open link), and the backoff between resubscriptions.
+_COMMANDS_IDLE_S: Final = 15.0
+_COMMANDS_BACKOFF_MIN_S: Final = 0.05
+_COMMANDS_BACKOFF_MAX_S: Final = 2.0
+# Yielded by `commands(..., resync=True)` after a resubscription: commands published while
+# the subscription was down are lost (pub/sub is at most once), so look at storage again.
+RESYNC: Final = ""
 
 # --- the record codec (shared with jobreactor.monitor) ------------------------------------------
 
@@ -226,6 +237,10 @@ class Keys:
 
     def claim(self, token: str) -> str:
         return f"{self.base}:claim:{token}"
+
+    def commands(self, node: str) -> str:
+        """The pub/sub channel of wake-up commands for `node` (same hash tag as its keys)."""
+        return f"{self.base}:node:{node}:commands"
 
 
 @contextlib.contextmanager
@@ -589,12 +604,104 @@ class RedisStorage:
         with self._errors("force_unlock"):
             return bool(await self._redis.delete(self.keys.lock(key)))
 
+    # --- wake-up commands (pub/sub) ---------------------------------------------------------------
+
+    async def send_command(self, node: str, job_id: str) -> int:
+        """Ask `node` to (re)schedule `job_id` from storage; returns how many subscribers got it.
+
+        Pub/sub is at most once: 0 means no node listens now. The job must already be in
+        storage in the state wanted, so a node that was away still finds it when it resumes.
+        """
+        with self._errors("send_command"):
+            receivers: int = await self._redis.publish(self.keys.commands(node), job_id)
+        return receivers
+
+    async def commands(self, node: str, *, resync: bool = False) -> typing.AsyncIterator[str]:
+        """Job ids published for `node` (by `send_command`), as they come; no polling.
+
+        Runs until the consumer stops iterating (or is cancelled). If Redis goes away it
+        resubscribes by itself, with a backoff from 50 ms doubling up to 2 s, logging at
+        warning; it never raises anything but CancelledError. Commands sent while it was
+        away are lost; with `resync=True` it yields `RESYNC` ("", never a job id) after each
+        resubscription, so the caller can look at storage for jobs it missed.
+        """
+        channel = self.keys.commands(node)
+        delay = _COMMANDS_BACKOFF_MIN_S
+        subscribed_before = False
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                if subscribed_before:
+                    logger.warning("commands of node %s: subscribed again (%s)", node, self._where)
+                    if resync:
+                        yield RESYNC
+                subscribed_before = True
+                delay = _COMMANDS_BACKOFF_MIN_S
+                async with contextlib.aclosing(_listen(pubsub, resync)) as messages:
+                    async for job_id in messages:
+                        yield job_id
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning(
+                    "commands of node %s: redis unreachable (%s): %s; resubscribing in %.2fs",
+                    node,
+                    self._where,
+                    exc,
+                    delay,
+                )
+            finally:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _COMMANDS_BACKOFF_MAX_S)
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         with self._errors("aclose"):
             await self._redis.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
+
+
+async def _listen(pubsub: Any, resync: bool) -> AsyncGenerator[str, None]:
+    """The job ids arriving on a subscribed `pubsub`; raises ConnectionError when it's dead.
+
+    A PING goes out after `_COMMANDS_IDLE_S` of silence; silence as long again means a
+    half-open link (no RST ever comes), so the caller resubscribes on a fresh connection.
+    """
+    reconnects = _ConnectCount()
+    if pubsub.connection is not None:
+        # redis-py reconnects and resubscribes by itself after a blip (its retry policy):
+        # count those too, so `resync` sees them.
+        pubsub.connection.register_connect_callback(reconnects.on_connect)
+    seen = 0
+    awaiting_pong = False
+    while True:
+        message = await pubsub.get_message(timeout=_COMMANDS_IDLE_S)
+        if reconnects.count != seen:
+            seen = reconnects.count
+            if resync:
+                yield RESYNC
+        if message is None:
+            if awaiting_pong:
+                raise redis.exceptions.ConnectionError("no answer to PING")
+            await pubsub.ping()
+            awaiting_pong = True
+            continue
+        awaiting_pong = False
+        data = message.get("data")
+        if message.get("type") == "message" and isinstance(data, str) and data:
+            yield data
+
+
+class _ConnectCount:
+    """Counts (re)connections of a pub/sub connection (redis-py keeps a weak method)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def on_connect(self, connection: Any) -> None:
+        self.count += 1
 
 
 def _pack_job(job: JobRecord) -> bytes:
