@@ -64,6 +64,9 @@ class ReactorConfig(_Strict):
     # An idle link pings this often and is closed after 3 silent intervals.
     heartbeat_interval: float = Field(default=5.0, gt=0)
     concurrency: int = Field(default=100, ge=1)
+    # Jobs a node takes beyond its running slots (credits = concurrency + prefetch): enough to
+    # keep a node busy across a network round trip; lower it for long jobs and fair spreading.
+    prefetch: int = Field(default=900, ge=0)
     # Jobs waiting in a distributor for a node; enqueue raises QueueFull beyond this.
     max_pending_jobs: int = Field(default=2_000_000, ge=1)
     tls_cert: str | None = None

@@ -79,7 +79,7 @@ def test_kill_9_of_a_redis_node_loses_nothing_and_feeds_back_once(
     host, port = reactor.start_distributor("127.0.0.1", 0)
     prefix = unique_prefix()
     settings = {"storage": "redis", "redis_url": redis_server.url, "redis_prefix": prefix}
-    victim = cli_node("r1", (host, port), concurrency=50, **settings)
+    victim = cli_node("r1", (host, port), concurrency=50, prefetch=50, **settings)
     reactor.wait_for_node("r1", timeout=20)
     out = tmp_path / "out.jsonl"
     successes = Recorder()
@@ -91,13 +91,13 @@ def test_kill_9_of_a_redis_node_loses_nothing_and_feeds_back_once(
         for i in range(500)
     ]
     monitor = RedisMonitor(redis_server.url, prefix=prefix)
-    # scheduled ones stored, instant ones running (credits: 2 x concurrency at a time)
+    # scheduled ones stored, instant ones running (credits: concurrency + prefetch at a time)
     wait_until(lambda: len(monitor.jobs_for("r1")) >= 550, what="jobs stored on r1")
     wait_until(lambda: any(line["what"] == "slow" for line in lines(out)), what="running jobs")
     victim.proc.kill()
     victim.proc.wait(10)
     started = time.monotonic()
-    cli_node("r1", (host, port), concurrency=50, **settings)  # same name: resumes its jobs
+    cli_node("r1", (host, port), concurrency=50, prefetch=50, **settings)  # resumes its jobs
     for h in handles:
         h.result(60)  # type: ignore[union-attr]
     recovery_s = time.monotonic() - started

@@ -83,7 +83,7 @@ class Node:
         self._drain_scheduled = False
         self._running = 0
         self._concurrency = settings.concurrency
-        self._window = settings.concurrency * 2  # credits: running slots plus as many queued
+        self._window = settings.concurrency + settings.prefetch  # credits a node grants
         self._inbox: list[Held] = []
         self._parked: dict[str, float] = {}  # recovered jobs waiting for their distributor
         self._storing = False

@@ -677,21 +677,24 @@ async def _listen(pubsub: Any, resync: bool) -> AsyncGenerator[str, None]:
     seen = 0
     awaiting_pong = False
     while True:
-        message = await pubsub.get_message(timeout=_COMMANDS_IDLE_S)
+        # Raw replies, not get_message(): with decode_responses it drops PING's reply, and
+        # any reply at all is what proves the link alive.
+        response = await pubsub.parse_response(block=False, timeout=_COMMANDS_IDLE_S)
         if reconnects.count != seen:
             seen = reconnects.count
             if resync:
                 yield RESYNC
-        if message is None:
+        if response is None:
             if awaiting_pong:
                 raise redis.exceptions.ConnectionError("no answer to PING")
             await pubsub.ping()
             awaiting_pong = True
             continue
         awaiting_pong = False
-        data = message.get("data")
-        if message.get("type") == "message" and isinstance(data, str) and data:
-            yield data
+        if isinstance(response, list) and len(response) == 3 and response[0] == "message":
+            data = response[2]
+            if isinstance(data, str) and data:
+                yield data
 
 
 class _ConnectCount:
