@@ -115,6 +115,8 @@ class Node:
     async def start(self) -> None:
         if self.settings.retry_jobs_at_start and self.storage.durable:
             await self._recover()
+        if getattr(self.storage, "commands", None) is not None:
+            self._spawn(self._listen())
         for link in self.links:
             task = self.loop.create_task(link.run(), name=f"link {link.configured}")
             self._link_tasks.append(task)
@@ -706,6 +708,39 @@ class Node:
                 len(jobs),
                 len(self._parked),
             )
+
+    async def _listen(self) -> None:
+        """Wake-ups pushed through Redis (`jobreactor jobs retry`): no polling, ever."""
+        commands = self.storage.commands  # type: ignore[attr-defined]
+        async for job_id in commands(self.name, resync=True):
+            try:
+                if job_id:
+                    await self._wake(job_id)
+                else:  # resubscribed: messages sent meanwhile are lost, so look again
+                    for record in await self.storage.jobs_for(self.name, unfinished_only=True):
+                        if record.id not in self._jobs:
+                            await self._wake(record.id)
+            except StorageError as exc:
+                logger.warning("%s: could not act on a wake-up: %s", self.name, exc)
+
+    async def _wake(self, job_id: str) -> None:
+        """(Re)schedule a stored job of ours from its record, e.g. a failed job to retry."""
+        record = await self.storage.load(self.name, job_id)
+        held = self._jobs.get(job_id)
+        if record is None or record.is_finished or (held is not None and held.running):
+            return
+        link = next(
+            (li for li in self.links if record.distributor in (li.address, li.configured)), None
+        )
+        if held is None:
+            held = Held(record, link)
+            self._jobs[job_id] = held
+        else:
+            held.record = record
+        self._timers.cancel(job_id)
+        self._ready.remove(job_id)
+        logger.info("%s: job %s (%r) woken up from storage", self.name, job_id, record.name)
+        self._schedule_at_epoch(held, record.run_at_ts)
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

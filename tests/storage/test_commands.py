@@ -53,7 +53,9 @@ async def listening(
         await listener.stop()
 
 
-async def until_subscribed(store: RedisStorage, node: str, job_id: str, within: float = 10.0) -> int:
+async def until_subscribed(
+    store: RedisStorage, node: str, job_id: str, within: float = 10.0
+) -> int:
     """Publish `job_id` until a subscriber gets it (subscribing is asynchronous)."""
     deadline = time.monotonic() + within
     while True:
@@ -147,10 +149,10 @@ async def test_stopping_the_consumer_unsubscribes(
         await gone(plain, channel)
         # Closing the generator (aclose) unsubscribes as well as cancelling does.
         gen = redis_storage.commands("w1")
-        reader = asyncio.create_task(anext(gen))  # type: ignore[arg-type]
+        reader: asyncio.Task[str] = asyncio.create_task(anext(gen))
         await until_subscribed(redis_storage, "w1", "y")
         assert await asyncio.wait_for(reader, 5) == "y"
-        await gen.aclose()  # type: ignore[attr-defined]
+        await gen.aclose()
         await gone(plain, channel)
     finally:
         plain.close()
