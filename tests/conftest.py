@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,22 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Callable[[], Recorder]:
     return Recorder
+
+
+def in_flight(reactor: Reactor, name: str) -> int:
+    """Jobs the distributor has out on node `name` (-1: not connected)."""
+    for node in reactor.nodes():
+        if node["name"] == name:
+            return int(node["in_flight"])
+    return -1
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
+    """Poll state nothing can notify us of (another process, Redis, a file), bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
 
 
 NODE_JOBS = textwrap.dedent(

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import queue
 import re
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,65 +22,17 @@ from jobreactor.batch import (
     open_batch,
 )
 from jobreactor.errors import AlreadyClosed, StorageError, StorageUnavailable
+from tests.redis_server import RedisServer, _free_port
 
 TTL = 100  # the gem's spec uses ttl: 100
 
-# --- a real redis-server for this module ------------------------------------------------------
+# --- a real redis-server (the shared fixture; fails, never skips, without redis-server) ----
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed; the batch tests need a real Redis")
-    workdir: Path = tmp_path_factory.mktemp("batch-redis")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {port} did not start")
-                time.sleep(0.02)
-        yield url
-    finally:
-        client.close()
-        close_redis_clients()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    yield redis_server.url
+    close_redis_clients()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, Registry
-from tests.conftest import Recorder
+from tests.conftest import Recorder, in_flight, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,7 +80,7 @@ def test_kill_9_of_a_memory_node_redispatches_its_jobs_exactly_once(
         for i in range(100)
     ]
     # Every job acknowledged by the victim (held, scheduled for later)...
-    reactor.call(lambda: _until(lambda: _in_flight(reactor, "victim") == 100))
+    wait_until(lambda: in_flight(reactor, "victim") == 100, what="100 jobs on the victim")
     victim.proc.kill()
     victim.proc.wait(10)
     # ...comes back and runs on the survivor, with one final feedback each.
@@ -102,26 +102,10 @@ def test_sigterm_hands_back_unstarted_jobs(reactor: Reactor, address, cli_node, 
     handles = [
         reactor.enqueue("simple", {"out": str(out), "i": i}, {"after": 60}) for i in range(30)
     ]
-    reactor.call(lambda: _until(lambda: _in_flight(reactor, "leaving") == 30))
+    wait_until(lambda: in_flight(reactor, "leaving") == 30, what="30 jobs on the node")
     leaving.signal(signal.SIGTERM)
     assert leaving.wait(20) == 0
     assert "handed 30 job(s) back" in leaving.log_text()
     assert reactor.distributor.pending_count == 30
     for h in handles:
         assert reactor.cancel(h.id)  # type: ignore[union-attr]
-
-
-def _in_flight(reactor: Reactor, name: str) -> int:
-    for node in reactor.distributor.nodes():
-        if node["name"] == name:
-            return int(node["in_flight"])
-    return -1
-
-
-async def _until(predicate: Any, timeout: float = 20.0) -> None:
-    """Poll distributor state on its own loop (no event exists for "node holds N jobs")."""
-    import asyncio
-
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, RedisMonitor, Registry, StorageUnavailable
-from tests.conftest import Recorder
+from tests.conftest import Recorder, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,21 +55,6 @@ def reactors() -> Iterator[Any]:
     yield make
     for reactor in made:
         reactor.stop(timeout=15)
-
-
-def in_flight(reactor: Reactor, name: str) -> int:
-    for node in reactor.nodes():
-        if node["name"] == name:
-            return int(node["in_flight"])
-    return -1
-
-
-def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll state we can't subscribe to (another process, Redis), bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_kill_9_of_a_redis_node_loses_nothing_and_feeds_back_once(
