@@ -28,6 +28,25 @@ export JOBREACTOR_DISTRIBUTORS="[\"127.0.0.1:$APP_PORT\", \"127.0.0.1:$APP2_PORT
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/jobreactor-example.XXXXXX")"
 APP_PIDS=()
 NODE_PIDS=()
+REDIS_PID=""
+
+# Nodes 2 and 3 keep their jobs in Redis, as in the Ruby example: a private redis-server on a
+# free port, gone at exit. Without redis-server they fall back to memory storage.
+if command -v redis-server >/dev/null 2>&1; then
+    REDIS_PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$LOGS" >"$LOGS/redis.log" 2>&1 &
+    REDIS_PID=$!
+    export JOBREACTOR_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    for _ in $(seq 100); do
+        "$PYTHON" -c "import redis,sys; redis.Redis(port=$REDIS_PORT).ping()" 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "run.sh: redis-server on port $REDIS_PORT for the redis nodes"
+else
+    echo "run.sh: redis-server not found; nodes 2 and 3 use memory storage instead"
+    export JOBREACTOR_STORAGE=memory
+fi
 
 stop_nodes() {
     local pid
@@ -56,6 +75,10 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     stop_nodes
+    if [ -n "$REDIS_PID" ]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
