@@ -168,13 +168,18 @@ class Distributor:
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
         await self._drain(deadline)
         dropped = self.dispatcher.drain()
-        if dropped:
+        keep = self.journal is not None  # a durable distributor resumes them at restart
+        if dropped and keep:
+            logger.info(
+                "distributor stopping: %d pending job(s) stay in its journal for the next start",
+                len(dropped),
+            )
+        elif dropped:
             logger.warning(
                 "distributor stopping: %d pending job(s) dropped (memory storage keeps nothing; "
                 "use redis storage on the distributor to keep them)",
                 len(dropped),
             )
-        keep = self.journal is not None  # a durable distributor resumes them at restart
         for job in dropped:
             self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
         for session in list(self._sessions.values()):
