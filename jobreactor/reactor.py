@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import itertools
 import logging
 import os
@@ -69,7 +70,8 @@ class Reactor:
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]
         ] = collections.deque()
         self._named_feedbacks: dict[str, Feedback] = {}
-        self._signal_tasks: set[asyncio.Task[None]] = set()
+        self._signal_tasks: set[asyncio.Future[Any]] = set()
+        self._attached = False
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
         # Job ids: 64 random bits per reactor + a counter. Unique like uuid4 for our purposes
@@ -175,12 +177,52 @@ class Reactor:
         if self._stop_event is not None:
             self._stop_event.set()
 
+    def attach(self, loop: asyncio.AbstractEventLoop, setup: Setup | None = None) -> None:
+        """Live on a loop the app already runs (SPEC 1.2: JR.wait_em_and_run), e.g. an ASGI app's.
+
+        Call it from any thread; `setup` (plain or async) runs on that loop. On the loop itself
+        use the `a`-prefixed coroutines (`await JR.astart_distributor(...)`) and `await
+        JR.astop()`; `enqueue` works from anywhere, as always.
+        """
+        self._apply_logging()
+        self._loop = loop
+        self._attached = True
+
+        def start() -> None:
+            self._stop_event = asyncio.Event()
+            if setup is not None:
+                result = setup()
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._signal_tasks.add(task)
+                    task.add_done_callback(self._signal_tasks.discard)
+            self._ready.set()
+
+        if self._in_loop_thread():
+            start()
+        else:
+            loop.call_soon_threadsafe(start)
+
+    async def astop(self) -> None:
+        """`stop()` for code on the reactor's loop (an attached reactor, a feedback)."""
+        self._ready.clear()
+        await self._shutdown()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends."""
         loop = self._loop
         if loop is None or not loop.is_running():
             return
         self._ready.clear()
+        if self._attached:
+            # The app owns the loop: shut our parts down on it and leave it running.
+            if self._in_loop_thread():
+                raise RuntimeError("on an attached reactor's loop, use `await JR.astop()`")
+            limit = self.config["shutdown_timeout"] * 2 + 10 if timeout is None else timeout
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(limit)
+            return
         if self._in_loop_thread():
             self._request_stop()
             return

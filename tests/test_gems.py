@@ -250,3 +250,63 @@ def test_parts_of_a_stopped_batch_are_skipped(reactor: Reactor) -> None:
         with pytest.raises(JobCancelled):
             h.result(10)  # type: ignore[union-attr]
     assert len(runs) == 0
+
+
+def test_perform_id_is_kept_while_a_failed_job_waits_for_its_retry(reactor: Reactor) -> None:
+    reactor.config.update(retry_multiplier=0.5)  # read by the node started below
+    registry, events = Registry(), Recorder()
+    failures = {"a": 1}
+
+    @registry.job("dj")
+    def dj(args: dict[str, Any]) -> None:
+        events((args["who"], "start", time.monotonic()))
+        if failures.get(args["who"], 0) > 0:
+            failures[args["who"]] -= 1
+            raise RuntimeError("first attempt fails")
+
+    start(reactor, registry)
+    key = uid()
+    a = reactor.enqueue("dj", {"who": "a"}, {"perform_id": key, "duplicate_delay": 0.05})
+    events.wait(1)  # a failed once and now waits 0.5 s for its retry, holding the perform id
+    b = reactor.enqueue("dj", {"who": "b"}, {"perform_id": key, "duplicate_delay": 0.05})
+    a.result(10)  # type: ignore[union-attr]
+    b.result(10)  # type: ignore[union-attr]
+    order = [(who, what) for who, what, _ in events.items]
+    assert order == [("a", "start"), ("a", "start"), ("b", "start")]  # dj_one semantics
+
+
+def test_final_failure_frees_the_perform_id_at_once(reactor: Reactor) -> None:
+    registry, events = Registry(), Recorder()
+
+    @registry.job("dj")
+    def dj(args: dict[str, Any]) -> None:
+        events(args["who"])
+        if args["who"] == "a":
+            raise RuntimeError("fails for good")
+
+    start(reactor, registry)
+    key = uid()
+    opts = {"perform_id": key, "duplicate_delay": 30, "max_attempt": 1}
+    a = reactor.enqueue("dj", {"who": "a"}, opts)
+    with pytest.raises(JobFailed):
+        a.result(10)  # type: ignore[union-attr]
+    reactor.enqueue("dj", {"who": "b"}, opts).result(10)  # type: ignore[union-attr]
+    assert events.items == ["a", "b"]  # b was not postponed by 30 s
+
+
+def test_lock_is_released_after_a_failure(reactor: Reactor) -> None:
+    registry, events = Registry(), Recorder()
+
+    @registry.job("locked")
+    def locked(args: dict[str, Any]) -> None:
+        events(args["n"])
+        if args["n"] == 1:
+            raise RuntimeError("boom")
+
+    start(reactor, registry)
+    key = f"lock:{uid()}"
+    first = reactor.enqueue("locked", {"n": 1}, {"lock": key, "max_attempt": 1})
+    with pytest.raises(JobFailed):
+        first.result(10)  # type: ignore[union-attr]
+    reactor.enqueue("locked", {"n": 2}, {"lock": key}).result(10)  # type: ignore[union-attr]
+    assert events.items == [1, 2]

@@ -50,6 +50,8 @@ async def enter(node: Node, held: Held) -> None:
     record = held.record
     settings = node.settings
     definition = node.registry.get(record.name)
+    if held.releasing is not None:
+        await held.releasing  # the previous attempt's lock must be gone before we ask again
     try:
         if record.batch is not None and await node.batch_stopped(record.batch):
             node.skip(held, "its batch was stopped")

@@ -55,6 +55,7 @@ class Held:
     dropped: bool = False  # the distributor gave it to someone else: finish silently
     perform_held: bool = False  # holds its perform_id (dj_one) key
     lock_token: str | None = None  # owns its `lock` for the running attempt
+    releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
 
 
 class Node:
@@ -495,6 +496,8 @@ class Node:
     def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
+        if not record.is_periodic:
+            self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
         self._report(held, "success", not record.is_periodic, args)
         if periodic and not held.dropped:
             args.pop("job_itself", None)
@@ -549,9 +552,9 @@ class Node:
         record = held.record
         args = plain_args(record.args)
         record.args = args
+        self._end_attempt(held)
         self._report(held, "error" if error else "success", True, args)
         record.status = JobStatus.CANCELLED
-        self._end_attempt(held)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
     def _cancel_now(self, held: Held) -> None:
@@ -573,7 +576,11 @@ class Node:
         if not held.running:
             return
         if held.lock_token is not None or (held.perform_held and not retrying):
-            self._spawn(guards.release(self, held, release_perform=not retrying))
+            held.releasing = self.loop.create_task(
+                guards.release(self, held, release_perform=not retrying)
+            )
+            self._tasks.add(held.releasing)
+            held.releasing.add_done_callback(self._task_done)
         held.running = False
         self._running -= 1
         if held.holds_credit:
@@ -642,6 +649,15 @@ class Node:
                 held.record.id,
                 held.record.distributor,
                 outcome,
+            )
+            return
+        releasing = held.releasing
+        if final and releasing is not None and not releasing.done():
+            # Its lock / perform id are being released: the app hears "done" after that, so
+            # it can take the same lock or perform id again at once.
+            record = held.record
+            releasing.add_done_callback(
+                lambda _: link.report(record.id, record.lease, outcome, final, args)
             )
             return
         link.report(held.record.id, held.record.lease, outcome, final, args)
