@@ -31,9 +31,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import msgpack
 
@@ -49,6 +49,7 @@ NONCE_BYTES: Final = 16
 _LENGTH: Final = struct.Struct(">I")
 
 Record = dict[str, Any]
+T = TypeVar("T")
 
 
 class Message:
@@ -393,6 +394,30 @@ def encode(message: Message) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
     return _LENGTH.pack(len(body)) + body
+
+
+def encode_split(
+    items: list[T],
+    build: Callable[[list[T]], Message],
+    limit: int,
+    shrink: Callable[[T], T] | None = None,
+) -> list[bytes]:
+    """Frames carrying `items`, halved until each body fits `limit` (the peer's max_frame_bytes).
+
+    One item too big on its own is passed through `shrink` (or is a LocalProtocolError): a
+    frame the peer must refuse would only close the connection and come back forever.
+    """
+    frame = encode(build(items))
+    if len(frame) - _LENGTH.size <= limit:
+        return [frame]
+    if len(items) == 1:
+        if shrink is None:
+            raise LocalProtocolError(f"one item needs {len(frame)} bytes, over {limit}")
+        return [encode(build([shrink(items[0])]))]
+    middle = len(items) // 2
+    return encode_split(items[:middle], build, limit, shrink) + encode_split(
+        items[middle:], build, limit, shrink
+    )
 
 
 def pack_args(args: Record) -> bytes:

@@ -29,6 +29,7 @@ from jobreactor.protocol import (
     ReportsAck,
     Return,
     encode,
+    encode_split,
     handshake_proof,
     proof_matches,
 )
@@ -111,10 +112,13 @@ class NodeSession:
             self.conn.send_frame(encode(ReportsAck(self._report_ack)))
             self._report_ack = None
         outbox = self._outbox
+        limit = self.distributor.settings.max_frame_bytes
         while outbox:
             chunk = outbox[:_JOBS_PER_FRAME]
             del outbox[:_JOBS_PER_FRAME]
-            self.conn.send_frame(encode(Jobs(chunk)))
+            # Enqueue bounds each job's size, so a frame too big is only ever split, not lost.
+            for frame in encode_split(chunk, Jobs, limit):
+                self.conn.send_frame(frame)
 
     # --- handshake --------------------------------------------------------------------------
 

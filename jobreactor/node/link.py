@@ -37,6 +37,7 @@ from jobreactor.protocol import (
     Return,
     Welcome,
     encode,
+    encode_split,
     handshake_proof,
     pack_args,
     proof_matches,
@@ -50,6 +51,26 @@ logger = logging.getLogger("jobreactor.node")
 _MAX_BACKOFF_S = 30.0
 # Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
 _REPORTS_PER_FRAME = 512
+
+
+def _reports_frame(chunk: list[tuple[int, ReportItem]]) -> Reports:
+    return Reports(chunk[0][0], [item for _, item in chunk])
+
+
+def _too_large(entry: tuple[int, ReportItem]) -> tuple[int, ReportItem]:
+    """A job grew its args past max_frame_bytes: report that instead of args nobody can read."""
+    seq, item = entry
+    logger.warning(
+        "job %s: its final args exceed max_frame_bytes; reported without them", item.job_id
+    )
+    args = {
+        "error": {
+            "class": "ReportTooLarge",
+            "message": "the job's final args exceed max_frame_bytes; store big results "
+            "elsewhere and return a reference",
+        }
+    }
+    return seq, ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
 
 
 def _wire_safe(value: Any) -> Any:
@@ -256,16 +277,19 @@ class DistributorLink:
                 reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))
             ]
             self._unsent_from += len(chunk)
-            conn.send_frame(self._encode_reports(chunk))
+            for frame in self._encode_reports(chunk):
+                conn.send_frame(frame)
 
-    def _encode_reports(self, chunk: list[tuple[int, ReportItem]]) -> bytes:
+    def _encode_reports(self, chunk: list[tuple[int, ReportItem]]) -> list[bytes]:
         try:
-            return encode(Reports(chunk[0][0], [item for _, item in chunk]))
+            return encode_split(
+                chunk, _reports_frame, self.node.settings.max_frame_bytes, _too_large
+            )
         except LocalProtocolError:
             pass
         # Some job put a value msgpack can't carry into its args: send that report with the
         # values as text rather than let one bad report block every report after it.
-        fixed = []
+        fixed: list[tuple[int, ReportItem]] = []
         for seq, item in chunk:
             try:
                 encode(Reports(seq, [item]))
@@ -276,8 +300,8 @@ class DistributorLink:
                 )
                 args = {k: _wire_safe(v) for k, v in item.args.items()}
                 item = ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
-            fixed.append(item)
-        return encode(Reports(chunk[0][0], fixed))
+            fixed.append((seq, item))
+        return encode_split(fixed, _reports_frame, self.node.settings.max_frame_bytes, _too_large)
 
     # --- what the node sends --------------------------------------------------------------------
 
