@@ -219,3 +219,26 @@ def test_redis_going_away_refuses_enqueues_then_recovers(reactors, tmp_path: Pat
         assert ran.items == [0, 2]  # the refused job never ran
     finally:
         server.stop()
+
+
+def test_a_redis_node_whose_redis_goes_away_hands_jobs_back_then_resumes(
+    reactors, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    try:
+        reactor = reactors(redis_prefix=unique_prefix(), hiredis_url=server.url)
+        host, port = reactor.start_distributor("127.0.0.1", 0)
+        registry, ran = Registry(), Recorder()
+        registry.job("simple")(lambda args: ran(args["i"]))
+        reactor.start_node("r", "redis", [(host, port)], registry=registry)
+        reactor.enqueue("simple", {"i": 0}).result(10)  # type: ignore[union-attr]
+        server.stop()
+        handles = [reactor.enqueue("simple", {"i": i}) for i in range(1, 6)]
+        # Nacked (it can't store them) and held in the distributor: no ping-pong meanwhile.
+        wait_until(lambda: reactor.distributor.pending_count == 5, what="jobs handed back")
+        server.start()
+        for h in handles:
+            h.result(30)  # type: ignore[union-attr]
+        assert sorted(ran.items) == [0, 1, 2, 3, 4, 5]
+    finally:
+        server.stop()

@@ -448,7 +448,7 @@ class Distributor:
                     self.tracker.forget(entry.job.id)
                     self._give_away(entry)
                     self._requeue(entry)
-                self.dispatcher.grant(session.key, 1)
+                # No credit comes back with a nack: the node grants it again once it can store.
             case Reports():
                 for item in message.items:
                     self._on_report(session, item)

@@ -331,6 +331,12 @@ class DistributorLink:
         self._reports_drained.clear()
         self._flush_soon()
 
+    def pause(self) -> None:
+        """Take no more jobs for now: the distributor sets our credit to 0 (a `Return`)."""
+        self._credits = 0
+        if self.conn is not None and self.is_ready:
+            self.conn.send(Return([]))
+
     def hand_back(self, job_ids: list[str]) -> None:
         if self.conn is not None and self.is_ready and job_ids:
             self.conn.send(Return(job_ids))

@@ -92,6 +92,7 @@ class Node:
         self._inbox: list[Held] = []
         self._parked: dict[str, float] = {}  # recovered jobs waiting for their distributor
         self._storing = False
+        self._probing = False
         self._dirty: dict[str, JobRecord] = {}
         self._doomed: set[str] = set()
         self._flushing = False
@@ -196,7 +197,7 @@ class Node:
     # --- links ----------------------------------------------------------------------------------
 
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping:
+        if self._stopping or self._probing:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)
@@ -267,7 +268,8 @@ class Node:
                     await self.storage.save_many(self.name, [h.record for h in batch])
                 except StorageError as exc:
                     logger.error(
-                        "%s could not store %d job(s): %s; handing them back",
+                        "%s could not store %d job(s): %s; handing them back and taking no "
+                        "more until the storage answers again",
                         self.name,
                         len(batch),
                         exc,
@@ -276,10 +278,36 @@ class Node:
                         if held.link is not None:
                             held.link.nack(held.record.lease, str(exc))
                         self._jobs.pop(held.record.id, None)
+                    if not self._probing:
+                        # Take no jobs (credit 0 on every link) until the storage answers:
+                        # no ping-pong of jobs between us and the distributor meanwhile.
+                        self._probing = True
+                        for link in self.links:
+                            link.pause()
+                        self._spawn(self._probe_storage())
                     continue
                 self._accept(batch)
         finally:
             self._storing = False
+
+    async def _probe_storage(self) -> None:
+        """Retry the storage with backoff; when it answers, give back the withheld credits."""
+        delay = self.settings.reconnect_interval
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.storage.holder(f"probe:{self.name}")
+                except StorageError:
+                    delay = min(delay * 2, 30.0)
+                    continue
+                break
+            self._probing = False
+            for link in self.links:
+                link.grant(self.free_credits(link))
+            logger.info("%s: storage answers again; taking jobs", self.name)
+        finally:
+            self._probing = False
 
     def _accept(self, batch: list[Held]) -> None:
         now_loop, now_epoch = time.monotonic(), time.time()
