@@ -20,7 +20,7 @@ from jobreactor.errors import StorageError
 
 if TYPE_CHECKING:
     from jobreactor.definitions import Step
-    from jobreactor.node.node import Held, Node
+    from jobreactor.node.attempts import Attempts, Held
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -45,7 +45,7 @@ async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
         logger.exception("%s hook raised; continuing", what)
 
 
-async def enter(node: Node, held: Held) -> None:
+async def enter(node: Attempts, held: Held) -> None:
     """Run the checks for `held` (its run slot is already taken); then start, postpone or skip."""
     record = held.record
     settings = node.settings
@@ -86,7 +86,7 @@ async def enter(node: Node, held: Held) -> None:
     node.start_attempt(held)
 
 
-async def release(node: Node, held: Held, *, release_perform: bool) -> None:
+async def release(node: Attempts, held: Held, *, release_perform: bool) -> None:
     """After an attempt: unlock (owner only), and free the perform id unless retrying."""
     record = held.record
     try:
