@@ -29,7 +29,7 @@ from jobreactor.batch import Batch, open_batch
 from jobreactor.config import Config
 from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
-from jobreactor.distributor.distributor import Feedback
+from jobreactor.distributor.outcomes import Feedback
 from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, JobStatus, build_record

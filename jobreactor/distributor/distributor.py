@@ -10,21 +10,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import itertools
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal, assignee
+from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
-from jobreactor.errors import StorageError
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
@@ -43,18 +41,10 @@ from jobreactor.storage import MemoryStorage, Storage
 
 logger = logging.getLogger("jobreactor.distributor")
 
-Feedback = Callable[[dict[str, Any]], Any]
 _GIVEN_AWAY_LIMIT = 1_000_000
 
 
-@dataclass(slots=True)
-class _Waiting:
-    success: Feedback | str | None  # a str names a feedback registered with register_feedback
-    error: Feedback | str | None
-    handle: JobHandle | None
-
-
-class Distributor:
+class Distributor(Outcomes):
     def __init__(
         self,
         settings: ReactorConfig,
@@ -76,7 +66,7 @@ class Distributor:
         self.loop = asyncio.get_running_loop()
         self.dispatcher = Dispatcher(strict_node=settings.always_use_specified_node)
         self.tracker = Tracker()
-        self._waiting: dict[str, _Waiting] = {}
+        self._waiting: dict[str, Waiting] = {}
         self._sessions: dict[int, NodeSession] = {}
         self._by_name: dict[str, NodeSession] = {}
         self._keys = itertools.count(1)
@@ -138,7 +128,7 @@ class Distributor:
             # A feedback id equal to the job id was a closure: gone with the old process.
             success = job.on_success if job.on_success not in (None, job.id) else None
             error = job.on_error if job.on_error not in (None, job.id) else None
-            self._waiting[job.id] = _Waiting(success, error, None)
+            self._waiting[job.id] = Waiting(success, error, None)
             node = assignee(job)
             if isinstance(node, str) and job.lease:
                 self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
@@ -241,7 +231,7 @@ class Distributor:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
                 job.on_error = error if isinstance(error, str) else job.id
-            self._waiting[job.id] = _Waiting(success, error, handle)
+            self._waiting[job.id] = Waiting(success, error, handle)
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
@@ -512,128 +502,6 @@ class Distributor:
         if final is not None:
             # The app hears the outcome once its unique keys are free again (dj_one, loner).
             self._release_unique(item.job_id, then=lambda: self._deliver(final, item))
-
-    def _deliver(self, waiting: _Waiting, item: ReportItem) -> None:
-        """Call the feedback for this report and settle the handle on the final one."""
-        if item.outcome == "success":
-            self._call(waiting.success, item.args, item.job_id)
-            if item.final and waiting.handle is not None:
-                waiting.handle._succeed(item.args)
-        elif item.outcome == "error":
-            self._call(waiting.error, item.args, item.job_id)
-            if waiting.handle is not None:
-                waiting.handle._fail(item.args)
-        elif waiting.handle is not None:
-            waiting.handle._cancel()
-
-    # --- the gems' app-side parts: unique enqueues (dj_one, loner) and batch completion ------
-
-    async def admit(self, job: JobRecord) -> bool:
-        """Take the enqueue-time keys of `job` (enqueue_id, loner); False: refuse the job.
-
-        Keys are held until the job's first attempt starts (the node reports "started"), or
-        until it ends, is cancelled or dropped; a TTL (unique_ttl) bounds a lost job's hold.
-        """
-        storage, ttl, taken = self.storage, self.settings.unique_ttl, []
-        try:
-            if job.enqueue_id is not None:
-                key = f"enqueue:{job.enqueue_id}"
-                if not await storage.acquire(key, job.id, ttl):
-                    return False
-                taken.append(key)
-            if job.loner and job.lock is not None:
-                key = f"loner:{job.lock}"
-                running = await storage.lock_holder(job.lock)
-                if running is not None or not await storage.acquire(key, job.id, ttl):
-                    for held_key in taken:
-                        await storage.release(held_key, job.id)
-                    return False
-                taken.append(key)
-        except BaseException:
-            for held_key in taken:
-                await storage.release(held_key, job.id)
-            raise
-        if taken:
-            self._unique[job.id] = taken
-        return True
-
-    def _release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:
-        keys = self._unique.pop(job_id, None)
-        if keys:
-            self._spawn(self._release_keys(keys, job_id, then))
-        elif then is not None:
-            then()
-
-    async def _release_keys(
-        self, keys: list[str], job_id: str, then: Callable[[], None] | None
-    ) -> None:
-        for key in keys:
-            try:
-                await self.storage.release(key, job_id)
-            except StorageError as exc:
-                logger.warning("could not release %s of job %s: %s", key, job_id, exc)
-        if then is not None:
-            then()
-
-    def on_batch_complete(self, token: str, callback: Callable[[str], Any]) -> None:
-        """Call `callback(token)` once, when the job that completes batch `token` reports."""
-        self._batch_callbacks[token] = callback
-
-    def _batch_complete(self, token: str) -> None:
-        callback = self._batch_callbacks.pop(token, None)
-        if callback is None:
-            return
-        try:
-            result = callback(token)
-        except Exception:
-            logger.exception("on_complete of batch %s raised; continuing", token)
-            return
-        if inspect.isawaitable(result):
-            self._spawn(self._await_feedback(result, f"batch {token}"))
-
-    def _resolve_cancelled(
-        self, job_id: str, reason: str = "cancelled", *, forget: bool = True
-    ) -> None:
-        """The job ends here without a report. `forget=False` keeps it in the journal."""
-        waiting = self._waiting.pop(job_id, None)
-        handle = waiting.handle if waiting is not None else None
-        if not forget:
-            if handle is not None:
-                handle._cancel(reason)
-            return
-        if self.journal is not None:
-            self.journal.remove(job_id)
-        self._release_unique(
-            job_id, then=None if handle is None else lambda: handle._cancel(reason)
-        )
-
-    def _call(self, feedback: Feedback | str | None, args: dict[str, Any], job_id: str) -> None:
-        if feedback is None:
-            return
-        if isinstance(feedback, str):
-            named = self.named_feedbacks.get(feedback)
-            if named is None:
-                logger.warning(
-                    "job %s: no feedback registered as %r; register it at start-up",
-                    job_id,
-                    feedback,
-                )
-                return
-            feedback = named
-        try:
-            result = feedback(args)
-        except Exception:
-            # SPEC D19: a failing feedback is the app's bug; log it and keep serving.
-            logger.exception("feedback for job %s raised; continuing", job_id)
-            return
-        if inspect.isawaitable(result):
-            self._spawn(self._await_feedback(result, job_id))
-
-    async def _await_feedback(self, awaitable: Any, job_id: str) -> None:
-        try:
-            await awaitable
-        except Exception:
-            logger.exception("async feedback for job %s raised; continuing", job_id)
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

@@ -1,0 +1,173 @@
+"""Outcomes: how a job's end reaches the app, and the gems' app-side parts.
+
+Feedback callables (closures or names registered with `JR.register_feedback`) are called once
+per report, the final one exactly once; an exception in one is logged and contained (SPEC
+D19). Unique enqueues (dj_one's `enqueue_id`, resque-lock's `loner`) take their keys here, at
+enqueue, and give them back when the job starts or ends; the app hears the final outcome only
+after that. A batch's `on_complete` runs here when the part that completes it reports.
+Distributor (distributor.py) mixes this in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jobreactor.config import ReactorConfig
+from jobreactor.distributor.journal import Journal
+from jobreactor.errors import StorageError
+from jobreactor.handle import JobHandle
+from jobreactor.job import JobRecord
+from jobreactor.protocol import ReportItem
+from jobreactor.storage.base import Storage
+
+logger = logging.getLogger("jobreactor.distributor")
+
+Feedback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class Waiting:
+    success: Feedback | str | None  # a str names a feedback registered with register_feedback
+    error: Feedback | str | None
+    handle: JobHandle | None
+
+
+class Outcomes:
+    """The outcome half of Distributor. The attributes below are Distributor's."""
+
+    if TYPE_CHECKING:
+        settings: ReactorConfig
+        storage: Storage
+        journal: Journal | None
+        named_feedbacks: dict[str, Feedback]
+        _waiting: dict[str, Waiting]
+        _unique: dict[str, list[str]]
+        _batch_callbacks: dict[str, Callable[[str], Any]]
+
+        def _spawn(self, coro: Any) -> None: ...
+
+    def _deliver(self, waiting: Waiting, item: ReportItem) -> None:
+        """Call the feedback for this report and settle the handle on the final one."""
+        if item.outcome == "success":
+            self._call(waiting.success, item.args, item.job_id)
+            if item.final and waiting.handle is not None:
+                waiting.handle._succeed(item.args)
+        elif item.outcome == "error":
+            self._call(waiting.error, item.args, item.job_id)
+            if waiting.handle is not None:
+                waiting.handle._fail(item.args)
+        elif waiting.handle is not None:
+            waiting.handle._cancel()
+
+    # --- the gems' app-side parts: unique enqueues (dj_one, loner) and batch completion ------
+
+    async def admit(self, job: JobRecord) -> bool:
+        """Take the enqueue-time keys of `job` (enqueue_id, loner); False: refuse the job.
+
+        Keys are held until the job's first attempt starts (the node reports "started"), or
+        until it ends, is cancelled or dropped; a TTL (unique_ttl) bounds a lost job's hold.
+        """
+        storage, ttl, taken = self.storage, self.settings.unique_ttl, []
+        try:
+            if job.enqueue_id is not None:
+                key = f"enqueue:{job.enqueue_id}"
+                if not await storage.acquire(key, job.id, ttl):
+                    return False
+                taken.append(key)
+            if job.loner and job.lock is not None:
+                key = f"loner:{job.lock}"
+                running = await storage.lock_holder(job.lock)
+                if running is not None or not await storage.acquire(key, job.id, ttl):
+                    for held_key in taken:
+                        await storage.release(held_key, job.id)
+                    return False
+                taken.append(key)
+        except BaseException:
+            for held_key in taken:
+                await storage.release(held_key, job.id)
+            raise
+        if taken:
+            self._unique[job.id] = taken
+        return True
+
+    def _release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:
+        keys = self._unique.pop(job_id, None)
+        if keys:
+            self._spawn(self._release_keys(keys, job_id, then))
+        elif then is not None:
+            then()
+
+    async def _release_keys(
+        self, keys: list[str], job_id: str, then: Callable[[], None] | None
+    ) -> None:
+        for key in keys:
+            try:
+                await self.storage.release(key, job_id)
+            except StorageError as exc:
+                logger.warning("could not release %s of job %s: %s", key, job_id, exc)
+        if then is not None:
+            then()
+
+    def on_batch_complete(self, token: str, callback: Callable[[str], Any]) -> None:
+        """Call `callback(token)` once, when the job that completes batch `token` reports."""
+        self._batch_callbacks[token] = callback
+
+    def _batch_complete(self, token: str) -> None:
+        callback = self._batch_callbacks.pop(token, None)
+        if callback is None:
+            return
+        try:
+            result = callback(token)
+        except Exception:
+            logger.exception("on_complete of batch %s raised; continuing", token)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_feedback(result, f"batch {token}"))
+
+    def _resolve_cancelled(
+        self, job_id: str, reason: str = "cancelled", *, forget: bool = True
+    ) -> None:
+        """The job ends here without a report. `forget=False` keeps it in the journal."""
+        waiting = self._waiting.pop(job_id, None)
+        handle = waiting.handle if waiting is not None else None
+        if not forget:
+            if handle is not None:
+                handle._cancel(reason)
+            return
+        if self.journal is not None:
+            self.journal.remove(job_id)
+        self._release_unique(
+            job_id, then=None if handle is None else lambda: handle._cancel(reason)
+        )
+
+    def _call(self, feedback: Feedback | str | None, args: dict[str, Any], job_id: str) -> None:
+        if feedback is None:
+            return
+        if isinstance(feedback, str):
+            named = self.named_feedbacks.get(feedback)
+            if named is None:
+                logger.warning(
+                    "job %s: no feedback registered as %r; register it at start-up",
+                    job_id,
+                    feedback,
+                )
+                return
+            feedback = named
+        try:
+            result = feedback(args)
+        except Exception:
+            # SPEC D19: a failing feedback is the app's bug; log it and keep serving.
+            logger.exception("feedback for job %s raised; continuing", job_id)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_feedback(result, job_id))
+
+    async def _await_feedback(self, awaitable: Any, job_id: str) -> None:
+        try:
+            await awaitable
+        except Exception:
+            logger.exception("async feedback for job %s raised; continuing", job_id)
