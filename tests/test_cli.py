@@ -28,7 +28,7 @@ def test_cli_node_runs_jobs_and_feedback_comes_back(reactor, address, cli_node, 
     reactor.wait_for_node("cli1", timeout=20)
     out = tmp_path / "out.jsonl"
     handles = [reactor.enqueue("simple", {"out": str(out), "i": i}) for i in range(50)]
-    results = [h.result(20) for h in handles]  # type: ignore[union-attr]
+    results = [h.result(20) for h in handles]
     assert all(r["result"] == "ok" for r in results)
     assert sorted(line["i"] for line in lines(out)) == list(range(50))
     errors = Recorder()

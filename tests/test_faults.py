@@ -84,7 +84,7 @@ def test_kill_9_of_a_redis_node_loses_nothing_and_feeds_back_once(
     started = time.monotonic()
     cli_node("r1", (host, port), concurrency=50, prefetch=50, **settings)  # resumes its jobs
     for h in handles:
-        h.result(60)  # type: ignore[union-attr]
+        h.result(60)
     recovery_s = time.monotonic() - started
     ids = collections.Counter(a["i"] for a in successes.wait(1000))
     assert sorted(ids) == list(range(1000))  # nothing lost
@@ -118,7 +118,7 @@ def test_a_node_away_past_node_grace_loses_its_jobs_to_another_and_runs_none(
     registry.job("simple")(lambda args: ran(args["i"]))
     reactor.start_node("new", "memory", [(host, port)], registry=registry)
     for h in handles:  # taken over after node_grace, run on "new"
-        h.result(30)  # type: ignore[union-attr]
+        h.result(30)
     assert sorted(ran.items) == list(range(200))
     cli_node("old", (host, port), **settings)  # comes back: must run none of them
     reactor.wait_for_node("old", timeout=20)
@@ -194,7 +194,7 @@ def test_redis_kill_9_with_aof_loses_nothing_acknowledged(
         server.start()  # replays the AOF
         cli_node("a", (host, port), **settings)
         for h in handles:
-            h.result(60)  # type: ignore[union-attr]
+            h.result(60)
         assert sorted(a["i"] for a in successes.wait(300)) == list(range(300))
     finally:
         server.stop()
@@ -210,12 +210,12 @@ def test_redis_going_away_refuses_enqueues_then_recovers(reactors, tmp_path: Pat
         registry, ran = Registry(), Recorder()
         registry.job("simple")(lambda args: ran(args["i"]))
         reactor.start_node("m", "memory", [(host, port)], registry=registry)
-        reactor.enqueue("simple", {"i": 0}).result(10)  # type: ignore[union-attr]
+        reactor.enqueue("simple", {"i": 0}).result(10)
         server.stop()
         with pytest.raises(StorageUnavailable, match="redis"):
             reactor.enqueue("simple", {"i": 1})
         server.start()
-        reactor.enqueue("simple", {"i": 2}).result(20)  # type: ignore[union-attr]
+        reactor.enqueue("simple", {"i": 2}).result(20)
         assert ran.items == [0, 2]  # the refused job never ran
     finally:
         server.stop()
@@ -231,14 +231,14 @@ def test_a_redis_node_whose_redis_goes_away_hands_jobs_back_then_resumes(
         registry, ran = Registry(), Recorder()
         registry.job("simple")(lambda args: ran(args["i"]))
         reactor.start_node("r", "redis", [(host, port)], registry=registry)
-        reactor.enqueue("simple", {"i": 0}).result(10)  # type: ignore[union-attr]
+        reactor.enqueue("simple", {"i": 0}).result(10)
         server.stop()
         handles = [reactor.enqueue("simple", {"i": i}) for i in range(1, 6)]
         # Nacked (it can't store them) and held in the distributor: no ping-pong meanwhile.
         wait_until(lambda: reactor.distributor.pending_count == 5, what="jobs handed back")
         server.start()
         for h in handles:
-            h.result(30)  # type: ignore[union-attr]
+            h.result(30)
         assert sorted(ran.items) == [0, 1, 2, 3, 4, 5]
     finally:
         server.stop()

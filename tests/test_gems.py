@@ -108,7 +108,7 @@ def test_perform_id_postpones_a_duplicate_without_using_an_attempt(reactor: Reac
     assert [e[:2] for e in events.items] == [("start", 1)]
     gate.set()
     h1.result(10)  # type: ignore[union-attr]
-    h2.result(10)  # type: ignore[union-attr]  (max_attempt 1: postponements used no attempt)
+    h2.result(10)  # type: ignore[union-attr]  # max_attempt 1: postponements used no attempt
     kinds = [e[:2] for e in events.items]
     assert kinds == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
 

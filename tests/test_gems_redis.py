@@ -76,7 +76,7 @@ def test_perform_id_never_runs_two_at_once_across_nodes(cluster, tmp_path: Path)
         for i in range(200)
     ]
     for h in handles:
-        h.result(90)  # type: ignore[union-attr]
+        h.result(90)
     ran = spans(out)
     assert sorted(s["i"] for s in ran) == list(range(200))  # postponed, never dropped
     assert {s["node"] for s in ran} == {"n0", "n1"}
@@ -95,7 +95,7 @@ def test_lock_never_runs_two_at_once_across_nodes(cluster, tmp_path: Path) -> No
     cancelled = 0
     for h in handles:
         try:
-            h.result(60)  # type: ignore[union-attr]
+            h.result(60)
         except JobCancelled:
             cancelled += 1  # lock held: dropped (resque-lock-timeout)
     ran = spans(out)
@@ -128,7 +128,7 @@ def test_batch_of_1000_parts_on_four_nodes_completes_exactly_once(
         for i, part in batch.push_each(range(1000))
     ]
     for h in handles:
-        h.result(60)  # type: ignore[union-attr]
+        h.result(60)
     assert completed.wait(1, timeout=10) == [batch.token]
     assert batch.finished()
     assert len(completed) == 1

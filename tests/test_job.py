@@ -470,6 +470,7 @@ def test_from_dict_keeps_unknown_keys_in_extra() -> None:
 def test_from_dict_does_not_share_the_input_dict() -> None:
     data = {"id": "j1", "name": "echo", "args": {"a": 1}, "unknown": 1}
     record = JobRecord.from_dict(data)
+    assert record.extra is not None
     record.extra["more"] = 2
     record.attempt = 5
     assert data == {"id": "j1", "name": "echo", "args": {"a": 1}, "unknown": 1}
