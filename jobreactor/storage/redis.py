@@ -577,7 +577,8 @@ class RedisStorage:
 
     async def holder(self, key: str) -> str | None:
         with self._errors("holder"):
-            return await self._redis.get(self.keys.uniq(key))
+            holder: str | None = await self._redis.get(self.keys.uniq(key))
+            return holder
 
     # --- locks with expiry --------------------------------------------------------------------
 
@@ -659,7 +660,7 @@ class RedisStorage:
                 logger.exception("commands of node %s: subscription failed", node)
             finally:
                 with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+                    await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _COMMANDS_BACKOFF_MAX_S)
 
@@ -668,7 +669,7 @@ class RedisStorage:
             return
         self._closed = True
         with self._errors("aclose"):
-            await self._redis.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
+            await self._redis.aclose()
 
 
 async def _listen(pubsub: Any) -> AsyncGenerator[str | None, None]:
