@@ -19,7 +19,7 @@ import signal
 import ssl as ssl_module
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -447,6 +447,42 @@ class Reactor:
             # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
             handle.accepted(self.config.current.enqueue_timeout)
         return handle
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+        success: Feedback | str | None = None,
+        error: Feedback | str | None = None,
+    ) -> list[JobHandle]:
+        """Enqueue `(name, args, opts)` jobs in one go, with shared feedbacks; their handles.
+
+        Each job is validated like `enqueue` (nothing is queued if one is invalid). A redis-backed
+        distributor stores them all in one write and this waits for it once, instead of once per
+        job. `enqueue_id` and `loner` need a check each: use `enqueue` for those.
+        """
+        loop, distributor, records = None, None, []
+        for name, args, opts in jobs:
+            loop, distributor, record = self._prepare(name, args, opts)
+            if record.enqueue_id is not None or record.loner:
+                raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+            records.append(record)
+        if loop is None or distributor is None:
+            return []
+        success, error = self._feedback(success), self._feedback(error)
+        handles = [JobHandle(record.id) for record in records]
+        durable = distributor.journal is not None
+        for record, handle in zip(records, handles, strict=True):
+            if not durable:
+                handle._durable = True
+            self._inbox.append((record, success, error, handle))
+        if not self._wake_pending:
+            self._wake_pending = True
+            loop.call_soon_threadsafe(self._drain_inbox)
+        if durable and not self._in_loop_thread():
+            deadline = time.monotonic() + self.config.current.enqueue_timeout
+            for handle in handles:
+                handle.accepted(max(0.0, deadline - time.monotonic()))
+        return handles
 
     def register_feedback(self, name: str, feedback: Feedback) -> None:
         """Register a feedback under `name`, to pass as `success=name` / `error=name`.
