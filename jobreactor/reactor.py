@@ -19,31 +19,26 @@ import signal
 import ssl as ssl_module
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
-
-import msgpack
 
 from jobreactor.batch import Batch, open_batch
 from jobreactor.config import Config
 from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
-from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
+from jobreactor.enqueue import Enqueuing
+from jobreactor.errors import InvalidOptions, ReactorClosed
 from jobreactor.handle import JobHandle
-from jobreactor.job import JobRecord, JobStatus, build_record
+from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node import Node
-from jobreactor.protocol import pack_args
 from jobreactor.storage import Storage, open_storage
 
 logger = logging.getLogger("jobreactor")
 
 T = TypeVar("T")
 Setup = Callable[[], Any]
-
-# Room for the record around the args in a Jobs frame.
-_FRAME_OVERHEAD = 4096
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -54,7 +49,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Reactor:
+class Reactor(Enqueuing):
     """An event loop in a thread, with the distributors and nodes that live on it."""
 
     def __init__(self, **config: Any) -> None:
@@ -410,187 +405,7 @@ class Reactor:
                 raise
         return node
 
-    # --- the app's calls --------------------------------------------------------------------------
-
-    def enqueue(
-        self,
-        name: str,
-        args: dict[str, Any] | None = None,
-        opts: dict[str, Any] | None = None,
-        success: Feedback | str | None = None,
-        error: Feedback | str | None = None,
-    ) -> JobHandle | None:
-        """Queue job `name` from any thread; return its handle (SPEC 1.5.1).
-
-        Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
-        options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
-        Nothing is sent when it raises. Returns None when `enqueue_id`/`loner` refuse the job
-        (those two options cost a round trip to the loop; every other enqueue does not wait).
-        """
-        loop, distributor, record = self._prepare(name, args, opts)
-        success, error = self._feedback(success), self._feedback(error)
-        if record.enqueue_id is not None or record.loner:
-            if self._in_loop_thread():
-                raise RuntimeError(
-                    "enqueue with enqueue_id/loner waits for the storage; on the reactor's "
-                    "loop use `await JR.aenqueue(...)`"
-                )
-            return self._call(self._admit_and_submit(distributor, record, success, error))
-        handle = JobHandle(record.id)
-        if distributor.journal is None:
-            handle._durable = True  # memory: held as soon as it is queued (best effort)
-        self._inbox.append((record, success, error, handle))
-        if not self._wake_pending:
-            self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain_inbox)
-        if distributor.journal is not None and not self._in_loop_thread():
-            # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
-            handle.accepted(self.config.current.enqueue_timeout)
-        return handle
-
-    def enqueue_many(
-        self,
-        jobs: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
-        success: Feedback | str | None = None,
-        error: Feedback | str | None = None,
-    ) -> list[JobHandle]:
-        """Enqueue `(name, args, opts)` jobs in one go, with shared feedbacks; their handles.
-
-        Each job is validated like `enqueue` (nothing is queued if one is invalid). A redis-backed
-        distributor stores them all in one write and this waits for it once, instead of once per
-        job. `enqueue_id` and `loner` need a check each: use `enqueue` for those.
-        """
-        loop, distributor, records = None, None, []
-        for name, args, opts in jobs:
-            loop, distributor, record = self._prepare(name, args, opts)
-            if record.enqueue_id is not None or record.loner:
-                raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
-            records.append(record)
-        if loop is None or distributor is None:
-            return []
-        success, error = self._feedback(success), self._feedback(error)
-        handles = [JobHandle(record.id) for record in records]
-        durable = distributor.journal is not None
-        for record, handle in zip(records, handles, strict=True):
-            if not durable:
-                handle._durable = True
-            self._inbox.append((record, success, error, handle))
-        if not self._wake_pending:
-            self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain_inbox)
-        if durable and not self._in_loop_thread():
-            deadline = time.monotonic() + self.config.current.enqueue_timeout
-            for handle in handles:
-                handle.accepted(max(0.0, deadline - time.monotonic()))
-        return handles
-
-    def register_feedback(self, name: str, feedback: Feedback) -> None:
-        """Register a feedback under `name`, to pass as `success=name` / `error=name`.
-
-        Named feedbacks survive a distributor restart (redis storage): closures can't be
-        stored. Register them at start-up, before `start_distributor`.
-        """
-        if not callable(feedback):
-            raise TypeError("a feedback must be callable")
-        self._named_feedbacks[name] = feedback
-
-    def _feedback(self, feedback: Feedback | str | None) -> Feedback | str | None:
-        if isinstance(feedback, str):
-            if feedback not in self._named_feedbacks:
-                raise InvalidOptions(
-                    f"no feedback registered as {feedback!r}; call JR.register_feedback first"
-                )
-            return feedback
-        return feedback if callable(feedback) else None  # SPEC 1.5.1: non-callables ignored
-
-    async def aenqueue(
-        self,
-        name: str,
-        args: dict[str, Any] | None = None,
-        opts: dict[str, Any] | None = None,
-        success: Feedback | str | None = None,
-        error: Feedback | str | None = None,
-    ) -> JobHandle | None:
-        """`enqueue` for code running on the reactor's loop (feedbacks, async jobs)."""
-        _, distributor, record = self._prepare(name, args, opts)
-        return await self._admit_and_submit(
-            distributor, record, self._feedback(success), self._feedback(error)
-        )
-
-    def _prepare(
-        self, name: str, args: dict[str, Any] | None, opts: dict[str, Any] | None
-    ) -> tuple[asyncio.AbstractEventLoop, Distributor, JobRecord]:
-        """Validate and copy in the caller's thread; build the record."""
-        loop = self._loop
-        if loop is None or not loop.is_running() or not self._distributors:
-            raise ReactorClosed(
-                "no running distributor: call JR.run() and JR.start_distributor() first"
-            )
-        distributor = self._distributors[0]
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
-            raise TypeError(f"job args must be a dict, got {type(args).__name__}")
-        settings = self.config.current
-        packed = pack_args(args)
-        if len(packed) > settings.max_frame_bytes - _FRAME_OVERHEAD:
-            raise InvalidOptions(
-                f"job args are {len(packed)} bytes, over max_frame_bytes; pass a reference "
-                "(a key, a URL) instead of the data"
-            )
-        opts = dict(opts or {})
-        definition = self.registry.get(name)
-        if definition is not None and definition.options:
-            opts = {**definition.options, **opts}
-        record = build_record(
-            f"{self._id_prefix}{next(self._id_counter):08x}",
-            name,
-            msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
-            opts,
-            now_epoch_s=time.time(),
-            distributor=distributor.address,
-            default_priority=settings.default_priority,
-            strict_node=settings.always_use_specified_node,
-        )
-        if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
-            raise QueueFull(
-                f"{settings.max_pending_jobs} jobs already wait for a node; "
-                "start more nodes or raise max_pending_jobs"
-            )
-        return loop, distributor, record
-
-    async def _admit_and_submit(
-        self,
-        distributor: Distributor,
-        record: JobRecord,
-        success: Feedback | str | None,
-        error: Feedback | str | None,
-    ) -> JobHandle | None:
-        self._drain_inbox()  # keep FIFO with jobs enqueued just before
-        if not await distributor.admit(record):
-            definition = self.registry.get(record.name)
-            if record.loner and definition is not None and definition.loner_enqueue_failed:
-                try:
-                    definition.loner_enqueue_failed(dict(record.args))
-                except Exception:
-                    logger.exception("loner_enqueue_failed hook of %r raised", record.name)
-            return None
-        handle = JobHandle(record.id)
-        distributor.submit(record, success, error, handle)
-        return handle
-
-    def _drain_inbox(self) -> None:
-        self._wake_pending = False
-        if not self._distributors:
-            return
-        inbox = self._inbox
-        batch: list[
-            tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
-        ] = []
-        while inbox:
-            batch.append(inbox.popleft())
-        if batch:
-            self._distributors[0].submit_many(batch)
+    # --- the app's other calls ------------------------------------------------------------------
 
     def nodes(self) -> list[dict[str, Any]]:
         """Connected nodes: name, job names, free credit, address, storage, jobs in flight."""
