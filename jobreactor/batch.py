@@ -230,7 +230,20 @@ class MemoryStore:
 _MEMORY: Final = MemoryStore()
 
 
-class _MemoryBackend:
+class _Flags:
+    """close/stop are the same write for both backends: set one flag, refresh both TTLs."""
+
+    def _set_flag(self, field: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._set_flag("closed")
+
+    def stop(self) -> None:
+        self._set_flag("stopped")
+
+
+class _MemoryBackend(_Flags):
     kind = "memory"
 
     def __init__(self, store: MemoryStore, key: str, ttl: int) -> None:
@@ -255,12 +268,6 @@ class _MemoryBackend:
         with self._store as s:
             s.hset(self._state, field, "1")
             self._refresh()
-
-    def close(self) -> None:
-        self._set_flag("closed")
-
-    def stop(self) -> None:
-        self._set_flag("stopped")
 
     def done(self, part: str) -> bool:
         with self._store as s:
@@ -358,7 +365,7 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-class _RedisBackend:
+class _RedisBackend(_Flags):
     kind = "redis"
 
     def __init__(self, client: redis.Redis[Any], key: str, ttl: int) -> None:
@@ -391,12 +398,6 @@ class _RedisBackend:
             pipe.expire(self._state, self._ttl)
             pipe.expire(self._parts, self._ttl)
             pipe.execute()
-
-    def close(self) -> None:
-        self._set_flag("closed")
-
-    def stop(self) -> None:
-        self._set_flag("stopped")
 
     def done(self, part: str) -> bool:
         with self._errors:

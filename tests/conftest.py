@@ -20,18 +20,25 @@ from jobreactor import Reactor, Registry
 from tests.redis_server import redis_server  # noqa: F401
 
 
+def make_test_reactor(**config: Any) -> Reactor:
+    """A running reactor with the suite's settings (SPEC 1.18: fast retries, quiet logs)."""
+    settings: dict[str, Any] = {
+        "retry_multiplier": 0,
+        "max_attempt": 3,
+        "logger_method": "WARNING",
+        "log_job_processing": False,
+        "shutdown_timeout": 2.0,
+        "reconnect_interval": 0.05,
+    }
+    reactor = Reactor(**{**settings, **config})
+    reactor.run()
+    return reactor
+
+
 @pytest.fixture
 def reactor() -> Iterator[Reactor]:
     """A running reactor with a distributor on 127.0.0.1:<free port>; fast retries (SPEC 1.18)."""
-    r = Reactor(
-        retry_multiplier=0,
-        max_attempt=5,
-        logger_method="WARNING",
-        log_job_processing=False,
-        shutdown_timeout=2.0,
-        reconnect_interval=0.05,
-    )
-    r.run()
+    r = make_test_reactor(max_attempt=5)
     r.start_distributor("127.0.0.1", 0)
     yield r
     r.stop(timeout=15)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, RedisMonitor, Registry, StorageUnavailable
-from tests.conftest import Recorder, wait_until
+from tests.conftest import Recorder, make_test_reactor, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,26 +29,12 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def make_reactor(**config: Any) -> Reactor:
-    reactor = Reactor(
-        retry_multiplier=0,
-        max_attempt=3,
-        logger_method="WARNING",
-        log_job_processing=False,
-        shutdown_timeout=2.0,
-        reconnect_interval=0.05,
-        **config,
-    )
-    reactor.run()
-    return reactor
-
-
 @pytest.fixture
 def reactors() -> Iterator[Any]:
     made: list[Reactor] = []
 
     def make(**config: Any) -> Reactor:
-        reactor = make_reactor(**config)
+        reactor = make_test_reactor(**config)
         made.append(reactor)
         return reactor
 
