@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,14 @@ def in_flight(reactor: Reactor, name: str) -> int:
         if node["name"] == name:
             return int(node["in_flight"])
     return -1
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll `check` every 20 ms until true; fail after `within` seconds (for async tests)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"condition still false after {within}s"
+        await asyncio.sleep(0.02)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:

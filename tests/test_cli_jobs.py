@@ -15,6 +15,7 @@ import pytest
 
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.storage.redis import RedisStorage
+from tests.conftest import eventually
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(60)
@@ -230,10 +231,11 @@ async def test_retry_wakes_the_listening_node(jobs: Jobs) -> None:
 
     task = asyncio.create_task(listen())
     try:
-        deadline = time.monotonic() + 10
-        while await storage.send_command("w1", "ping") == 0:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+
+        async def subscribed() -> bool:
+            return await storage.send_command("w1", "ping") > 0
+
+        await eventually(subscribed, 10)
         assert await asyncio.wait_for(received.get(), 5) == "ping"
         done = await asyncio.to_thread(jobs, "retry", "failed01")
         assert done.returncode == 0, done.stderr

@@ -98,7 +98,7 @@ def test_a_job_over_shutdown_timeout_is_cancelled(reactor: Reactor) -> None:
     async def stuck(args: dict[str, Any]) -> None:
         started(1)
         try:
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()  # runs until cancelled
         except asyncio.CancelledError:
             outcome("cancelled")
             raise
@@ -125,7 +125,7 @@ LONG_JOBS = textwrap.dedent(
         reader, writer = await asyncio.open_connection("127.0.0.1", args["port"])
         writer.write(b"started\\n")
         await writer.drain()
-        await asyncio.sleep(120)
+        await asyncio.Event().wait()  # runs until the node gives up on it
 
     @job("mark")
     def mark(args):

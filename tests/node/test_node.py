@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from jobreactor import CancelJob, JobCancelled, JobFailed, Reactor, Registry
-from tests.conftest import Recorder
+from tests.conftest import Recorder, wait_until
 from tests.redis_server import unique_prefix
 
 pytestmark = pytest.mark.timeout(60)
@@ -275,7 +275,8 @@ def test_jobs_wait_for_a_node_then_run(reactor: Reactor) -> None:
     registry = Registry()
     registry.job("simple")(lambda args: None)
     handles = [reactor.enqueue("simple", {"i": i}) for i in range(20)]
-    time.sleep(0.05)  # nothing to wait on: no node yet, the jobs must just sit there
+    # No node yet: the jobs sit in the distributor's pending queue, none is resolved.
+    wait_until(lambda: reactor.distributor.pending_count == 20, 10, "20 pending jobs")
     assert not any(h.done() for h in handles)  # type: ignore[union-attr]
     start(reactor, registry)
     for h in handles:

@@ -16,6 +16,7 @@ import redis
 from jobreactor.job import JobStatus
 from jobreactor.monitor import RedisMonitor
 from jobreactor.storage.redis import RESYNC, RedisStorage
+from tests.conftest import eventually
 from tests.redis_server import RedisServer
 from tests.storage.test_contract import rec
 
@@ -57,22 +58,25 @@ async def until_subscribed(
     store: RedisStorage, node: str, job_id: str, within: float = 10.0
 ) -> int:
     """Publish `job_id` until a subscriber gets it (subscribing is asynchronous)."""
-    deadline = time.monotonic() + within
-    while True:
+    receivers = 0
+
+    async def published() -> bool:
+        nonlocal receivers
         with contextlib.suppress(Exception):
             receivers = await store.send_command(node, job_id)
-            if receivers:
-                return receivers
-        assert time.monotonic() < deadline, f"nobody subscribed to {node}'s commands"
-        await asyncio.sleep(0.02)
+        return receivers > 0
+
+    await eventually(published, within)
+    return receivers
 
 
 async def gone(plain: redis.Redis[str], channel: str, within: float = 5.0) -> None:
     """Wait until Redis has seen the subscriber's connection close."""
-    deadline = time.monotonic() + within
-    while plain.pubsub_numsub(channel) != [(channel, 0)]:
-        assert time.monotonic() < deadline, f"{channel} still has a subscriber"
-        await asyncio.sleep(0.02)
+
+    async def unsubscribed() -> bool:
+        return bool(plain.pubsub_numsub(channel) == [(channel, 0)])
+
+    await eventually(unsubscribed, within)
 
 
 @pytest.fixture
@@ -169,7 +173,11 @@ async def test_subscription_survives_a_redis_restart(
             assert await listener.next() == "before"
 
             own_redis_server.stop()
-            await asyncio.sleep(0.5)  # it keeps trying, with backoff, and never raises
+
+            async def retrying() -> bool:  # it keeps trying, with backoff, and never raises
+                return any("redis unreachable" in r.getMessage() for r in caplog.records)
+
+            await eventually(retrying)
             assert not listener.task.done()
             own_redis_server.start()  # same port, empty
 
@@ -232,10 +240,11 @@ async def test_a_frozen_redis_is_noticed_by_ping(
             assert await listener.next() == "before"
             os.kill(pid, signal.SIGSTOP)
             try:
-                deadline = time.monotonic() + 5
-                while not any("no answer to PING" in r.getMessage() for r in caplog.records):
-                    assert time.monotonic() < deadline, "a frozen redis went unnoticed"
-                    await asyncio.sleep(0.02)
+
+                async def noticed() -> bool:
+                    return any("no answer to PING" in r.getMessage() for r in caplog.records)
+
+                await eventually(noticed, 5)
             finally:
                 os.kill(pid, signal.SIGCONT)
             await until_subscribed(store, "w1", "after")

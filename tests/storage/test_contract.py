@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import fields
 
 import pytest
 
 from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
 from jobreactor.storage import Storage
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll `check` every 20 ms until true; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"condition still false after {within}s"
-        await asyncio.sleep(0.02)
 
 
 def full_record(job_id: str = "j1", node: str = "w1") -> JobRecord:
