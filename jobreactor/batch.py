@@ -49,6 +49,7 @@ uses one should run with `defer`.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -59,7 +60,8 @@ from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
 import redis
 
-from jobreactor.errors import AlreadyClosed, StorageError, StorageUnavailable
+from jobreactor.errors import AlreadyClosed
+from jobreactor.storage.redis import redis_errors
 
 __all__ = [
     "DEFAULT_TTL",
@@ -333,29 +335,6 @@ return 0
 """
 
 
-class _RedisErrors:
-    """Translate redis-py errors into ours at the boundary (module docstring of storage.base)."""
-
-    def __init__(self, key: str) -> None:
-        self._key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise StorageUnavailable(
-                f"batch {self._key}: redis unreachable ({exc}); retry later"
-            ) from exc
-        if isinstance(exc, redis.RedisError):
-            raise StorageError(f"batch {self._key}: redis error: {exc}") from exc
-
-
 def _text(value: Any) -> str | None:
     """A reply as str, whether or not the client decodes responses."""
     if value is None:
@@ -374,12 +353,15 @@ class _RedisBackend(_Flags):
         self._state = f"{key}:state"
         self._keys = [self._parts, self._state]
         self._ttl = ttl
-        self._errors = _RedisErrors(key)
+        kwargs = client.connection_pool.connection_kwargs
+        where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        # The storage layer's one translation of redis-py errors (STYLE 11), reused per call.
+        self._errors = functools.partial(redis_errors, f"batch {key}", where)
         self._push = client.register_script(_PUSH_LUA)
         self._done = client.register_script(_DONE_LUA)
 
     def push(self, parts: Iterable[str]) -> None:
-        with self._errors:
+        with self._errors():
             pipe = self._redis.pipeline(transaction=False)
             queued = 0
             for part in parts:
@@ -392,7 +374,7 @@ class _RedisBackend(_Flags):
                 pipe.execute()
 
     def _set_flag(self, field: str) -> None:
-        with self._errors:
+        with self._errors():
             pipe = self._redis.pipeline(transaction=True)  # MULTI … EXEC, as the gem
             pipe.hset(self._state, field, 1)
             pipe.expire(self._state, self._ttl)
@@ -400,28 +382,28 @@ class _RedisBackend(_Flags):
             pipe.execute()
 
     def done(self, part: str) -> bool:
-        with self._errors:
+        with self._errors():
             reply: Any = self._done(keys=self._keys, args=[part, self._ttl])
         return bool(reply == 1)
 
     def count(self) -> int:
-        with self._errors:
+        with self._errors():
             reply: Any = self._redis.scard(self._parts)
         return int(reply)
 
     def total(self) -> int:
-        with self._errors:
+        with self._errors():
             reply: Any = self._redis.hget(self._state, "total")
         return int(_text(reply) or 0)
 
     def flags(self) -> tuple[bool, bool]:
-        with self._errors:
+        with self._errors():
             reply: Any = self._redis.hmget(self._state, ["closed", "stopped"])
         closed, stopped = (_text(v) == "1" for v in reply)
         return closed, stopped
 
     def finished(self) -> bool:
-        with self._errors:
+        with self._errors():
             pipe = self._redis.pipeline(transaction=True)
             pipe.hget(self._state, "closed")
             pipe.scard(self._parts)
@@ -429,19 +411,19 @@ class _RedisBackend(_Flags):
         return _text(closed) == "1" and int(remaining) == 0
 
     def open_parts(self) -> Iterator[str]:
-        with self._errors:
+        with self._errors():
             for member in self._redis.sscan_iter(self._parts):
                 part = _text(member)
                 assert part is not None
                 yield part
 
     def is_open(self, part: str) -> bool:
-        with self._errors:
+        with self._errors():
             reply: Any = self._redis.sismember(self._parts, part)
         return bool(reply)
 
     def remaining_ttl(self, which: KeyName) -> float | None:
-        with self._errors:
+        with self._errors():
             reply: Any = self._redis.pttl(self._parts if which == "parts" else self._state)
         millis = int(reply)
         if millis == -2:
