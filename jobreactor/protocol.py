@@ -13,6 +13,8 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
                                         <- Challenge(nonce, proof)     only with a secret
     Auth(proof) ->                                                     only with a secret
                                         <- Welcome(address, drop)
+    Held(more held, last) ->               (only when the held list outgrew the Hello)
+                                        <- Dropped(drop, last)
                                         <- Jobs([(lease, record), ...])
     Ack(leases, credits) ->                (jobs stored; credits granted back)
     Nack(lease, reason) ->                 (could not store: the distributor requeues)
@@ -230,6 +232,30 @@ class Bye(Message):
         return [self.reason]
 
 
+@dataclass(frozen=True, slots=True)
+class Held(Message):
+    """More of the jobs a reconnecting node holds (those that didn't fit in its Hello)."""
+
+    TAG: ClassVar[int] = 15
+    held: list[tuple[str, int]]
+    last: bool
+
+    def fields(self) -> list[Any]:
+        return [self.held, self.last]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped(Message):
+    """The distributor's answer to one `Held`: which of those jobs the node must drop."""
+
+    TAG: ClassVar[int] = 16
+    drop: list[str]
+    last: bool
+
+    def fields(self) -> list[Any]:
+        return [self.drop, self.last]
+
+
 # --- decoding: every field is checked here, so the rest of the code can trust messages ------
 
 
@@ -357,6 +383,12 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
         case Bye.TAG:
             need(1)
             return Bye(_typed(f[0], str, "reason"))
+        case Held.TAG:
+            need(2)
+            return Held(_held(f[0]), _typed(f[1], bool, "last"))
+        case Dropped.TAG:
+            need(2)
+            return Dropped(_str_list(f[0], "drop"), _typed(f[1], bool, "last"))
     raise MalformedFrame(f"unknown message tag {tag!r}")
 
 

@@ -109,3 +109,26 @@ def test_sigterm_hands_back_unstarted_jobs(reactor: Reactor, address, cli_node, 
     assert reactor.distributor.pending_count == 30
     for h in handles:
         assert reactor.cancel(h.id)  # type: ignore[union-attr]
+
+
+def test_a_reconnecting_node_settles_a_long_held_list_in_several_frames(
+    reactor: Reactor, address, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobreactor.node.link as link_module
+
+    monkeypatch.setattr(link_module, "_HELD_PER_FRAME", 7)  # 40 held jobs: Hello + 5 Held
+    registry, ran = Registry(), Recorder()
+    registry.job("simple")(lambda args: ran(args["i"]))
+    node = reactor.start_node("chunky", "memory", [address], registry=registry)
+    handles = [reactor.enqueue("simple", {"i": i}, {"after": 1.5}) for i in range(40)]
+    wait_until(lambda: in_flight(reactor, "chunky") == 40, what="40 jobs on the node")
+    reactor.call(lambda: _drop_link(node))  # the link breaks; the node redials at once
+    for h in handles:
+        h.result(20)  # type: ignore[union-attr]
+    assert sorted(ran.items) == list(range(40))  # settled again: each ran exactly once
+
+
+async def _drop_link(node: Any) -> None:
+    conn = node.links[0].conn
+    assert conn is not None
+    conn.abort("test: link cut")

@@ -27,7 +27,9 @@ from jobreactor.protocol import (
     Bye,
     Cancel,
     Challenge,
+    Dropped,
     FrameDecoder,
+    Held,
     Hello,
     Jobs,
     Message,
@@ -84,6 +86,10 @@ ALL_MESSAGES: list[Message] = [
     Ping(),
     Pong(),
     Bye("shutting down"),
+    Held([("j3", 4), ("j4", 5)], False),
+    Held([], True),
+    Dropped(["j3"], False),
+    Dropped([], True),
 ]
 
 
@@ -294,7 +300,7 @@ def test_body_that_is_not_a_tagged_array_is_malformed(obj: Any) -> None:
         decode_body(body_of(obj))
 
 
-@pytest.mark.parametrize("tag", [0, 15, 16, 99, -1, 2**40])
+@pytest.mark.parametrize("tag", [0, 17, 18, 99, -1, 2**40])
 def test_unknown_tag_is_malformed(tag: int) -> None:
     with pytest.raises(MalformedFrame, match="unknown message tag"):
         decode_body(body_of([tag]))

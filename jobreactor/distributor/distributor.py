@@ -30,6 +30,8 @@ from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    Dropped,
+    Held,
     Message,
     Nack,
     ReportItem,
@@ -338,6 +340,8 @@ class Distributor(Outcomes):
         for job_id, lease in held:
             entry = self.tracker.get(job_id)
             if entry is not None:
+                if entry.conn == session.key:
+                    continue  # already sent again to this very connection: it keeps it
                 if entry.node == name and entry.lease == lease:
                     self.tracker.rebind(job_id, session.key)
                 else:
@@ -443,6 +447,9 @@ class Distributor(Outcomes):
                 for item in message.items:
                     self._on_report(session, item)
                 session.ack_reports(message.first_seq + len(message.items) - 1)
+            case Held():
+                drop = self._take_over_held(session, message.held)
+                session.conn.send(Dropped(drop, message.last))
             case Return():
                 for job_id in message.job_ids:
                     entry = self.tracker.get(job_id)

@@ -20,6 +20,7 @@ from jobreactor.protocol import (
     Auth,
     Bye,
     Challenge,
+    Held,
     Hello,
     Jobs,
     Message,
@@ -54,7 +55,7 @@ class Phase(Enum):
 _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
     Phase.AWAIT_HELLO: (Hello, Bye),
     Phase.AWAIT_AUTH: (Auth, Bye),
-    Phase.READY: (Ack, Nack, Reports, Return, Bye),
+    Phase.READY: (Ack, Nack, Reports, Return, Held, Bye),
     Phase.CLOSED: (),
 }
 

@@ -27,6 +27,8 @@ from jobreactor.protocol import (
     Bye,
     Cancel,
     Challenge,
+    Dropped,
+    Held,
     Hello,
     Jobs,
     Message,
@@ -51,6 +53,9 @@ logger = logging.getLogger("jobreactor.node")
 _MAX_BACKOFF_S = 30.0
 # Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
 _REPORTS_PER_FRAME = 512
+# Held jobs listed in the Hello, and per Held frame after it: ~40 bytes each, so a node holding
+# a million jobs still fits every frame well under max_frame_bytes.
+_HELD_PER_FRAME = 50_000
 
 
 def _reports_frame(chunk: list[tuple[int, ReportItem]]) -> Reports:
@@ -106,6 +111,7 @@ class DistributorLink:
         self._seq = 0
         self._stop = asyncio.Event()
         self._challenged = False
+        self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
         self._reports_drained = asyncio.Event()
         self._reports_drained.set()
@@ -159,6 +165,8 @@ class DistributorLink:
         self.conn = conn
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
+        held = self.node.held_from(self) + self.unacked_report_ids()
+        self._more_held = held[_HELD_PER_FRAME:]
         conn.send(
             Hello(
                 PROTOCOL_VERSION,
@@ -167,7 +175,7 @@ class DistributorLink:
                 self.node.free_credits(self),
                 self.node.storage.kind,
                 self._nonce,
-                self.node.held_from(self) + self.unacked_report_ids(),
+                held[:_HELD_PER_FRAME],
             )
         )
         try:
@@ -198,6 +206,8 @@ class DistributorLink:
                 self._on_reports_ack(message.upto_seq)
             case Cancel() if self.is_ready:
                 self.node.cancel_job(message.job_id)
+            case Dropped() if self.is_ready:
+                self.node.jobs_dropped(self, message.drop, settled=message.last)
             case Bye():
                 logger.warning(
                     "distributor %s closed the link: %s", self.configured, message.reason
@@ -235,7 +245,12 @@ class DistributorLink:
         self._challenged = False
         self.address = welcome.distributor
         self.phase = LinkPhase.READY
-        self.node.link_ready(self, welcome.drop)
+        more, self._more_held = self._more_held, []
+        self.node.link_ready(self, welcome.drop, settled=not more)
+        assert self.conn is not None
+        for start in range(0, len(more), _HELD_PER_FRAME):
+            last = start + _HELD_PER_FRAME >= len(more)
+            self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
         # Everything unacknowledged goes again, in order, on the new connection.
         self._unsent_from = 0
         self._flush_soon()

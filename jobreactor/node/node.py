@@ -191,10 +191,15 @@ class Node(Attempts):
             if not h.dropped and (h.link is link or h.record.distributor == link.configured)
         ]
 
-    def link_ready(self, link: DistributorLink, drop: list[str]) -> None:
+    def link_ready(self, link: DistributorLink, drop: list[str], *, settled: bool = True) -> None:
+        """Welcomed: drop what the distributor gave away; run parked jobs once all is settled."""
         for held in self._jobs.values():
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
+        self.jobs_dropped(link, drop, settled=settled)
+
+    def jobs_dropped(self, link: DistributorLink, drop: list[str], *, settled: bool) -> None:
+        """Forget jobs the distributor gave to another node. `settled`: its last answer."""
         for job_id in drop:
             self._parked.pop(job_id, None)
             gone = self._jobs.get(job_id)
@@ -203,6 +208,8 @@ class Node(Attempts):
                 if not gone.running:
                     self._forget(gone, destroy=True)
         link.drop_reports_for(set(drop))
+        if not settled:
+            return
         for job_id, due in list(self._parked.items()):
             waiting = self._jobs.get(job_id)
             if waiting is not None and waiting.link is link:
