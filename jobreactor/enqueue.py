@@ -78,17 +78,7 @@ class Enqueuing:
                     "loop use `await JR.aenqueue(...)`"
                 )
             return self._call(self._admit_and_submit(distributor, record, success, error))
-        handle = JobHandle(record.id)
-        if distributor.journal is None:
-            handle._durable = True  # memory: held as soon as it is queued (best effort)
-        self._inbox.append((record, success, error, handle))
-        if not self._wake_pending:
-            self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain_inbox)
-        if distributor.journal is not None and not self._in_loop_thread():
-            # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
-            handle.accepted(self.config.current.enqueue_timeout)
-        return handle
+        return self._queue(loop, distributor, [record], success, error)[0]
 
     def enqueue_many(
         self,
@@ -110,17 +100,32 @@ class Enqueuing:
             records.append(record)
         if loop is None or distributor is None:
             return []
-        success, error = self._feedback(success), self._feedback(error)
-        handles = [JobHandle(record.id) for record in records]
+        return self._queue(
+            loop, distributor, records, self._feedback(success), self._feedback(error)
+        )
+
+    def _queue(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        distributor: Distributor,
+        records: list[JobRecord],
+        success: Feedback | str | None,
+        error: Feedback | str | None,
+    ) -> list[JobHandle]:
+        """Hand validated records to the loop: one wake-up, then (durable) wait for the store."""
         durable = distributor.journal is not None
-        for record, handle in zip(records, handles, strict=True):
+        handles = []
+        for record in records:
+            handle = JobHandle(record.id)
             if not durable:
-                handle._durable = True
+                handle._durable = True  # memory: held as soon as it is queued (best effort)
             self._inbox.append((record, success, error, handle))
+            handles.append(handle)
         if not self._wake_pending:
             self._wake_pending = True
             loop.call_soon_threadsafe(self._drain_inbox)
         if durable and not self._in_loop_thread():
+            # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
             deadline = time.monotonic() + self.config.current.enqueue_timeout
             for handle in handles:
                 handle.accepted(max(0.0, deadline - time.monotonic()))
