@@ -30,6 +30,8 @@ from jobreactor.errors import (
     NoSuchJob,
     QueueFull,
     ReactorClosed,
+    ReactorForkedError,
+    ReactorTimeout,
     StorageError,
     StorageUnavailable,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "Reactor",
     "ReactorClosed",
     "ReactorConfig",
+    "ReactorForkedError",
+    "ReactorTimeout",
     "RedisMonitor",
     "Registry",
     "StorageError",

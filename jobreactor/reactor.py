@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import itertools
@@ -23,13 +24,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jobreactor import forksafe
 from jobreactor.batch import Batch, open_batch
 from jobreactor.config import Config
 from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.enqueue import Enqueuing
-from jobreactor.errors import InvalidOptions, ReactorClosed
+from jobreactor.errors import InvalidOptions, ReactorClosed, ReactorForkedError, ReactorTimeout
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node import Node
@@ -46,6 +48,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:  # pragma: no cover (uvloop is a dependency except on Windows)
         return asyncio.new_event_loop()
+    forksafe.made_uvloop()
     return uvloop.new_event_loop()
 
 
@@ -55,24 +58,49 @@ class Reactor(Enqueuing):
     def __init__(self, **config: Any) -> None:
         self.config = Config(**config)
         self.registry: Registry = default_registry
+        self._named_feedbacks: dict[str, Feedback] = {}
+        self._started_at = ""  # where run()/attach() was called: named by the fork error
+        self._forked_from: str | None = None  # the fork error, in a child of a running reactor
+        self._new_process_state()
+        forksafe.track(self)
+
+    def _new_process_state(self) -> None:
+        """Everything that belongs to one process: made here, and again in a forked child."""
+        self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
+        self._start_lock = threading.Lock()
         self._distributors: list[Distributor] = []
         self._nodes: list[Node] = []
         self._inbox: collections.deque[
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]
         ] = collections.deque()
-        self._named_feedbacks: dict[str, Feedback] = {}
         self._signal_tasks: set[asyncio.Future[Any]] = set()
         self._attached = False
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
-        # Job ids: 64 random bits per reactor + a counter. Unique like uuid4 for our purposes
-        # (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall per job.
+        # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
+        # purposes (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall
+        # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's parts (forksafe). Assignments only."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            forksafe.pin((loop, self._thread, self._distributors, self._nodes, self._inbox))
+            self._forked_from = forksafe.fork_message(self._pid, self._started_at)
+        self._new_process_state()
+
+    def _check_fork(self) -> None:
+        """Raise ReactorForkedError if this process is a fork of the one that started us."""
+        if os.getpid() != self._pid:
+            self._after_fork()  # a fork the at-fork hook did not see (uWSGI, C-level forks)
+        if self._forked_from is not None:
+            raise ReactorForkedError(self._forked_from)
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "stopped"
@@ -82,10 +110,17 @@ class Reactor(Enqueuing):
 
     def ready(self) -> bool:
         """True once `run()` finished its setup and the loop is still running (SPEC JR.ready?)."""
+        if os.getpid() != self._pid:
+            self._after_fork()
         return self._ready.is_set() and self._loop is not None and self._loop.is_running()
 
     def run(self, setup: Setup | None = None, *, timeout: float = 10.0) -> None:
-        """Start the loop in a daemon thread; run `setup` (from this thread); return when ready."""
+        """Start the loop in a daemon thread; run `setup` (from this thread); return when ready.
+
+        In a process forked from one where this reactor ran, this starts a new one for this
+        process (the parent's stays in the parent).
+        """
+        self._starting()
         if self._thread is not None and self._thread.is_alive():
             if setup is not None:
                 setup()
@@ -103,6 +138,21 @@ class Reactor(Enqueuing):
         if setup is not None:
             setup()
         self._ready.set()
+
+    def _starting(self) -> None:
+        """Before run/attach: leave a parent's reactor behind; remember where we start."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        if self._forked_from is not None:
+            logger.warning(
+                "this process (%d) is a fork of one where the reactor was started (%s); "
+                "starting a new reactor here. Start it only after fork, in each worker "
+                "(README: 'Running inside a web app')",
+                os.getpid(),
+                self._started_at,
+            )
+            self._forked_from = None
+        self._started_at = forksafe.call_site()
 
     def _thread_main(self, started: threading.Event) -> None:
         loop = _new_loop()
@@ -127,6 +177,7 @@ class Reactor(Enqueuing):
         `setup` runs in a helper thread once the loop is up, so it may call the blocking API.
         A first signal stops gracefully; a second one stops at once.
         """
+        self._starting()
         self._apply_logging()
         loop = _new_loop()
         self._loop = loop
@@ -179,6 +230,7 @@ class Reactor(Enqueuing):
         use the `a`-prefixed coroutines (`await JR.astart_distributor(...)`) and `await
         JR.astop()`; `enqueue` works from anywhere, as always.
         """
+        self._starting()
         self._apply_logging()
         self._loop = loop
         self._attached = True
@@ -198,6 +250,28 @@ class Reactor(Enqueuing):
         else:
             loop.call_soon_threadsafe(start)
 
+    def ensure_started(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        setup: Setup | None = None,
+        **distributor_options: Any,
+    ) -> None:
+        """Run the reactor and one distributor in this process unless they run already.
+
+        Idempotent and thread-safe, per process: a forked child starts its own. For frameworks
+        without a per-worker start hook: call it before `enqueue` (e.g. in a request hook).
+        `distributor_options` are `start_distributor`'s keywords.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._start_lock:
+            if self.ready() and self._distributors:
+                return
+            self.run(setup)
+            self.start_distributor(host, port, **distributor_options)
+
     async def astop(self) -> None:
         """`stop()` for code on the reactor's loop (an attached reactor, a feedback)."""
         self._ready.clear()
@@ -206,7 +280,12 @@ class Reactor(Enqueuing):
             self._stop_event.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends."""
+        """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends.
+
+        In a forked child of a running reactor it does nothing: the loop is the parent's.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork()
         loop = self._loop
         if loop is None or not loop.is_running():
             return
@@ -256,6 +335,11 @@ class Reactor(Enqueuing):
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run `coro` on the loop and wait for it from this (non-loop) thread."""
+        try:
+            self._check_fork()
+        except ReactorForkedError:
+            coro.close()
+            raise
         loop = self._loop
         if loop is None or not loop.is_running():
             coro.close()
@@ -266,7 +350,18 @@ class Reactor(Enqueuing):
                 "this blocking call was made on the reactor's own loop; "
                 "use the `a`-prefixed coroutine (e.g. `await JR.astart_node(...)`) there"
             )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+        if self._thread is not None and not self._thread.is_alive():
+            coro.close()
+            raise ReactorClosed("the reactor's loop thread has ended: call JR.run() again")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        done, _ = concurrent.futures.wait([future], timeout)
+        if not done:
+            future.cancel()
+            raise ReactorTimeout(
+                f"the reactor's loop did not answer within {timeout}s: something blocks it "
+                "(sync code in an async job or a feedback?); the call was cancelled"
+            )
+        return future.result()
 
     # --- distributors ---------------------------------------------------------------------------
 
@@ -321,6 +416,7 @@ class Reactor(Enqueuing):
 
     @property
     def distributor(self) -> Distributor:
+        self._check_fork()
         if not self._distributors:
             raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
         return self._distributors[0]
