@@ -1,0 +1,52 @@
+"""gunicorn hooks: one reactor and one distributor per worker, started after the fork.
+
+In `gunicorn.conf.py` (sync, gthread, `uvicorn_worker.UvicornWorker`; with or without
+`--preload`)::
+
+    from jobreactor.contrib.gunicorn import hooks
+
+    post_worker_init, worker_exit = hooks(discovery_url="redis://...", group="shop")
+
+`post_worker_init` runs in each worker after the fork and after the app is imported (so the
+job definitions and named feedbacks it registers are there); it starts the reactor and a
+distributor on an ephemeral port (each worker needs its own; nodes find it by discovery).
+`worker_exit` runs in the worker when it stops (not after SIGKILL) and stops the reactor
+within gunicorn's `graceful_timeout`. Never start the reactor in `on_starting`/`when_ready`
+or at import under `--preload`: that runs in the master, before the fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jobreactor.reactor import JR, Reactor, Setup
+
+WorkerInit = Callable[[Any], None]
+WorkerExit = Callable[[Any, Any], None]
+
+
+def hooks(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    reactor: Reactor | None = None,
+    setup: Setup | None = None,
+    **distributor_options: Any,
+) -> tuple[WorkerInit, WorkerExit]:
+    """gunicorn's `post_worker_init` and `worker_exit` for `reactor` (default `JR`).
+
+    `distributor_options` go to `start_distributor` (storage, redis_url, secret, advertise,
+    discovery_url, group, ...). `setup` runs once the loop is up, before the distributor.
+    """
+    target = JR if reactor is None else reactor
+
+    def post_worker_init(worker: Any) -> None:
+        target.run(setup)
+        target.start_distributor(host, port, **distributor_options)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        # Leave a second of gunicorn's graceful_timeout for the worker's own exit.
+        target.stop(timeout=max(1.0, float(worker.cfg.graceful_timeout) - 1.0))
+
+    return post_worker_init, worker_exit
