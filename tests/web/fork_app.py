@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jobreactor import JR, ReactorForkedError, job
@@ -24,7 +25,7 @@ def echo(args: dict[str, Any]) -> None:
 def _refusals() -> dict[str, Any]:
     """In the child of a running reactor: every entry point raises at once."""
     seen: dict[str, Any] = {}
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "enqueue": lambda: JR.enqueue("fork.echo", {}),
         "enqueue_many": lambda: JR.enqueue_many([("fork.echo", {}, None)]),
         "nodes": JR.nodes,

@@ -67,9 +67,9 @@ def test_a_blocked_loop_gives_a_typed_timeout_not_a_bare_one():
     try:
 
         async def block() -> None:
-            time.sleep(1.0)  # sync code on the loop: what this error is about
+            time.sleep(1.0)  # noqa: ASYNC251 (sync code on the loop: what this is about)
 
-        with pytest.raises(ReactorTimeout, match="did not answer within 0.2s"):
+        with pytest.raises(ReactorTimeout, match=r"did not answer within 0\.2s"):
             reactor.call(block, timeout=0.2)
     finally:
         reactor.stop(timeout=10)
