@@ -38,12 +38,12 @@ class Producer:
         self.out = tmp / f"producer-{uuid.uuid4().hex[:8]}.jsonl"
         self.out.touch()
         self.log = self.out.with_suffix(".log")
-        delay = more.pop("delay", 0.0)
+        delay, slow = more.pop("delay", 0.0), more.pop("slow", 0)
         env = dict(os.environ)
         for key, value in {**config, "hiredis_url": config["discovery_url"], **more}.items():
             env[f"JOBREACTOR_{key.upper()}"] = str(value)
         args = [sys.executable, "-m", "tests.discovery.producer", str(self.out), str(count)]
-        args += [storage, str(delay)]
+        args += [storage, str(delay), str(slow)]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=log)
 

@@ -1,9 +1,10 @@
 """A web worker stand-in for discovery tests: its own process, reactor and distributor (port 0).
 
-    python -m tests.discovery.producer OUT COUNT [storage] [delay_s]
+    python -m tests.discovery.producer OUT COUNT [storage] [delay_s] [slow]
 
 It registers in the group (its settings come from JOBREACTOR_* variables), enqueues
-COUNT jobs named "work" with the named feedback "fed", and writes JSON lines to OUT: "ready"
+COUNT jobs named "work" with the named feedback "fed" (the first `slow` of them with
+args {"s": 5.0}: still running minutes later, as far as a test is concerned), and writes JSON lines to OUT: "ready"
 (with address and iid) once started, "enqueued" once every job is accepted, "fed" for each
 feedback it receives. It then runs until SIGTERM (graceful stop: it leaves the group).
 """
@@ -11,6 +12,7 @@ feedback it receives. It then runs until SIGTERM (graceful stop: it leaves the g
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -26,6 +28,7 @@ def main() -> None:
     out, count = sys.argv[1], int(sys.argv[2])
     storage = sys.argv[3] if len(sys.argv) > 3 else "memory"
     delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    slow = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     lock = threading.Lock()
 
     def write(**line: Any) -> None:
@@ -33,6 +36,7 @@ def main() -> None:
             f.write(json.dumps({"pid": os.getpid(), **line}) + "\n")
 
     settings = load_distributor_config(None).settings  # JOBREACTOR_* from the test
+    logging.basicConfig(level=settings.logger_method or "WARNING", stream=sys.stderr)
     reactor = Reactor(**settings.model_dump())
     reactor.register_feedback("fed", lambda args: write(what="fed", i=args["i"]))
     stop = threading.Event()
@@ -44,7 +48,8 @@ def main() -> None:
     tag = f"{os.getpid()}"
     handles = []
     for i in range(count):
-        handles.append(reactor.enqueue("work", {"i": f"{tag}-{i}"}, success="fed"))
+        args: dict[str, Any] = {"i": f"{tag}-{i}"} | ({"s": 5.0} if i < slow else {})
+        handles.append(reactor.enqueue("work", args, success="fed"))
         if delay:
             time.sleep(delay)
     for handle in handles:
