@@ -2,11 +2,11 @@
 
     python -m tests.discovery.producer OUT COUNT [storage] [delay_s] [slow]
 
-It registers in the group (its settings come from JOBREACTOR_* variables), enqueues
-COUNT jobs named "work" with the named feedback "fed" (the first `slow` of them with
-args {"s": 5.0}: still running minutes later, as far as a test is concerned), and writes JSON lines to OUT: "ready"
-(with address and iid) once started, "enqueued" once every job is accepted, "fed" for each
-feedback it receives. It then runs until SIGTERM (graceful stop: it leaves the group).
+It registers in the group (its settings come from JOBREACTOR_* variables), enqueues COUNT
+jobs named "work" with the named feedback "fed" (the first `slow` of them with args
+{"s": 5.0}: long-running, as far as a test is concerned), and writes JSON lines to OUT:
+"ready" (with address and iid) once started, "enqueued" once every job is accepted, "fed" for
+each feedback it receives. It then runs until SIGTERM (graceful stop: it leaves the group).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from jobreactor import Reactor, Registry
 from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import connect
-from tests.conftest import Recorder, make_test_reactor, wait_until
+from tests.conftest import Recorder, eventually, make_test_reactor, wait_until
 from tests.discovery.conftest import Producer
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,6 +55,10 @@ def slow_node(reactor: Reactor, runs: Recorder, concurrency: int = 2) -> None:
     reactor.start_node("n1", "memory", registry=registry, concurrency=concurrency)
 
 
+async def _any(pending: Awaitable[list[Any]]) -> bool:
+    return bool(await pending)
+
+
 def adopted_by(reactor: Reactor) -> list[str]:
     presence = reactor.distributor.presence
     assert presence is not None
@@ -68,8 +72,7 @@ def test_concurrent_adopters_exactly_one_wins(group: dict[str, Any]) -> None:
         try:
             # A journal whose owner never registered (or expired long ago) ...
             assert await claims.claim_own("distributor:10.0.0.1:4000", "dead:1:aaaaaaaaaaaa") == 1
-            while not await claims.stale(0.05):
-                await asyncio.sleep(0.02)
+            await eventually(lambda: _any(claims.stale(0.05)))
             # ... and twenty live distributors trying to adopt it at once.
             return list(
                 await asyncio.gather(

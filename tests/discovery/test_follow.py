@@ -6,6 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -37,6 +38,10 @@ def start_node(reactor: Reactor, runs: Recorder | None = None, **kw: Any) -> Nod
     registry = Registry()
     registry.job("work")(lambda args: runs(args["i"]) if runs is not None else None)
     return reactor.start_node("n1", "memory", registry=registry, **kw)
+
+
+def fed_all(producer: Producer, count: int) -> bool:
+    return len(producer.lines("fed")) == count
 
 
 def linked(node: Node) -> set[str]:
@@ -109,7 +114,7 @@ def test_scale_two_four_two_worker_processes_while_jobs_flow(
     addresses = {p.ready()["address"] for p in first + more}
     wait_until(lambda: linked(node) == addresses, timeout=20, what="four links")
     for p in first + more:
-        wait_until(lambda p=p: len(p.lines("fed")) == per, timeout=60, what="every feedback")
+        wait_until(partial(fed_all, p, per), timeout=60, what="every feedback")
     for p in first:
         p.terminate()
     left = {p.ready()["address"] for p in more}
