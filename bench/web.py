@@ -39,7 +39,7 @@ GROUP = "bench-web"
 def _start_gunicorn(workdir: Path, workers: int, redis_url: str) -> tuple[Any, str]:
     port = free_port()
     env = _child_env({"JOBREACTOR_DISCOVERY_URL": redis_url, "JOBREACTOR_GROUP": GROUP})
-    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn_hooks.py", "-w", str(workers),
             "-b", f"127.0.0.1:{port}", "--no-control-socket", "--backlog", "2048",
             "flask_app:app"]  # fmt: skip
     log = (workdir / "gunicorn.log").open("wb")

@@ -241,6 +241,11 @@ class Reactor(Enqueuing):
         JR.astop()`; `enqueue` works from anywhere, as always.
         """
         self._starting()
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(
+                "the reactor already runs on its own thread (JR.run()); attach() is instead of "
+                "run(): start it in one place only (e.g. not in both a gunicorn hook and a lifespan)"
+            )
         self._apply_logging()
         self._loop = loop
         self._attached = True

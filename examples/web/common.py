@@ -1,4 +1,9 @@
-"""What every web recipe here shares: settings from the environment and one named feedback.
+"""What every web recipe here shares: one named feedback and the enqueue a request does.
+
+The reactor's settings come from JOBREACTOR_* variables (jobreactor.contrib): at least
+JOBREACTOR_DISCOVERY_URL (the Redis where workers register and nodes find them) and
+JOBREACTOR_GROUP (this app's name); JOBREACTOR_STORAGE=redis (with JOBREACTOR_REDIS_URL) keeps
+the jobs a worker accepted in Redis, so another worker adopts them if it dies.
 
 The apps enqueue `web.record` (defined in jobs/web_jobs.py, run by nodes) with a *named*
 success feedback: a name, unlike a closure, can be stored with the job in Redis, so the
@@ -15,17 +20,6 @@ import time
 from typing import Any
 
 from jobreactor import JR
-
-GROUP = os.environ.get("JOBREACTOR_GROUP", "web-example")
-DISCOVERY_URL = os.environ.get("JOBREACTOR_DISCOVERY_URL", "redis://127.0.0.1:6379/0")
-# "redis": jobs a worker accepted survive its death (another worker of the group adopts them).
-STORAGE = os.environ.get("JOBREACTOR_STORAGE", "memory")
-DISTRIBUTOR = {
-    "discovery_url": DISCOVERY_URL,
-    "group": GROUP,
-    "storage": STORAGE,
-    "redis_url": DISCOVERY_URL if STORAGE == "redis" else None,
-}
 
 
 def _append(name: str, record: dict[str, Any]) -> None:
@@ -46,10 +40,14 @@ def recorded(args: dict[str, Any]) -> None:
 JR.register_feedback("web.done", recorded)
 
 
-def enqueue(n: int) -> dict[str, Any]:
+def job_args(n: int, seconds: float) -> dict[str, Any]:
+    return {"n": n, "pid": os.getpid(), "s": seconds}
+
+
+def enqueue(n: int, seconds: float = 0.0) -> dict[str, Any]:
     """What a request does: one enqueue, timed (bench/web.py reads `enqueue_us`)."""
     start = time.perf_counter_ns()
-    handle = JR.enqueue("web.record", {"n": n, "pid": os.getpid()}, success="web.done")
+    handle = JR.enqueue("web.record", job_args(n, seconds), success="web.done")
     elapsed = (time.perf_counter_ns() - start) / 1000
     assert handle is not None  # only enqueue_id/loner jobs can be refused
     return {"id": handle.id, "pid": os.getpid(), "enqueue_us": elapsed}

@@ -3,7 +3,7 @@
     from fastapi import FastAPI
     from jobreactor.contrib.asgi import lifespan
 
-    app = FastAPI(lifespan=lifespan(discovery_url="redis://...", group="shop"))
+    app = FastAPI(lifespan=lifespan())  # settings from JOBREACTOR_* or keywords
 
 Lifespan startup runs in every worker process (uvicorn `--workers N` spawns them; gunicorn's
 UvicornWorker forks them), after the fork and on the loop that serves requests. The reactor
@@ -18,31 +18,35 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from jobreactor.contrib import configure
 from jobreactor.reactor import JR, Reactor, Setup
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
 
 def lifespan(
-    host: str = "127.0.0.1",
-    port: int = 0,
+    host: str | None = None,
+    port: int | None = None,
     *,
     reactor: Reactor | None = None,
     setup: Setup | None = None,
     **distributor_options: Any,
 ) -> Lifespan:
-    """A lifespan for `reactor` (default `JR`); `distributor_options` go to `start_distributor`.
+    """A lifespan for `reactor` (default `JR`); `distributor_options` as in `gunicorn.hooks`.
 
-    To combine it with your own lifespan, enter it from yours:
+    To combine it with a lifespan of your own, enter it from yours:
     `async with jobreactor_lifespan(app): yield`.
     """
     target = JR if reactor is None else reactor
 
     @contextlib.asynccontextmanager
     async def span(app: Any) -> AsyncIterator[None]:
+        bind_host, bind_port, options = configure(
+            target, {"host": host, "port": port, **distributor_options}
+        )
         target.attach(asyncio.get_running_loop(), setup)
         try:
-            await target.astart_distributor(host, port, **distributor_options)
+            await target.astart_distributor(bind_host, bind_port, **options)
             yield
         finally:
             await target.astop()

@@ -5,7 +5,7 @@ In `gunicorn.conf.py` (sync, gthread, `uvicorn_worker.UvicornWorker`; with or wi
 
     from jobreactor.contrib.gunicorn import hooks
 
-    post_worker_init, worker_exit = hooks(discovery_url="redis://...", group="shop")
+    post_worker_init, worker_exit = hooks()  # settings from JOBREACTOR_* or keywords
 
 `post_worker_init` runs in each worker after the fork and after the app is imported (so the
 job definitions and named feedbacks it registers are there); it starts the reactor and a
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jobreactor.contrib import configure
 from jobreactor.reactor import JR, Reactor, Setup
 
 WorkerInit = Callable[[Any], None]
@@ -27,8 +28,8 @@ WorkerExit = Callable[[Any, Any], None]
 
 
 def hooks(
-    host: str = "127.0.0.1",
-    port: int = 0,
+    host: str | None = None,
+    port: int | None = None,
     *,
     reactor: Reactor | None = None,
     setup: Setup | None = None,
@@ -38,16 +39,19 @@ def hooks(
     """gunicorn's `post_worker_init` and `worker_exit` for `reactor` (default `JR`).
 
     `distributor_options` go to `start_distributor` (storage, redis_url, secret, advertise,
-    discovery_url, group, ...). `setup` runs once the loop is up, before the distributor.
-    `loop_nice` lowers the loop thread's priority below the request threads' (`JR.run`): a
-    request that enqueues is then not preempted by the loop it wakes (p99 of `JR.enqueue`
-    under load 2 ms -> under 1 ms on a 2-core machine; bench/web.py).
+    discovery_url, group, ...) over the JOBREACTOR_* environment (jobreactor.contrib).
+    `setup` runs once the loop is up, before the distributor. `loop_nice` lowers the loop
+    thread's priority below the request threads' (`JR.run`): a request that enqueues is then
+    not preempted by the loop it wakes (p99 inside `JR.enqueue` under load: bench/web.py).
     """
     target = JR if reactor is None else reactor
 
     def post_worker_init(worker: Any) -> None:
+        bind_host, bind_port, options = configure(
+            target, {"host": host, "port": port, **distributor_options}
+        )
         target.run(setup, loop_nice=loop_nice)
-        bound = target.start_distributor(host, port, **distributor_options)
+        bound = target.start_distributor(bind_host, bind_port, **options)
         worker.log.info("jobreactor distributor listening on %s:%d", *bound)
 
     def worker_exit(server: Any, worker: Any) -> None:

@@ -2,7 +2,7 @@
 # The reactor is NOT started in an AppConfig.ready(): ready() runs for every management
 # command (migrate, shell, test), in runserver's reloader parent, and in gunicorn's master
 # under --preload (before the fork). Start it from the server's per-worker hook instead:
-#   gunicorn -c gunicorn.conf.py -w 4 djangosite.wsgi
+#   gunicorn -c gunicorn_hooks.py -w 4 djangosite.wsgi
 SECRET_KEY = "example-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]

@@ -8,7 +8,7 @@ def hello(request: HttpRequest) -> HttpResponse:
 
 
 def enqueue_one(request: HttpRequest, n: int) -> JsonResponse:
-    return JsonResponse(enqueue(n))
+    return JsonResponse(enqueue(n, float(request.GET.get("s", 0))))
 
 
 urlpatterns = [path("hello", hello), path("enqueue/<int:n>", enqueue_one)]

@@ -1,5 +1,6 @@
 """The job the web recipes enqueue; nodes load it with `job_directory = "examples/web/jobs"`."""
 
+import asyncio
 import json
 import os
 
@@ -7,7 +8,8 @@ from jobreactor import job
 
 
 @job("web.record")
-def record(args):
+async def record(args):
+    await asyncio.sleep(args.get("s", 0))  # a slow job, when the request asks for one
     out = os.environ.get("WEB_EXAMPLE_OUT")
     if out:  # one line per run: the tests check that every job ran exactly once
         line = json.dumps({"n": args["n"], "node": os.environ.get("NODE", "")}) + "\n"
