@@ -244,7 +244,7 @@ class Reactor(Enqueuing):
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(
                 "the reactor already runs on its own thread (JR.run()); attach() is instead of "
-                "run(): start it in one place only (e.g. not in both a gunicorn hook and a lifespan)"
+                "run(): start it in one place only (not in both a gunicorn hook and a lifespan)"
             )
         self._apply_logging()
         self._loop = loop
