@@ -36,10 +36,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "web"
 GROUP = "bench-web"
 
 
-def _start_gunicorn(workdir: Path, workers: int, redis_url: str) -> tuple[Any, str]:
+def _start_gunicorn(workdir: Path, workers: int, redis_url: str, loop_nice: int) -> tuple[Any, str]:
     port = free_port()
+    conf = workdir / "gunicorn_conf.py"  # examples/web/gunicorn_hooks.py, with loop_nice
+    conf.write_text(
+        "from jobreactor.contrib.gunicorn import hooks\n"
+        f"post_worker_init, worker_exit = hooks(loop_nice={loop_nice})\n"
+    )
     env = _child_env({"JOBREACTOR_DISCOVERY_URL": redis_url, "JOBREACTOR_GROUP": GROUP})
-    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn_hooks.py", "-w", str(workers),
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
             "-b", f"127.0.0.1:{port}", "--no-control-socket", "--backlog", "2048",
             "flask_app:app"]  # fmt: skip
     log = (workdir / "gunicorn.log").open("wb")
@@ -156,6 +161,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10, help="discovery latency rounds")
+    parser.add_argument("--loop-nice", type=int, default=10, help="the recipe's default: 10")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     redis = RedisServer(workdir)
@@ -165,7 +171,7 @@ def main() -> None:
     }
     try:
         node = _start_node(workdir, redis.url())
-        server, url = _start_gunicorn(workdir, opts.workers, redis.url())
+        server, url = _start_gunicorn(workdir, opts.workers, redis.url(), opts.loop_nice)
         _load(f"{url}/hello", 2, opts.connections)  # warm-up
         results["hello"] = _load(f"{url}/hello", opts.seconds, opts.connections)
         samples: list[float] = []

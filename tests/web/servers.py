@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,9 @@ class Process:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_logged(self, text: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.log_text(), timeout, f"{self.log.name}: {text!r}")
+
 
 class WebServer(Process):
     """`gunicorn ...`/`uvicorn ...` (argv[0] a module) serving examples/web on a free port."""
@@ -81,6 +85,20 @@ class WebServer(Process):
         except FileNotFoundError:
             return set()
         return {int(pid) for pid in children.split()}
+
+    def addresses(self) -> dict[int, str]:
+        """Worker pid -> its distributor's address, as the gunicorn hooks log them."""
+        found = re.findall(
+            r"\[(\d+)\] \[INFO\] jobreactor distributor listening on (\S+)", self.log_text()
+        )
+        return {int(pid): address for pid, address in found}
+
+    def kill_worker(self, pid: int, timeout: float = 30.0) -> set[int]:
+        """SIGKILL one worker (the master starts another); the workers once it has."""
+        os.kill(pid, signal.SIGKILL)
+        count = len(self.workers())
+        wait_until(lambda: pid not in self.workers(), timeout, f"worker {pid} to be reaped")
+        return self.wait_workers(count, timeout)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         def serving() -> bool:
@@ -122,6 +140,13 @@ class WebNode(Process):
         config.write_text("\n".join(lines) + "\n")
         argv = [sys.executable, "-m", "jobreactor", "node", "--config", str(config)]
         super().__init__(argv, tmp / f"{name}.log", _env(out, {"NODE": name}), tmp)
+
+
+def wait_linked(nodes: Iterable[WebNode], addresses: Iterable[str], timeout: float = 30.0) -> None:
+    """Until every node works with every distributor in `addresses` (their logs say so)."""
+    for node in nodes:
+        for address in addresses:
+            node.wait_logged(f"ready to work with distributor {address}", timeout)
 
 
 def request_all(
