@@ -86,6 +86,9 @@ class WebServer(Process):
             return set()
         return {int(pid) for pid in children.split()}
 
+    def has_workers(self, count: int) -> bool:
+        return len(self.workers()) == count
+
     def addresses(self) -> dict[int, str]:
         """Worker pid -> its distributor's address, as the gunicorn hooks log them."""
         found = re.findall(

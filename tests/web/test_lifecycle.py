@@ -4,6 +4,7 @@ requests enqueue jobs. Real gunicorn, real nodes found by discovery, real Redis.
 from __future__ import annotations
 
 import signal
+from functools import partial
 from collections import Counter
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ def test_reload_while_jobs_flow_loses_nothing(
     load = Load(server.url)
     wait_until(lambda: load.count() >= 100, 30, "requests before the reload")
     server.signal(signal.SIGHUP)  # new workers first, then the old ones stop gracefully
-    wait_until(lambda: not (server.workers() & old) and len(server.workers()) == 2, 60, "reload")
+    wait_until(lambda: not (server.workers() & old) and server.has_workers(2), 60, "reload")
     new = server.wait_workers(2)
     wait_until(lambda: load.pids() & new != set(), 30, "requests served by new workers")
     answers = load.stop()
@@ -52,7 +53,7 @@ def test_scale_two_to_four_and_back_while_jobs_flow(
     wait_until(lambda: added <= load.pids(), 30, "requests served by the new workers")
     for count in (3, 2):  # gunicorn stops the oldest worker each time
         server.signal(signal.SIGTTOU)
-        wait_until(lambda c=count: len(server.workers()) == c, 60, f"{count} workers")
+        wait_until(partial(server.has_workers, count), 60, f"{count} workers")
     gone = {address for pid, address in server.addresses().items() if pid in first}
     assert server.workers() == added
     answers = load.stop()
