@@ -4,9 +4,9 @@ requests enqueue jobs. Real gunicorn, real nodes found by discovery, real Redis.
 from __future__ import annotations
 
 import signal
-from functools import partial
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
