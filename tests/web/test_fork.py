@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobreactor import Reactor, ReactorTimeout
+from jobreactor import Reactor, ReactorTimeout, Registry
 from tests.conftest import make_test_reactor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +75,42 @@ def test_a_blocked_loop_gives_a_typed_timeout_not_a_bare_one():
             reactor.call(block, timeout=0.2)
     finally:
         reactor.stop(timeout=10)
+
+
+def test_ensure_started_is_idempotent_and_thread_safe():
+    reactor = Reactor(logger_method="WARNING", shutdown_timeout=2.0)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: reactor.ensure_started("127.0.0.1", 0), range(16)))
+        assert reactor.ready()
+        assert len(reactor._distributors) == 1
+    finally:
+        reactor.stop(timeout=10)
+
+
+def test_attach_refuses_a_reactor_already_running_on_its_thread():
+    reactor = make_test_reactor()
+    other = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="start it in one place only"):
+            reactor.attach(other)
+    finally:
+        other.close()
+        reactor.stop(timeout=10)
+
+
+def test_aenqueue_from_another_loop_hops_over(reactor: Reactor) -> None:
+    registry = Registry()
+
+    @registry.job("hop")
+    def hop(args: dict[str, Any]) -> None:
+        args["done"] = True
+
+    reactor.start_node("hop-node", registry=registry)
+
+    async def from_the_apps_loop() -> dict[str, Any]:
+        handle = await reactor.aenqueue("hop", {})
+        assert handle is not None
+        return await handle
+
+    assert asyncio.run(from_the_apps_loop()) == {"done": True}
