@@ -51,6 +51,17 @@ logger = logging.getLogger("jobreactor.distributor")
 _GIVEN_AWAY_LIMIT = 1_000_000
 
 
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
+
+
 class Distributor(Recovery):
     def __init__(
         self,
@@ -130,8 +141,7 @@ class Distributor(Recovery):
             raise
         sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
-        if not self._advertise:
-            self.address = f"{host}:{bound[1]}"
+        self.address = advertised(self._advertise, host, bound[1])
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
