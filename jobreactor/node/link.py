@@ -101,6 +101,8 @@ class DistributorLink:
         self.address = self.configured  # replaced by the distributor's advertised address
         self.instance = ""  # the distributor's instance id, from its last Welcome
         self.previous_instance = ""  # the one before, when a Welcome brought a new one
+        # Set for a link found by discovery: the instance the registry lists at this address.
+        self.expected_instance: str | None = None
         self._ssl = ssl_context
         self.phase = LinkPhase.DOWN
         self.conn: FramedConnection | None = None
@@ -245,6 +247,13 @@ class DistributorLink:
                 "refusing an unauthenticated distributor"
             )
         self._challenged = False
+        expected = self.expected_instance
+        if expected is not None and welcome.instance != expected:
+            self.node.instance_mismatch()
+            raise HandshakeFailed(
+                f"distributor {self.configured} is instance {welcome.instance!r} but the registry "
+                f"lists {expected!r} there (a recycled port?); not working with it"
+            )
         self.address = welcome.distributor
         if welcome.instance != self.instance:
             if self.instance:

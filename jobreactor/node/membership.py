@@ -14,6 +14,7 @@ from jobreactor.node.attempts import Attempts
 from jobreactor.node.link import DistributorLink
 
 if TYPE_CHECKING:
+    from jobreactor.node.discovered import Discovered
     from jobreactor.node.node import Node
     from jobreactor.node.scheduler import TimerHeap
 
@@ -25,6 +26,7 @@ class Membership(Attempts):
 
     if TYPE_CHECKING:
         group: str
+        discovered: Discovered | None
         _ssl: ssl.SSLContext | None
         _stopping: bool
         _window: int
@@ -33,6 +35,11 @@ class Membership(Attempts):
         def _run_link(self, link: DistributorLink) -> None: ...
 
         def _persist(self, record: Any) -> None: ...
+
+    def instance_mismatch(self) -> None:
+        """A discovered address answered as another instance: look at the registry again."""
+        if self.discovered is not None:
+            self.discovered.watcher.refresh()
 
     def add_link(self, host: str, port: int) -> DistributorLink:
         """Dial one more distributor (found by discovery)."""
