@@ -113,6 +113,8 @@ class NodeSession:
             self.conn.send_frame(encode(ReportsAck(self._report_ack)))
             self._report_ack = None
         outbox = self._outbox
+        if self.distributor.closed:
+            outbox.clear()  # stopping: the app was told these were dropped; don't run them
         limit = self.distributor.settings.max_frame_bytes
         while outbox:
             chunk = outbox[:_JOBS_PER_FRAME]
