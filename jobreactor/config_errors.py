@@ -85,7 +85,7 @@ def _expected(error: dict[str, Any], key: str) -> str:
         return f"a number {bound}"
     if kind == "literal_error":
         return f"one of {ctx.get('expected', '')}"
-    return _EXPECTED.get(kind, error["msg"])
+    return _EXPECTED.get(kind, str(error["msg"]))
 
 
 def _where(loc: tuple[Any, ...]) -> str:
