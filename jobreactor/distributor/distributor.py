@@ -18,6 +18,7 @@ from typing import Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
+from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
@@ -30,6 +31,7 @@ from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    CommandResult,
     Dropped,
     Held,
     Message,
@@ -81,6 +83,7 @@ class Distributor(Outcomes):
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.commands = NodeCommands()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -294,6 +297,10 @@ class Distributor(Outcomes):
             for s in self._by_name.values()
         ]
 
+    async def command(self, op: str, arg: str, timeout: float) -> list[CommandResult]:
+        """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
+        return await self.commands.ask(list(self._by_name.values()), op, arg, timeout)
+
     async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
         async with asyncio.timeout(timeout), self._node_joined:
@@ -376,6 +383,7 @@ class Distributor(Outcomes):
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)
+        self.commands.session_gone(session.key)
         durable = bool(session.hello and session.hello.storage == "redis")
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
@@ -447,6 +455,8 @@ class Distributor(Outcomes):
                 for item in message.items:
                     self._on_report(session, item)
                 session.ack_reports(message.first_seq + len(message.items) - 1)
+            case CommandResult():
+                self._on_command_result(session, message)
             case Held():
                 drop = self._take_over_held(session, message.held)
                 session.conn.send(Dropped(drop, message.last))
@@ -471,6 +481,15 @@ class Distributor(Outcomes):
             session.queue_job(lease, job.to_dict())
         if not len(self.dispatcher):
             self._idle.set()
+
+    def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
+        if result.job:
+            # A failed job the node took out of its storage for JR.retry: enqueued again with
+            # the same id and no feedbacks, even if the app stopped waiting for the answer.
+            job = JobRecord.from_dict(result.job)
+            job.node, job.lease = None, 0
+            self.submit(job, None, None, JobHandle(job.id))
+        self.commands.answer(session.key, result)
 
     def _requeue(self, entry: InFlight) -> None:
         if entry.cancel_requested:

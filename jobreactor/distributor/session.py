@@ -20,6 +20,8 @@ from jobreactor.protocol import (
     Auth,
     Bye,
     Challenge,
+    Command,
+    CommandResult,
     Held,
     Hello,
     Jobs,
@@ -55,7 +57,7 @@ class Phase(Enum):
 _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
     Phase.AWAIT_HELLO: (Hello, Bye),
     Phase.AWAIT_AUTH: (Auth, Bye),
-    Phase.READY: (Ack, Nack, Reports, Return, Held, Bye),
+    Phase.READY: (Ack, Nack, Reports, Return, Held, CommandResult, Bye),
     Phase.CLOSED: (),
 }
 
@@ -175,6 +177,9 @@ class NodeSession:
     def queue_job(self, lease: int, record: Record) -> None:
         self._outbox.append((lease, record))
         self.conn.schedule_flush()
+
+    def send_command(self, command: Command) -> None:
+        self.conn.send(command)
 
     def ack_reports(self, upto_seq: int) -> None:
         self._report_ack = upto_seq

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
+from jobreactor.node import commands
 from jobreactor.protocol import (
     NONCE_BYTES,
     PROTOCOL_VERSION,
@@ -27,6 +28,7 @@ from jobreactor.protocol import (
     Bye,
     Cancel,
     Challenge,
+    Command,
     Dropped,
     Held,
     Hello,
@@ -207,6 +209,8 @@ class DistributorLink:
                 self._on_reports_ack(message.upto_seq)
             case Cancel() if self.is_ready:
                 self.node.cancel_job(message.job_id)
+            case Command() if self.is_ready:
+                commands.answer(self.node, self, message)
             case Dropped() if self.is_ready:
                 self.node.jobs_dropped(self, message.drop, settled=message.last)
             case Bye():
