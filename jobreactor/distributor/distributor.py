@@ -21,13 +21,12 @@ from jobreactor.connection import FramedConnection
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
+from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
-    BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
     Ack,
     Cancel,
@@ -84,6 +83,7 @@ class Distributor(Outcomes):
         self._idle = asyncio.Event()
         self._idle.set()
         self.commands = NodeCommands()
+        self.observers: list[Observer] = []
         self.closed = False
 
     def __repr__(self) -> str:
@@ -190,6 +190,23 @@ class Distributor(Outcomes):
         if self.journal is not None:
             await self.journal.aclose()
         await self.storage.aclose()
+
+    def unfinished(self) -> int:
+        """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
+        return len(self.dispatcher) + sum(
+            1
+            for job_id in self._waiting
+            if (entry := self.tracker.get(job_id)) is not None and not entry.job.is_periodic
+        )
+
+    async def wait_idle(self) -> None:
+        """Until no job is pending, no one-shot job is out on a node, every feedback has run."""
+        while self.unfinished() or self._tasks:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+                continue
+            self._idle.clear()
+            await self._idle.wait()
 
     def _busy(self) -> bool:
         return bool(self._by_name) and bool(
@@ -509,25 +526,13 @@ class Distributor(Outcomes):
                 session.node_name,
             )
             return
-        if item.outcome == "started":
-            self._release_unique(item.job_id)
-            return
-        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
-        if isinstance(batch_token, str):
-            self._batch_complete(batch_token)
-        if not item.final:
-            waiting = self._waiting.get(item.job_id)
-            if waiting is not None:
-                self._deliver(waiting, item)
-            return
-        self.tracker.forget(item.job_id)
-        if self.journal is not None:
-            self.journal.remove(item.job_id)
-        final = self._waiting.pop(item.job_id, None)
-        self._idle.set()
-        if final is not None:
-            # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self._release_unique(item.job_id, then=lambda: self._deliver(final, item))
+        if item.final:
+            self.tracker.forget(item.job_id)
+            if self.journal is not None:
+                self.journal.remove(item.job_id)
+        self.settle_report(item, entry.job.name)
+        if item.final:
+            self._idle.set()
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
