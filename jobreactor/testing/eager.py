@@ -185,10 +185,6 @@ class EagerMode:
         self._budget: dict[str, int] = {}
         self._resting: dict[str, float] = {}
         self._due: collections.deque[str] = collections.deque()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="jobreactor-eager", daemon=True
-        )
         self._installed = False
 
     # --- install / uninstall ------------------------------------------------------------------
@@ -209,6 +205,10 @@ class EagerMode:
         self._saved = self.reactor.config.current
         self.reactor.config.update(self._config)
         self.settings = self.reactor.config.current
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jobreactor-eager", daemon=True
+        )
         self._thread.start()
         self._run(self._setup())
         for name in ("enqueue", "aenqueue", "enqueue_many", "cancel", "wait_idle"):
