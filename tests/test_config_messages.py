@@ -11,6 +11,7 @@ import pytest
 
 from jobreactor import ConfigError, Reactor
 from jobreactor.cli import main
+from jobreactor.config import NodeConfig, ReactorConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,3 +120,11 @@ def test_real_process_exits_2_with_the_message_on_stderr(tmp_path: Path) -> None
     assert proc.returncode == 2
     assert f'{config}: distributors[0] = "localhost": expected "host:port"' in proc.stderr
     assert proc.stdout == ""
+
+
+def test_examples_node_toml_lists_every_key_a_node_understands() -> None:
+    text = (Path(__file__).parent.parent / "examples" / "node.toml").read_text()
+    keys = (set(NodeConfig.model_fields) - {"settings"}) | set(ReactorConfig.model_fields)
+    missing = [k for k in sorted(keys) if f"\n{k} = " not in text and f"\n# {k} = " not in text]
+    assert missing == []
+    assert "refused for now" not in text

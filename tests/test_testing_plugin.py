@@ -25,7 +25,7 @@ def run(args):
     args["by"] = "{name}"
 """
 
-TESTS = '''
+TESTS = """
 import pytest
 from jobreactor import JR
 
@@ -49,7 +49,7 @@ def test_ini_jobs_on_a_real_node(jobreactor_system):
 @pytest.mark.jobreactor(job_dir="oops")
 def test_bad_marker_option(jobreactor_eager):
     pass
-'''
+"""
 
 
 def test_the_entry_point_names_the_plugin() -> None:

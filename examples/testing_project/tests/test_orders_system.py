@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from shop.orders import place_order, status_of
 
 from jobreactor import JobFailed
 from jobreactor.testing import JobSystem
-from shop.orders import place_order, status_of
 
 # No waiting between attempts in these tests; restored after each one.
 pytestmark = pytest.mark.jobreactor(config={"retry_multiplier": 0, "max_attempt": 2})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from shop.orders import place_order, start_cleanup, status_of
 
 from jobreactor import JobFailed
 from jobreactor.testing import EagerMode
-from shop.orders import place_order, start_cleanup, status_of
 
 
 def test_a_paid_order_gets_its_receipt(jobreactor_eager: EagerMode) -> None:
