@@ -22,138 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import logging
 import threading
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import msgpack
-
-from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
-from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
+from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.node import guards
-from jobreactor.node.attempts import Attempts, Held
-from jobreactor.node.link import DistributorLink, _wire_safe
-from jobreactor.node.scheduler import ReadyQueue, TimerHeap
-from jobreactor.protocol import ReportItem, pack_args
+from jobreactor.node.attempts import Held
+from jobreactor.node.link import DistributorLink
 from jobreactor.reactor import Reactor
 from jobreactor.storage import MemoryStorage
 from jobreactor.storage.memory import Keyspace
+from jobreactor.testing.inline import ADDRESS, AppSide, EagerNode, InlineLink
 from jobreactor.testing.recording import OutcomeLog
-
-logger = logging.getLogger("jobreactor.testing")
 
 T = TypeVar("T")
 # A run that starts this many attempts without settling is a loop (a job that re-enqueues
 # itself forever, say); eager mode stops it with an error instead of hanging the test.
 MAX_ATTEMPTS_PER_RUN = 10_000
-_ADDRESS = "eager"
-
-
-def _as_on_the_wire(args: dict[str, Any]) -> dict[str, Any]:
-    try:
-        packed = pack_args(args)
-    except TypeError:
-        packed = pack_args({k: _wire_safe(v) for k, v in args.items()})
-    return cast(dict[str, Any], msgpack.unpackb(packed, raw=False, strict_map_key=False))
-
-
-class _AppSide(Outcomes):
-    """The distributor's feedback half, with nothing to dispatch."""
-
-    def __init__(
-        self,
-        settings: ReactorConfig,
-        storage: MemoryStorage,
-        named_feedbacks: dict[str, Feedback],
-        observers: list[Observer],
-    ) -> None:
-        self.settings = settings
-        self.storage = storage
-        self.journal = None
-        self.named_feedbacks = named_feedbacks
-        self.observers = observers
-        self._waiting: dict[str, Waiting] = {}
-        self._unique: dict[str, list[str]] = {}
-        self._batch_callbacks: dict[str, Any] = {}
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-
-class _InlineLink:
-    """Where a node's DistributorLink would be: reports go straight to the app side."""
-
-    address = configured = _ADDRESS
-    is_ready = True
-
-    def __init__(self) -> None:
-        self.reports: list[ReportItem] = []
-
-    def report(
-        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
-    ) -> None:
-        self.reports.append(ReportItem(job_id, lease, outcome, final, _as_on_the_wire(args)))
-
-    def grant(self, credits: int = 1) -> None:
-        return None  # nothing to grant credit to
-
-
-class _EagerNode(Attempts):
-    """A node's attempt half, its timers replaced by "the next due job, now"."""
-
-    def __init__(self, settings: ReactorConfig, registry: Registry, storage: MemoryStorage) -> None:
-        self.name = "eager_node"
-        self.settings = settings
-        self.registry = registry
-        self.storage = storage
-        self.loop = asyncio.get_running_loop()
-        self.links = []
-        self._jobs: dict[str, Held] = {}
-        self._timers = TimerHeap()
-        self._ready = ReadyQueue()
-        self._running = 0
-        self._idle = asyncio.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            settings.thread_pool_size, thread_name_prefix="jobreactor-eager"
-        )
-        self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
-        self._redis_url = None
-        self._dirty: dict[str, JobRecord] = {}
-        self._doomed: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _persist(self, record: JobRecord) -> None:
-        return None  # memory storage holds this very record object
-
-    def _flush_soon(self) -> None:
-        doomed, self._doomed = list(self._doomed), set()
-        if doomed:
-            self._spawn(self.storage.destroy_many(self.name, doomed))
-
-    def _kick(self) -> None:
-        return None  # the driver starts the next due job itself
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("eager node: internal task failed", exc_info=task.exception())
-
-    def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
-        self._timers.schedule(held.record.id, due_epoch)
 
 
 class EagerMode:
@@ -229,10 +119,10 @@ class EagerMode:
 
     async def _setup(self) -> None:
         storage = MemoryStorage(Keyspace())  # fresh keys: nothing leaks between tests
-        self._node = _EagerNode(self.settings, self.registry, storage)
+        self._node = EagerNode(self.settings, self.registry, storage)
         observers: list[Observer] = [self.outcomes]
-        self._app = _AppSide(self.settings, storage, self.reactor._named_feedbacks, observers)
-        self._link = _InlineLink()
+        self._app = AppSide(self.settings, storage, self.reactor._named_feedbacks, observers)
+        self._link = InlineLink()
         self._lock = asyncio.Lock()
 
     # --- the app's calls, eagerly -------------------------------------------------------------
@@ -342,7 +232,7 @@ class EagerMode:
         success: Feedback | str | None,
         error: Feedback | str | None,
     ) -> tuple[JobRecord, Waiting]:
-        record = self.reactor.new_record(name, args, opts, _ADDRESS)
+        record = self.reactor.new_record(name, args, opts, ADDRESS)
         success, error = self.reactor._feedback(success), self.reactor._feedback(error)
         if success is not None:
             record.on_success = success if isinstance(success, str) else record.id
