@@ -174,7 +174,7 @@ class Enqueuing:
                 "no running distributor: call JR.run() and JR.start_distributor() first"
             )
         distributor = self._distributors[0]
-        record = self.new_record(name, args, opts, distributor.address)
+        record = self._new_record(name, args, opts, distributor.address)
         settings = self.config.current
         if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
             raise QueueFull(
@@ -183,7 +183,7 @@ class Enqueuing:
             )
         return loop, distributor, record
 
-    def new_record(
+    def _new_record(
         self,
         name: str,
         args: dict[str, Any] | None,

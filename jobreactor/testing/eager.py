@@ -232,7 +232,7 @@ class EagerMode:
         success: Feedback | str | None,
         error: Feedback | str | None,
     ) -> tuple[JobRecord, Waiting]:
-        record = self.reactor.new_record(name, args, opts, ADDRESS)
+        record = self.reactor._new_record(name, args, opts, ADDRESS)
         success, error = self.reactor._feedback(success), self.reactor._feedback(error)
         if success is not None:
             record.on_success = success if isinstance(success, str) else record.id
