@@ -155,10 +155,6 @@ class FramedConnection(asyncio.Protocol):
         if self.closed.is_set():
             return
         if self._transport is not None:
-            if self._owner is not None:
-                # What the owner batched this tick (acknowledgements above all) leaves first:
-                # a report acknowledged only in a lost frame would be sent and delivered again.
-                self._owner.before_flush()
             if notify:
                 self._out.append(encode(Bye(reason[:500])))
             if self._out:

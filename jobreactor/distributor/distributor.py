@@ -178,7 +178,7 @@ class Distributor(Outcomes):
         for job in dropped:
             self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
         for session in list(self._sessions.values()):
-            session.conn.close("distributor stopping", notify=True)
+            session.goodbye("distributor stopping")
         for waiting_id in list(self._waiting):
             self._resolve_cancelled(
                 waiting_id, "abandoned: the distributor stopped", forget=not keep

@@ -115,8 +115,6 @@ class NodeSession:
             self.conn.send_frame(encode(ReportsAck(self._report_ack)))
             self._report_ack = None
         outbox = self._outbox
-        if self.distributor.closed:
-            outbox.clear()  # stopping: the app was told these were dropped; don't run them
         limit = self.distributor.settings.max_frame_bytes
         while outbox:
             chunk = outbox[:_JOBS_PER_FRAME]
@@ -177,6 +175,18 @@ class NodeSession:
     def queue_job(self, lease: int, record: Record) -> None:
         self._outbox.append((lease, record))
         self.conn.schedule_flush()
+
+    def goodbye(self, reason: str) -> None:
+        """Close with a Bye, acknowledging the reports received so far first.
+
+        The last reports often arrive in the very loop turn the distributor stops in, before
+        the batched acknowledgement leaves; unacknowledged, the node would keep them, warn, and
+        send them again. Jobs not yet sent stay unsent: the app was told they were dropped.
+        """
+        if self._report_ack is not None:
+            self.conn.send_frame(encode(ReportsAck(self._report_ack)))
+            self._report_ack = None
+        self.conn.close(reason, notify=True)
 
     def send_command(self, command: Command) -> None:
         self.conn.send(command)
