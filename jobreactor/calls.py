@@ -1,4 +1,5 @@
-"""The app's calls besides enqueue: nodes, cancel, batches, locks, retries, waiting.
+"""The app's calls besides enqueue: nodes, cancel, batches, waiting (locks and retries are
+in housekeeping.py).
 
 Each hops onto the reactor's loop (or runs there directly when called from it). Reactor
 (reactor.py) mixes this in; the attributes below are Reactor's.
@@ -7,22 +8,18 @@ Each hops onto the reactor's loop (or runs there directly when called from it). 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobreactor.batch import Batch, open_batch
 from jobreactor.distributor import Distributor
-from jobreactor.handle import JobHandle
-from jobreactor.job import JobStatus
 from jobreactor.node import Node
-from jobreactor.storage import Storage
 
 T = TypeVar("T")
 
 
 class AppCalls:
-    """nodes, cancel, batch, release_lock, retry, wait_for_node, call."""
+    """nodes, cancel, batch, wait_for_node, call."""
 
     if TYPE_CHECKING:
         _loop: asyncio.AbstractEventLoop | None
@@ -87,50 +84,6 @@ class AppCalls:
 
                 self._call(register())
         return created
-
-    def release_lock(self, key: str) -> bool:
-        """Resque Lock's explicit release: delete lock `key` whoever holds it; True if held."""
-
-        async def release() -> bool:
-            found = False
-            for storage in self._storages():
-                found = await storage.force_unlock(key) or found
-            return found
-
-        return self._call(release())
-
-    def retry(self, job_id: str) -> bool:
-        """Run a failed job (kept because remove_failed_jobs is off) again; True if found.
-
-        It is taken atomically from the node's storage, its attempts reset, and enqueued again
-        with the same id (delayed_job's retry of a failed job). No feedbacks are attached.
-        """
-
-        async def retry() -> bool:
-            for storage in self._storages():
-                for node in await storage.nodes():
-                    record = await storage.load(node, job_id)
-                    if record is None or record.status != JobStatus.FAILED:
-                        continue
-                    claimed = await storage.claim(node, [job_id])
-                    if not claimed:
-                        continue
-                    job = claimed[0]
-                    job.attempt, job.status, job.lease = 0, JobStatus.NEW, 0
-                    job.run_at_ts, job.node = time.time(), None
-                    self.distributor.submit(job, None, None, JobHandle(job.id))
-                    return True
-            return False
-
-        return self._call(retry())
-
-    def _storages(self) -> list[Storage]:
-        seen: list[Storage] = []
-        owners: list[Distributor | Node] = [*self._distributors, *self._nodes]
-        for owner in owners:
-            if not any(owner.storage is s for s in seen):
-                seen.append(owner.storage)
-        return seen
 
     def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Block until a node (named `name`, or any) has joined the first distributor."""

@@ -33,6 +33,7 @@ from jobreactor.distributor.outcomes import Feedback
 from jobreactor.enqueue import Enqueuing
 from jobreactor.errors import InvalidOptions, ReactorClosed, ReactorForkedError, ReactorTimeout
 from jobreactor.handle import JobHandle
+from jobreactor.housekeeping import Housekeeping
 from jobreactor.job import JobRecord
 from jobreactor.node import Node
 from jobreactor.storage import open_storage
@@ -52,7 +53,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Reactor(Enqueuing, AppCalls):
+class Reactor(Enqueuing, AppCalls, Housekeeping):
     """An event loop in a thread, with the distributors and nodes that live on it."""
 
     def __init__(self, **config: Any) -> None:

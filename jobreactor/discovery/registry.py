@@ -12,6 +12,7 @@ reconcile with `live_members`, which reads the zset and the hashes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -160,6 +161,7 @@ class Registration:
         self._beat_script = client.register_script(_BEAT)
         self._leave_script = client.register_script(_LEAVE)
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._failing = False
         self.beats = 0
 
@@ -195,7 +197,7 @@ class Registration:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 joined = await self.beat()
                 if self._failing:
@@ -221,7 +223,10 @@ class Registration:
             except Exception:
                 # A bug, not Redis: the beat must go on (else we expire and get adopted).
                 logger.exception("%s %s: registry beat failed", self.kind, self.address)
-            await asyncio.sleep(self._beat_s * random.uniform(0.9, 1.1))
+            with contextlib.suppress(TimeoutError):  # an event, not sleep: stop ends it at once
+                await asyncio.wait_for(
+                    self._closing.wait(), self._beat_s * random.uniform(0.9, 1.1)
+                )
 
     async def _leave(self) -> None:
         keys = [self.keys.members(self.kind), self.keys.member(self.iid)]
@@ -237,9 +242,10 @@ class Registration:
 
     async def stop(self) -> None:
         """Stop beating and leave (best effort: a member that can't say so expires by TTL)."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._task.cancel()  # and the flag: redis-py may swallow a cancellation
+            await asyncio.wait([self._task], timeout=2.0)
         try:
             await self._leave()
         except REDIS_ERRORS as exc:

@@ -12,8 +12,6 @@ import collections
 import contextlib
 import itertools
 import logging
-import os
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -23,19 +21,21 @@ from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.registry import new_iid
 from jobreactor.distributor.binding import listen_sockets
+from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
+from jobreactor.distributor.journal import Journal
+from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.distributor.presence import Presence
+from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
-    BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    CommandResult,
     Dropped,
     Held,
     Message,
@@ -52,7 +52,18 @@ logger = logging.getLogger("jobreactor.distributor")
 _GIVEN_AWAY_LIMIT = 1_000_000
 
 
-class Distributor(Outcomes):
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
+
+
+class Distributor(Recovery):
     def __init__(
         self,
         settings: ReactorConfig,
@@ -94,6 +105,8 @@ class Distributor(Outcomes):
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.commands = NodeCommands()
+        self.observers: list[Observer] = []
         self.closed = False
 
     def __repr__(self) -> str:
@@ -131,8 +144,7 @@ class Distributor(Outcomes):
             raise
         sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
-        if not self._advertise:
-            self.address = f"{host}:{bound[1]}"
+        self.address = advertised(self._advertise, host, bound[1])
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
@@ -148,106 +160,6 @@ class Distributor(Outcomes):
             await self._restore()
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
-
-    @property
-    def journal_base(self) -> str:
-        """The name of this address's journal (a restart at the address resumes it)."""
-        return f"distributor:{self.address}"
-
-    async def _restore(self) -> None:
-        """Read back the journal of a previous run at this address (redis storage)."""
-        assert self.journal is not None
-        jobs = await self.journal.load()
-        out_on = self._take_jobs(jobs, adopted=False)
-        if jobs:
-            logger.info(
-                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
-                self.address,
-                len(jobs),
-                out_on,
-            )
-
-    async def adopt_journal(self, queue: str, owner: str) -> int:
-        """Take the jobs of a dead distributor's journal into ours; how many (Presence)."""
-        assert self.journal is not None
-        jobs = [job for job in await self.storage.queue_load(queue) if job.id not in self._waiting]
-        self._take_jobs(jobs, adopted=True)
-        await self.journal.flush()  # ours now hold them: the old queue can go
-        await self.storage.queue_remove(queue, [job.id for job in jobs])
-        return len(jobs)
-
-    def _take_jobs(self, jobs: list[JobRecord], *, adopted: bool) -> int:
-        """Jobs read from a journal: queue the unsent, track the ones out on nodes."""
-        out_on = 0
-        for job in jobs:
-            # A feedback id equal to the job id was a closure: gone with the old process.
-            success = job.on_success if job.on_success not in (None, job.id) else None
-            error = job.on_error if job.on_error not in (None, job.id) else None
-            self._waiting[job.id] = Waiting(success, error, None)
-            node = assignee(job)
-            if isinstance(node, str) and job.lease:
-                self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
-                out_on += 1
-                if adopted:
-                    self.journal.assigned(job, node, job.lease)  # type: ignore[union-attr]
-            elif adopted:
-                job.distributor = self.address
-                self.journal.admit(job, None)  # type: ignore[union-attr]
-            else:
-                self.dispatcher.add(job)
-        for name in {entry.node for entry in self.tracker.orphans_of_all()}:
-            self._arm_takeover(name)
-        return out_on
-
-    def fenced(self) -> None:
-        """Our journal was adopted (this process stalled past adopt_grace): let go of its jobs.
-
-        The adopter runs them now. Pending and in-flight jobs are forgotten here, their handles
-        cancelled; node sessions close, so nodes meet the new instance id we take and hand the
-        jobs they hold from the old one to the adopter.
-        """
-        logger.error(
-            "distributor %s: its journal was adopted by another distributor of group %s "
-            "(this process stalled longer than adopt_grace=%.0fs); its %d pending and %d "
-            "in-flight job(s) are the adopter's now. Going on as a new instance",
-            self.address,
-            self.group,
-            self.settings.adopt_grace,
-            len(self.dispatcher),
-            len(self.tracker),
-        )
-        reason = "adopted by another distributor"
-        for job in self.dispatcher.drain():
-            self._resolve_cancelled(job.id, reason, forget=False)  # the journal is not ours
-        for entry in self.tracker.orphans_of_all() + [
-            e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
-        ]:
-            self.tracker.forget(entry.job.id)
-            self._resolve_cancelled(entry.job.id, reason, forget=False)
-        for handle in self._takeovers.values():
-            handle.cancel()
-        self._takeovers.clear()
-        self.iid = new_iid()
-        for session in list(self._sessions.values()):
-            session.conn.close("distributor instance fenced", notify=True)
-
-    def stats(self) -> dict[str, Any]:
-        """What this distributor publishes with its registry beat (and dashboards read)."""
-        return {
-            "address": self.address,
-            "iid": self.iid,
-            "group": self.group,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": self.started,
-            "pending": len(self.dispatcher),
-            "in_flight": len(self.tracker),
-            "nodes": [
-                {"name": n["name"], "free_credit": n["free_credit"], "in_flight": n["in_flight"]}
-                for n in self.nodes()
-            ],
-            "adopted": list(self.presence.adopted) if self.presence is not None else [],
-        }
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
@@ -293,7 +205,24 @@ class Distributor(Outcomes):
         if self.presence is not None:  # leave first: nodes must not redial us
             await self.presence.stop(journal_empty=journal_empty)
         for session in list(self._sessions.values()):
-            session.conn.close("distributor stopping", notify=True)
+            session.goodbye("distributor stopping")
+
+    def unfinished(self) -> int:
+        """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
+        return len(self.dispatcher) + sum(
+            1
+            for job_id in self._waiting
+            if (entry := self.tracker.get(job_id)) is not None and not entry.job.is_periodic
+        )
+
+    async def wait_idle(self) -> None:
+        """Until no job is pending, no one-shot job is out on a node, every feedback has run."""
+        while self.unfinished() or self._tasks:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+                continue
+            self._idle.clear()
+            await self._idle.wait()
 
     def _busy(self) -> bool:
         return bool(self._by_name) and bool(
@@ -401,6 +330,10 @@ class Distributor(Outcomes):
             for s in self._by_name.values()
         ]
 
+    async def command(self, op: str, arg: str, timeout: float) -> list[CommandResult]:
+        """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
+        return await self.commands.ask(list(self._by_name.values()), op, arg, timeout)
+
     async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
         async with asyncio.timeout(timeout), self._node_joined:
@@ -483,6 +416,7 @@ class Distributor(Outcomes):
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)
+        self.commands.session_gone(session.key)
         durable = bool(session.hello and session.hello.storage == "redis")
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
@@ -554,6 +488,8 @@ class Distributor(Outcomes):
                 for item in message.items:
                     self._on_report(session, item)
                 session.ack_reports(message.first_seq + len(message.items) - 1)
+            case CommandResult():
+                self._on_command_result(session, message)
             case Held():
                 drop = self._take_over_held(session, message.held)
                 session.conn.send(Dropped(drop, message.last))
@@ -579,6 +515,15 @@ class Distributor(Outcomes):
         if not len(self.dispatcher):
             self._idle.set()
 
+    def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
+        if result.job:
+            # A failed job the node took out of its storage for JR.retry: enqueued again with
+            # the same id and no feedbacks, even if the app stopped waiting for the answer.
+            job = JobRecord.from_dict(result.job)
+            job.node, job.lease = None, 0
+            self.submit(job, None, None, JobHandle(job.id))
+        self.commands.answer(session.key, result)
+
     def _requeue(self, entry: InFlight) -> None:
         if entry.cancel_requested:
             self._resolve_cancelled(entry.job.id)
@@ -597,25 +542,13 @@ class Distributor(Outcomes):
                 session.node_name,
             )
             return
-        if item.outcome == "started":
-            self._release_unique(item.job_id)
-            return
-        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
-        if isinstance(batch_token, str):
-            self._batch_complete(batch_token)
-        if not item.final:
-            waiting = self._waiting.get(item.job_id)
-            if waiting is not None:
-                self._deliver(waiting, item)
-            return
-        self.tracker.forget(item.job_id)
-        if self.journal is not None:
-            self.journal.remove(item.job_id)
-        final = self._waiting.pop(item.job_id, None)
-        self._idle.set()
-        if final is not None:
-            # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self._release_unique(item.job_id, then=lambda: self._deliver(final, item))
+        if item.final:
+            self.tracker.forget(item.job_id)
+            if self.journal is not None:
+                self.journal.remove(item.job_id)
+        self.settle_report(item, entry.job.name)
+        if item.final:
+            self._idle.set()
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

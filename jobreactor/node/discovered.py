@@ -74,7 +74,7 @@ class Discovered:
         for address in list(self.links):
             if address not in live:
                 self._retire(address)
-        for address in live:
+        for address, member in live.items():
             if address not in self.links and address not in static:
                 host, _, port = address.rpartition(":")
                 try:
@@ -83,6 +83,8 @@ class Discovered:
                     logger.warning("registry entry with a bad address %r ignored", address)
                     continue
                 logger.info("%s: found distributor %s", self.node.name, address)
+            if address in self.links:  # its handshake must show this very instance
+                self.links[address].expected_instance = member.iid
         for member in members:
             for old in member.stats.get("adopted", ()):
                 if isinstance(old, str) and old not in self._rerouted:

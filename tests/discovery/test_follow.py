@@ -126,3 +126,17 @@ def test_scale_two_four_two_worker_processes_while_jobs_flow(
         assert sorted(row["i"] for row in p.lines("fed")) == sorted(
             f"{p.proc.pid}-{i}" for i in range(per)
         )
+
+
+def test_a_different_process_at_a_registered_address_is_refused(
+    reactors: Callable[..., Reactor], group: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A distributor outside the group sits at an address the registry lists for another
+    # instance (what a recycled port looks like): the node must not work with it.
+    stranger = reactors()
+    _, port = stranger.start_distributor("127.0.0.1", 0)
+    ghost = reactors(**group)
+    ghost.start_distributor("127.0.0.1", 0, advertise=f"127.0.0.1:{port}")
+    node = start_node(reactors(**group))
+    wait_until(lambda: "a recycled port" in caplog.text, timeout=10, what="the refusal")
+    assert linked(node) == set()  # refused at every redial, never welcomed
