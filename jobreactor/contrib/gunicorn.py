@@ -17,6 +17,7 @@ or at import under `--preload`: that runs in the master, before the fork.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,8 @@ def hooks(
 
     def worker_exit(server: Any, worker: Any) -> None:
         # Leave a second of gunicorn's graceful_timeout for the worker's own exit.
+        start = time.monotonic()
         target.stop(timeout=max(1.0, float(worker.cfg.graceful_timeout) - 1.0))
+        worker.log.info("jobreactor stopped in %.1fs", time.monotonic() - start)
 
     return post_worker_init, worker_exit

@@ -23,7 +23,7 @@ def test_uvicorn_two_workers_2000_requests_with_aenqueue(
     assert failed == []
     assert len({answer["pid"] for answer in answers.values()}) == 2
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
 
 
 @pytest.mark.parametrize("path", ["/enqueue/{n}", "/enqueue-sync/{n}"], ids=["async", "sync"])
@@ -40,4 +40,4 @@ def test_gunicorn_uvicorn_worker(
     assert failed == []
     assert {answer["pid"] for answer in answers.values()} <= server.workers()
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]

@@ -42,7 +42,7 @@ def test_preload_four_workers_2000_requests(
     assert failed == []
     assert {answer["pid"] for answer in answers.values()} == workers
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
     assert "Traceback" not in server.log_text()
 
 
@@ -57,7 +57,7 @@ def test_gthread_workers_without_preload(
     assert failed == []
     assert {answer["pid"] for answer in answers.values()} == workers
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
 
 
 def test_a_reactor_started_in_the_master_fails_loudly_in_workers(
@@ -73,5 +73,5 @@ def test_a_reactor_started_in_the_master_fails_loudly_in_workers(
         assert answer["s"] < 0.5  # at once, no 30 s wait
         assert f"started in process {server.pid}" in answer["message"]
         assert "started_app.py" in answer["message"]
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
     assert "was sent" not in server.log_text()  # gunicorn's word for a worker killed by a signal

@@ -34,7 +34,7 @@ def test_reload_while_jobs_flow_loses_nothing(
     assert load.failed == []
     assert old <= load.pids()
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
 
 
 def test_scale_two_to_four_and_back_while_jobs_flow(
@@ -65,7 +65,7 @@ def test_scale_two_to_four_and_back_while_jobs_flow(
             node.wait_logged(retired, 15)
             last = [line for line in node.log_text().splitlines() if address in line][-1]
             assert retired in last
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
 
 
 def test_kill_9_of_a_redis_backed_worker_its_jobs_are_adopted(
@@ -102,7 +102,7 @@ def test_kill_9_of_a_redis_backed_worker_its_jobs_are_adopted(
     assert set(runs) == set(answers)  # nothing enqueued is lost
     # Run twice only if the dead worker had taken the report but not cleared its journal.
     assert {n for n, count in runs.items() if count > 1} <= theirs
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
 
 
 def test_kill_9_of_a_memory_worker_loses_only_its_jobs_and_nothing_hangs(
@@ -129,4 +129,4 @@ def test_kill_9_of_a_memory_worker_loses_only_its_jobs_and_nothing_hangs(
     feedbacks = [row for row in read_jsonl(server.out / "feedback.jsonl") if row["n"] in survivors]
     assert all(row["pid"] == row["enqueued_by"] for row in feedbacks)
     assert Counter(row["n"] for row in feedbacks).most_common(1)[0][1] == 1
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log_text()[-4000:]
