@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import redis.asyncio as aredis
 import redis.exceptions
 
-from jobreactor.discovery.keys import GroupKeys, Kind
+from jobreactor.discovery.keys import GroupKeys, Kind, new_iid
 
 logger = logging.getLogger("jobreactor.discovery")
 
@@ -54,11 +53,6 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
-
-
-def new_iid() -> str:
-    """`<hostname>:<pid>:<12 hex>`: new per process start (pids repeat across containers)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True, slots=True)
