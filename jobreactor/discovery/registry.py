@@ -141,6 +141,7 @@ class Registration:
         ttl: float,
         on_beat: Callable[[], Any] | None = None,
         iid: str | None = None,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -152,6 +153,10 @@ class Registration:
         self._beat_s = beat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_beat = on_beat
+        self._on_round = on_round
+        # time.monotonic() when the last beat round ended, well or not: a gap much longer
+        # than a beat means this process was stalled (a blocked loop, SIGSTOP).
+        self.last_round = time.monotonic()
         self._beat_script = client.register_script(_BEAT)
         self._leave_script = client.register_script(_LEAVE)
         self._task: asyncio.Task[None] | None = None
@@ -217,6 +222,9 @@ class Registration:
             except Exception:
                 # A bug, not Redis: the beat must go on (else we expire and get adopted).
                 logger.exception("%s %s: registry beat failed", self.kind, self.address)
+            self.last_round = time.monotonic()
+            if self._on_round is not None:
+                self._on_round()
             with contextlib.suppress(TimeoutError):  # an event, not sleep: stop ends it at once
                 await asyncio.wait_for(
                     self._closing.wait(), self._beat_s * random.uniform(0.9, 1.1)

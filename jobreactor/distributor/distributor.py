@@ -509,7 +509,12 @@ class Distributor(Recovery):
 
     # --- dispatch and feedback ------------------------------------------------------------------
 
+    def resume_dispatch(self) -> None:
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.presence is not None and self.presence.hold_dispatch():
+            return  # back from a stall: the next beat round says whether these jobs are ours
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
             lease = self.tracker.issue(job, key, session.node_name, seq)
