@@ -162,14 +162,6 @@ class NodeConfig(_Strict):
     def _parse(cls, value: Any) -> Any:
         return _addresses(value)
 
-    @model_validator(mode="after")
-    def _somewhere_to_go(self) -> NodeConfig:
-        if not self.distributors and not self.settings.discovery_url:
-            raise ValueError(
-                "a node needs `distributors` (host:port list) or `discovery_url` (Redis)"
-            )
-        return self
-
 
 class DistributorConfig(_Strict):
     """`jobreactor distributor --config dist.toml` (plus `discovery_url`, `group`, any setting)."""
@@ -278,11 +270,18 @@ def load_node_config(
     environ = os.environ if environ is None else environ
     raw = _split(data, _NODE_KEYS, environ, explicit)
     try:
-        return NodeConfig.model_validate(raw)
+        config = NodeConfig.model_validate(raw)
     except ValidationError as exc:
         env = _env_overrides(_NODE_KEYS | set(ReactorConfig.model_fields), environ)
         source = str(path or "node options")
         raise ConfigError(_describe(exc, source, _NODE_KEYS, env)) from None
+    if not config.distributors and not config.settings.discovery_url:
+        raise ConfigError(
+            f"{path or 'node options'}: distributors = []: expected at least one entry, e.g. "
+            'distributors = ["127.0.0.1:5000"], or discovery_url = "redis://..." to find the '
+            "distributors of the node's group"
+        )
+    return config
 
 
 def load_distributor_config(

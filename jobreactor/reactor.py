@@ -504,10 +504,10 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             registry = Registry()
             directory = job_directory if job_directory is not None else settings.job_directory
             registry.load_directory(directory)
-        targets = list(
-            distributors or [("127.0.0.1", d.address_port()) for d in self._distributors]
-        )
         discovery_url = discovery_url or settings.discovery_url
+        # This reactor's own distributors, unless discovery finds them (one link each).
+        local = [d for d in self._distributors if not (discovery_url and d.presence)]
+        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in local])
         if not targets and not discovery_url:
             raise InvalidOptions(
                 "start_node needs distributors=[(host, port), ...] or discovery_url"

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import redis.asyncio as aredis
 import redis.exceptions
 
-from jobreactor.discovery.keys import GroupKeys, Kind
+from jobreactor.discovery.keys import GroupKeys, Kind, new_iid
 
 logger = logging.getLogger("jobreactor.discovery")
 
@@ -54,11 +53,6 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
-
-
-def new_iid() -> str:
-    """`<hostname>:<pid>:<12 hex>`: new per process start (pids repeat across containers)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +141,7 @@ class Registration:
         ttl: float,
         on_beat: Callable[[], Any] | None = None,
         iid: str | None = None,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -158,6 +153,10 @@ class Registration:
         self._beat_s = beat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_beat = on_beat
+        self._on_round = on_round
+        # time.monotonic() when the last beat round ended, well or not: a gap much longer
+        # than a beat means this process was stalled (a blocked loop, SIGSTOP).
+        self.last_round = time.monotonic()
         self._beat_script = client.register_script(_BEAT)
         self._leave_script = client.register_script(_LEAVE)
         self._task: asyncio.Task[None] | None = None
@@ -223,6 +222,9 @@ class Registration:
             except Exception:
                 # A bug, not Redis: the beat must go on (else we expire and get adopted).
                 logger.exception("%s %s: registry beat failed", self.kind, self.address)
+            self.last_round = time.monotonic()
+            if self._on_round is not None:
+                self._on_round()
             with contextlib.suppress(TimeoutError):  # an event, not sleep: stop ends it at once
                 await asyncio.wait_for(
                     self._closing.wait(), self._beat_s * random.uniform(0.9, 1.1)

@@ -15,17 +15,16 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
-from jobreactor.discovery.registry import new_iid
+from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
-from jobreactor.distributor.presence import Presence
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
@@ -46,6 +45,9 @@ from jobreactor.protocol import (
     Welcome,
 )
 from jobreactor.storage import MemoryStorage, Storage
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -79,7 +81,7 @@ class Distributor(Recovery):
         self.started = time.time()
         self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.presence: Presence | None = None
+        self.presence: Presence | None = None  # with discovery_url: from start()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -154,6 +156,8 @@ class Distributor(Recovery):
                 self._refused,
             )
         if self.discovery_url:
+            from jobreactor.distributor.presence import Presence  # imports redis-py
+
             self.presence = Presence(self, self.discovery_url, self.group)
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
@@ -505,7 +509,12 @@ class Distributor(Recovery):
 
     # --- dispatch and feedback ------------------------------------------------------------------
 
+    def resume_dispatch(self) -> None:
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.presence is not None and self.presence.hold_dispatch():
+            return  # back from a stall: the next beat round says whether these jobs are ours
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
             lease = self.tracker.issue(job, key, session.node_name, seq)

@@ -16,7 +16,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from jobreactor.discovery.registry import new_iid
+from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Outcomes, Waiting
 from jobreactor.job import JobRecord

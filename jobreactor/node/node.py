@@ -14,7 +14,7 @@ import logging
 import ssl
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
@@ -25,12 +25,14 @@ from jobreactor.job import (
 )
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
-from jobreactor.node.discovered import Discovered
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.discovered import Discovered
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -98,7 +100,11 @@ class Node(Membership):
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.discovered = Discovered(self, url, self.group) if url else None
+        self.discovered: Discovered | None = None
+        if url:
+            from jobreactor.node.discovered import Discovered  # imports redis-py
+
+            self.discovered = Discovered(self, url, self.group)
 
     def __repr__(self) -> str:
         return (
