@@ -124,11 +124,12 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         In a process forked from one where this reactor ran, this starts a new one for this
         process (the parent's stays in the parent).
         """
-        self._starting()
+        self._leave_parent()
         if self._thread is not None and self._thread.is_alive():
             if setup is not None:
                 setup()
             return
+        self._started_at = forksafe.call_site()
         self._apply_logging()
         self._ready.clear()
         self._stopped.clear()
@@ -147,7 +148,12 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         self._ready.set()
 
     def _starting(self) -> None:
-        """Before run/attach: leave a parent's reactor behind; remember where we start."""
+        """Before run_forever/attach: leave a parent's reactor behind; note where we start."""
+        self._leave_parent()
+        self._started_at = forksafe.call_site()
+
+    def _leave_parent(self) -> None:
+        """In a fork of a process where this reactor ran: start afresh here, and say so."""
         if os.getpid() != self._pid:
             self._after_fork()
         if self._forked_from is not None:
@@ -159,7 +165,6 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
                 self._started_at,
             )
             self._forked_from = None
-        self._started_at = forksafe.call_site()
 
     def _thread_main(self, started: threading.Event, nice: int) -> None:
         if nice and sys.platform == "linux":  # Linux nice values are per thread
