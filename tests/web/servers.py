@@ -48,7 +48,7 @@ class Process:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = 45.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
