@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,25 +17,11 @@ from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import connect
 from jobreactor.node.node import Node
-from tests.conftest import Recorder, eventually, make_test_reactor, wait_until
+from tests.conftest import Recorder, eventually, wait_until
 from tests.discovery.conftest import Producer
 
 pytestmark = pytest.mark.timeout(120)
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def reactors() -> Iterator[Callable[..., Reactor]]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in reversed(made):
-        reactor.stop(timeout=10)
 
 
 def adopter(reactors: Callable[..., Reactor], group: dict[str, Any], fed: Recorder) -> Reactor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,26 +14,12 @@ import pytest
 
 from jobreactor import Reactor, Registry
 from jobreactor.node.node import Node
-from tests.conftest import Recorder, make_test_reactor, wait_until
+from tests.conftest import Recorder, wait_until
 from tests.discovery.conftest import FAST, Producer
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(90)
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def reactors() -> Iterator[Callable[..., Reactor]]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in reversed(made):
-        reactor.stop(timeout=10)
 
 
 def start_node(reactor: Reactor, runs: Recorder | None = None, **kw: Any) -> Node:
