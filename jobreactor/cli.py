@@ -55,7 +55,7 @@ def run_node(config: NodeConfig) -> None:
     ssl_context = client_ssl_context(settings)
 
     def setup() -> None:
-        reactor.start_node(
+        node = reactor.start_node(
             config.name,
             config.storage,
             [(d.host, d.port) for d in config.distributors],
@@ -67,7 +67,7 @@ def run_node(config: NodeConfig) -> None:
         )
         logging.getLogger("jobreactor").info(
             "node %s started (%s storage, jobs from %s)",
-            config.name,
+            node.name,
             config.storage,
             settings.job_directory,
         )
@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--config", "-c", help="distributor.toml (keys: host, port, ...)")
     dist.add_argument("--host")
     dist.add_argument("--port", type=int)
+    dist.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without a secret (a trusted network only)",
+    )
 
     demo = commands.add_parser("demo", help="distributor + memory node in one process")
     demo.add_argument("--jobs", type=int, default=20_000, help="how many jobs (default 20000)")
@@ -140,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "jobs":
             return run_jobs(args)
         elif args.command == "distributor":
-            dist_config = load_distributor_config(args.config, host=args.host, port=args.port)
+            dist_config = load_distributor_config(
+                args.config, host=args.host, port=args.port, insecure=args.insecure
+            )
             _setup_logging(dist_config.settings.logger_method)
             run_distributor(dist_config)
         else:

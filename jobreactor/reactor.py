@@ -280,8 +280,13 @@ class Reactor(Enqueuing):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
+        """Start a distributor on this reactor; return the bound (host, port). Thread-safe.
+
+        A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
+        (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
+        """
         return self._call(
             self.astart_distributor(
                 host,
@@ -291,6 +296,7 @@ class Reactor(Enqueuing):
                 storage=storage,
                 redis_url=redis_url,
                 advertise=advertise,
+                insecure=insecure,
             )
         )
 
@@ -304,8 +310,9 @@ class Reactor(Enqueuing):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        settings = self.config.snapshot()
+        settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
         distributor = Distributor(
             settings,
             secret=secret,
@@ -315,7 +322,11 @@ class Reactor(Enqueuing):
             ),
         )
         distributor.named_feedbacks = self._named_feedbacks
-        bound = await distributor.start(host, port, ssl)
+        try:
+            bound = await distributor.start(host, port, ssl)
+        except BaseException:
+            await distributor.storage.aclose()
+            raise
         self._distributors.append(distributor)
         return bound
 

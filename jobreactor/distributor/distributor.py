@@ -19,6 +19,7 @@ from typing import Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.distributor.dispatch import Dispatcher
+from jobreactor.distributor.guard import RefuseConnection, check_bind_is_safe
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
 from jobreactor.distributor.session import NodeSession
@@ -39,6 +40,7 @@ from jobreactor.protocol import (
     Return,
     Welcome,
 )
+from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
 
 logger = logging.getLogger("jobreactor.distributor")
@@ -78,6 +80,9 @@ class Distributor(Outcomes):
         # back still holding one, it must drop it. Bounded: the oldest entries go first.
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
+        # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
+        self._handshaking: set[int] = set()
+        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -94,14 +99,22 @@ class Distributor(Outcomes):
     async def start(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+        """Listen on host:port (0 picks a free port); return the bound address.
 
-        def factory() -> FramedConnection:
+        Raises `InsecureBind` for a non-loopback address with neither a secret nor TLS client
+        certificates, unless the `insecure` setting allows it.
+        """
+        check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
+
+        def factory() -> asyncio.Protocol:
+            if len(self._handshaking) >= self.settings.max_unauthenticated:
+                return RefuseConnection(self.peer_log, self.settings.max_unauthenticated)
             return FramedConnection(
                 self._new_session,
                 max_frame_bytes=self.settings.max_frame_bytes,
                 heartbeat_interval=self.settings.heartbeat_interval,
                 label="node",
+                warn=self.peer_log,
             )
 
         self._server = await self.loop.create_server(factory, host, port, ssl=ssl_context)
@@ -306,11 +319,38 @@ class Distributor(Outcomes):
     def _new_session(self, conn: FramedConnection) -> NodeSession:
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
+        self._handshaking.add(session.key)
         return session
+
+    def name_clash(self, session: NodeSession) -> str | None:
+        """Why `session` may not join under its name: another live process holds that name.
+
+        The live one is never kicked (it would lose its running jobs to the queue, then come
+        back and kick the other: the flapping loop of issue 10); the newcomer is refused.
+        """
+        hello = session.hello
+        assert hello is not None
+        live = self._by_name.get(hello.node_name)
+        if live is None or live is session or live.hello is None or not live.conn.is_open:
+            return None
+        if live.hello.instance == hello.instance:
+            return None  # the same node process reconnecting: it replaces its old connection
+        return (
+            f"duplicate node name {hello.node_name!r}: another node process with that name is "
+            f"connected from {live.conn.peer}; give each node its own name "
+            '(e.g. name = "worker-{hostname}")'
+        )
+
+    def job_unsendable(self, job_id: str, reason: str) -> None:
+        """A job that can't be encoded fails alone: forgotten here, its handle resolved."""
+        logger.error("job %s can't be sent to a node and is dropped: %s", job_id, reason)
+        self.tracker.forget(job_id)
+        self._resolve_cancelled(job_id, f"refused: it can't be encoded for the wire ({reason})")
 
     def on_node_ready(self, session: NodeSession) -> None:
         hello = session.hello
         assert hello is not None
+        self._handshaking.discard(session.key)
         drop = self._take_over_held(session, hello.held)
         old = self._by_name.get(hello.node_name)
         if old is not None and old is not session:
@@ -373,6 +413,7 @@ class Distributor(Outcomes):
 
     def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
         self._sessions.pop(session.key, None)
+        self._handshaking.discard(session.key)
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)

@@ -21,6 +21,7 @@ from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import (
     NONCE_BYTES,
+    PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
@@ -33,6 +34,8 @@ from jobreactor.protocol import (
     Jobs,
     Message,
     Nack,
+    Ping,
+    Pong,
     ReportItem,
     Reports,
     ReportsAck,
@@ -53,9 +56,14 @@ logger = logging.getLogger("jobreactor.node")
 _MAX_BACKOFF_S = 30.0
 # Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
 _REPORTS_PER_FRAME = 512
-# Held jobs listed in the Hello, and per Held frame after it: ~40 bytes each, so a node holding
-# a million jobs still fits every frame well under max_frame_bytes.
+# Held jobs per Held frame: ~40 bytes each, so a node holding a million jobs still fits every
+# frame well under max_frame_bytes.
 _HELD_PER_FRAME = 50_000
+# Held jobs listed in the Hello itself: it must fit PRE_AUTH_MAX_FRAME_BYTES with the job names;
+# the rest follow in Held frames once we are authenticated.
+_HELD_IN_HELLO = 500
+# What the distributor may send before it welcomed us.
+_PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
 
 def _reports_frame(chunk: list[tuple[int, ReportItem]]) -> Reports:
@@ -111,6 +119,7 @@ class DistributorLink:
         self._seq = 0
         self._stop = asyncio.Event()
         self._challenged = False
+        self._was_welcomed = False
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
         self._reports_drained = asyncio.Event()
@@ -134,7 +143,8 @@ class DistributorLink:
         while not self._stop.is_set():
             try:
                 await self._connect_once()
-                backoff = self.node.settings.reconnect_interval
+                if self._was_welcomed:  # a refused handshake keeps backing off (no flapping)
+                    backoff = self.node.settings.reconnect_interval
             except (OSError, TimeoutError) as exc:
                 logger.info(
                     "Searching for distributor %s: %s; retrying in %.1fs",
@@ -154,7 +164,7 @@ class DistributorLink:
 
         def factory() -> FramedConnection:
             return FramedConnection(
-                lambda conn: self,
+                self._attach,
                 max_frame_bytes=settings.max_frame_bytes,
                 heartbeat_interval=settings.heartbeat_interval,
                 label="distributor",
@@ -163,21 +173,11 @@ class DistributorLink:
         async with asyncio.timeout(settings.handshake_timeout * 2):
             _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
+        self._was_welcomed = False
+        self._challenged = False
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
-        held = self.node.held_from(self) + self.unacked_report_ids()
-        self._more_held = held[_HELD_PER_FRAME:]
-        conn.send(
-            Hello(
-                PROTOCOL_VERSION,
-                self.node.name,
-                self.node.registry.names(),
-                self.node.free_credits(self),
-                self.node.storage.kind,
-                self._nonce,
-                held[:_HELD_PER_FRAME],
-            )
-        )
+        conn.send_frame(self._hello_frame())
         try:
             async with asyncio.timeout(settings.handshake_timeout):
                 await self.ready.wait()
@@ -186,6 +186,36 @@ class DistributorLink:
                 logger.warning("distributor %s did not welcome us in time", self.configured)
                 conn.close("handshake timeout")
         await conn.closed.wait()
+
+    def _attach(self, conn: FramedConnection) -> DistributorLink:
+        conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)
+        return self
+
+    def _hello_frame(self) -> bytes:
+        """Our Hello, small enough for a distributor that doesn't know us yet."""
+        held = self.node.held_from(self) + self.unacked_report_ids()
+        for in_hello in (_HELD_IN_HELLO, 0):
+            self._more_held = held[in_hello:]
+            frame = encode(
+                Hello(
+                    PROTOCOL_VERSION,
+                    self.node.name,
+                    self.node.registry.names(),
+                    self.node.free_credits(self),
+                    self.node.storage.kind,
+                    self._nonce,
+                    held[:in_hello],
+                    self.node.instance,
+                    self.node.secret is not None,
+                )
+            )
+            if len(frame) <= PRE_AUTH_MAX_FRAME_BYTES:
+                return frame
+        raise LocalProtocolError(
+            f"node {self.node.name!r}: its Hello needs {len(frame)} bytes, over the "
+            f"{PRE_AUTH_MAX_FRAME_BYTES} a distributor accepts before the handshake "
+            "(too many or too long job names)"
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -208,6 +238,8 @@ class DistributorLink:
                 self.node.cancel_job(message.job_id)
             case Dropped() if self.is_ready:
                 self.node.jobs_dropped(self, message.drop, settled=message.last)
+            case Bye() if self.phase is LinkPhase.AWAIT_WELCOME:
+                self._refused(message.reason)
             case Bye():
                 logger.warning(
                     "distributor %s closed the link: %s", self.configured, message.reason
@@ -228,9 +260,9 @@ class DistributorLink:
         expected = handshake_proof(
             secret, "distributor", self.node.name, self._nonce, challenge.nonce
         )
-        if not proof_matches(expected, challenge.proof):
-            raise HandshakeFailed(f"distributor {self.configured} failed to prove the secret")
-        self._challenged = True
+        # A distributor whose proof doesn't match has another secret: it will refuse our proof
+        # too, and say so (so both sides log the cause); we answer, but never accept its Welcome.
+        self._challenged = proof_matches(expected, challenge.proof)
         assert self.conn is not None
         self.conn.send(
             Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
@@ -239,15 +271,18 @@ class DistributorLink:
     def _on_welcome(self, welcome: Welcome) -> None:
         if self.node.secret is not None and not self._challenged:
             raise HandshakeFailed(
-                f"distributor {self.configured} admitted us without checking the secret; "
-                "refusing an unauthenticated distributor"
+                f"distributor {self.configured} admitted us without proving the secret; "
+                "refusing an unauthenticated distributor: check that both sides have the same "
+                "secret"
             )
         self._challenged = False
+        self._was_welcomed = True
+        assert self.conn is not None
+        self.conn.restrict(self.node.settings.max_frame_bytes, None)
         self.address = welcome.distributor
         self.phase = LinkPhase.READY
         more, self._more_held = self._more_held, []
         self.node.link_ready(self, welcome.drop, settled=not more)
-        assert self.conn is not None
         for start in range(0, len(more), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(more)
             self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
@@ -256,6 +291,20 @@ class DistributorLink:
         self._flush_soon()
         self.ready.set()
         logger.info("%s ready to work with distributor %s", self.node.name, self.address)
+
+    def _refused(self, reason: str) -> None:
+        """The distributor said Bye during the handshake: it refused us. Say why, loudly; the
+        dial loop keeps backing off (the rate of these lines is bounded by it)."""
+        if reason.startswith("bad secret"):
+            reason = "the distributor refused our proof: check that both sides have the same secret"
+        logger.error(
+            "distributor %s refused node %r: %s (retrying with backoff)",
+            self.configured,
+            self.node.name,
+            reason,
+        )
+        if self.conn is not None:
+            self.conn.close("refused by the distributor")
 
     def on_close(self, reason: str) -> None:
         was_ready = self.is_ready

@@ -25,6 +25,7 @@ from jobreactor.job import (
 )
 from jobreactor.node import guards
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
@@ -53,7 +54,8 @@ class Node(Attempts):
         ssl_context: ssl.SSLContext | None = None,
         redis_url: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = expand_node_name(name)
+        self.instance = new_instance_id()  # tells our reconnections from a namesake's
         self._redis_url = redis_url
         self.settings = settings
         self.registry = registry

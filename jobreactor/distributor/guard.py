@@ -1,0 +1,59 @@
+"""What a distributor concedes to peers that have not proved anything yet (DESIGN, "Secure by
+default"): where it may listen without a secret, and how many anonymous connections it keeps.
+
+The rest of the pre-authentication bounds live where the bytes are: small frames and a short
+list of message kinds (`NodeSession` restricts its connection until the handshake succeeds),
+per-kind msgpack limits (`protocol.decode_body`), the handshake deadline (`NodeSession`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+
+from jobreactor.errors import InsecureBind
+from jobreactor.ratelimit import RateLimitedLog
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "" / "0.0.0.0"): assume it is reachable from outside
+
+
+def check_bind_is_safe(
+    host: str, has_secret: bool, ssl_context: ssl.SSLContext | None, insecure: bool
+) -> None:
+    """Refuse to listen where strangers can reach us with nothing to keep them out."""
+    client_certs = ssl_context is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED
+    if has_secret or client_certs or insecure or is_loopback(host):
+        return
+    raise InsecureBind(
+        f"refusing to listen on {host!r} without a secret: any peer that can reach this port "
+        "could join as a node, take jobs and read their args. Set `secret` (the same on the "
+        "nodes), or TLS with client certificates (tls_ca), or `insecure = true` if the network "
+        "itself is trusted (start_distributor(..., insecure=True))"
+    )
+
+
+class RefuseConnection(asyncio.Protocol):
+    """Stands in for a session when `max_unauthenticated` handshakes are already under way:
+    the connection is accepted and closed at once, with one rate-limited warning."""
+
+    def __init__(self, warn: RateLimitedLog, limit: int) -> None:
+        self._warn = warn
+        self._limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._warn(
+            "refused a connection from %s: %d connections are already in their handshake "
+            "(max_unauthenticated); if these are real nodes, raise it",
+            peer,
+            self._limit,
+        )
+        transport.abort()  # type: ignore[attr-defined]
