@@ -181,9 +181,13 @@ class CliNode:
             "log_job_processing = false",
         ]
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
-        self.config = tmp / f"{name}.toml"
+        stem, copy = name, 0
+        while (tmp / f"{stem}.toml").exists():  # namesakes (issue 10) get files of their own
+            copy += 1
+            stem = f"{name}-{copy}"
+        self.config = tmp / f"{stem}.toml"
         self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp / f"{name}.log"
+        self.log = tmp / f"{stem}.log"
         env = {**os.environ, "NODE": name}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
