@@ -339,7 +339,7 @@ def _report_item(item: Any) -> ReportItem:
         or type(final) is not bool
         or type(args) is not dict
     ):
-        raise MalformedFrame("a report needs [str, int, str, bool, dict]")
+        raise MalformedFrame("a report needs [str, lease in 0..2**63-1, str, bool, dict]")
     if type(outcome) is not str or outcome not in OUTCOMES:
         raise MalformedFrame(f"unknown report outcome {outcome!r}")
     return ReportItem(job_id, lease, outcome, final, args)

@@ -30,9 +30,7 @@ def registry() -> Registry:
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()
-    ]
+    return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -77,8 +75,10 @@ def test_a_second_instance_is_refused_and_the_first_keeps_its_jobs(
         with caplog.at_level(logging.INFO, logger="jobreactor"):
             second = reactor.start_node("w1", registry=registry(), wait=False)
             wait_until(
-                lambda: bool(messages(caplog, logging.ERROR, "refused node 'w1'"))
-                and bool(messages(caplog, logging.ERROR, "distributor 127.0.0.1")),
+                lambda: (
+                    bool(messages(caplog, logging.ERROR, "refused node 'w1'"))
+                    and bool(messages(caplog, logging.ERROR, "distributor 127.0.0.1"))
+                ),
                 timeout=10,
                 what="the refusal logged on both sides",
             )
@@ -110,7 +110,9 @@ def test_two_cli_nodes_with_one_name_run_every_job_once_and_do_not_flap(
             nodes = [cli_node("dup", address, concurrency=100, prefetch=0) for _ in range(2)]
             reactor.wait_for_node("dup", timeout=20)
             out = tmp_path / "out.jsonl"
-            handles = [reactor.enqueue("slow", {"out": str(out), "i": i, "s": 0.3}) for i in range(600)]
+            handles = [
+                reactor.enqueue("slow", {"out": str(out), "i": i, "s": 0.3}) for i in range(600)
+            ]
             for handle in handles:
                 assert handle is not None
                 handle.result(timeout=60)
@@ -209,9 +211,7 @@ def test_refused_handshakes_do_not_reset_the_backoff(caplog: pytest.LogCaptureFi
                 timeout=15,
                 what="five refusals",
             )
-        times = [
-            r.created for r in caplog.records if "refused our proof" in r.getMessage()
-        ][:5]
+        times = [r.created for r in caplog.records if "refused our proof" in r.getMessage()][:5]
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         # 0.05, 0.1, 0.2, 0.4 s: each gap about twice the one before (a reset would keep 0.05).
         assert gaps[-1] >= 0.3, gaps
