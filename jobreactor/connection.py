@@ -36,7 +36,7 @@ class ConnectionOwner(Protocol):
 class FramedConnection(asyncio.Protocol):
     def __init__(
         self,
-        owner_factory: Callable[[FramedConnection], ConnectionOwner],
+        owner_factory: Callable[[FramedConnection], ConnectionOwner | None],
         *,
         max_frame_bytes: int,
         heartbeat_interval: float,
@@ -81,6 +81,10 @@ class FramedConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._owner = self._owner_factory(self)
+        if self._owner is None:  # refused (too many handshakes under way): drop it now
+            self.closed.set()
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self._arm_heartbeat()
 
     def data_received(self, data: bytes) -> None:

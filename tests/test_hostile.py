@@ -87,7 +87,8 @@ def test_cli_distributor_refuses_a_public_bind_until_told(tmp_path: Path) -> Non
         check=False,
     )
     assert refused.returncode == 2, refused.stderr
-    assert "without a secret" in refused.stderr and "insecure" in refused.stderr
+    assert "without a secret" in refused.stderr
+    assert "insecure" in refused.stderr
     config = tmp_path / "dist.toml"
     config.write_text('host = "0.0.0.0"\nport = 0\ninsecure = true\n')
     allowed = subprocess.Popen(
@@ -109,7 +110,7 @@ def test_cli_distributor_refuses_a_public_bind_until_told(tmp_path: Path) -> Non
         allowed.stderr.close()
 
 
-# --- bounded pre-auth input ------------------------------------------------------------------------
+# --- bounded pre-auth input -----------------------------------------------------------------
 
 
 def test_an_anonymous_peer_announcing_a_big_frame_is_closed_at_the_header(
@@ -145,7 +146,7 @@ def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) ->
     node = reactor.start_node("w1", registry=registry())
     link = node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
-    node.held_from = lambda _link: held  # type: ignore[method-assign]
+    node.held_from = lambda link: held  # type: ignore[method-assign]
     link._nonce = b"n" * NONCE_BYTES
     frame = link._hello_frame()
     assert len(frame) <= PRE_AUTH_MAX_FRAME_BYTES

@@ -120,7 +120,7 @@ def test_reports_with_an_out_of_range_seq_are_a_protocol_error() -> None:
 
 
 def _frame(body: list[Any]) -> bytes:
-    raw = msgpack.packb(body, use_bin_type=True)
+    raw: bytes = msgpack.packb(body, use_bin_type=True)
     return struct.pack(">I", len(raw)) + raw
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.guard import RefuseConnection, check_bind_is_safe
+from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
 from jobreactor.distributor.session import NodeSession
@@ -106,9 +106,7 @@ class Distributor(Outcomes):
         """
         check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
 
-        def factory() -> asyncio.Protocol:
-            if len(self._handshaking) >= self.settings.max_unauthenticated:
-                return RefuseConnection(self.peer_log, self.settings.max_unauthenticated)
+        def factory() -> FramedConnection:
             return FramedConnection(
                 self._new_session,
                 max_frame_bytes=self.settings.max_frame_bytes,
@@ -316,7 +314,10 @@ class Distributor(Outcomes):
 
     # --- node sessions --------------------------------------------------------------------------
 
-    def _new_session(self, conn: FramedConnection) -> NodeSession:
+    def _new_session(self, conn: FramedConnection) -> NodeSession | None:
+        if len(self._handshaking) >= self.settings.max_unauthenticated:
+            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
+            return None
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
         self._handshaking.add(session.key)

@@ -8,7 +8,6 @@ per-kind msgpack limits (`protocol.decode_body`), the handshake deadline (`NodeS
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import ssl
 
@@ -40,20 +39,11 @@ def check_bind_is_safe(
     )
 
 
-class RefuseConnection(asyncio.Protocol):
-    """Stands in for a session when `max_unauthenticated` handshakes are already under way:
-    the connection is accepted and closed at once, with one rate-limited warning."""
-
-    def __init__(self, warn: RateLimitedLog, limit: int) -> None:
-        self._warn = warn
-        self._limit = limit
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self._warn(
-            "refused a connection from %s: %d connections are already in their handshake "
-            "(max_unauthenticated); if these are real nodes, raise it",
-            peer,
-            self._limit,
-        )
-        transport.abort()  # type: ignore[attr-defined]
+def refuse_connection(warn: RateLimitedLog, peer: str, limit: int) -> None:
+    """`max_unauthenticated` handshakes are under way: this connection is closed at once."""
+    warn(
+        "refused a connection from %s: %d connections are already in their handshake "
+        "(max_unauthenticated); if these are real nodes, raise it",
+        peer,
+        limit,
+    )
