@@ -449,6 +449,28 @@ _KIND_LIMITS: Final[dict[int, _Limits]] = {
     Held.TAG: (_NAME, 0, _UNBOUNDED, 0),
     Dropped.TAG: (_NAME, 0, _UNBOUNDED, 0),
 }
+# Kinds that carry no job args: no map at all (refused at the first one, empty or not), and at
+# most one array per 4 bytes of frame, so their frames can't become ~60x their size in objects.
+_ARGS_KINDS: Final = frozenset({Jobs.TAG, Reports.TAG})
+
+
+def _no_maps(value: Any) -> Any:
+    raise MalformedFrame("this message kind carries no maps")
+
+
+def _array_budget(size: int) -> Callable[[list[Any]], list[Any]]:
+    left = size // 4 + 4
+
+    def count(value: list[Any]) -> list[Any]:
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise MalformedFrame("more arrays than a frame of this size and kind can hold")
+        return value
+
+    return count
+
+
 # Where the tag sits after each msgpack array header: fixarray, array 16, array 32.
 _TAG_OFFSET: Final = {0xDC: 3, 0xDD: 5}
 
@@ -479,6 +501,9 @@ def decode_body(body: bytes, allowed: frozenset[int] | None = None) -> Message:
         raise MalformedFrame(f"message tag {tag} is not allowed before the handshake")
     size = len(body)
     max_str, max_bin, max_array, max_map = (size if lim < 0 else lim for lim in limits)
+    hooks: dict[str, Any] = {}
+    if tag not in _ARGS_KINDS:
+        hooks = {"object_hook": _no_maps, "list_hook": _array_budget(size)}
     try:
         obj = msgpack.unpackb(
             body,
@@ -494,6 +519,7 @@ def decode_body(body: bytes, allowed: frozenset[int] | None = None) -> Message:
             # itself), which become float seconds.
             ext_hook=_reject_ext,
             timestamp=1,
+            **hooks,
         )
     except MalformedFrame:
         raise
