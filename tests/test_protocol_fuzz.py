@@ -56,7 +56,10 @@ def _tag(kind: type[Message]) -> int:
     return kind.TAG
 
 
-@pytest.mark.parametrize("kind", sorted(KIND_STRATEGIES, key=_tag), ids=lambda k: str(k.__name__))
+KINDS: list[type[Message]] = sorted(KIND_STRATEGIES, key=_tag)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: str(k.__name__))
 def test_every_kind_round_trips(kind: type[Message]) -> None:
     @settings(max_examples=40, deadline=None)
     @given(KIND_STRATEGIES[kind])
