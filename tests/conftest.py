@@ -158,6 +158,7 @@ class CliNode:
         address: tuple[str, int],
         storage: str = "memory",
         distributors_override: list[str] | None = None,
+        wrap: tuple[str, ...] = (),
         **settings: Any,
     ) -> None:
         jobs = tmp / "cli_jobs"
@@ -191,7 +192,8 @@ class CliNode:
         env = {**os.environ, "NODE": name}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                # `wrap`: e.g. ("ip", "netns", "exec", name) to run it in a network namespace
+                [*wrap, sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
