@@ -24,6 +24,8 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
                                         <- Cancel(job_id)
     Return(job_ids) ->                     (not started, handed back at shutdown)
     Ping / Pong either way; Bye(reason) either way before closing.
+                                        <- Command(id, op, arg)      JR.release_lock / JR.retry
+    CommandResult(id, found, job, error) ->
 
 With a secret, each side proves it knows it by an HMAC-SHA256 over both fresh nonces, the
 node's name and its own role label, so a proof can be neither replayed nor reflected.
@@ -271,6 +273,39 @@ class Dropped(Message):
         return [self.drop, self.last]
 
 
+# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry).
+COMMAND_OPS: Final = frozenset({"release_lock", "retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Message):
+    """The app asks a node to act on the node's storage: `op` on `arg` (a lock key, a job id)."""
+
+    TAG: ClassVar[int] = 20  # 20+: app housekeeping (17-19 left to the handshake's growth)
+    command_id: int
+    op: str
+    arg: str
+
+    def fields(self) -> list[Any]:
+        return [self.command_id, self.op, self.arg]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult(Message):
+    """The node's answer: `found` (the lock existed, the failed job was there), the job it
+    took for a retry (the distributor enqueues it again; `{}` for none), or why it could not
+    look (`""` when it could)."""
+
+    TAG: ClassVar[int] = 21
+    command_id: int
+    found: bool
+    job: Record
+    error: str
+
+    def fields(self) -> list[Any]:
+        return [self.command_id, self.found, self.job, self.error]
+
+
 # --- decoding: every field is checked here, so the rest of the code can trust messages ------
 
 
@@ -417,7 +452,28 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
         case Dropped.TAG:
             need(2)
             return Dropped(_str_list(f[0], "drop"), _typed(f[1], bool, "last"))
+        case Command.TAG:
+            need(3)
+            return _command(f)
+        case CommandResult.TAG:
+            need(4)
+            return _command_result(f)
     raise MalformedFrame(f"unknown message tag {tag!r}")
+
+
+def _command(f: list[Any]) -> Command:
+    op = _typed(f[1], str, "command op")
+    if op not in COMMAND_OPS:
+        raise MalformedFrame(f"unknown command {op!r}")
+    return Command(_typed(f[0], int, "command id"), op, _typed(f[2], str, "command argument"))
+
+
+def _command_result(f: list[Any]) -> CommandResult:
+    job = _typed(f[2], dict, "job")
+    if job:
+        _job_entry([0, job])  # the same checks as a job in a Jobs frame
+    command_id, found = _typed(f[0], int, "command id"), _typed(f[1], bool, "found")
+    return CommandResult(command_id, found, job, _typed(f[3], str, "error"))
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -427,7 +483,8 @@ def _reject_ext(code: int, data: bytes) -> Any:
 # msgpack limits per message kind, applied *before* unpacking (msgpack checks each container's
 # and string's announced length against them). Kinds that carry no map, string or bytes get 0,
 # so a frame of a few bytes per item can't expand into millions of Python objects there; only
-# Jobs and Reports carry job args (user data) and keep limits derived from the frame size.
+# Jobs, Reports and CommandResult carry job args (user data) and keep limits derived from
+# the frame size.
 _NAME: Final = 4096  # node/job names, ids, reasons
 _UNBOUNDED: Final = -1  # derived from the frame size
 _Limits = tuple[int, int, int, int]  # max_str_len, max_bin_len, max_array_len, max_map_len
@@ -448,10 +505,12 @@ _KIND_LIMITS: Final[dict[int, _Limits]] = {
     Bye.TAG: (_NAME, 0, 2, 0),
     Held.TAG: (_NAME, 0, _UNBOUNDED, 0),
     Dropped.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Command.TAG: (_NAME, 0, 4, 0),
+    CommandResult.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
 }
 # Kinds that carry no job args: no map at all (refused at the first one, empty or not), and at
 # most one array per 4 bytes of frame, so their frames can't become ~60x their size in objects.
-_ARGS_KINDS: Final = frozenset({Jobs.TAG, Reports.TAG})
+ARGS_KINDS: Final = frozenset({Jobs.TAG, Reports.TAG, CommandResult.TAG})
 
 
 def _no_maps(value: Any) -> Any:
@@ -502,7 +561,7 @@ def decode_body(body: bytes, allowed: frozenset[int] | None = None) -> Message:
     size = len(body)
     max_str, max_bin, max_array, max_map = (size if lim < 0 else lim for lim in limits)
     hooks: dict[str, Any] = {}
-    if tag not in _ARGS_KINDS:
+    if tag not in ARGS_KINDS:
         hooks = {"object_hook": _no_maps, "list_hook": _array_budget(size)}
     try:
         obj = msgpack.unpackb(
