@@ -209,3 +209,20 @@ def test_a_real_node_joins_while_garbage_peers_are_refused(reactor: Reactor) -> 
     assert handle is not None
     handle.result(timeout=10)
     wait_until(lambda: len(reactor.nodes()) == 1, timeout=5)
+
+
+def test_a_node_whose_hello_cannot_fit_says_so_and_keeps_trying(
+    reactor: Reactor, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry()
+    for i in range(700):  # ~70 KiB of job names: over what an anonymous peer may send
+        registry.job(f"job_{i:03d}_" + "x" * 90)(lambda args: None)
+    with caplog.at_level(logging.ERROR, logger="jobreactor.node"):
+        node = reactor.start_node("w1", registry=registry, wait=False)
+        wait_until(
+            lambda: any("its Hello needs" in r.getMessage() for r in caplog.records),
+            timeout=10,
+            what="the error",
+        )
+    assert not node.links[0].is_ready
+    assert all(not task.done() for task in node._link_tasks), "the link keeps trying"

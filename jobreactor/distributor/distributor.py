@@ -347,24 +347,8 @@ class Distributor(Outcomes):
         self._handshaking.add(session.key)
         return session
 
-    def name_clash(self, session: NodeSession) -> str | None:
-        """Why `session` may not join under its name: another live process holds that name.
-
-        The live one is never kicked (it would lose its running jobs to the queue, then come
-        back and kick the other: the flapping loop of issue 10); the newcomer is refused.
-        """
-        hello = session.hello
-        assert hello is not None
-        live = self._by_name.get(hello.node_name)
-        if live is None or live is session or live.hello is None or not live.conn.is_open:
-            return None
-        if live.hello.instance == hello.instance:
-            return None  # the same node process reconnecting: it replaces its old connection
-        return (
-            f"duplicate node name {hello.node_name!r}: another node process with that name is "
-            f"connected from {live.conn.peer}; give each node its own name "
-            '(e.g. name = "worker-{hostname}")'
-        )
+    def live_session(self, name: str) -> NodeSession | None:
+        return self._by_name.get(name)
 
     def job_unsendable(self, job_id: str, reason: str) -> None:
         """A job that can't be encoded fails alone: forgotten here, its handle resolved."""

@@ -1,5 +1,6 @@
-"""What a distributor concedes to peers that have not proved anything yet (DESIGN, "Secure by
-default"): where it may listen without a secret, and how many anonymous connections it keeps.
+"""Who may reach a distributor and join it (DESIGN, "Secure by default", "Node identity"):
+where it may listen without a secret, how many anonymous connections it keeps, and which of two
+nodes claiming one name is refused.
 
 The rest of the pre-authentication bounds live where the bytes are: small frames and a short
 list of message kinds (`NodeSession` restricts its connection until the handshake succeeds),
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from typing import TYPE_CHECKING
 
 from jobreactor.errors import InsecureBind
 from jobreactor.ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.session import NodeSession
 
 
 def is_loopback(host: str) -> bool:
@@ -46,4 +51,23 @@ def refuse_connection(warn: RateLimitedLog, peer: str, limit: int) -> None:
         "(max_unauthenticated); if these are real nodes, raise it",
         peer,
         limit,
+    )
+
+
+def name_clash(live: NodeSession | None, newcomer: NodeSession) -> str | None:
+    """Why `newcomer` may not join: `live`, another node process, holds its name.
+
+    The live one is never kicked (it would lose its running jobs to the queue, then come back
+    and kick the other: the flapping loop of issue 10); the newcomer is refused.
+    """
+    hello = newcomer.hello
+    assert hello is not None
+    if live is None or live is newcomer or live.hello is None or not live.conn.is_open:
+        return None
+    if live.hello.instance == hello.instance:
+        return None  # the same node process reconnecting: it replaces its old connection
+    return (
+        f"duplicate node name {hello.node_name!r}: another node process with that name is "
+        f"connected from {live.conn.peer}; give each node its own name "
+        '(e.g. name = "worker-{hostname}")'
     )

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from jobreactor.connection import FramedConnection
+from jobreactor.distributor.guard import name_clash
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import (
     NONCE_BYTES,
@@ -205,7 +206,7 @@ class NodeSession:
 
     def _admit(self) -> None:
         assert self.hello is not None
-        clash = self.distributor.name_clash(self)
+        clash = name_clash(self.distributor.live_session(self.hello.node_name), self)
         if clash is not None:
             logger.error("refused node %r from %s: %s", self.hello.node_name, self.conn.peer, clash)
             self._refuse(clash)

@@ -155,6 +155,8 @@ class DistributorLink:
                     exc,
                     backoff,
                 )
+            except LocalProtocolError as exc:  # our Hello can't be sent: say so, keep trying
+                logger.error("%s; retrying in %.1fs", exc, backoff)
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -173,14 +175,18 @@ class DistributorLink:
                 label="distributor",
             )
 
+        self._was_welcomed = False
+        self._challenged = False
         async with asyncio.timeout(settings.handshake_timeout * 2):
             _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
-        self._was_welcomed = False
-        self._challenged = False
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
-        conn.send_frame(self._hello_frame())
+        try:
+            conn.send_frame(self._hello_frame())
+        except LocalProtocolError:
+            conn.close("our Hello does not fit")
+            raise
         try:
             async with asyncio.timeout(settings.handshake_timeout):
                 await self.ready.wait()
