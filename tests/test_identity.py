@@ -17,6 +17,7 @@ import pytest
 
 from jobreactor import InvalidOptions, Reactor, Registry
 from jobreactor.node.identity import expand_node_name
+from jobreactor.protocol import NONCE_BYTES, PROTOCOL_VERSION, Bye, FrameDecoder, Hello, encode
 from tests.conftest import make_test_reactor, wait_until
 
 
@@ -237,3 +238,50 @@ def test_node_ready_to_work_is_not_logged_by_refused_nodes(
             what="the refusal",
         )
     assert not messages(caplog, logging.INFO, "ready to work")
+
+
+def _raw_hello(port: int, name: str, instance: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        encode(Hello(PROTOCOL_VERSION, name, [], 1, "memory", b"n" * NONCE_BYTES, [], instance))
+    )
+    return sock
+
+
+def _received(sock: socket.socket) -> list[Any]:
+    decoder = FrameDecoder()
+    sock.settimeout(10)
+    while chunk := sock.recv(65536):
+        decoder.feed(chunk)
+    return list(decoder.messages())
+
+
+def test_the_same_instance_reconnecting_replaces_its_old_connection(reactor: Reactor) -> None:
+    port = reactor.distributor.address_port()
+    with _raw_hello(port, "w1", "instance-a") as first:
+        wait_until(lambda: [n["name"] for n in reactor.nodes()] == ["w1"], timeout=10)
+        with _raw_hello(port, "w1", "instance-a") as second:
+            said = _received(first)  # the old connection is closed, with the reason
+            assert any(isinstance(m, Bye) and "replaced" in m.reason for m in said)
+            wait_until(
+                lambda: (
+                    reactor.nodes()[0]["address"]
+                    == second.getsockname()[0] + ":" + str(second.getsockname()[1])
+                ),
+                timeout=10,
+            )
+
+
+def test_another_instance_is_refused_with_a_bye_naming_the_clash(reactor: Reactor) -> None:
+    port = reactor.distributor.address_port()
+    with _raw_hello(port, "w1", "instance-a") as first:
+        wait_until(lambda: [n["name"] for n in reactor.nodes()] == ["w1"], timeout=10)
+        assert first.recv(65536)  # its Welcome
+        with _raw_hello(port, "w1", "instance-b") as second:
+            said = _received(second)
+            assert [type(m) for m in said] == [Bye]
+            assert "duplicate node name 'w1'" in said[0].reason
+        first.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            first.recv(1)  # the live one is untouched (no Bye, not closed)
+        assert [n["name"] for n in reactor.nodes()] == ["w1"]
