@@ -13,6 +13,8 @@ Attacks:
   stall       probe-job latency while 3 anonymous clients each send 4 such frames
   idle        2,000 idle anonymous connections: how many are kept, how many log lines
   namesakes   two CLI nodes both named "dup" and 600 jobs of 0.3 s, for 20 s
+  authed-maps what is left for a peer that passed the handshake (no secret set here): one
+              16 MiB Reports frame [8, 1, [{} x 16,777,000]] after a Hello
 """
 
 from __future__ import annotations
@@ -175,8 +177,21 @@ async def _fill(writer: Any, size: int) -> None:
         pass
 
 
-def empty_maps_frame() -> bytes:
-    body = b"\x92\x01\xdd" + struct.pack(">I", EMPTY_MAPS) + b"\x80" * EMPTY_MAPS
+def empty_maps_frame(prefix: bytes = b"\x92\x01") -> bytes:
+    """`prefix` (array header, tag, leading fields) then an array of 16,777,000 empty maps."""
+    body = prefix + b"\xdd" + struct.pack(">I", EMPTY_MAPS) + b"\x80" * EMPTY_MAPS
+    return struct.pack(">I", len(body)) + body
+
+
+def _hello_frame() -> bytes:
+    # Hello(version 1, "authed", [], 0, "memory", nonce, [], "x", False), as msgpack by hand,
+    # so the script also runs against code whose Hello had 7 fields (then: 7 of them).
+    import msgpack
+
+    fields = [1, "authed", [], 0, "memory", b"n" * 16, []]
+    if os.environ.get("ATTACK_HELLO_FIELDS", "9") == "9":
+        fields += ["x", False]
+    body = msgpack.packb([1, *fields], use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 
@@ -345,7 +360,26 @@ def attack_namesakes(target: Target, tmp: Path) -> dict[str, Any]:
     }
 
 
-ATTACKS = ["big-frames", "empty-maps", "stall", "idle", "namesakes"]
+def attack_authed_maps(target: Target) -> dict[str, Any]:
+    base = target.rss_mb()
+    with socket.create_connection(("127.0.0.1", target.port), timeout=60) as sock:
+        sock.sendall(_hello_frame())
+        sock.recv(65536)  # the Welcome
+        sent = time.perf_counter()
+        try:
+            sock.sendall(empty_maps_frame(b"\x93\x08\x01"))  # Reports(first_seq=1, [{}...])
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        seconds = time.perf_counter() - sent
+    return {
+        "RSS growth (MB)": round(target.rss_mb("VmHWM") - base),
+        "time to refuse (s)": round(seconds, 3),
+    }
+
+
+ATTACKS = ["big-frames", "empty-maps", "stall", "idle", "namesakes", "authed-maps"]
 
 
 def run(code: Path | None, only: list[str]) -> dict[str, dict[str, Any]]:
@@ -363,6 +397,8 @@ def run(code: Path | None, only: list[str]) -> dict[str, dict[str, Any]]:
                     results[name] = attack_stall(target)
                 elif name == "idle":
                     results[name] = attack_idle(target)
+                elif name == "authed-maps":
+                    results[name] = attack_authed_maps(target)
                 else:
                     results[name] = attack_namesakes(target, tmp)
             finally:
