@@ -397,8 +397,13 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         advertise: str | None = None,
         discovery_url: str | None = None,
         group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
+        """Start a distributor on this reactor; return the bound (host, port). Thread-safe.
+
+        A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
+        (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
+        """
         return self._call(
             self.astart_distributor(
                 host,
@@ -410,6 +415,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
                 advertise=advertise,
                 discovery_url=discovery_url,
                 group=group,
+                insecure=insecure,
             )
         )
 
@@ -425,8 +431,9 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         advertise: str | None = None,
         discovery_url: str | None = None,
         group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        settings = self.config.snapshot()
+        settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
         distributor = Distributor(
             settings,
             secret=secret,
@@ -438,7 +445,11 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             group=group,
         )
         distributor.named_feedbacks = self._named_feedbacks
-        bound = await distributor.start(host, port, ssl)
+        try:
+            bound = await distributor.start(host, port, ssl)
+        except BaseException:
+            await distributor.storage.aclose()
+            raise
         self._distributors.append(distributor)
         return bound
 

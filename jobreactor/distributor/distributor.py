@@ -23,6 +23,7 @@ from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
+from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.distributor.recovery import Recovery
@@ -44,6 +45,7 @@ from jobreactor.protocol import (
     Return,
     Welcome,
 )
+from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
 
 if TYPE_CHECKING:
@@ -104,6 +106,9 @@ class Distributor(Recovery):
         # back still holding one, it must drop it. Bounded: the oldest entries go first.
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
+        # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
+        self._handshaking: set[int] = set()
+        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -122,7 +127,12 @@ class Distributor(Recovery):
     async def start(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+        """Listen on host:port (0 picks a free port); return the bound address.
+
+        Raises `InsecureBind` for a non-loopback address with neither a secret nor TLS client
+        certificates, unless the `insecure` setting allows it.
+        """
+        check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
 
         def factory() -> FramedConnection:
             return FramedConnection(
@@ -130,6 +140,7 @@ class Distributor(Recovery):
                 max_frame_bytes=self.settings.max_frame_bytes,
                 heartbeat_interval=self.settings.heartbeat_interval,
                 label="node",
+                warn=self.peer_log,
             )
 
         sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
@@ -347,14 +358,28 @@ class Distributor(Recovery):
 
     # --- node sessions --------------------------------------------------------------------------
 
-    def _new_session(self, conn: FramedConnection) -> NodeSession:
+    def _new_session(self, conn: FramedConnection) -> NodeSession | None:
+        if len(self._handshaking) >= self.settings.max_unauthenticated:
+            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
+            return None
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
+        self._handshaking.add(session.key)
         return session
+
+    def live_session(self, name: str) -> NodeSession | None:
+        return self._by_name.get(name)
+
+    def job_unsendable(self, job_id: str, reason: str) -> None:
+        """A job that can't be encoded fails alone: forgotten here, its handle resolved."""
+        logger.error("job %s can't be sent to a node and is dropped: %s", job_id, reason)
+        self.tracker.forget(job_id)
+        self._resolve_cancelled(job_id, f"refused: it can't be encoded for the wire ({reason})")
 
     def on_node_ready(self, session: NodeSession) -> None:
         hello = session.hello
         assert hello is not None
+        self._handshaking.discard(session.key)
         drop = self._take_over_held(session, hello.held)
         old = self._by_name.get(hello.node_name)
         if old is not None and old is not session:
@@ -417,6 +442,7 @@ class Distributor(Recovery):
 
     def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
         self._sessions.pop(session.key, None)
+        self._handshaking.discard(session.key)
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)

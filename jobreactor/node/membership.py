@@ -36,6 +36,9 @@ class Membership(Attempts):
 
         def _persist(self, record: Any) -> None: ...
 
+    def holds_from(self, link: DistributorLink) -> bool:
+        return any(h.link is link and not h.dropped for h in self._jobs.values())
+
     def instance_mismatch(self) -> None:
         """A discovered address answered as another instance: look at the registry again."""
         if self.discovered is not None:

@@ -25,6 +25,7 @@ from jobreactor.job import (
 )
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
+from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
@@ -59,7 +60,8 @@ class Node(Membership):
         discovery_url: str | None = None,
         group: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = expand_node_name(name)
+        self.instance = new_instance_id()  # tells our reconnections from a namesake's
         self._redis_url = redis_url
         self.settings = settings
         self.registry = registry

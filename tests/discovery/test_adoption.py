@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,25 +17,11 @@ from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import connect
 from jobreactor.node.node import Node
-from tests.conftest import Recorder, eventually, make_test_reactor, wait_until
+from tests.conftest import Recorder, eventually, wait_until
 from tests.discovery.conftest import Producer
 
 pytestmark = pytest.mark.timeout(120)
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def reactors() -> Iterator[Callable[..., Reactor]]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in reversed(made):
-        reactor.stop(timeout=10)
 
 
 def adopter(reactors: Callable[..., Reactor], group: dict[str, Any], fed: Recorder) -> Reactor:
@@ -190,3 +176,23 @@ def test_a_stalled_owner_sends_a_waiting_node_nothing_it_lost(
     wait_until(lambda: link.is_ready and link.instance != ready["iid"], 20, "its new instance")
     wait_until(lambda: node.held_count == 0, timeout=20, what="the node to be idle")
     assert sorted(Counter(runs.items).values()) == [1] * 10
+
+
+def test_jobs_left_pending_by_a_graceful_stop_are_adopted(
+    reactors: Callable[..., Reactor], group: dict[str, Any]
+) -> None:
+    fed, gone_fed = Recorder(), Recorder()
+    live = adopter(reactors, group, fed)
+    leaving = adopter(reactors, group, gone_fed)
+    iid = leaving.distributor.iid
+    handles = [leaving.enqueue("work", {"i": f"p{i}"}, success="fed") for i in range(5)]
+    for handle in handles:
+        assert handle is not None
+        handle.accepted(10)
+    leaving.stop(timeout=0.2)  # no node came: the jobs stay in its journal
+    wait_until(lambda: adopted_by(live) == [iid], timeout=20, what="adoption")
+    runs = Recorder()
+    slow_node(reactors(**group), runs)
+    assert sorted(i for _, i in fed.wait(5)) == [f"p{i}" for i in range(5)]
+    assert sorted(runs.items) == [f"p{i}" for i in range(5)]
+    assert gone_fed.items == []
