@@ -130,3 +130,17 @@ def test_kill_9_of_a_memory_worker_loses_only_its_jobs_and_nothing_hangs(
     assert all(row["pid"] == row["enqueued_by"] for row in feedbacks)
     assert Counter(row["n"] for row in feedbacks).most_common(1)[0][1] == 1
     assert server.stop() == 0, server.log_text()[-4000:]
+
+
+def test_max_requests_recycles_workers_while_jobs_flow(
+    web: Callable[..., WebServer], nodes: Callable[..., list[WebNode]]
+) -> None:
+    server = web(*GUNICORN, "-w", "2", "--max-requests", "100", "flask_app:app")
+    first = server.wait_workers(2)
+    wait_linked(nodes(2, server.out), server.addresses().values())
+    answers, failed = request_all(server.url, range(600), threads=4)
+    assert failed == []
+    # Each worker stopped gracefully after 100 requests and a new one took its place.
+    assert len({answer["pid"] for answer in answers.values()} - first) >= 4
+    check_every_job_ran_once_and_fed_back_home(server.out, answers)
+    assert server.stop() == 0, server.log_text()[-4000:]
