@@ -4,6 +4,9 @@
 validates and copies the job in the caller's thread, appends it to a queue and wakes the loop
 at most once per batch (one `call_soon_threadsafe` for many jobs, not one per job). Every
 other cross-thread call hops onto the loop with `run_coroutine_threadsafe` and waits.
+Everything that belongs to one process (loop, thread, parts, id prefix) is made when the
+reactor is made and again in a forked child (forksafe.py): a reactor that was running at a
+fork raises `ReactorForkedError` in the child.
 """
 
 from __future__ import annotations
