@@ -259,9 +259,12 @@ class Held(Message):
     TAG: ClassVar[int] = 15
     held: list[tuple[str, int]]
     last: bool
+    # Set when the node hands over what it holds from an adopted instance (discovery): the
+    # frames with `last` list everything it has from `origin`; anything else is not there.
+    origin: str = ""
 
     def fields(self) -> list[Any]:
-        return [self.held, self.last]
+        return [self.held, self.last, self.origin]
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,8 +454,8 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
             need(1)
             return Bye(_typed(f[0], str, "reason"))
         case Held.TAG:
-            need(2)
-            return Held(_held(f[0]), _typed(f[1], bool, "last"))
+            need(3)
+            return Held(_held(f[0]), _typed(f[1], bool, "last"), _typed(f[2], str, "origin"))
         case Dropped.TAG:
             need(2)
             return Dropped(_str_list(f[0], "drop"), _typed(f[1], bool, "last"))

@@ -22,6 +22,7 @@ class InFlight:
     seq: int
     acked: bool = False
     cancel_requested: bool = False
+    origin: str = ""  # the dead instance whose journal we adopted it from (else "")
 
 
 class Tracker:
@@ -57,11 +58,13 @@ class Tracker:
         self._by_lease[lease] = job.id
         return lease
 
-    def adopt_orphan(self, job: JobRecord, node: str, lease: int, seq: int) -> None:
-        """A restarted distributor's journal says `node` holds `job` under `lease`."""
+    def adopt_orphan(
+        self, job: JobRecord, node: str, lease: int, seq: int, origin: str = ""
+    ) -> None:
+        """A journal (ours restarted, or `origin`'s adopted) says `node` holds `job`."""
         self.forget(job.id)
         self._next_lease = max(self._next_lease, lease + 1)
-        self._jobs[job.id] = InFlight(job, lease, None, node, seq, acked=True)
+        self._jobs[job.id] = InFlight(job, lease, None, node, seq, acked=True, origin=origin)
         self._by_lease[lease] = job.id
 
     def ack(self, conn: int, lease: int) -> InFlight | None:

@@ -455,13 +455,15 @@ class DistributorLink:
         for _, item in reports:
             self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
 
-    def send_held(self, held: list[tuple[str, int]]) -> None:
-        """Tell the distributor we hold these jobs (re-routed to it); it answers `Dropped`."""
+    def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
+        """Tell the distributor these are all the jobs we hold (or have unacknowledged reports
+        of) from instance `origin`, re-routed to it; it answers `Dropped`. Sent even when empty:
+        the adopter requeues what it thought we had from there."""
         if self.conn is None or not self.is_ready:
             return
-        for start in range(0, len(held), _HELD_PER_FRAME):
+        for start in range(0, max(1, len(held)), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(held)
-            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last))
+            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last, origin))
 
     def drop_reports_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]
