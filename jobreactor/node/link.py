@@ -315,10 +315,10 @@ class DistributorLink:
             self.previous_instance, self.instance = self.instance, welcome.instance
         self.phase = LinkPhase.READY
         more, self._more_held = self._more_held, []
-        self.node.link_ready(self, welcome.drop, settled=not more)
-        for start in range(0, len(more), _HELD_PER_FRAME):
-            last = start + _HELD_PER_FRAME >= len(more)
+        for start in range(0, len(more), _HELD_PER_FRAME):  # before any re-routed `Held`:
+            last = start + _HELD_PER_FRAME >= len(more)  # its `Dropped` settles our parked jobs
             self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
+        self.node.link_ready(self, welcome.drop, settled=not more)
         # Everything unacknowledged goes again, in order, on the new connection.
         self._unsent_from = 0
         self._flush_soon()
