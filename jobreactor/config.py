@@ -48,6 +48,10 @@ class ReactorConfig(_Strict):
     redis_port: int = 6379
     # A logging level name for jobreactor's logger, or None to silence it (SPEC: logger_method).
     logger_method: str | None = "INFO"
+    # "json": one JSON object per log line (job id, name, node, attempt, duration...).
+    log_format: Literal["text", "json"] = "text"
+    # Per-job counters and histograms (jobreactor/metrics.py); False skips even the increments.
+    metrics: bool = True
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool

@@ -32,6 +32,7 @@ from jobreactor.enqueue import Enqueuing
 from jobreactor.errors import InvalidOptions, ReactorClosed
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, JobStatus
+from jobreactor.logs import apply_log_format
 from jobreactor.node import Node
 from jobreactor.storage import Storage, open_storage
 
@@ -238,6 +239,7 @@ class Reactor(Enqueuing):
         self._distributors.clear()
 
     def _apply_logging(self) -> None:
+        apply_log_format(logger, self.config["log_format"])
         level = self.config["logger_method"]
         if level is None:
             logger.disabled = True

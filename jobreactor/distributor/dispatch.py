@@ -92,6 +92,15 @@ class Dispatcher:
             return None
         return entry[2], entry[1]
 
+    def get(self, job_id: str) -> JobRecord | None:
+        entry = self._pending.get(job_id)
+        return None if entry is None else entry[2]
+
+    def peek(self, limit: int) -> list[JobRecord]:
+        """The first `limit` pending jobs in dispatch order (dashboards: O(n log limit))."""
+        entries = heapq.nsmallest(limit, self._pending.values(), key=lambda e: (e[0], e[1]))
+        return [entry[2] for entry in entries]
+
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""
         entries = sorted(self._pending.values(), key=lambda e: (e[0], e[1]))

@@ -25,6 +25,7 @@ from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
+from jobreactor.metrics import METRICS
 from jobreactor.protocol import (
     BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
@@ -82,6 +83,8 @@ class Distributor(Outcomes):
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
+        self._metrics = METRICS if settings.metrics else None
+        METRICS.track(self)
 
     def __repr__(self) -> str:
         return (
@@ -226,9 +229,11 @@ class Distributor(Outcomes):
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
         ],
     ) -> None:
-        address, journal = self.address, self.journal
+        address, journal, metrics = self.address, self.journal, self._metrics
         for job, success, error, handle in items:
             job.distributor = address
+            if metrics is not None:
+                metrics.enqueued[job.name] += 1
             if success is not None:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
@@ -419,6 +424,8 @@ class Distributor(Outcomes):
             len(orphans),
         )
         for entry in orphans:
+            if self._metrics is not None:
+                self._metrics.taken_over[entry.job.name] += 1
             self.tracker.forget(entry.job.id)
             self._give_away(entry)
             self._requeue(entry)
@@ -463,7 +470,10 @@ class Distributor(Outcomes):
     # --- dispatch and feedback ------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
+            if metrics is not None:
+                metrics.dispatched[job.name] += 1
             session = self._sessions[key]
             lease = self.tracker.issue(job, key, session.node_name, seq)
             if self.journal is not None:

@@ -23,6 +23,7 @@ from jobreactor.job import (
     JobRecord,
     JobStatus,
 )
+from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Attempts, Held
 from jobreactor.node.link import DistributorLink
@@ -91,6 +92,8 @@ class Node(Attempts):
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
+        self._metrics = METRICS if settings.metrics else None
+        METRICS.track(self)
 
     def __repr__(self) -> str:
         return (
@@ -335,6 +338,8 @@ class Node(Attempts):
         self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
+        if self._metrics is not None and self._timer_when is not None:
+            self._metrics.lateness.observe(self.name, time.monotonic() - self._timer_when)
         self._timer = None
         self._timer_when = None
         for job_id in self._timers.pop_due(time.monotonic()):

@@ -1,0 +1,292 @@
+"""Metrics: per-job counters and histograms kept as plain ints, exposed in Prometheus' format.
+
+The hot path pays a dict increment (`METRICS.succeeded[name] += 1`, a `collections.Counter`)
+and, for timings, one `bisect` into a fixed bucket list: well under a microsecond per job
+(`python -m bench --only metrics`). prometheus-client only sees these figures at scrape time,
+through `JobsCollector`; its own `labels().inc()` costs several times more and takes a lock.
+
+Gauges (pending per distributor, running / scheduled / free credit per node, connected nodes)
+are read from the live distributors and nodes of the process when scraped, never maintained.
+
+One process, one set of figures. Under a pre-fork server each worker has its own: the
+dashboard's `/metrics` in registry mode sums what every live member publishes with its
+heartbeat (docs/decisions.md "Metrics across processes"), so a scrape never sees one random
+worker. A node's own `metrics_port` serves that node process only.
+
+Label values are job names (the ones a node or distributor knows) and node / distributor
+names: bounded by configuration, never job ids or args.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "EVENTS",
+    "METRICS",
+    "Histogram",
+    "JobMetrics",
+    "JobsCollector",
+    "MetricsServer",
+    "metrics_registry",
+]
+
+# Seconds. Wait (due → start) and run time span a millisecond to an hour; lateness is small.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 1800.0, 3600.0)  # fmt: skip
+RUN_BUCKETS = WAIT_BUCKETS
+LATENESS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+# Counter name → help text. `jobreactor_jobs_<event>_total{job=...}`.
+EVENTS: dict[str, str] = {
+    "enqueued": "Jobs accepted by a distributor of this process",
+    "dispatched": "Jobs a distributor of this process sent to a node (again after a requeue)",
+    "taken_over": "Jobs taken from a node that stayed away past node_grace",
+    "started": "Attempts started on a node of this process",
+    "succeeded": "Jobs whose chain ended without an error (each run of a periodic job)",
+    "failed": "Jobs failed for good (attempts exhausted)",
+    "retried": "Failed attempts scheduled to run again",
+    "cancelled": "Jobs cancelled on a node (JR.cancel, CancelJob, skipped)",
+}
+
+
+class Histogram:
+    """Bucket counts per key, Prometheus `le` semantics: `counts[i]` holds values in
+    (bounds[i-1], bounds[i]]; the last slot is +Inf. Not cumulative until exported."""
+
+    __slots__ = ("bounds", "counts", "sums")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, key: str, value: float) -> None:
+        counts = self.counts.get(key)
+        if counts is None:
+            counts = self.counts[key] = [0] * (len(self.bounds) + 1)
+            self.sums[key] = 0.0
+        counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sums[key] += value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": {k: list(v) for k, v in self.counts.items()}, "sums": dict(self.sums)}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add a `snapshot()` of another process (same buckets) into this one."""
+        size = len(self.bounds) + 1
+        for key, counts in other.get("counts", {}).items():
+            if not isinstance(counts, list) or len(counts) != size:
+                continue  # other buckets (another version): not addable
+            mine = self.counts.setdefault(key, [0] * size)
+            for i, value in enumerate(counts):
+                mine[i] += int(value)
+            self.sums[key] = self.sums.get(key, 0.0) + float(other.get("sums", {}).get(key, 0.0))
+
+
+class JobMetrics:
+    """The figures of one process. Distributors and nodes hold it (None when metrics are off)."""
+
+    def __init__(self) -> None:
+        self.enqueued: Counter[str] = Counter()
+        self.dispatched: Counter[str] = Counter()
+        self.taken_over: Counter[str] = Counter()
+        self.started: Counter[str] = Counter()
+        self.succeeded: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
+        self.cancelled: Counter[str] = Counter()
+        self.wait = Histogram(WAIT_BUCKETS)  # due (enqueue, for an instant job) → start
+        self.run = Histogram(RUN_BUCKETS)  # attempt start → end
+        self.lateness = Histogram(LATENESS_BUCKETS)  # a node timer fired this late
+        self.members: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def counters(self) -> dict[str, Counter[str]]:
+        return {event: getattr(self, event) for event in EVENTS}
+
+    def track(self, member: Any) -> None:
+        """A distributor or node whose gauges a scrape reads (weakly held)."""
+        self.members.add(member)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able figures, published with the registry heartbeat and summed there."""
+        return {
+            "counters": {event: dict(counter) for event, counter in self.counters().items()},
+            "wait": self.wait.snapshot(),
+            "run": self.run.snapshot(),
+            "lateness": self.lateness.snapshot(),
+        }
+
+    def merge(self, snapshot: dict[str, Any]) -> None:
+        for event, counts in snapshot.get("counters", {}).items():
+            if event in EVENTS and isinstance(counts, dict):
+                getattr(self, event).update({str(k): int(v) for k, v in counts.items()})
+        for name in ("wait", "run", "lateness"):
+            if isinstance(snapshot.get(name), dict):
+                getattr(self, name).merge(snapshot[name])
+
+    def reset(self) -> None:
+        """Forget every figure (tests; a forked child starting afresh)."""
+        members = self.members
+        self.__init__()  # type: ignore[misc]
+        self.members = members
+
+
+METRICS = JobMetrics()
+
+
+def totals(metrics: JobMetrics) -> dict[str, int]:
+    """Each counter summed over job names: what the overview chart and `jobs stats` show."""
+    return {event: sum(counter.values()) for event, counter in metrics.counters().items()}
+
+
+Gauge = tuple[str, dict[str, str], float]
+GaugeReader = Callable[[], Iterable[Gauge]]
+
+
+def member_gauges(member: Any) -> Iterator[Gauge]:
+    """(metric, labels, value) of one live distributor or node, read now."""
+    if hasattr(member, "dispatcher"):  # a Distributor
+        labels = {"distributor": member.address}
+        yield "distributor_pending", labels, float(len(member.dispatcher))
+        yield "distributor_in_flight", labels, float(len(member.tracker))
+        yield "distributor_connected_nodes", labels, float(len(member.nodes()))
+        return
+    labels = {"node": member.name}
+    yield "node_held", labels, float(member.held_count)
+    yield "node_running", labels, float(member.running_count)
+    yield "node_scheduled", labels, float(len(member._timers))
+    for link in member.links:
+        credit = float(member.free_credits(link)) if link.is_ready else 0.0
+        yield "node_free_credit", {**labels, "distributor": link.configured}, credit
+
+
+GAUGE_HELP = {
+    "distributor_pending": "Jobs waiting in a distributor for a node",
+    "distributor_in_flight": "Jobs a distributor sent out and has not heard the end of",
+    "distributor_connected_nodes": "Nodes connected to a distributor",
+    "node_held": "Jobs a node holds (running, due, scheduled)",
+    "node_running": "Attempts running on a node",
+    "node_scheduled": "Jobs waiting on a node's timers (delayed, periodic, retries)",
+    "node_free_credit": "Jobs a node would take now from a distributor",
+}
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"jobreactor_{name}", doc, labels=["job"])
+    edges = [*(repr(float(b)) for b in hist.bounds), "+Inf"]
+    for key, counts in sorted(hist.counts.items()):
+        running, buckets = 0, []
+        for edge, count in zip(edges, counts, strict=True):
+            running += count
+            buckets.append((edge, float(running)))
+        family.add_metric([key], buckets, hist.sums.get(key, 0.0))
+    return family
+
+
+class JobsCollector(Collector):
+    """Exposes a JobMetrics (and gauges) to prometheus-client at scrape time."""
+
+    def __init__(self, metrics: JobMetrics, gauge_reader: GaugeReader | None = None) -> None:
+        self.metrics = metrics
+        self._gauge_reader = gauge_reader
+
+    def _read_gauges(self) -> list[Gauge]:
+        if self._gauge_reader is not None:
+            return list(self._gauge_reader())
+        return [g for member in list(self.metrics.members) for g in member_gauges(member)]
+
+    def collect(self) -> Iterator[Metric]:
+        for event, counter in self.metrics.counters().items():
+            family = CounterMetricFamily(f"jobreactor_jobs_{event}", EVENTS[event], labels=["job"])
+            for name, value in sorted(counter.items()):
+                family.add_metric([name], float(value))
+            yield family
+        yield _histogram("job_wait_seconds", "Due (enqueued) to start", self.metrics.wait)
+        yield _histogram("job_run_seconds", "One attempt, start to end", self.metrics.run)
+        yield _histogram(
+            "timer_lateness_seconds", "Node timer fired after its deadline", self.metrics.lateness
+        )
+        by_name: dict[str, GaugeMetricFamily] = {}
+        for name, labels, value in self._read_gauges():
+            family = by_name.get(name)
+            if family is None:
+                family = GaugeMetricFamily(
+                    f"jobreactor_{name}", GAUGE_HELP.get(name, name), labels=sorted(labels)
+                )
+                by_name[name] = family
+            family.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from by_name.values()
+
+
+def metrics_registry(
+    metrics: JobMetrics = METRICS, gauge_reader: GaugeReader | None = None
+) -> CollectorRegistry:
+    """A private registry (not prometheus-client's global one) holding a JobsCollector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobsCollector(metrics, gauge_reader=gauge_reader))
+    return registry
+
+
+class MetricsServer:
+    """A node's opt-in `metrics_port`: `/metrics` (this process) and `/health` (liveness).
+
+    A plain threading HTTP server in a daemon thread, off the event loop: a scrape never
+    delays a job. `/health` answers 200 while `alive()` says so, else 503.
+    """
+
+    def __init__(self, host: str, port: int, alive: Callable[[], bool] | None = None) -> None:
+        registry = metrics_registry()
+        is_alive = alive or (lambda: True)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                elif path in ("/health", "/healthz"):
+                    ok = bool(is_alive())
+                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"down\n")
+                else:
+                    self._send(404, "text/plain", b"not found: /metrics or /health\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None  # scrapes every few seconds would flood the log
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="jobreactor-metrics", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
