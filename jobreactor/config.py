@@ -126,6 +126,9 @@ class NodeConfig(_Strict):
     redis_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
     secret: str | None = None
+    # Opt-in: serve /metrics (Prometheus) and /health on this port (0: a free one).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     settings: ReactorConfig = ReactorConfig()
 
     @field_validator("distributors", mode="before")
@@ -143,6 +146,8 @@ class DistributorConfig(_Strict):
     storage: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     secret: str | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     settings: ReactorConfig = ReactorConfig()
 
 
@@ -150,7 +155,16 @@ _NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}
 _DIST_KEYS = set(DistributorConfig.model_fields) - {"settings"}
 
 
-_STRING_KEYS = {"name", "secret", "redis_url", "job_directory", "host", "advertise", "storage"} | {
+_STRING_KEYS = {
+    "name",
+    "secret",
+    "redis_url",
+    "job_directory",
+    "host",
+    "advertise",
+    "storage",
+    "metrics_host",
+} | {
     name
     for name, info in ReactorConfig.model_fields.items()
     if info.annotation in (str, str | None)

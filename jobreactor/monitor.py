@@ -103,6 +103,15 @@ class RedisMonitor:
                         out[job_id] = self._decode(node, job_id, raw)
         return out
 
+    def count(self, node: str | None = None) -> int:
+        """Jobs stored for `node` (or every node): SCARD of the index sets, O(1) each."""
+        names = [node] if node else self.nodes()
+        with redis_errors("count", self._where):
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.scard(self._keys.index(name))
+            return sum(int(size) for size in pipe.execute()) if names else 0
+
     def load(self, job_id: str) -> dict[str, Any] | None:
         """The record of `job_id`, whichever node stores it, or None."""
         node = self.node_of(job_id)

@@ -34,7 +34,7 @@ AuthHook = Callable[[Request], bool | Awaitable[bool]]
 TOKEN_COOKIE = "jobreactor_token"
 TOKEN_HEADER = "x-jobreactor-token"
 PAGE_LIMIT = 100
-HISTORY_S = 300.0
+HISTORY_S = views.HISTORY_WINDOW_S
 
 _SECURITY_HEADERS = {
     "content-security-policy": (
@@ -169,6 +169,8 @@ async def queues(request: Request) -> Response:
 async def scheduled(request: Request) -> Response:
     d = _dashboard(request)
     found = await run_in_threadpool(d.source.scheduled, PAGE_LIMIT)
+    if not found and d.stored is not None:
+        found = await run_in_threadpool(d.stored.scheduled, PAGE_LIMIT)
     return await d.render(request, "scheduled.html", jobs=found, page="scheduled")
 
 

@@ -296,3 +296,50 @@ class StoredJobs:
 
     def delete(self, job_id: str) -> bool:
         return self.monitor.destroy(job_id)
+
+    def scheduled(self, limit: int) -> list[View]:
+        """Stored jobs due later (delayed, periodic, retries), for nodes this process can't see."""
+        now = time.time()
+        out: list[View] = []
+        for node, record in self.monitor.iter_jobs(budget=self.SCAN_BUDGET):
+            status = record.get("status", JobStatus.NEW.value)
+            due = float(record.get("run_at_ts") or 0.0)
+            if status in (JobStatus.NEW.value, JobStatus.QUEUED.value) and due > now:
+                out.append(job_view(record, node=node, stored=True))
+                if len(out) >= limit:
+                    break
+        out.sort(key=lambda view: view["run_at_ts"])
+        return out
+
+
+class NoLiveSource:
+    """`jobreactor dashboard --redis-url` alone: no live process in sight, only Redis storage."""
+
+    label = "redis node storage"
+
+    def snapshot(self) -> Snapshot:
+        return {"time": time.time(), "distributors": [], "nodes": [], "metrics": {}}
+
+    def queues(self, limit: int) -> list[View]:
+        return []
+
+    def scheduled(self, limit: int) -> list[View]:
+        return []
+
+    def failed(self, limit: int) -> list[View]:
+        return []
+
+    def job(self, job_id: str) -> View | None:
+        return None
+
+    def retry(self, job_id: str) -> bool:
+        return False
+
+    def delete(self, job_id: str) -> bool:
+        return False
+
+    def cancel(self, job_id: str) -> bool | None:
+        return None
+
+    def chain(self, name: str) -> Chain | None:
+        return None

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from jobreactor.dashboard.app import History
 
 CHART_W, CHART_H = 600, 160
+HISTORY_WINDOW_S = 300.0
 
 
 def merged_metrics(snap: dict[str, Any]) -> JobMetrics:
@@ -64,16 +65,19 @@ def job_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def chart(history: History) -> dict[str, Any]:
-    """Inline SVG polylines of succeeded/s and failed/s over the kept history."""
+    """Inline SVG polylines of succeeded/s and failed/s over the kept history: the window is
+    the last minute, growing to the last five as samples accumulate."""
     series = {event: history.rates(event) for event in ("succeeded", "failed")}
     points = [p for values in series.values() for p in values]
     now = time.time()
+    oldest = min((t for t, _ in points), default=now)
+    window = min(HISTORY_WINDOW_S, max(60.0, now - oldest))
+    start = now - window
     top = max([rate for _, rate in points] + [1.0])
-    start = now - 300.0
 
     def line(values: list[tuple[float, float]]) -> str:
         return " ".join(
-            f"{(t - start) / 300.0 * CHART_W:.1f},{CHART_H - rate / top * (CHART_H - 10):.1f}"
+            f"{(t - start) / window * CHART_W:.1f},{CHART_H - rate / top * (CHART_H - 10):.1f}"
             for t, rate in values
             if t >= start
         )
@@ -83,10 +87,10 @@ def chart(history: History) -> dict[str, Any]:
         "width": CHART_W,
         "height": CHART_H,
         "top": top,
+        "window": f"{window / 60:.0f} min ago" if window >= 120 else f"{window:.0f} s ago",
         "succeeded": line(series["succeeded"]),
         "failed": line(series["failed"]),
         "latest": latest,
-        "samples": len(points),
     }
 
 
@@ -131,7 +135,20 @@ def _error_line(value: Any) -> str:
     return _short(lines[-1] if lines else "", 100)
 
 
+def _without_errors(args: Any) -> Any:
+    """Args as the job got them: the error an errback saw is shown apart."""
+    if not isinstance(args, dict):
+        return args
+    return {k: v for k, v in args.items() if k not in ("error", "errback_error")}
+
+
 def install_filters(env: Environment) -> None:
     env.filters.update(
-        when=_when, ago=_ago, span=_span, pretty=_pretty, short=_short, error_line=_error_line
+        when=_when,
+        ago=_ago,
+        span=_span,
+        pretty=_pretty,
+        short=_short,
+        error_line=_error_line,
+        without_errors=_without_errors,
     )
