@@ -16,7 +16,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jobreactor.errors import ConfigError
 from jobreactor.protocol import DEFAULT_MAX_FRAME_BYTES
@@ -82,6 +89,30 @@ class ReactorConfig(_Strict):
     lock_timeout: float = Field(default=3600.0, ge=0)
     # With redis storage on the distributor, enqueue waits until the job is stored, this long.
     enqueue_timeout: float = Field(default=5.0, gt=0)
+    # Discovery (DESIGN "Production topologies"): a Redis url where distributors register and
+    # nodes find them, by group. None: no discovery (nodes use their static `distributors`).
+    discovery_url: str | None = None
+    group: str = Field(default="default", min_length=1, max_length=200, pattern=r"^[^{}]+$")
+    # Registry heartbeat (seconds, ±10 % jitter) and how long an entry outlives its last beat.
+    registry_beat: float = Field(default=5.0, gt=0)
+    registry_ttl: float = Field(default=15.0, gt=0)
+    # A dead distributor's journal is adopted by a live one of its group this long after its
+    # last beat (must exceed registry_ttl: a live one that missed beats must not lose it).
+    adopt_grace: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _registry_times(self) -> ReactorConfig:
+        if self.registry_ttl <= self.registry_beat:
+            raise ValueError(
+                f"registry_ttl ({self.registry_ttl}) must exceed registry_beat "
+                f"({self.registry_beat}); use 3-4 beats"
+            )
+        if self.adopt_grace <= self.registry_ttl:
+            raise ValueError(
+                f"adopt_grace ({self.adopt_grace}) must exceed registry_ttl "
+                f"({self.registry_ttl}), with a margin"
+            )
+        return self
 
     @field_validator("logger_method")
     @classmethod
@@ -121,7 +152,8 @@ class NodeConfig(_Strict):
 
     name: str = Field(min_length=1)
     storage: Literal["memory", "redis"] = "memory"
-    distributors: tuple[DistributorAddress, ...] = Field(min_length=1)
+    # Static addresses; may be empty when `discovery_url` finds them (both may be combined).
+    distributors: tuple[DistributorAddress, ...] = ()
     job_directory: str | None = None
     redis_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
@@ -135,6 +167,14 @@ class NodeConfig(_Strict):
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return _addresses(value)
+
+    @model_validator(mode="after")
+    def _somewhere_to_go(self) -> NodeConfig:
+        if not self.distributors and not self.settings.discovery_url:
+            raise ValueError(
+                "a node needs `distributors` (host:port list) or `discovery_url` (Redis)"
+            )
+        return self
 
 
 class DistributorConfig(_Strict):

@@ -12,7 +12,7 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
     Hello(version, name, jobs, credits, nonce, held) ->
                                         <- Challenge(nonce, proof)     only with a secret
     Auth(proof) ->                                                     only with a secret
-                                        <- Welcome(address, drop)
+                                        <- Welcome(address, drop, instance)
     Held(more held, last) ->               (only when the held list outgrew the Hello)
                                         <- Dropped(drop, last)
                                         <- Jobs([(lease, record), ...])
@@ -112,9 +112,12 @@ class Welcome(Message):
     version: int
     distributor: str
     drop: list[str]
+    # The distributor's instance id (`host:pid:hex`): a node that finds another instance at an
+    # address it knew (a recycled port, a restart) hands jobs of the old one over (discovery).
+    instance: str = ""
 
     def fields(self) -> list[Any]:
-        return [self.version, self.distributor, self.drop]
+        return [self.version, self.distributor, self.drop, self.instance]
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,11 +349,12 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
             need(1)
             return Auth(_typed(f[0], bytes, "proof"))
         case Welcome.TAG:
-            need(3)
+            need(4)
             return Welcome(
                 _typed(f[0], int, "version"),
                 _typed(f[1], str, "distributor"),
                 _str_list(f[2], "drop"),
+                _typed(f[3], str, "instance"),
             )
         case Jobs.TAG:
             need(1)

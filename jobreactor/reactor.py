@@ -272,7 +272,7 @@ class Reactor(Enqueuing):
 
     # --- distributors ---------------------------------------------------------------------------
 
-    def start_distributor(
+    def start_distributor(  # noqa: PLR0913 (pinned API plus discovery: DESIGN.md)
         self,
         host: str = "127.0.0.1",
         port: int = 5000,
@@ -282,6 +282,8 @@ class Reactor(Enqueuing):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> tuple[str, int]:
         """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
         return self._call(
@@ -293,10 +295,12 @@ class Reactor(Enqueuing):
                 storage=storage,
                 redis_url=redis_url,
                 advertise=advertise,
+                discovery_url=discovery_url,
+                group=group,
             )
         )
 
-    async def astart_distributor(
+    async def astart_distributor(  # noqa: PLR0913 (mirrors start_distributor)
         self,
         host: str = "127.0.0.1",
         port: int = 5000,
@@ -306,6 +310,8 @@ class Reactor(Enqueuing):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> tuple[str, int]:
         settings = self.config.snapshot()
         distributor = Distributor(
@@ -315,6 +321,8 @@ class Reactor(Enqueuing):
             storage=open_storage(
                 storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
             ),
+            discovery_url=discovery_url,
+            group=group,
         )
         distributor.named_feedbacks = self._named_feedbacks
         bound = await distributor.start(host, port, ssl)
@@ -342,6 +350,8 @@ class Reactor(Enqueuing):
         ssl: ssl_module.SSLContext | None = None,
         registry: Registry | None = None,
         wait: bool = True,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> Node:
         """Start a node on this reactor (SPEC start_node). Thread-safe; waits for its links."""
         return self._call(
@@ -356,6 +366,8 @@ class Reactor(Enqueuing):
                 ssl=ssl,
                 registry=registry,
                 wait=wait,
+                discovery_url=discovery_url,
+                group=group,
             )
         )
 
@@ -372,6 +384,8 @@ class Reactor(Enqueuing):
         ssl: ssl_module.SSLContext | None = None,
         registry: Registry | None = None,
         wait: bool = True,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> Node:
         overrides: dict[str, Any] = {}
         if concurrency is not None:
@@ -384,8 +398,11 @@ class Reactor(Enqueuing):
         targets = list(
             distributors or [("127.0.0.1", d.address_port()) for d in self._distributors]
         )
-        if not targets:
-            raise InvalidOptions("start_node needs distributors=[(host, port), ...]")
+        discovery_url = discovery_url or settings.discovery_url
+        if not targets and not discovery_url:
+            raise InvalidOptions(
+                "start_node needs distributors=[(host, port), ...] or discovery_url"
+            )
         node = Node(
             name,
             settings,
@@ -395,6 +412,8 @@ class Reactor(Enqueuing):
             secret=secret,
             ssl_context=ssl,
             redis_url=redis_url or settings.hiredis_url,
+            discovery_url=discovery_url,
+            group=group,
         )
         await node.start()
         self._nodes.append(node)

@@ -46,6 +46,20 @@ def reactor() -> Iterator[Reactor]:
 
 
 @pytest.fixture
+def reactors() -> Iterator[Any]:
+    made: list[Reactor] = []
+
+    def make(**config: Any) -> Reactor:
+        reactor = make_test_reactor(**config)
+        made.append(reactor)
+        return reactor
+
+    yield make
+    for reactor in made:
+        reactor.stop(timeout=15)
+
+
+@pytest.fixture
 def address(reactor: Reactor) -> tuple[str, int]:
     return ("127.0.0.1", reactor.distributor.address_port())
 

@@ -12,15 +12,21 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
+from jobreactor.discovery.registry import new_iid
+from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
+from jobreactor.distributor.presence import Presence
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
@@ -55,8 +61,15 @@ class Distributor(Outcomes):
         secret: str | None = None,
         advertise: str | None = None,
         storage: Storage | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.settings = settings
+        self.iid = new_iid()  # this instance; nodes see it in Welcome (a recycled port shows)
+        self.started = time.time()
+        self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
+        self.group = group if group is not None else settings.group
+        self.presence: Presence | None = None
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -73,7 +86,7 @@ class Distributor(Outcomes):
         self._sessions: dict[int, NodeSession] = {}
         self._by_name: dict[str, NodeSession] = {}
         self._keys = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         # Jobs we took from a node and sent elsewhere (or queued again): if that node comes
         # back still holding one, it must drop it. Bounded: the oldest entries go first.
@@ -107,27 +120,67 @@ class Distributor(Outcomes):
                 label="node",
             )
 
-        self._server = await self.loop.create_server(factory, host, port, ssl=ssl_context)
-        sockname = self._server.sockets[0].getsockname()
+        sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
+        try:
+            for sock in sockets:
+                self._servers.append(
+                    await self.loop.create_server(factory, sock=sock, ssl=ssl_context)
+                )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
         if not self._advertise:
             self.address = f"{host}:{bound[1]}"
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
-                f"distributor:{self.address}",
+                self.journal_base,
                 self.settings.reconnect_interval,
                 self._admitted,
                 self._refused,
             )
+        if self.discovery_url:
+            self.presence = Presence(self, self.discovery_url, self.group)
+            await self.presence.start()  # owns the journal first: it may pick another one
+        if self.journal is not None:
             await self._restore()
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
+
+    @property
+    def journal_base(self) -> str:
+        """The name of this address's journal (a restart at the address resumes it)."""
+        return f"distributor:{self.address}"
 
     async def _restore(self) -> None:
         """Read back the journal of a previous run at this address (redis storage)."""
         assert self.journal is not None
         jobs = await self.journal.load()
+        out_on = self._take_jobs(jobs, adopted=False)
+        if jobs:
+            logger.info(
+                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
+                self.address,
+                len(jobs),
+                out_on,
+            )
+
+    async def adopt_journal(self, queue: str, owner: str) -> int:
+        """Take the jobs of a dead distributor's journal into ours; how many (Presence)."""
+        assert self.journal is not None
+        jobs = [job for job in await self.storage.queue_load(queue) if job.id not in self._waiting]
+        self._take_jobs(jobs, adopted=True)
+        await self.journal.flush()  # ours now hold them: the old queue can go
+        await self.storage.queue_remove(queue, [job.id for job in jobs])
+        return len(jobs)
+
+    def _take_jobs(self, jobs: list[JobRecord], *, adopted: bool) -> int:
+        """Jobs read from a journal: queue the unsent, track the ones out on nodes."""
         out_on = 0
         for job in jobs:
             # A feedback id equal to the job id was a closure: gone with the old process.
@@ -138,17 +191,66 @@ class Distributor(Outcomes):
             if isinstance(node, str) and job.lease:
                 self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
                 out_on += 1
+                if adopted:
+                    self.journal.assigned(job, node, job.lease)  # type: ignore[union-attr]
+            elif adopted:
+                job.distributor = self.address
+                self.journal.admit(job, None)  # type: ignore[union-attr]
             else:
                 self.dispatcher.add(job)
         for name in {entry.node for entry in self.tracker.orphans_of_all()}:
             self._arm_takeover(name)
-        if jobs:
-            logger.info(
-                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
-                self.address,
-                len(jobs),
-                out_on,
-            )
+        return out_on
+
+    def fenced(self) -> None:
+        """Our journal was adopted (this process stalled past adopt_grace): let go of its jobs.
+
+        The adopter runs them now. Pending and in-flight jobs are forgotten here, their handles
+        cancelled; node sessions close, so nodes meet the new instance id we take and hand the
+        jobs they hold from the old one to the adopter.
+        """
+        logger.error(
+            "distributor %s: its journal was adopted by another distributor of group %s "
+            "(this process stalled longer than adopt_grace=%.0fs); its %d pending and %d "
+            "in-flight job(s) are the adopter's now. Going on as a new instance",
+            self.address,
+            self.group,
+            self.settings.adopt_grace,
+            len(self.dispatcher),
+            len(self.tracker),
+        )
+        reason = "adopted by another distributor"
+        for job in self.dispatcher.drain():
+            self._resolve_cancelled(job.id, reason, forget=False)  # the journal is not ours
+        for entry in self.tracker.orphans_of_all() + [
+            e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
+        ]:
+            self.tracker.forget(entry.job.id)
+            self._resolve_cancelled(entry.job.id, reason, forget=False)
+        for handle in self._takeovers.values():
+            handle.cancel()
+        self._takeovers.clear()
+        self.iid = new_iid()
+        for session in list(self._sessions.values()):
+            session.conn.close("distributor instance fenced", notify=True)
+
+    def stats(self) -> dict[str, Any]:
+        """What this distributor publishes with its registry beat (and dashboards read)."""
+        return {
+            "address": self.address,
+            "iid": self.iid,
+            "group": self.group,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "pending": len(self.dispatcher),
+            "in_flight": len(self.tracker),
+            "nodes": [
+                {"name": n["name"], "free_credit": n["free_credit"], "in_flight": n["in_flight"]}
+                for n in self.nodes()
+            ],
+            "adopted": list(self.presence.adopted) if self.presence is not None else [],
+        }
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
@@ -158,8 +260,8 @@ class Distributor(Outcomes):
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
         await self._drain(deadline)
         dropped = self.dispatcher.drain()
@@ -177,19 +279,24 @@ class Distributor(Outcomes):
             )
         for job in dropped:
             self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
-        for session in list(self._sessions.values()):
-            session.conn.close("distributor stopping", notify=True)
+        await self._leave_and_close(journal_empty=not dropped and not self._waiting)
         for waiting_id in list(self._waiting):
             self._resolve_cancelled(
                 waiting_id, "abandoned: the distributor stopped", forget=not keep
             )
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=deadline)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         if self.journal is not None:
             await self.journal.aclose()
         await self.storage.aclose()
+
+    async def _leave_and_close(self, *, journal_empty: bool) -> None:
+        if self.presence is not None:  # leave first: nodes must not redial us
+            await self.presence.stop(journal_empty=journal_empty)
+        for session in list(self._sessions.values()):
+            session.conn.close("distributor stopping", notify=True)
 
     def _busy(self) -> bool:
         return bool(self._by_name) and bool(
@@ -326,7 +433,7 @@ class Distributor(Outcomes):
             takeover.cancel()
         held_now = len(self.tracker.jobs_on(session.key))
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
-        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop))
+        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
             "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
         )

@@ -8,6 +8,7 @@ is stale and rejected, which is what makes the final feedback exactly-once.
 from __future__ import annotations
 
 import itertools
+import secrets
 from dataclasses import dataclass
 
 from jobreactor.job import JobRecord
@@ -26,7 +27,9 @@ class InFlight:
 
 class Tracker:
     def __init__(self) -> None:
-        self._next_lease = 1
+        # A random start: a distributor that adopts another's journal takes over leases issued
+        # by it, and the two must not collide (2**40 starts, a few million leases each).
+        self._next_lease = secrets.randbits(40) + 1
         self._jobs: dict[str, InFlight] = {}
         self._by_conn: dict[int, set[str]] = {}
         self._by_lease: dict[int, str] = {}

@@ -99,6 +99,8 @@ class DistributorLink:
         self.port = port
         self.configured = f"{host}:{port}"
         self.address = self.configured  # replaced by the distributor's advertised address
+        self.instance = ""  # the distributor's instance id, from its last Welcome
+        self.previous_instance = ""  # the one before, when a Welcome brought a new one
         self._ssl = ssl_context
         self.phase = LinkPhase.DOWN
         self.conn: FramedConnection | None = None
@@ -244,6 +246,15 @@ class DistributorLink:
             )
         self._challenged = False
         self.address = welcome.distributor
+        if welcome.instance != self.instance:
+            if self.instance:
+                logger.info(
+                    "distributor %s is a new instance (%s, was %s)",
+                    self.configured,
+                    welcome.instance,
+                    self.instance,
+                )
+            self.previous_instance, self.instance = self.instance, welcome.instance
         self.phase = LinkPhase.READY
         more, self._more_held = self._more_held, []
         self.node.link_ready(self, welcome.drop, settled=not more)
@@ -355,6 +366,27 @@ class DistributorLink:
     def hand_back(self, job_ids: list[str]) -> None:
         if self.conn is not None and self.is_ready and job_ids:
             self.conn.send(Return(job_ids))
+
+    def take_reports(self) -> list[tuple[int, ReportItem]]:
+        """Every unacknowledged report, removed from this link (to send them elsewhere)."""
+        taken = list(self._reports)
+        self._reports.clear()
+        self._unsent_from = 0
+        self._reports_drained.set()
+        return taken
+
+    def adopt_reports(self, reports: list[tuple[int, ReportItem]]) -> None:
+        """Send reports taken from another link, after ours, in their order."""
+        for _, item in reports:
+            self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
+
+    def send_held(self, held: list[tuple[str, int]]) -> None:
+        """Tell the distributor we hold these jobs (re-routed to it); it answers `Dropped`."""
+        if self.conn is None or not self.is_ready:
+            return
+        for start in range(0, len(held), _HELD_PER_FRAME):
+            last = start + _HELD_PER_FRAME >= len(held)
+            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last))
 
     def drop_reports_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]

@@ -26,6 +26,7 @@ from jobreactor.job import (
 from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.discovered import Discovered
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
@@ -42,7 +43,7 @@ _DRAIN_BUDGET = 512
 
 
 class Node(Attempts):
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the keyword-only options of start_node)
         self,
         name: str,
         settings: ReactorConfig,
@@ -53,6 +54,8 @@ class Node(Attempts):
         secret: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         redis_url: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.name = name
         self._redis_url = redis_url
@@ -62,6 +65,7 @@ class Node(Attempts):
         secret = secret if secret is not None else settings.secret
         self.secret = secret.encode() if secret else None
         self.loop = asyncio.get_running_loop()
+        self._ssl = ssl_context
         self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
         self._jobs: dict[str, Held] = {}
         self._timers = TimerHeap()
@@ -94,6 +98,9 @@ class Node(Attempts):
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        url = discovery_url if discovery_url is not None else settings.discovery_url
+        self.group = group if group is not None else settings.group
+        self.discovered = Discovered(self, url, self.group) if url else None
 
     def __repr__(self) -> str:
         return (
@@ -109,14 +116,84 @@ class Node(Attempts):
         if getattr(self.storage, "commands", None) is not None:
             self._spawn(self._listen())
         for link in self.links:
-            task = self.loop.create_task(link.run(), name=f"link {link.configured}")
-            self._link_tasks.append(task)
+            self._run_link(link)
+        if self.discovered is not None:
+            await self.discovered.start()
+
+    def _run_link(self, link: DistributorLink) -> None:
+        task = self.loop.create_task(link.run(), name=f"link {link.configured}")
+        self._link_tasks.append(task)
+        task.add_done_callback(self._link_done)
+
+    def _link_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._link_tasks and not self._stopping:
+            self._link_tasks.remove(task)
+
+    def add_link(self, host: str, port: int) -> DistributorLink:
+        """Dial one more distributor (found by discovery)."""
+        link = DistributorLink(self, host, port, self._ssl)
+        self.links.append(link)
+        self._run_link(link)
+        return link
+
+    def remove_link(self, link: DistributorLink) -> None:
+        """Stop dialling `link`'s distributor (gone). Its jobs and reports stay with it."""
+        link.stop()
+        if link in self.links:
+            self.links.remove(link)
+
+    def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
+        """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
+        moved = [
+            h
+            for h in self._jobs.values()
+            if not h.dropped and (h.origin == old or (bucket is not None and h.link is bucket))
+        ]
+        for held in moved:
+            held.link, held.origin = target, target.instance
+            held.record.distributor = target.configured
+            self._persist(held.record)
+        reports = bucket.take_reports() if bucket is not None else []
+        pairs = [(h.record.id, h.record.lease) for h in moved]
+        ids = {job_id for job_id, _ in pairs}
+        pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
+        target.send_held(pairs)  # first: the adopter binds them to us, then takes the reports
+        target.adopt_reports(reports)
+        if pairs:
+            logger.warning(
+                "%s: %d job(s) and %d report(s) of vanished distributor %s go to %s, "
+                "which adopted its journal",
+                self.name,
+                len(moved),
+                len(reports),
+                old,
+                target.address,
+            )
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stats(self) -> dict[str, Any]:
+        """What this node publishes with its registry beat (and dashboards read)."""
+        return {
+            "name": self.name,
+            "group": self.group,
+            "storage": self.storage.kind,
+            "held": len(self._jobs),
+            "scheduled": len(self._timers),
+            "running": self._running,
+            "free_credit": max(0, self._window - len(self._jobs)),
+            "distributors": [link.address for link in self.links if link.is_ready],
+        }
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Until every distributor link has been welcomed once."""
+        """Until every static link has been welcomed once and discovery has looked once."""
         async with asyncio.timeout(timeout):
-            for link in self.links:
+            for link in list(self.links):
                 await link.ready.wait()
+            if self.discovered is not None:
+                await self.discovered.watcher.reconciled.wait()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: hand back unstarted jobs, let running ones finish (bounded), close."""
@@ -131,20 +208,10 @@ class Node(Attempts):
             return
         self._stopping = True
         grace = self.settings.shutdown_timeout if grace is None else grace
+        if self.discovered is not None:
+            await self.discovered.stop()
         self._hand_back_unstarted()
-        if self._running:
-            self._idle.clear()
-            try:
-                async with asyncio.timeout(grace) as deadline:
-                    self._drain_deadline = deadline
-                    await self._idle.wait()
-            except TimeoutError:
-                logger.warning(
-                    "%s: %d attempt(s) still running after shutdown_timeout=%.1fs; cancelling",
-                    self.name,
-                    self._running,
-                    grace,
-                )
+        await self._wait_running(grace)
         self._hand_back_unstarted()
         for task in list(self._tasks):
             task.cancel()
@@ -163,6 +230,22 @@ class Node(Attempts):
         self._pool.shutdown(wait=False, cancel_futures=True)
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
+
+    async def _wait_running(self, grace: float) -> None:
+        if not self._running:
+            return
+        self._idle.clear()
+        try:
+            async with asyncio.timeout(grace) as deadline:
+                self._drain_deadline = deadline
+                await self._idle.wait()
+        except TimeoutError:
+            logger.warning(
+                "%s: %d attempt(s) still running after shutdown_timeout=%.1fs; cancelling",
+                self.name,
+                self._running,
+                grace,
+            )
 
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
@@ -200,6 +283,8 @@ class Node(Attempts):
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
         self.jobs_dropped(link, drop, settled=settled)
+        if self.discovered is not None:
+            self.discovered.reroute()
 
     def jobs_dropped(self, link: DistributorLink, drop: list[str], *, settled: bool) -> None:
         """Forget jobs the distributor gave to another node. `settled`: its last answer."""
@@ -245,7 +330,7 @@ class Node(Attempts):
             # Shared strings: name and distributor repeat across millions of pending jobs.
             record.name = sys.intern(record.name)
             record.distributor = sys.intern(record.distributor)
-            held = Held(record, link)
+            held = Held(record, link, origin=link.instance)
             self._jobs[job_id] = held
             self._inbox.append(held)
         if self._inbox and not self._storing:
