@@ -43,7 +43,7 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
     """The opt-in `metrics_port`: /metrics of this process and /health (the loop answers)."""
     if port is None:
         return
-    from jobreactor.metrics import MetricsServer
+    from jobreactor.metrics import METRICS, Gauge, MetricsServer, member_gauges
 
     def alive() -> bool:
         async def ping() -> bool:
@@ -54,7 +54,13 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
         except Exception:  # noqa: BLE001 -- any failure to answer is "not alive"
             return False
 
-    server = MetricsServer(host, port, alive).start()
+    def gauges() -> list[Gauge]:
+        async def read() -> list[Gauge]:
+            return member_gauges(METRICS.members)
+
+        return reactor.call(read, timeout=5.0)
+
+    server = MetricsServer(host, port, alive, gauges).start()
     logging.getLogger("jobreactor").info("metrics on http://%s:%d/metrics", host, server.port)
 
 

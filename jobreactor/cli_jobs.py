@@ -19,6 +19,7 @@ from typing import Any
 
 from jobreactor.errors import StorageError, StorageUnavailable
 from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
+from jobreactor.metrics import PENDING_SAMPLE
 from jobreactor.monitor import RedisMonitor
 from jobreactor.storage.redis import DEFAULT_REDIS_URL, dump_json, redact_url
 
@@ -74,6 +75,18 @@ def add_jobs_parser(commands: Any) -> None:
     stats = actions.add_parser("stats", help="jobs per node and status")
     stats.add_argument("--json", action="store_true", help="one JSON document")
 
+    pending = actions.add_parser(
+        "pending",
+        help="jobs waiting in live distributors, from the discovery registry (no node storage)",
+    )
+    pending.add_argument(
+        "--discovery-url",
+        default=os.environ.get("JOBREACTOR_DISCOVERY_URL"),
+        help="the registry's Redis (default: $JOBREACTOR_DISCOVERY_URL)",
+    )
+    pending.add_argument("--group", default=os.environ.get("JOBREACTOR_GROUP") or "default")
+    pending.add_argument("--json", action="store_true", help="one JSON document")
+
 
 def _status(text: str) -> str:
     status = text.replace("_", " ").replace("-", " ").strip().lower()
@@ -84,6 +97,8 @@ def _status(text: str) -> str:
 
 def run_jobs(args: argparse.Namespace) -> int:
     """`jobreactor jobs ...`; returns the exit code."""
+    if args.jobs_command == "pending":
+        return _jobs_pending(args)
     where = redact_url(args.redis_url)
     try:
         with RedisMonitor(args.redis_url, prefix=args.prefix) as monitor:
@@ -113,8 +128,11 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], **right: 
 
     table = Table(title=title, title_justify="left")
     for column in columns:
-        justify = "right" if right.get(column.replace(" ", "_")) else "left"
-        table.add_column(column, justify=justify, no_wrap=column != "last error")
+        table.add_column(
+            column,
+            justify="right" if right.get(column.replace(" ", "_")) else "left",
+            no_wrap=column != "last error",
+        )
     for row in rows:
         table.add_row(*row)
     Console(highlight=False).print(table)
@@ -241,6 +259,44 @@ def _jobs_stats(monitor: RedisMonitor, args: argparse.Namespace) -> int:
         rows.append(["all", *map(str, totals), str(sum(totals))])
     right = {c.replace(" ", "_"): True for c in [*columns, "total"]}
     print_table("jobs per node and status", ["node", *columns, "total"], rows, **right)
+    return 0
+
+
+def _jobs_pending(args: argparse.Namespace) -> int:
+    """Each live distributor of the group: its counts and first pending jobs (registry stats)."""
+    if not args.discovery_url:
+        print("jobreactor: jobs pending needs --discovery-url", file=sys.stderr)
+        return EXIT_CONFIG
+    from jobreactor.dashboard.registry import RegistrySource
+
+    source = RegistrySource(args.discovery_url, args.group, prefix=args.prefix)
+    try:
+        found = source.queues(limit=PENDING_SAMPLE)
+    except StorageUnavailable as exc:
+        print(f"jobreactor: cannot reach the registry: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    if args.json:
+        keep = ("address", "host", "pid", "pending", "in_flight", "nodes")
+        brief = ("id", "name", "priority", "run_at_ts")
+        out = [
+            {
+                **{k: d.get(k) for k in keep},
+                "pending_jobs": [{k: job[k] for k in brief} for job in d["pending_jobs"]],
+            }
+            for d in found
+        ]
+        print(dump_json({"group": args.group, "distributors": out}))
+        return 0
+    if not found:
+        print(f"no live distributor in group {args.group}")
+        return 0
+    rows = [
+        [str(d["address"]), job["id"], job["name"], str(job["priority"]), when(job["run_at_ts"])]
+        for d in found
+        for job in d["pending_jobs"]
+    ]
+    counts = ", ".join(f"{d['address']}: {d['pending']} pending" for d in found)
+    print_table(f"pending jobs ({counts})", ["distributor", "id", "name", "priority", "due"], rows)
     return 0
 
 

@@ -68,7 +68,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup_logging(level: str | None, log_format: str = "text") -> None:
     """Configure the root logger for the command-line processes (node, distributor, dashboard)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
     logging.basicConfig(level=(level or "INFO").upper(), handlers=[handler], force=True)
 
 
@@ -82,6 +84,6 @@ def apply_log_format(logger: logging.Logger, log_format: str) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     elif log_format != "json" and ours:
-        for handler in ours:
-            logger.removeHandler(handler)
+        for old in ours:
+            logger.removeHandler(old)
         logger.propagate = True

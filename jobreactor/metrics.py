@@ -65,6 +65,14 @@ EVENTS: dict[str, str] = {
 }
 
 
+PENDING_SAMPLE = 20  # pending jobs a distributor lists in its registry stats
+
+
+def brief(job: Any) -> dict[str, Any]:
+    """A pending job as registry stats list it: no args (size, and they may be private)."""
+    return {"id": job.id, "name": job.name, "priority": job.priority, "run_at_ts": job.run_at_ts}
+
+
 class Histogram:
     """Bucket counts per key, Prometheus `le` semantics: `counts[i]` holds values in
     (bounds[i-1], bounds[i]]; the last slot is +Inf. Not cumulative until exported."""
@@ -159,21 +167,33 @@ Gauge = tuple[str, dict[str, str], float]
 GaugeReader = Callable[[], Iterable[Gauge]]
 
 
-def member_gauges(member: Any) -> Iterator[Gauge]:
-    """(metric, labels, value) of one live distributor or node, read now."""
-    if hasattr(member, "dispatcher"):  # a Distributor
-        labels = {"distributor": member.address}
-        yield "distributor_pending", labels, float(len(member.dispatcher))
-        yield "distributor_in_flight", labels, float(len(member.tracker))
-        yield "distributor_connected_nodes", labels, float(len(member.nodes()))
-        return
-    labels = {"node": member.name}
-    yield "node_held", labels, float(member.held_count)
-    yield "node_running", labels, float(member.running_count)
-    yield "node_scheduled", labels, float(len(member._timers))
-    for link in member.links:
-        credit = float(member.free_credits(link)) if link.is_ready else 0.0
-        yield "node_free_credit", {**labels, "distributor": link.configured}, credit
+def stats_gauges(
+    distributors: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]]
+) -> list[Gauge]:
+    """(metric, labels, value) from `Distributor.stats()` / `Node.stats()` dicts: the same
+    figures whether read from live objects or from the registry."""
+    out: list[Gauge] = []
+    for d in distributors:
+        labels = {"distributor": str(d.get("address", ""))}
+        out.append(("distributor_pending", labels, float(d.get("pending", 0))))
+        out.append(("distributor_in_flight", labels, float(d.get("in_flight", 0))))
+        out.append(("distributor_connected_nodes", labels, float(len(d.get("nodes", [])))))
+    for n in nodes:
+        labels = {"node": str(n.get("name", ""))}
+        for key in ("held", "running", "scheduled", "free_credit"):
+            out.append((f"node_{key}", labels, float(n.get(key, 0))))
+    return out
+
+
+def member_gauges(members: Iterable[Any]) -> list[Gauge]:
+    """Gauges of live distributors and nodes of this process, read now."""
+    live = [
+        m for m in members if not (getattr(m, "closed", False) or getattr(m, "_stopping", False))
+    ]
+    return stats_gauges(
+        [m.stats() for m in live if hasattr(m, "dispatcher")],
+        [m.stats() for m in live if not hasattr(m, "dispatcher")],
+    )
 
 
 GAUGE_HELP = {
@@ -183,7 +203,7 @@ GAUGE_HELP = {
     "node_held": "Jobs a node holds (running, due, scheduled)",
     "node_running": "Attempts running on a node",
     "node_scheduled": "Jobs waiting on a node's timers (delayed, periodic, retries)",
-    "node_free_credit": "Jobs a node would take now from a distributor",
+    "node_free_credit": "Jobs a node would take now (its credit window minus what it holds)",
 }
 
 
@@ -209,14 +229,14 @@ class JobsCollector(Collector):
     def _read_gauges(self) -> list[Gauge]:
         if self._gauge_reader is not None:
             return list(self._gauge_reader())
-        return [g for member in list(self.metrics.members) for g in member_gauges(member)]
+        return member_gauges(self.metrics.members)
 
     def collect(self) -> Iterator[Metric]:
         for event, counter in self.metrics.counters().items():
-            family = CounterMetricFamily(f"jobreactor_jobs_{event}", EVENTS[event], labels=["job"])
-            for name, value in sorted(counter.items()):
-                family.add_metric([name], float(value))
-            yield family
+            counts = CounterMetricFamily(f"jobreactor_jobs_{event}", EVENTS[event], labels=["job"])
+            for job, count in sorted(counter.items()):
+                counts.add_metric([job], float(count))
+            yield counts
         yield _histogram("job_wait_seconds", "Due (enqueued) to start", self.metrics.wait)
         yield _histogram("job_run_seconds", "One attempt, start to end", self.metrics.run)
         yield _histogram(
@@ -247,11 +267,18 @@ class MetricsServer:
     """A node's opt-in `metrics_port`: `/metrics` (this process) and `/health` (liveness).
 
     A plain threading HTTP server in a daemon thread, off the event loop: a scrape never
-    delays a job. `/health` answers 200 while `alive()` says so, else 503.
+    delays a job (`gauge_reader` should hop onto the loop to read the gauges). `/health`
+    answers 200 while `alive()` says so, else 503.
     """
 
-    def __init__(self, host: str, port: int, alive: Callable[[], bool] | None = None) -> None:
-        registry = metrics_registry()
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        alive: Callable[[], bool] | None = None,
+        gauge_reader: GaugeReader | None = None,
+    ) -> None:
+        registry = metrics_registry(gauge_reader=gauge_reader)
         is_alive = alive or (lambda: True)
 
         class Handler(BaseHTTPRequestHandler):
@@ -289,4 +316,3 @@ class MetricsServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-

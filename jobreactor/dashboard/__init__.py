@@ -48,7 +48,7 @@ def create_app(  # noqa: PLR0913 (keyword-only options of one constructor)
         if discovery_url is not None:
             from jobreactor.dashboard.registry import RegistrySource
 
-            source = RegistrySource(discovery_url, group)
+            source = RegistrySource(discovery_url, group, prefix=redis_prefix)
         else:
             if reactor is None:
                 from jobreactor.reactor import JR

@@ -264,9 +264,7 @@ async def login(request: Request) -> Response:
         if hmac.compare_digest(given.encode(), d.token.encode()):
             response = RedirectResponse(str(request.url_for("overview")), status_code=303)
             root = str(request.scope.get("root_path", "")) or "/"
-            response.set_cookie(
-                TOKEN_COOKIE, given, httponly=True, samesite="strict", path=root
-            )
+            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path=root)
             return response
         return await d.render(request, "login.html", page="login", wrong=True)
     return await d.render(request, "login.html", page="login", wrong=False)

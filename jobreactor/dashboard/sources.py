@@ -107,37 +107,10 @@ def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
     return view
 
 
-def distributor_stats(distributor: Distributor) -> dict[str, Any]:
-    """What the dashboard shows of a distributor (the registry's `stats` carry the same keys)."""
-    return {
-        "address": distributor.address,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "pending": len(distributor.dispatcher),
-        "in_flight": len(distributor.tracker),
-        "nodes": distributor.nodes(),
-    }
-
-
-def node_stats(node: Node) -> dict[str, Any]:
-    return {
-        "name": node.name,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "storage": "redis" if node.storage.durable else "memory",
-        "held": node.held_count,
-        "running": node.running_count,
-        "scheduled": len(node._timers),
-        "concurrency": node.settings.concurrency,
-        "distributors": [
-            {
-                "address": link.configured,
-                "ready": link.is_ready,
-                "free_credit": node.free_credits(link) if link.is_ready else 0,
-            }
-            for link in node.links
-        ],
-    }
+def _here(stats: dict[str, Any]) -> dict[str, Any]:
+    stats.setdefault("host", socket.gethostname())
+    stats.setdefault("pid", os.getpid())
+    return stats
 
 
 class LocalSource:
@@ -163,8 +136,8 @@ class LocalSource:
         def read() -> Snapshot:
             return {
                 "time": time.time(),
-                "distributors": [distributor_stats(d) for d in self._distributors()],
-                "nodes": [node_stats(n) for n in self._nodes()],
+                "distributors": [_here(d.stats()) for d in self._distributors()],
+                "nodes": [_here(n.stats()) for n in self._nodes()],
                 "metrics": METRICS.snapshot(),
             }
 
@@ -174,7 +147,7 @@ class LocalSource:
         def read() -> list[View]:
             return [
                 {
-                    **distributor_stats(d),
+                    **_here(d.stats()),
                     "pending_jobs": [job_view(j) for j in d.dispatcher.peek(limit)],
                     "in_flight_jobs": [
                         job_view(e.job, node=e.node, acked=e.acked) for e in d.tracker.peek(limit)

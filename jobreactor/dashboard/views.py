@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment
 
-from jobreactor.metrics import EVENTS, Gauge, JobMetrics, totals
+from jobreactor.metrics import EVENTS, Gauge, JobMetrics, stats_gauges, totals
 
 if TYPE_CHECKING:
     from jobreactor.dashboard.app import History
@@ -33,20 +33,7 @@ def totals_of(snap: dict[str, Any]) -> dict[str, int]:
 
 
 def snapshot_gauges(snap: dict[str, Any]) -> list[Gauge]:
-    out: list[Gauge] = []
-    for d in snap.get("distributors", []):
-        labels = {"distributor": str(d.get("address", ""))}
-        out.append(("distributor_pending", labels, float(d.get("pending", 0))))
-        out.append(("distributor_in_flight", labels, float(d.get("in_flight", 0))))
-        out.append(("distributor_connected_nodes", labels, float(len(d.get("nodes", [])))))
-    for n in snap.get("nodes", []):
-        labels = {"node": str(n.get("name", ""))}
-        for key in ("held", "running", "scheduled"):
-            out.append((f"node_{key}", labels, float(n.get(key, 0))))
-        for link in n.get("distributors", []):
-            credit = float(link.get("free_credit", 0))
-            out.append(("node_free_credit", {**labels, "distributor": str(link["address"])}, credit))
-    return out
+    return stats_gauges(snap.get("distributors", []), snap.get("nodes", []))
 
 
 def job_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:

@@ -97,9 +97,9 @@ class Dispatcher:
         return None if entry is None else entry[2]
 
     def peek(self, limit: int) -> list[JobRecord]:
-        """The first `limit` pending jobs in dispatch order (dashboards: O(n log limit))."""
-        entries = heapq.nsmallest(limit, self._pending.values(), key=lambda e: (e[0], e[1]))
-        return [entry[2] for entry in entries]
+        """Up to `limit` pending jobs, the longest queued first (dashboards). O(limit): not
+        the exact dispatch order, which would mean sorting millions on the loop."""
+        return [entry[2] for entry in itertools.islice(self._pending.values(), limit)]
 
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""

@@ -31,7 +31,7 @@ from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.metrics import METRICS
+from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 from jobreactor.protocol import (
     BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
@@ -250,6 +250,8 @@ class Distributor(Outcomes):
                 for n in self.nodes()
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
+            "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            "metrics": METRICS.snapshot(),
         }
 
     async def stop(self, timeout: float | None = None) -> None:

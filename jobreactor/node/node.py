@@ -185,6 +185,8 @@ class Node(Attempts):
             "running": self._running,
             "free_credit": max(0, self._window - len(self._jobs)),
             "distributors": [link.address for link in self.links if link.is_ready],
+            "concurrency": self._concurrency,
+            "metrics": METRICS.snapshot(),
         }
 
     async def wait_ready(self, timeout: float = 10.0) -> None:

@@ -57,9 +57,12 @@ def serve() -> Iterator[Callable[[Any], Served]]:
         s.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
-    """Headless chromium from Debian (`.ci/run` installs it); fails, never skips, without it."""
+    """Headless chromium from Debian (`.ci/run` installs it); fails, never skips, without it.
+
+    Per test, not per session: Playwright's sync API keeps an event loop running in this
+    thread while it is open, and later tests call asyncio.run() here."""
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         pytest.fail(f"{CHROMIUM} missing: `apt-get install -y chromium` (.ci/run installs it)")
     from playwright.sync_api import sync_playwright

@@ -61,7 +61,8 @@ def test_overview_counters_move_while_jobs_flow(
     first = _int(page, "[data-k=succeeded]")
     # No reload: the live refresh swaps the numbers in place.
     page.wait_for_function(
-        "n => parseInt(document.querySelector('[data-k=succeeded]').textContent) > n + 40", arg=first
+        "n => parseInt(document.querySelector('[data-k=succeeded]').textContent) > n + 40",
+        arg=first,
     )
     assert page.locator("#nodes [data-node=mailer]").count() == 1
     assert "send_mail" in page.locator("#by-job").inner_text()
