@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import Context
+from bench.metrics_cost import metrics_cost
 from bench.harness import (
     BenchError,
     BenchTimeout,
@@ -562,6 +563,7 @@ WORKLOADS: dict[str, Callable[[Context, str, Figs | None], Figs]] = {
     "delayed": delayed,
     "memory": memory,
     "idle": idle,
+    "metrics": metrics_cost,
 }
 
 # Hard deadline per workload (seconds), on top of the bounded waits inside; see cli.run_one.
@@ -571,4 +573,5 @@ DEADLINES: dict[str, Callable[[Context], float]] = {
     "delayed": lambda c: 150,
     "memory": lambda c: 180 + c.params.memory_jobs * 0.002,
     "idle": lambda c: 120 + c.params.idle_s,
+    "metrics": lambda c: 300,
 }
