@@ -322,3 +322,32 @@ def test_bad_url_is_a_configuration_error() -> None:
     assert done.returncode == 2
     assert "invalid redis_url" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_list_show_stats_as_json(jobs: Jobs) -> None:
+    listed = json.loads(jobs("list", "--json").stdout)
+    assert listed["stored"] == 3
+    assert [(j["node"], j["id"]) for j in listed["jobs"]] == [
+        ("w1", "failed01"),
+        ("w2", "running1"),
+        ("w1", "later001"),
+    ]
+    assert listed["jobs"][0]["args"] == {"to": "a@example.org"}
+    failed = json.loads(jobs("list", "--status", "failed", "--json").stdout)
+    assert [j["id"] for j in failed["jobs"]] == ["failed01"]
+    assert failed["stored"] is None  # a filtered count would mean reading every record
+    stats = json.loads(jobs("stats", "--json").stdout)
+    assert stats == {"nodes": {"w1": {"failed": 1, "queued": 1}, "w2": {"in progress": 1}}}
+
+
+def test_list_pages_through_a_big_node(redis_server: RedisServer) -> None:
+    prefix = unique_prefix()
+    many = [JobRecord(id=f"j{i:05d}", name="bulk", args={}, run_at_ts=NOW + i) for i in range(2500)]
+    store(redis_server.url, prefix, "big", many)
+    done = jobs_cli("list", "--limit", "5", url=redis_server.url, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert "# jobs (5 of 2500)" in done.stdout
+    assert len(rows(done.stdout)) == 5
+    everything = jobs_cli("list", "--limit", "3000", "--json", url=redis_server.url, prefix=prefix)
+    ids = [job["id"] for job in json.loads(everything.stdout)["jobs"]]
+    assert sorted(ids) == [job.id for job in many]  # each once, across SSCAN pages

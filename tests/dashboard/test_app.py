@@ -13,11 +13,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
-from tests.dashboard.conftest import Served
 
 from jobreactor import Reactor, Registry
 from jobreactor.dashboard import create_app, create_wsgi_app
 from tests.conftest import Recorder
+from tests.dashboard.conftest import Served
 
 EVIL = "<script>alert('x')</script>"
 
