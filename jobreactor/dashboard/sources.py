@@ -87,7 +87,7 @@ def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
     view: View = {
         "id": str(data.get("id", "")),
         "name": str(data.get("name", "")),
-        "args": data.get("args", {}),
+        "args": data.get("args"),  # None: not known here (registry stats carry no args)
         "status": str(data.get("status", JobStatus.NEW)),
         "attempt": int(data.get("attempt", 0) or 0),
         "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),

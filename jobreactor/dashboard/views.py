@@ -98,6 +98,8 @@ def _ago(epoch: Any) -> str:
 def _span(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "-"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2f} ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:

@@ -5,6 +5,7 @@ Each test saves screenshots of what it saw under artifacts/screenshots/ (not com
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +35,12 @@ def flowing() -> Iterator[tuple[Reactor, threading.Event]]:
     def send_mail(args: dict[str, Any]) -> None:
         return None
 
-    reactor = make_test_reactor()
+    @registry.job("transcode")
+    async def transcode(args: dict[str, Any]) -> None:
+        await asyncio.sleep(60)  # in flight until the reactor stops (shutdown_timeout 2 s)
+
+    # Two run slots, no prefetch: two long jobs fill the node and what follows waits.
+    reactor = make_test_reactor(concurrency=2, prefetch=0)
     reactor.start_distributor("127.0.0.1", 0)
     address = ("127.0.0.1", reactor.distributor.address_port())
     reactor.start_node("mailer", "memory", [address], registry=registry)
@@ -55,7 +61,7 @@ def flowing() -> Iterator[tuple[Reactor, threading.Event]]:
 def test_overview_counters_move_while_jobs_flow(
     flowing: tuple[Reactor, threading.Event], serve: Callable[[Any], Served], page: Any
 ) -> None:
-    reactor, _ = flowing
+    reactor, producing = flowing
     served = serve(create_app(reactor, refresh_s=0.5))
     page.goto(served.url + "/")
     first = _int(page, "[data-k=succeeded]")
@@ -69,9 +75,18 @@ def test_overview_counters_move_while_jobs_flow(
     # Args are user data: the markup in them is shown, never run.
     page.wait_for_function("() => document.querySelectorAll('.chart polyline.ok').length > 0")
     screenshot(page, "overview")
-    for path, name in (("/queues", "queues"), ("/scheduled", "scheduled")):
-        page.goto(served.url + path)
-        screenshot(page, name)
+    # Two long jobs fill the node's two slots: what comes next waits in the distributor.
+    producing.set()
+    for name in ("talk.mp4", "demo.mp4"):
+        reactor.enqueue("transcode", {"file": name})
+    wait_until(lambda: reactor.nodes()[0]["in_flight"] == 2, 10, "both slots taken")
+    waiting = [reactor.enqueue("send_mail", {"to": f"later{i}@example.com"}) for i in range(3)]
+    page.goto(served.url + "/queues")
+    page.wait_for_selector("table.in-flight >> text=transcode")
+    for handle in waiting:
+        assert handle is not None
+        assert page.locator(f"table.pending >> text={handle.id}").count() == 1
+    screenshot(page, "queues")
 
 
 def test_scheduled_page_lists_delayed_and_periodic_jobs(
@@ -97,6 +112,7 @@ def test_scheduled_page_lists_delayed_and_periodic_jobs(
     assert "delayed" in table
     assert "<img src=x onerror=alert(1)>" in table  # shown as text: escaped
     assert page.locator("#scheduled img").count() == 0
+    screenshot(page, "scheduled")
     page.click(f"text={later.id}")
     page.wait_for_selector("pre.args")
     assert "onerror" in page.locator("pre.args").inner_text()
