@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import Context
-from bench.metrics_cost import metrics_cost
 from bench.harness import (
     BenchError,
     BenchTimeout,
@@ -28,6 +27,7 @@ from bench.harness import (
     self_cpu_s,
     wait_until,
 )
+from bench.metrics_cost import metrics_cost
 from bench.report import FAILED, INVALID, SKIPPED, Fig, percentile
 
 Figs = dict[str, Fig]

@@ -20,7 +20,14 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["JOB_FIELDS", "JsonFormatter", "apply_log_format", "job_fields", "setup_logging"]
+__all__ = [
+    "JOB_FIELDS",
+    "JsonFormatter",
+    "apply_log_format",
+    "job_fields",
+    "log_job",
+    "setup_logging",
+]
 
 JOB_FIELDS = ("job_id", "job", "node", "distributor", "attempt", "outcome", "duration_s")
 
@@ -39,6 +46,24 @@ def job_fields(record: Any, outcome: str | None = None) -> dict[str, Any]:
         if record.run_at:
             fields["duration_s"] = round(time.time() - record.run_at, 6)
     return fields
+
+
+def log_job(logger: logging.Logger, event: str, record: Any) -> None:
+    """One per-job INFO line ("start", "error" or "complete"), worded as the Ruby gem's."""
+    if event == "start":
+        logger.info(
+            "start %r (%s, attempt %d)", record.name, record.id, record.attempt,
+            extra=job_fields(record),
+        )  # fmt: skip
+    elif event == "error":
+        logger.info(
+            "error %r (%s): %s", record.name, record.id, record.last_error,
+            extra=job_fields(record, outcome="error"),
+        )  # fmt: skip
+    else:
+        logger.info(
+            "complete %r (%s)", record.name, record.id, extra=job_fields(record, outcome=event)
+        )
 
 
 class JsonFormatter(logging.Formatter):

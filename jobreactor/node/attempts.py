@@ -20,7 +20,7 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
 from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
-from jobreactor.logs import job_fields
+from jobreactor.logs import log_job
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
@@ -100,13 +100,7 @@ class Attempts:
             self._on_failure(held, None, NoSuchJob(record.name))
             return
         if self._log_jobs:
-            logger.info(
-                "start %r (%s, attempt %d)",
-                record.name,
-                record.id,
-                record.attempt,
-                extra=job_fields(record),
-            )
+            log_job(logger, "start", record)
         args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
             args["job_itself"] = self._job_itself(record)
@@ -177,13 +171,7 @@ class Attempts:
         record.last_error = error_text(exc)
         record.status = JobStatus.ERROR
         if self._log_jobs:
-            logger.info(
-                "error %r (%s): %s",
-                record.name,
-                record.id,
-                record.last_error,
-                extra=job_fields(record, outcome="error"),
-            )
+            log_job(logger, "error", record)
         record.args["error"] = exc  # SPEC 1.6.6: merged into the pre-attempt args, in place
         errback_args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
@@ -213,12 +201,7 @@ class Attempts:
         record = held.record
         args = plain_args(args)
         if self._log_jobs:
-            logger.info(
-                "complete %r (%s)",
-                record.name,
-                record.id,
-                extra=job_fields(record, outcome="complete"),
-            )
+            log_job(logger, "complete", record)
         if record.batch is not None and record.part is not None and not record.is_periodic:
             self._spawn(self._finish_part(held, args))
             return
