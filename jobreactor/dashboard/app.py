@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hmac
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,10 @@ from starlette.staticfiles import StaticFiles
 
 from jobreactor.dashboard import views
 from jobreactor.dashboard.sources import Source, StoredJobs
+from jobreactor.errors import ReactorClosed, StorageError
 from jobreactor.metrics import metrics_registry
+
+logger = logging.getLogger("jobreactor.dashboard")
 
 AuthHook = Callable[[Request], bool | Awaitable[bool]]
 TOKEN_COOKIE = "jobreactor_token"
@@ -270,6 +274,15 @@ async def login(request: Request) -> Response:
     return await d.render(request, "login.html", page="login", wrong=False)
 
 
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """Redis (storage or registry) or the reactor not answering: a 503 that says which."""
+    logger.warning("dashboard: %s", exc)
+    d = _dashboard(request)
+    response = await d.render(request, "unavailable.html", page="error", error=str(exc))
+    response.status_code = 503
+    return response
+
+
 def build_app(dashboard: Dashboard, debug: bool = False) -> Starlette:
     from importlib.resources import files
 
@@ -293,6 +306,12 @@ def build_app(dashboard: Dashboard, debug: bool = False) -> Starlette:
         Route("/health", health, name="health"),
         Mount("/static", StaticFiles(directory=static), name="static"),
     ]
-    app = Starlette(debug=debug, routes=routes, middleware=[Middleware(_Headers)])
+    handlers = {StorageError: unavailable, ReactorClosed: unavailable}
+    app = Starlette(
+        debug=debug,
+        routes=routes,
+        middleware=[Middleware(_Headers)],
+        exception_handlers=handlers,  # type: ignore[arg-type]
+    )
     app.state.dashboard = dashboard
     return app

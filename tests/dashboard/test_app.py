@@ -16,8 +16,10 @@ from starlette.routing import Mount
 
 from jobreactor import Reactor, Registry
 from jobreactor.dashboard import create_app, create_wsgi_app
-from tests.conftest import Recorder
+from jobreactor.errors import JobCancelled
+from tests.conftest import Recorder, wait_until
 from tests.dashboard.conftest import Served
+from tests.redis_server import RedisServer
 
 EVIL = "<script>alert('x')</script>"
 
@@ -163,3 +165,64 @@ def test_wsgi_bridge_serves_the_pages(reactor: Reactor) -> None:
     body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
     assert status == ["200 OK"]
     assert body == b'{"ok":true}'
+
+
+def test_unreachable_redis_is_a_503_that_says_so(reactor: Reactor, serve: Serve) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(reactor, redis_url=f"redis://127.0.0.1:{port}")
+    with http(serve, app) as c:
+        page = c.get("/failed")
+        assert page.status_code == 503
+        assert f"127.0.0.1:{port}" in page.text
+        assert c.get("/").status_code == 200  # the live figures don't need that Redis
+
+
+def test_cancel_a_scheduled_job(reactor: Reactor, serve: Serve) -> None:
+    registry = Registry()
+    registry.job("later")(lambda args: None)
+    address = ("127.0.0.1", reactor.distributor.address_port())
+    reactor.start_node("n", "memory", [address], registry=registry)
+    handle = reactor.enqueue("later", {}, {"after": 600})
+    assert handle is not None
+    with http(serve, create_app(reactor, token="tok")) as c:
+        page = c.get("/scheduled")
+        assert handle.id in page.text
+        headers = {"accept": "application/json", "x-jobreactor-token": "tok"}
+        answer = c.post(f"/jobs/{handle.id}/cancel", headers=headers)
+        assert answer.json()["ok"] is True
+        with pytest.raises(JobCancelled):
+            handle.result(10)
+        assert handle.id not in c.get("/scheduled").text
+
+
+def test_dashboard_command(redis_server: RedisServer, tmp_path: Any) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = [sys.executable, "-m", "jobreactor", "dashboard"]
+    refused = subprocess.run(base, capture_output=True, text=True, timeout=30, check=False)
+    assert refused.returncode == 2
+    assert "--discovery-url" in refused.stderr
+    proc = subprocess.Popen([*base, "--redis-url", redis_server.url, "--port", str(port)])
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 20, "the dashboard to listen")
+        page = httpx.get(f"http://127.0.0.1:{port}/failed", timeout=10)
+        assert page.status_code == 200
+        assert "redis node storage" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
