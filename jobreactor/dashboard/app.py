@@ -311,7 +311,7 @@ def build_app(dashboard: Dashboard, debug: bool = False) -> Starlette:
         debug=debug,
         routes=routes,
         middleware=[Middleware(_Headers)],
-        exception_handlers=handlers,  # type: ignore[arg-type]
+        exception_handlers=handlers,
     )
     app.state.dashboard = dashboard
     return app
