@@ -12,7 +12,7 @@ import socket
 
 from jobreactor.config import NodeConfig
 from jobreactor.definitions import Registry
-from jobreactor.errors import ConfigError
+from jobreactor.errors import ConfigError, StorageError
 from jobreactor.storage.redis import DEFAULT_REDIS_URL, redact_url
 
 EXIT_PROBE = 1
@@ -50,19 +50,14 @@ def check_node(config: NodeConfig, *, probe: bool = False) -> int:
 
 
 def _probe_redis(url: str) -> bool:
-    import redis
+    from jobreactor.monitor import RedisMonitor
 
     where = redact_url(url)
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except (redis.RedisError, ValueError, OSError) as exc:
-        print(f"FAIL redis {where}: {exc}")
+        with RedisMonitor(url, socket_timeout=PROBE_TIMEOUT_S) as monitor:
+            monitor.nodes()  # one round trip; errors come back as StorageError
+    except (StorageError, ConfigError) as exc:
+        print(f"FAIL redis {where}: {exc.__cause__ or exc}")
         return False
     print(f"ok   redis {where} answers")
     return True

@@ -136,6 +136,7 @@ class Dashboard:
             source_label=self.source.label,
             can_act=await self.may_act(request),
             actions_configured=self.actions_configured,
+            token_login=self.token is not None,
             refresh_ms=int(self.refresh_s * 1000),
             now=time.time(),
         )
@@ -256,7 +257,9 @@ async def action(request: Request) -> Response:
         return JSONResponse({"error": f"{verb}: not possible from this dashboard"}, 409)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"ok": bool(done), "job_id": job_id, "action": verb})
-    back = request.headers.get("referer") or str(request.url_for("overview"))
+    back = request.headers.get("referer") or ""
+    if not back.startswith(str(request.base_url)):  # only ever back into this site
+        back = str(request.url_for("overview"))
     return RedirectResponse(back, status_code=303)
 
 
