@@ -46,6 +46,8 @@ def check_node(config: NodeConfig, *, probe: bool = False) -> int:
             print(f"FAIL distributor {d.host}:{d.port}: {exc.strerror or exc}")
     if config.storage == "redis":
         failed = not _probe_redis(config.redis_url or DEFAULT_REDIS_URL) or failed
+    if settings.discovery_url:
+        failed = not _probe_redis(settings.discovery_url) or failed
     return EXIT_PROBE if failed else 0
 
 

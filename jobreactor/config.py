@@ -178,7 +178,7 @@ class NodeConfig(_Strict):
 
 
 class DistributorConfig(_Strict):
-    """`jobreactor distributor --config dist.toml`."""
+    """`jobreactor distributor --config dist.toml` (plus `discovery_url`, `group`, any setting)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)
@@ -188,7 +188,15 @@ class DistributorConfig(_Strict):
     secret: str | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # Modules imported before it starts: where `JR.register_feedback(...)` calls live, so the
+    # named feedbacks of jobs it restores or adopts fire here.
+    imports: tuple[str, ...] = ()
     settings: ReactorConfig = ReactorConfig()
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
 
 _NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}

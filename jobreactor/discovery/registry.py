@@ -218,6 +218,9 @@ class Registration:
                         self.address,
                     )
                 self._failing = True
+            except Exception:
+                # A bug, not Redis: the beat must go on (else we expire and get adopted).
+                logger.exception("%s %s: registry beat failed", self.kind, self.address)
             await asyncio.sleep(self._beat_s * random.uniform(0.9, 1.1))
 
     async def _leave(self) -> None:
