@@ -37,7 +37,7 @@ def _hooks(metrics: JobMetrics | None, loops: int) -> float:
         start = time.time()
         if metrics is not None:
             metrics.started[name] += 1
-            metrics.wait.observe(name, max(0.0, start - due))
+            metrics.wait.observe(name, start - due)
         if metrics is not None:
             metrics.succeeded[name] += 1
         if metrics is not None:

@@ -75,37 +75,48 @@ def brief(job: Any) -> dict[str, Any]:
 
 
 class Histogram:
-    """Bucket counts per key, Prometheus `le` semantics: `counts[i]` holds values in
-    (bounds[i-1], bounds[i]]; the last slot is +Inf. Not cumulative until exported."""
+    """Per key one row: bucket counts with Prometheus `le` semantics (`row[i]` counts values
+    in (bounds[i-1], bounds[i]], then +Inf), and last the sum. Not cumulative until exported.
+    One list per key, so an observation is one dict lookup, one bisect and two list adds."""
 
-    __slots__ = ("bounds", "counts", "sums")
+    __slots__ = ("bounds", "rows")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
+        self.rows: dict[str, list[float]] = {}
 
-    def observe(self, key: str, value: float) -> None:
-        counts = self.counts.get(key)
-        if counts is None:
-            counts = self.counts[key] = [0] * (len(self.bounds) + 1)
-            self.sums[key] = 0.0
-        counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sums[key] += value
+    def observe(self, key: str, value: float, _bisect: Any = bisect.bisect_left) -> None:
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = [0] * (len(self.bounds) + 1) + [0.0]
+        row[_bisect(self.bounds, value)] += 1
+        row[-1] += value
+
+    def counts(self, key: str) -> list[int]:
+        """Bucket counts of `key` (not cumulative), +Inf last; [] if never observed."""
+        return [int(count) for count in self.rows.get(key, [0.0])[:-1]]
+
+    def total(self, key: str) -> float:
+        """Sum of the values observed for `key`."""
+        return float(self.rows.get(key, [0.0])[-1])
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": {k: list(v) for k, v in self.counts.items()}, "sums": dict(self.sums)}
+        return {
+            "counts": {key: self.counts(key) for key in self.rows},
+            "sums": {key: self.total(key) for key in self.rows},
+        }
 
     def merge(self, other: dict[str, Any]) -> None:
         """Add a `snapshot()` of another process (same buckets) into this one."""
         size = len(self.bounds) + 1
+        sums = other.get("sums", {})
         for key, counts in other.get("counts", {}).items():
             if not isinstance(counts, list) or len(counts) != size:
                 continue  # other buckets (another version): not addable
-            mine = self.counts.setdefault(key, [0] * size)
+            row = self.rows.setdefault(key, [0] * size + [0.0])
             for i, value in enumerate(counts):
-                mine[i] += int(value)
-            self.sums[key] = self.sums.get(key, 0.0) + float(other.get("sums", {}).get(key, 0.0))
+                row[i] += int(value)
+            row[-1] += float(sums.get(key, 0.0))
 
 
 class JobMetrics:
@@ -213,12 +224,12 @@ GAUGE_HELP = {
 def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily(f"jobreactor_{name}", doc, labels=["job"])
     edges = [*(repr(float(b)) for b in hist.bounds), "+Inf"]
-    for key, counts in sorted(hist.counts.items()):
+    for key in sorted(hist.rows):
         running, buckets = 0, []
-        for edge, count in zip(edges, counts, strict=True):
+        for edge, count in zip(edges, hist.counts(key), strict=True):
             running += count
             buckets.append((edge, float(running)))
-        family.add_metric([key], buckets, hist.sums.get(key, 0.0))
+        family.add_metric([key], buckets, hist.total(key))
     return family
 
 

@@ -34,10 +34,11 @@ def test_histogram_buckets_follow_prometheus_le() -> None:
     hist = Histogram((0.1, 1.0))
     for value in (0.05, 0.1, 0.5, 1.0, 7.0):
         hist.observe("j", value)
-    assert hist.counts["j"] == [2, 2, 1]  # ≤0.1, (0.1, 1], +Inf
-    assert hist.sums["j"] == pytest.approx(8.65)
+    assert hist.counts("j") == [2, 2, 1]  # ≤0.1, (0.1, 1], +Inf
+    assert hist.total("j") == pytest.approx(8.65)
+    assert hist.counts("never") == []
     metrics = JobMetrics()
-    metrics.wait.counts, metrics.wait.sums = {"j": [1] * (len(WAIT_BUCKETS) + 1)}, {"j": 9.0}
+    metrics.wait.rows["j"] = [1] * (len(WAIT_BUCKETS) + 1) + [9.0]
     got = samples(generate_latest(metrics_registry(metrics, gauge_reader=list)).decode())
     assert got[("jobreactor_job_wait_seconds_bucket", (("job", "j"), ("le", "0.001")))] == 1
     assert got[("jobreactor_job_wait_seconds_bucket", (("job", "j"), ("le", "+Inf")))] == 18
@@ -56,11 +57,11 @@ def test_snapshots_of_two_processes_add_up() -> None:
     total.merge(b.snapshot())
     assert total.succeeded == {"mail": 5}
     assert total.failed == {"pdf": 1}
-    assert sum(total.run.counts["mail"]) == 2
-    assert total.run.sums["mail"] == pytest.approx(2.2)
+    assert sum(total.run.counts("mail")) == 2
+    assert total.run.total("mail") == pytest.approx(2.2)
     # A snapshot from other buckets (another version) is not added in, never mis-added.
     total.merge({"run": {"counts": {"mail": [1, 2]}, "sums": {"mail": 1.0}}})
-    assert sum(total.run.counts["mail"]) == 2
+    assert sum(total.run.counts("mail")) == 2
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_a_delayed_job_records_timer_lateness(counted: JobMetrics, reactor: Reac
     done = Recorder()
     reactor.enqueue("later", {}, {"after": 0.2}, success=done)
     done.wait(1)
-    assert sum(counted.lateness.counts["timers"]) >= 1
+    assert sum(counted.lateness.counts("timers")) >= 1
 
 
 def test_metrics_port_serves_metrics_and_health(counted: JobMetrics) -> None:

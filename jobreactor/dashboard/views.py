@@ -45,8 +45,8 @@ def job_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name}
         for event in EVENTS:
             row[event] = getattr(metrics, event)[name]
-        runs = sum(metrics.run.counts.get(name, []))
-        row["mean_run_s"] = metrics.run.sums.get(name, 0.0) / runs if runs else None
+        runs = sum(metrics.run.counts(name))
+        row["mean_run_s"] = metrics.run.total(name) / runs if runs else None
         rows.append(row)
     return rows
 

@@ -91,7 +91,7 @@ class Attempts:
         record.run_at = time.time()
         if self._metrics is not None:
             self._metrics.started[record.name] += 1
-            self._metrics.wait.observe(record.name, max(0.0, record.run_at - record.run_at_ts))
+            self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
         self._persist(record)
         if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
