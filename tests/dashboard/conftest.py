@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from jobreactor.metrics import METRICS
 from tests.conftest import wait_until
 
 CHROMIUM = os.environ.get("JOBREACTOR_CHROMIUM", "/usr/bin/chromium")
@@ -41,6 +42,14 @@ class Served:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(10.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_metrics() -> Iterator[None]:
+    """Each test's dashboard shows its own jobs (the figures are per process)."""
+    METRICS.reset()
+    yield
+    METRICS.reset()
 
 
 @pytest.fixture

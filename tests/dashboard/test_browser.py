@@ -14,7 +14,6 @@ import pytest
 
 from jobreactor import Reactor, Registry
 from jobreactor.dashboard import create_app
-from jobreactor.metrics import METRICS
 from tests.conftest import CliNode, make_test_reactor, wait_until
 from tests.dashboard.conftest import Served, screenshot
 from tests.redis_server import RedisServer, unique_prefix
@@ -196,4 +195,3 @@ def test_actions_are_refused_without_auth_or_token(
     )
     assert answer == 403
     assert "Actions (retry, delete, cancel) are off" in page.content()
-    METRICS.reset()

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from jobreactor.dashboard import create_app
-from jobreactor.metrics import METRICS
 from tests.conftest import make_test_reactor, wait_until
 from tests.dashboard.conftest import Served, screenshot
 from tests.redis_server import RedisServer, unique_prefix
@@ -56,7 +55,6 @@ OTHER_APP = textwrap.dedent(
 def shop(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
     prefix = unique_prefix()
     config = {"redis_prefix": prefix, **FAST}
-    METRICS.reset()
     here = make_test_reactor(**config)
     script = tmp_path / "other_app.py"
     script.write_text(OTHER_APP)
@@ -87,7 +85,6 @@ def shop(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
         other.wait(20)
         other.stdout.close()
         here.stop(timeout=5)
-        METRICS.reset()
 
 
 def test_dashboard_sees_every_process_of_the_group(
