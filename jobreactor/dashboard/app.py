@@ -72,15 +72,15 @@ class History:
         while self.samples and at - self.samples[0][0] > HISTORY_S:
             self.samples.popleft()
 
-    def rates(self, event: str) -> list[tuple[float, float]]:
-        """(time, per second) between consecutive samples; a counter that went down (a
+    def rates(self, event: str) -> list[tuple[float, float, float]]:
+        """(from, to, per second) between consecutive samples; a counter that went down (a
         process left) counts as a restart from zero, as Prometheus' rate() does."""
-        out: list[tuple[float, float]] = []
+        out: list[tuple[float, float, float]] = []
         pairs = zip(self.samples, list(self.samples)[1:], strict=False)
         for (t0, a), (t1, b) in pairs:
             before, after = a.get(event, 0), b.get(event, 0)
             delta = after - before if after >= before else after
-            out.append((t1, delta / max(t1 - t0, 1e-9)))
+            out.append((t0, t1, delta / max(t1 - t0, 1e-9)))
         return out
 
 
@@ -213,7 +213,7 @@ async def jump(request: Request) -> Response:
 async def api_snapshot(request: Request) -> Response:
     d = _dashboard(request)
     snap = await d.snapshot()
-    snap["rates"] = {e: d.history.rates(e)[-1:] for e in ("succeeded", "failed")}
+    snap["rates"] = {e: [r[2] for r in d.history.rates(e)[-1:]] for e in ("succeeded", "failed")}
     return JSONResponse(snap)
 
 

@@ -52,24 +52,25 @@ def job_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def chart(history: History) -> dict[str, Any]:
-    """Inline SVG polylines of succeeded/s and failed/s over the kept history: the window is
-    the last minute, growing to the last five as samples accumulate."""
+    """Inline SVG step lines of succeeded/s and failed/s (each rate held over the interval it
+    was measured on). The window is the last minute, growing to five as samples accumulate."""
     series = {event: history.rates(event) for event in ("succeeded", "failed")}
-    points = [p for values in series.values() for p in values]
+    spans = [span for values in series.values() for span in values]
     now = time.time()
-    oldest = min((t for t, _ in points), default=now)
+    oldest = min((t0 for t0, _, _ in spans), default=now)
     window = min(HISTORY_WINDOW_S, max(60.0, now - oldest))
     start = now - window
-    top = max([rate for _, rate in points] + [1.0])
+    top = max([rate for _, _, rate in spans] + [1.0])
 
-    def line(values: list[tuple[float, float]]) -> str:
-        return " ".join(
-            f"{(t - start) / window * CHART_W:.1f},{CHART_H - rate / top * (CHART_H - 10):.1f}"
-            for t, rate in values
-            if t >= start
-        )
+    def line(values: list[tuple[float, float, float]]) -> str:
+        points = []
+        for t0, t1, rate in values:
+            y = CHART_H - rate / top * (CHART_H - 10)
+            for t in (max(t0, start), t1):
+                points.append(f"{(t - start) / window * CHART_W:.1f},{y:.1f}")
+        return " ".join(points)
 
-    latest = {e: (values[-1][1] if values else 0.0) for e, values in series.items()}
+    latest = {e: (values[-1][2] if values else 0.0) for e, values in series.items()}
     return {
         "width": CHART_W,
         "height": CHART_H,

@@ -71,8 +71,11 @@ def test_overview_counters_move_while_jobs_flow(
     )
     assert page.locator("#nodes [data-node=mailer]").count() == 1
     assert "send_mail" in page.locator("#by-job").inner_text()
-    # Args are user data: the markup in them is shown, never run.
-    page.wait_for_function("() => document.querySelectorAll('.chart polyline.ok').length > 0")
+    # The chart: a step line over three or more sampled intervals.
+    page.wait_for_function(
+        "() => (document.querySelector('.chart polyline.ok')?.getAttribute('points') || '')"
+        ".split(' ').length >= 6"
+    )
     screenshot(page, "overview")
     # Two long jobs fill the node's two slots: what comes next waits in the distributor.
     producing.set()
