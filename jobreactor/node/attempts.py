@@ -49,6 +49,8 @@ class Held:
 class Attempts:
     """The attempt half of Node. The attributes below are Node's (node.py sets them)."""
 
+    _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
+
     if TYPE_CHECKING:
         name: str
         settings: ReactorConfig
@@ -63,7 +65,6 @@ class Attempts:
         _idle: asyncio.Event
         _pool: concurrent.futures.ThreadPoolExecutor
         _log_jobs: bool
-        _metrics: JobMetrics | None
         _redis_url: str | None
         _dirty: dict[str, JobRecord]
         _doomed: set[str]
