@@ -72,7 +72,7 @@ def run_node(config: NodeConfig) -> None:
 
     def setup() -> None:
         _serve_metrics(reactor, config.metrics_host, config.metrics_port)
-        reactor.start_node(
+        node = reactor.start_node(
             config.name,
             config.storage,
             [(d.host, d.port) for d in config.distributors],
@@ -84,7 +84,7 @@ def run_node(config: NodeConfig) -> None:
         )
         logging.getLogger("jobreactor").info(
             "node %s started (%s storage, jobs from %s%s)",
-            config.name,
+            node.name,
             config.storage,
             settings.job_directory,
             f", distributors of group {settings.group!r} by discovery"
@@ -187,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import MODULE first, e.g. where JR.register_feedback calls live (repeatable)",
     )
+    dist.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without a secret (a trusted network only)",
+    )
 
     demo = commands.add_parser("demo", help="distributor + memory node in one process")
     demo.add_argument("--jobs", type=int, default=20_000, help="how many jobs (default 20000)")
@@ -275,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 discovery_url=args.discovery_url,
                 group=args.group,
                 imports=args.imports,
+                insecure=args.insecure,
             )
             _setup_logging(dist_config.settings)
             run_distributor(dist_config)

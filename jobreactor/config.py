@@ -40,7 +40,7 @@ class ReactorConfig(_Strict):
     """Every tunable, SPEC 1.12 names and defaults first, then ours."""
 
     job_directory: str = "reactor_jobs"
-    max_attempt: int = Field(default=10, ge=1)
+    max_attempt: int = Field(default=10, ge=1, le=2**63 - 1)
     retry_multiplier: float = Field(default=5, ge=0)
     retry_jobs_at_start: bool = True
     merge_job_itself_to_args: bool = False
@@ -65,13 +65,18 @@ class ReactorConfig(_Strict):
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
     reconnect_interval: float = Field(default=1.0, gt=0)
     retry_strategy: Literal["linear", "exponential"] = "linear"
-    default_priority: int = 0
+    default_priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     max_run_time: float | None = Field(default=None, gt=0)
     # Seconds a vanished Redis node keeps its jobs before they are taken over.
     node_grace: float = Field(default=30.0, ge=0)
     # Long enough for typical jobs to finish after SIGTERM, shorter than Kubernetes' 30 s.
     shutdown_timeout: float = Field(default=20.0, ge=0)
     secret: str | None = None
+    # A distributor refuses to listen on a non-loopback address with no secret (and no TLS
+    # client certificates) unless this is set: for networks that are trusted on their own.
+    insecure: bool = False
+    # Connections still in their handshake (anonymous) a distributor keeps; more are closed.
+    max_unauthenticated: int = Field(default=128, ge=1)
     handshake_timeout: float = Field(default=2.0, gt=0)
     # An idle link pings this often and is closed after 3 silent intervals.
     heartbeat_interval: float = Field(default=5.0, gt=0)
@@ -168,14 +173,6 @@ class NodeConfig(_Strict):
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return _addresses(value)
-
-    @model_validator(mode="after")
-    def _somewhere_to_go(self) -> NodeConfig:
-        if not self.distributors and not self.settings.discovery_url:
-            raise ValueError(
-                "a node needs `distributors` (host:port list) or `discovery_url` (Redis)"
-            )
-        return self
 
 
 class DistributorConfig(_Strict):
@@ -296,11 +293,18 @@ def load_node_config(
     environ = os.environ if environ is None else environ
     raw = _split(data, _NODE_KEYS, environ, explicit)
     try:
-        return NodeConfig.model_validate(raw)
+        config = NodeConfig.model_validate(raw)
     except ValidationError as exc:
         env = _env_overrides(_NODE_KEYS | set(ReactorConfig.model_fields), environ)
         source = str(path or "node options")
         raise ConfigError(_describe(exc, source, _NODE_KEYS, env)) from None
+    if not config.distributors and not config.settings.discovery_url:
+        raise ConfigError(
+            f"{path or 'node options'}: distributors = []: expected at least one entry, e.g. "
+            'distributors = ["127.0.0.1:5000"], or discovery_url = "redis://..." to find the '
+            "distributors of the node's group"
+        )
+    return config
 
 
 def load_distributor_config(

@@ -284,8 +284,13 @@ class Reactor(Enqueuing, Housekeeping):
         advertise: str | None = None,
         discovery_url: str | None = None,
         group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
+        """Start a distributor on this reactor; return the bound (host, port). Thread-safe.
+
+        A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
+        (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
+        """
         return self._call(
             self.astart_distributor(
                 host,
@@ -297,6 +302,7 @@ class Reactor(Enqueuing, Housekeeping):
                 advertise=advertise,
                 discovery_url=discovery_url,
                 group=group,
+                insecure=insecure,
             )
         )
 
@@ -312,8 +318,9 @@ class Reactor(Enqueuing, Housekeeping):
         advertise: str | None = None,
         discovery_url: str | None = None,
         group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        settings = self.config.snapshot()
+        settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
         distributor = Distributor(
             settings,
             secret=secret,
@@ -325,7 +332,11 @@ class Reactor(Enqueuing, Housekeeping):
             group=group,
         )
         distributor.named_feedbacks = self._named_feedbacks
-        bound = await distributor.start(host, port, ssl)
+        try:
+            bound = await distributor.start(host, port, ssl)
+        except BaseException:
+            await distributor.storage.aclose()
+            raise
         self._distributors.append(distributor)
         return bound
 
@@ -395,10 +406,10 @@ class Reactor(Enqueuing, Housekeeping):
             registry = Registry()
             directory = job_directory if job_directory is not None else settings.job_directory
             registry.load_directory(directory)
-        targets = list(
-            distributors or [("127.0.0.1", d.address_port()) for d in self._distributors]
-        )
         discovery_url = discovery_url or settings.discovery_url
+        # This reactor's own distributors, unless discovery finds them (one link each).
+        local = [d for d in self._distributors if not (discovery_url and d.presence)]
+        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in local])
         if not targets and not discovery_url:
             raise InvalidOptions(
                 "start_node needs distributors=[(host, port), ...] or discovery_url"

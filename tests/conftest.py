@@ -173,6 +173,7 @@ class CliNode:
         address: tuple[str, int],
         storage: str = "memory",
         distributors_override: list[str] | None = None,
+        wrap: tuple[str, ...] = (),
         **settings: Any,
     ) -> None:
         jobs = tmp / "cli_jobs"
@@ -196,13 +197,18 @@ class CliNode:
             "log_job_processing = false",
         ]
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
-        self.config = tmp / f"{name}.toml"
+        stem, copy = name, 0
+        while (tmp / f"{stem}.toml").exists():  # namesakes (issue 10) get files of their own
+            copy += 1
+            stem = f"{name}-{copy}"
+        self.config = tmp / f"{stem}.toml"
         self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp / f"{name}.log"
+        self.log = tmp / f"{stem}.log"
         env = {**os.environ, "NODE": name}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                # `wrap`: e.g. ("ip", "netns", "exec", name) to run it in a network namespace
+                [*wrap, sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,

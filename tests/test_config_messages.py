@@ -58,11 +58,7 @@ def run_cli(
             ["expected a logging level name", "e.g. logger_method"],
         ),
         ('distributors = ["127.0.0.1:5000"]\n', ['name is required, e.g. name = "worker_1"']),
-        # Empty distributors are fine with discovery (issue 9), so the message names both.
-        (
-            'name = "w"\ndistributors = []\n',
-            ["a node needs `distributors` (host:port list) or `discovery_url` (Redis)"],
-        ),
+        ('name = "w"\ndistributors = []\n', ["distributors = []: expected at least one entry"]),
         (BASE + "[settings]\nmax_atempt = 3\n", ["did you mean 'max_attempt'?"]),
         (BASE + "zzzz = 1\n", ["unknown key 'zzzz'"]),
     ],

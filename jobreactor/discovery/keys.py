@@ -17,12 +17,20 @@ A journal id is the name of the distributor's durable queue in its storage
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from typing import Final, Literal
 
 from jobreactor.errors import ConfigError
 
 Kind = Literal["distributor", "node"]
 KINDS: Final[tuple[Kind, ...]] = ("distributor", "node")
+
+
+def new_iid() -> str:
+    """`<hostname>:<pid>:<12 hex>`: new per process start (pids repeat across containers)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 def check_group(group: str) -> str:

@@ -12,11 +12,11 @@ reconcile with `live_members`, which reads the zset and the hashes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -26,7 +26,7 @@ from typing import Any
 import redis.asyncio as aredis
 import redis.exceptions
 
-from jobreactor.discovery.keys import GroupKeys, Kind
+from jobreactor.discovery.keys import GroupKeys, Kind, new_iid
 
 logger = logging.getLogger("jobreactor.discovery")
 
@@ -53,11 +53,6 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
-
-
-def new_iid() -> str:
-    """`<hostname>:<pid>:<12 hex>`: new per process start (pids repeat across containers)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +141,7 @@ class Registration:
         ttl: float,
         on_beat: Callable[[], Any] | None = None,
         iid: str | None = None,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -157,9 +153,14 @@ class Registration:
         self._beat_s = beat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_beat = on_beat
+        self._on_round = on_round
+        # time.monotonic() when the last beat round ended, well or not: a gap much longer
+        # than a beat means this process was stalled (a blocked loop, SIGSTOP).
+        self.last_round = time.monotonic()
         self._beat_script = client.register_script(_BEAT)
         self._leave_script = client.register_script(_LEAVE)
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._failing = False
         self.beats = 0
 
@@ -195,7 +196,7 @@ class Registration:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 joined = await self.beat()
                 if self._failing:
@@ -221,7 +222,13 @@ class Registration:
             except Exception:
                 # A bug, not Redis: the beat must go on (else we expire and get adopted).
                 logger.exception("%s %s: registry beat failed", self.kind, self.address)
-            await asyncio.sleep(self._beat_s * random.uniform(0.9, 1.1))
+            self.last_round = time.monotonic()
+            if self._on_round is not None:
+                self._on_round()
+            with contextlib.suppress(TimeoutError):  # an event, not sleep: stop ends it at once
+                await asyncio.wait_for(
+                    self._closing.wait(), self._beat_s * random.uniform(0.9, 1.1)
+                )
 
     async def _leave(self) -> None:
         keys = [self.keys.members(self.kind), self.keys.member(self.iid)]
@@ -237,9 +244,10 @@ class Registration:
 
     async def stop(self) -> None:
         """Stop beating and leave (best effort: a member that can't say so expires by TTL)."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._task.cancel()  # and the flag: redis-py may swallow a cancellation
+            await asyncio.wait([self._task], timeout=2.0)
         try:
             await self._leave()
         except REDIS_ERRORS as exc:

@@ -42,6 +42,7 @@ class Watcher:
         self._wanted = asyncio.Event()
         self.reconciled = asyncio.Event()  # set after the first successful reconcile
         self._failing = False
+        self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -57,15 +58,22 @@ class Watcher:
         self._wanted.set()
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): redis-py may turn a cancellation inside a command into a
+        # ConnectionError, which the loops below catch; the flag ends them anyway.
+        self._closing.set()
+        self._wanted.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
 
     async def _reconciler(self) -> None:
         delay = _BACKOFF_MIN_S
-        while True:
+        while not self._closing.is_set():
             await self._wanted.wait()
             self._wanted.clear()
+            if self._closing.is_set():
+                return
             try:
                 members = await live_members(self.client, self.keys.group, prefix=self.prefix)
             except REDIS_ERRORS as exc:
@@ -90,7 +98,7 @@ class Watcher:
 
     async def _subscribe(self) -> None:
         delay = _BACKOFF_MIN_S
-        while True:
+        while not self._closing.is_set():
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.events)

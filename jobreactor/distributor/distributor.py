@@ -12,27 +12,26 @@ import collections
 import contextlib
 import itertools
 import logging
-import os
-import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
-from jobreactor.discovery.registry import new_iid
+from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
-from jobreactor.distributor.presence import Presence
+from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
+from jobreactor.distributor.journal import Journal
+from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
+from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
+from jobreactor.metrics import METRICS
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -47,14 +46,29 @@ from jobreactor.protocol import (
     Return,
     Welcome,
 )
+from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
 
 _GIVEN_AWAY_LIMIT = 1_000_000
 
 
-class Distributor(Outcomes):
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
+
+
+class Distributor(Recovery):
     def __init__(
         self,
         settings: ReactorConfig,
@@ -70,7 +84,7 @@ class Distributor(Outcomes):
         self.started = time.time()
         self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.presence: Presence | None = None
+        self.presence: Presence | None = None  # with discovery_url: from start()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -93,6 +107,9 @@ class Distributor(Outcomes):
         # back still holding one, it must drop it. Bounded: the oldest entries go first.
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
+        # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
+        self._handshaking: set[int] = set()
+        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -113,7 +130,12 @@ class Distributor(Outcomes):
     async def start(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+        """Listen on host:port (0 picks a free port); return the bound address.
+
+        Raises `InsecureBind` for a non-loopback address with neither a secret nor TLS client
+        certificates, unless the `insecure` setting allows it.
+        """
+        check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
 
         def factory() -> FramedConnection:
             return FramedConnection(
@@ -121,6 +143,7 @@ class Distributor(Outcomes):
                 max_frame_bytes=self.settings.max_frame_bytes,
                 heartbeat_interval=self.settings.heartbeat_interval,
                 label="node",
+                warn=self.peer_log,
             )
 
         sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
@@ -137,8 +160,7 @@ class Distributor(Outcomes):
             raise
         sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
-        if not self._advertise:
-            self.address = f"{host}:{bound[1]}"
+        self.address = advertised(self._advertise, host, bound[1])
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
@@ -148,114 +170,14 @@ class Distributor(Outcomes):
                 self._refused,
             )
         if self.discovery_url:
+            from jobreactor.distributor.presence import Presence  # imports redis-py
+
             self.presence = Presence(self, self.discovery_url, self.group)
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
             await self._restore()
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
-
-    @property
-    def journal_base(self) -> str:
-        """The name of this address's journal (a restart at the address resumes it)."""
-        return f"distributor:{self.address}"
-
-    async def _restore(self) -> None:
-        """Read back the journal of a previous run at this address (redis storage)."""
-        assert self.journal is not None
-        jobs = await self.journal.load()
-        out_on = self._take_jobs(jobs, adopted=False)
-        if jobs:
-            logger.info(
-                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
-                self.address,
-                len(jobs),
-                out_on,
-            )
-
-    async def adopt_journal(self, queue: str, owner: str) -> int:
-        """Take the jobs of a dead distributor's journal into ours; how many (Presence)."""
-        assert self.journal is not None
-        jobs = [job for job in await self.storage.queue_load(queue) if job.id not in self._waiting]
-        self._take_jobs(jobs, adopted=True)
-        await self.journal.flush()  # ours now hold them: the old queue can go
-        await self.storage.queue_remove(queue, [job.id for job in jobs])
-        return len(jobs)
-
-    def _take_jobs(self, jobs: list[JobRecord], *, adopted: bool) -> int:
-        """Jobs read from a journal: queue the unsent, track the ones out on nodes."""
-        out_on = 0
-        for job in jobs:
-            # A feedback id equal to the job id was a closure: gone with the old process.
-            success = job.on_success if job.on_success not in (None, job.id) else None
-            error = job.on_error if job.on_error not in (None, job.id) else None
-            self._waiting[job.id] = Waiting(success, error, None)
-            node = assignee(job)
-            if isinstance(node, str) and job.lease:
-                self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
-                out_on += 1
-                if adopted:
-                    self.journal.assigned(job, node, job.lease)  # type: ignore[union-attr]
-            elif adopted:
-                job.distributor = self.address
-                self.journal.admit(job, None)  # type: ignore[union-attr]
-            else:
-                self.dispatcher.add(job)
-        for name in {entry.node for entry in self.tracker.orphans_of_all()}:
-            self._arm_takeover(name)
-        return out_on
-
-    def fenced(self) -> None:
-        """Our journal was adopted (this process stalled past adopt_grace): let go of its jobs.
-
-        The adopter runs them now. Pending and in-flight jobs are forgotten here, their handles
-        cancelled; node sessions close, so nodes meet the new instance id we take and hand the
-        jobs they hold from the old one to the adopter.
-        """
-        logger.error(
-            "distributor %s: its journal was adopted by another distributor of group %s "
-            "(this process stalled longer than adopt_grace=%.0fs); its %d pending and %d "
-            "in-flight job(s) are the adopter's now. Going on as a new instance",
-            self.address,
-            self.group,
-            self.settings.adopt_grace,
-            len(self.dispatcher),
-            len(self.tracker),
-        )
-        reason = "adopted by another distributor"
-        for job in self.dispatcher.drain():
-            self._resolve_cancelled(job.id, reason, forget=False)  # the journal is not ours
-        for entry in self.tracker.orphans_of_all() + [
-            e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
-        ]:
-            self.tracker.forget(entry.job.id)
-            self._resolve_cancelled(entry.job.id, reason, forget=False)
-        for handle in self._takeovers.values():
-            handle.cancel()
-        self._takeovers.clear()
-        self.iid = new_iid()
-        for session in list(self._sessions.values()):
-            session.conn.close("distributor instance fenced", notify=True)
-
-    def stats(self) -> dict[str, Any]:
-        """What this distributor publishes with its registry beat (and dashboards read)."""
-        return {
-            "address": self.address,
-            "iid": self.iid,
-            "group": self.group,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": self.started,
-            "pending": len(self.dispatcher),
-            "in_flight": len(self.tracker),
-            "nodes": [
-                {"name": n["name"], "free_credit": n["free_credit"], "in_flight": n["in_flight"]}
-                for n in self.nodes()
-            ],
-            "adopted": list(self.presence.adopted) if self.presence is not None else [],
-            "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
-            "metrics": METRICS.snapshot(),
-        }
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
@@ -441,14 +363,28 @@ class Distributor(Outcomes):
 
     # --- node sessions --------------------------------------------------------------------------
 
-    def _new_session(self, conn: FramedConnection) -> NodeSession:
+    def _new_session(self, conn: FramedConnection) -> NodeSession | None:
+        if len(self._handshaking) >= self.settings.max_unauthenticated:
+            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
+            return None
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
+        self._handshaking.add(session.key)
         return session
+
+    def live_session(self, name: str) -> NodeSession | None:
+        return self._by_name.get(name)
+
+    def job_unsendable(self, job_id: str, reason: str) -> None:
+        """A job that can't be encoded fails alone: forgotten here, its handle resolved."""
+        logger.error("job %s can't be sent to a node and is dropped: %s", job_id, reason)
+        self.tracker.forget(job_id)
+        self._resolve_cancelled(job_id, f"refused: it can't be encoded for the wire ({reason})")
 
     def on_node_ready(self, session: NodeSession) -> None:
         hello = session.hello
         assert hello is not None
+        self._handshaking.discard(session.key)
         drop = self._take_over_held(session, hello.held)
         old = self._by_name.get(hello.node_name)
         if old is not None and old is not session:
@@ -511,6 +447,7 @@ class Distributor(Outcomes):
 
     def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
         self._sessions.pop(session.key, None)
+        self._handshaking.discard(session.key)
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)
@@ -605,7 +542,12 @@ class Distributor(Outcomes):
 
     # --- dispatch and feedback ------------------------------------------------------------------
 
+    def resume_dispatch(self) -> None:
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.presence is not None and self.presence.hold_dispatch():
+            return  # back from a stall: the next beat round says whether these jobs are ours
         metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -49,10 +50,13 @@ class Presence:
             ttl=settings.registry_ttl,
             on_beat=self._after_beat,
             iid=distributor.iid,
+            on_round=self._round_done,
         )
         self.claims = JournalClaims(self.client, self.keys) if distributor.journal else None
         self.epoch = 0
         self.adopted: deque[str] = deque(maxlen=_ADOPTED_KEPT)
+        self._ttl = settings.registry_ttl
+        self._held = False
 
     async def start(self) -> None:
         """Own our journal, then join (first beat). StorageUnavailable if Redis is away."""
@@ -67,6 +71,22 @@ class Presence:
                 "check discovery_url and that redis-server runs"
             ) from exc
         self.registration.start()
+
+    def hold_dispatch(self) -> bool:
+        """True if dispatching must wait for the next beat round (which proves the journal ours).
+
+        A journal owner whose beats stopped longer than registry_ttl (a blocked loop, SIGSTOP)
+        may have been adopted meanwhile; it must not send a job it lost before it knows.
+        """
+        if self.claims is None or time.monotonic() - self.registration.last_round <= self._ttl:
+            return False
+        self._held = True
+        return True
+
+    def _round_done(self) -> None:
+        if self._held:
+            self._held = False
+            self.distributor.resume_dispatch()
 
     async def _claim_journal(self) -> None:
         assert self.claims is not None

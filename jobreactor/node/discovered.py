@@ -15,6 +15,7 @@ jobs run here and their reports are dropped with the node (memory semantics).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from jobreactor.discovery.keys import GroupKeys
@@ -47,6 +48,7 @@ class Discovered:
         self.watcher = Watcher(self.client, self.keys, settings.redis_prefix, self._on_members)
         self.links: dict[str, DistributorLink] = {}  # address -> link dialled by discovery
         self.retired: dict[str, DistributorLink] = {}  # instance id -> link that left
+        self._retired_at: dict[str, float] = {}
         self._routes: dict[str, str] = {}  # instance id -> address of the one that adopted it
         self._rerouted: set[str] = set()
 
@@ -74,7 +76,8 @@ class Discovered:
         for address in list(self.links):
             if address not in live:
                 self._retire(address)
-        for address in live:
+        self._forget_unadopted()
+        for address, member in live.items():
             if address not in self.links and address not in static:
                 host, _, port = address.rpartition(":")
                 try:
@@ -83,6 +86,8 @@ class Discovered:
                     logger.warning("registry entry with a bad address %r ignored", address)
                     continue
                 logger.info("%s: found distributor %s", self.node.name, address)
+            if address in self.links:  # its handshake must show this very instance
+                self.links[address].expected_instance = member.iid
         for member in members:
             for old in member.stats.get("adopted", ()):
                 if isinstance(old, str) and old not in self._rerouted:
@@ -93,8 +98,25 @@ class Discovered:
         link = self.links.pop(address)
         self.node.remove_link(link)
         logger.info("%s: distributor %s left; no more dialling it", self.node.name, address)
-        if link.instance:
-            self.retired[link.instance] = link
+        if link.instance and (link.unacked_reports or self.node.holds_from(link)):
+            self.retired[link.instance] = link  # until an adopter shows up, or never
+            self._retired_at[link.instance] = time.monotonic()
+
+    def _forget_unadopted(self) -> None:
+        """A retired link nobody adopted (a memory distributor) stops being kept."""
+        limit = time.monotonic() - 2 * self.node.settings.adopt_grace
+        for iid, since in list(self._retired_at.items()):
+            if since < limit:
+                del self._retired_at[iid]
+                link = self.retired.pop(iid)
+                logger.warning(
+                    "%s: nobody adopted distributor %s (%s); its %d unacknowledged report(s) "
+                    "are dropped (a memory-backed distributor keeps nothing)",
+                    self.node.name,
+                    link.configured,
+                    iid,
+                    link.unacked_reports,
+                )
 
     def reroute(self) -> None:
         """Hand the jobs and reports of adopted instances to their adopters' links, if ready."""
@@ -106,6 +128,7 @@ class Discovered:
                 continue  # again when that link is welcomed
             del self._routes[old]
             self._rerouted.add(old)
+            self._retired_at.pop(old, None)
             self.node.reroute(old, self.retired.pop(old, None), target)
 
     async def stop(self) -> None:

@@ -14,7 +14,7 @@ import logging
 import ssl
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
@@ -25,12 +25,16 @@ from jobreactor.job import (
 )
 from jobreactor.metrics import METRICS
 from jobreactor.node import guards
-from jobreactor.node.attempts import Attempts, Held
-from jobreactor.node.discovered import Discovered
+from jobreactor.node.attempts import Held
+from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
+from jobreactor.node.membership import Membership
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.discovered import Discovered
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -42,7 +46,7 @@ logger = logging.getLogger("jobreactor.node")
 _DRAIN_BUDGET = 512
 
 
-class Node(Attempts):
+class Node(Membership):
     def __init__(  # noqa: PLR0913 (the keyword-only options of start_node)
         self,
         name: str,
@@ -57,7 +61,8 @@ class Node(Attempts):
         discovery_url: str | None = None,
         group: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = expand_node_name(name)
+        self.instance = new_instance_id()  # tells our reconnections from a namesake's
         self._redis_url = redis_url
         self.settings = settings
         self.registry = registry
@@ -100,7 +105,11 @@ class Node(Attempts):
         METRICS.track(self)
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.discovered = Discovered(self, url, self.group) if url else None
+        self.discovered: Discovered | None = None
+        if url:
+            from jobreactor.node.discovered import Discovered  # imports redis-py
+
+            self.discovered = Discovered(self, url, self.group)
 
     def __repr__(self) -> str:
         return (
@@ -128,66 +137,6 @@ class Node(Attempts):
     def _link_done(self, task: asyncio.Task[None]) -> None:
         if task in self._link_tasks and not self._stopping:
             self._link_tasks.remove(task)
-
-    def add_link(self, host: str, port: int) -> DistributorLink:
-        """Dial one more distributor (found by discovery)."""
-        link = DistributorLink(self, host, port, self._ssl)
-        self.links.append(link)
-        self._run_link(link)
-        return link
-
-    def remove_link(self, link: DistributorLink) -> None:
-        """Stop dialling `link`'s distributor (gone). Its jobs and reports stay with it."""
-        link.stop()
-        if link in self.links:
-            self.links.remove(link)
-
-    def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
-        """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
-        moved = [
-            h
-            for h in self._jobs.values()
-            if not h.dropped and (h.origin == old or (bucket is not None and h.link is bucket))
-        ]
-        for held in moved:
-            held.link, held.origin = target, target.instance
-            held.record.distributor = target.configured
-            self._persist(held.record)
-        reports = bucket.take_reports() if bucket is not None else []
-        pairs = [(h.record.id, h.record.lease) for h in moved]
-        ids = {job_id for job_id, _ in pairs}
-        pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
-        target.send_held(pairs)  # first: the adopter binds them to us, then takes the reports
-        target.adopt_reports(reports)
-        if pairs:
-            logger.warning(
-                "%s: %d job(s) and %d report(s) of vanished distributor %s go to %s, "
-                "which adopted its journal",
-                self.name,
-                len(moved),
-                len(reports),
-                old,
-                target.address,
-            )
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def stats(self) -> dict[str, Any]:
-        """What this node publishes with its registry beat (and dashboards read)."""
-        return {
-            "name": self.name,
-            "group": self.group,
-            "storage": self.storage.kind,
-            "held": len(self._jobs),
-            "scheduled": len(self._timers),
-            "running": self._running,
-            "free_credit": max(0, self._window - len(self._jobs)),
-            "distributors": [link.address for link in self.links if link.is_ready],
-            "concurrency": self._concurrency,
-            "metrics": METRICS.snapshot(),
-        }
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Until every static link has been welcomed once and discovery has looked once."""

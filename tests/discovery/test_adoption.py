@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,25 +16,12 @@ from jobreactor import Reactor, Registry
 from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import connect
-from tests.conftest import Recorder, eventually, make_test_reactor, wait_until
+from jobreactor.node.node import Node
+from tests.conftest import Recorder, eventually, wait_until
 from tests.discovery.conftest import Producer
 
 pytestmark = pytest.mark.timeout(120)
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def reactors() -> Iterator[Callable[..., Reactor]]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in reversed(made):
-        reactor.stop(timeout=10)
 
 
 def adopter(reactors: Callable[..., Reactor], group: dict[str, Any], fed: Recorder) -> Reactor:
@@ -44,7 +31,7 @@ def adopter(reactors: Callable[..., Reactor], group: dict[str, Any], fed: Record
     return reactor
 
 
-def slow_node(reactor: Reactor, runs: Recorder, concurrency: int = 2) -> None:
+def slow_node(reactor: Reactor, runs: Recorder, concurrency: int = 2, **kw: Any) -> Node:
     registry = Registry()
 
     @registry.job("work")
@@ -52,7 +39,7 @@ def slow_node(reactor: Reactor, runs: Recorder, concurrency: int = 2) -> None:
         await asyncio.sleep(args.get("s", 0.05))
         runs(args["i"])
 
-    reactor.start_node("n1", "memory", registry=registry, concurrency=concurrency)
+    return reactor.start_node("n1", "memory", registry=registry, concurrency=concurrency, **kw)
 
 
 async def _any(pending: Awaitable[list[Any]]) -> bool:
@@ -154,3 +141,58 @@ def test_a_stalled_owner_is_fenced_and_the_adopter_runs_its_jobs_once(
     assert sorted(Counter(runs.items).values()) == [1] * 10
     assert stalled.lines("fed") == []  # the stalled one dispatched nothing it had lost
     assert len({i for _, i in fed.items}) == 10
+
+
+def test_a_stalled_owner_sends_a_waiting_node_nothing_it_lost(
+    reactors: Callable[..., Reactor], group: dict[str, Any], producers: Callable[..., Producer]
+) -> None:
+    fed = Recorder()
+    live = adopter(reactors, group, fed)
+    stalled = producers(group, 10, "redis")
+    ready = stalled.ready()
+    host, port = ready["address"].rsplit(":", 1)
+    wait_until(lambda: bool(stalled.lines("enqueued")), timeout=20, what="jobs stored")
+    runs = Recorder()
+    stalled.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: adopted_by(live) == [ready["iid"]], timeout=20, what="adoption")
+        # A node that also dials the stalled process: its Hello waits in that process's
+        # socket, and is the first thing it handles when it resumes.
+        node = slow_node(
+            reactors(**group, prefetch=0, handshake_timeout=30.0),
+            runs,
+            distributors=[(host, int(port))],
+            wait=False,
+        )
+        wait_until(lambda: len(fed) == 10, timeout=30, what="the adopter to run them all")
+    finally:
+        stalled.proc.send_signal(signal.SIGCONT)
+    wait_until(
+        lambda: "was adopted by another distributor" in stalled.log.read_text(),
+        timeout=10,
+        what="the stalled owner to see it was fenced",
+    )
+    link = next(li for li in node.links if li.configured == ready["address"])
+    wait_until(lambda: link.is_ready and link.instance != ready["iid"], 20, "its new instance")
+    wait_until(lambda: node.held_count == 0, timeout=20, what="the node to be idle")
+    assert sorted(Counter(runs.items).values()) == [1] * 10
+
+
+def test_jobs_left_pending_by_a_graceful_stop_are_adopted(
+    reactors: Callable[..., Reactor], group: dict[str, Any]
+) -> None:
+    fed, gone_fed = Recorder(), Recorder()
+    live = adopter(reactors, group, fed)
+    leaving = adopter(reactors, group, gone_fed)
+    iid = leaving.distributor.iid
+    handles = [leaving.enqueue("work", {"i": f"p{i}"}, success="fed") for i in range(5)]
+    for handle in handles:
+        assert handle is not None
+        handle.accepted(10)
+    leaving.stop(timeout=0.2)  # no node came: the jobs stay in its journal
+    wait_until(lambda: adopted_by(live) == [iid], timeout=20, what="adoption")
+    runs = Recorder()
+    slow_node(reactors(**group), runs)
+    assert sorted(i for _, i in fed.wait(5)) == [f"p{i}" for i in range(5)]
+    assert sorted(runs.items) == [f"p{i}" for i in range(5)]
+    assert gone_fed.items == []

@@ -47,6 +47,16 @@ def test_port_zero_returns_the_bound_port_and_advertise_names_the_address() -> N
         reactor.stop(timeout=5)
 
 
+@pytest.mark.parametrize("advertise", ["10.1.2.3", "10.1.2.3:0"])
+def test_advertise_without_a_port_takes_the_bound_one(advertise: str) -> None:
+    reactor = make_test_reactor()
+    try:
+        _, port = reactor.start_distributor("127.0.0.1", 0, advertise=advertise)
+        assert reactor.distributor.address == f"10.1.2.3:{port}"
+    finally:
+        reactor.stop(timeout=5)
+
+
 def test_a_port_in_use_is_an_oserror_that_points_to_port_zero() -> None:
     reactor: Reactor = make_test_reactor()
     with socket.socket() as holder:

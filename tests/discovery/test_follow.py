@@ -5,33 +5,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobreactor import Reactor, Registry
 from jobreactor.node.node import Node
-from tests.conftest import Recorder, make_test_reactor, wait_until
-from tests.discovery.conftest import Producer
+from tests.conftest import Recorder, wait_until
+from tests.discovery.conftest import FAST, Producer
+from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(90)
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def reactors() -> Iterator[Callable[..., Reactor]]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in reversed(made):
-        reactor.stop(timeout=10)
 
 
 def start_node(reactor: Reactor, runs: Recorder | None = None, **kw: Any) -> Node:
@@ -98,6 +86,8 @@ def test_killed_distributor_expires_and_is_no_longer_dialled(
     victim.proc.wait(10)
     # No leave message: the entry expires after registry_ttl and the next beat notices.
     wait_until(lambda: address not in {li.configured for li in node.links}, 10, "expiry")
+    assert node.discovered is not None
+    assert node.discovered.retired == {}  # it held nothing from there: nothing kept
 
 
 @pytest.mark.timeout(180)
@@ -126,3 +116,44 @@ def test_scale_two_four_two_worker_processes_while_jobs_flow(
         assert sorted(row["i"] for row in p.lines("fed")) == sorted(
             f"{p.proc.pid}-{i}" for i in range(per)
         )
+
+
+def test_a_different_process_at_a_registered_address_is_refused(
+    reactors: Callable[..., Reactor], group: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A distributor outside the group sits at an address the registry lists for another
+    # instance (what a recycled port looks like): the node must not work with it.
+    stranger = reactors()
+    _, port = stranger.start_distributor("127.0.0.1", 0)
+    ghost = reactors(**group)
+    ghost.start_distributor("127.0.0.1", 0, advertise=f"127.0.0.1:{port}")
+    node = start_node(reactors(**group))
+    wait_until(lambda: "a recycled port" in caplog.text, timeout=10, what="the refusal")
+    assert linked(node) == set()  # refused at every redial, never welcomed
+
+
+def test_redis_outage_keeps_known_distributors_and_finds_new_ones_after(
+    reactors: Callable[..., Reactor], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    try:
+        config = {"discovery_url": server.url, "redis_prefix": unique_prefix(), **FAST}
+        first = reactors(**config)
+        first.start_distributor("127.0.0.1", 0)
+        runs = Recorder()
+        node = start_node(reactors(**config), runs)
+        first.wait_for_node("n1", timeout=10)
+        server.stop()
+        # Registry gone: the pair that knows each other goes on working.
+        assert first.enqueue("work", {"i": "during"}).result(10) == {"i": "during"}  # type: ignore[union-attr]
+        wait_until(lambda: "unreachable" in caplog.text, timeout=10, what="the outage logged")
+        assert first.distributor.address in linked(node)
+        server.start()
+        second = reactors(**config)
+        second.start_distributor("127.0.0.1", 0)
+        second.wait_for_node("n1", timeout=20)  # found again once Redis is back
+        assert runs.items == ["during"]
+        said = [r.getMessage() for r in caplog.records if r.name == "jobreactor.discovery"]
+        assert len([m for m in said if "discovery of group" in m and "unreachable" in m]) == 1
+    finally:
+        server.stop()
