@@ -38,6 +38,7 @@ from jobreactor.errors import InvalidOptions, ReactorClosed, ReactorForkedError,
 from jobreactor.handle import JobHandle
 from jobreactor.housekeeping import Housekeeping
 from jobreactor.job import JobRecord
+from jobreactor.logs import apply_log_format
 from jobreactor.node import Node
 from jobreactor.storage import open_storage
 
@@ -340,6 +341,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         self._distributors.clear()
 
     def _apply_logging(self) -> None:
+        apply_log_format(logger, self.config["log_format"])
         level = self.config["logger_method"]
         if level is None:
             logger.disabled = True

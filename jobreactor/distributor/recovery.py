@@ -20,6 +20,7 @@ from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Outcomes, Waiting
 from jobreactor.job import JobRecord
+from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 
 if TYPE_CHECKING:
     from jobreactor.distributor.dispatch import Dispatcher
@@ -170,4 +171,6 @@ class Recovery(Outcomes):
                 for n in self.nodes()
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
+            "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            "metrics": METRICS.snapshot(),
         }

@@ -7,6 +7,7 @@ is stale and rejected, which is what makes the final feedback exactly-once.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ class Tracker:
 
     def get(self, job_id: str) -> InFlight | None:
         return self._jobs.get(job_id)
+
+    def peek(self, limit: int) -> list[InFlight]:
+        """Up to `limit` jobs out on nodes, oldest sent first (dashboards)."""
+        return list(itertools.islice(self._jobs.values(), limit))
 
     def issue(
         self, job: JobRecord, conn: int, node: str, seq: int, lease: int | None = None

@@ -21,7 +21,9 @@ def test_uvicorn_two_workers_2000_requests_with_aenqueue(
     nodes(2, server.out)
     answers, failed = request_all(server.url, range(2000))
     assert failed == []
-    assert len({answer["pid"] for answer in answers.values()}) == 2
+    # Which worker accepts a connection is the kernel's choice (one may take them all under
+    # load); what we own is that each answer's feedback comes home to the worker that sent it.
+    assert {answer["pid"] for answer in answers.values()} <= server.workers()
     check_every_job_ran_once_and_fed_back_home(server.out, answers)
     assert server.stop() == 0, server.log_text()[-4000:]
 
