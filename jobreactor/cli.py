@@ -30,7 +30,8 @@ from jobreactor.errors import ConfigError, StorageError, StorageUnavailable
 from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
 from jobreactor.monitor import RedisMonitor
 from jobreactor.reactor import Reactor
-from jobreactor.storage.redis import DEFAULT_REDIS_URL, dump_json, redact_url
+from jobreactor.storage.codec import dump_json, redact_url
+from jobreactor.storage.connect import DEFAULT_REDIS_URL
 
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
