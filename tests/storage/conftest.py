@@ -12,9 +12,7 @@ from jobreactor.storage.redis import RedisStorage
 from tests.redis_server import (  # noqa: F401
     RedisClusterServers,
     RedisServer,
-    any_redis_url,
     own_redis_server,
-    redis_cluster,
     unique_prefix,
 )
 

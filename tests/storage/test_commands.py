@@ -105,7 +105,9 @@ async def test_commands_round_trip_in_order(redis_storage: RedisStorage, prefix:
         await sender.aclose()
 
 
-async def test_commands_are_per_node_and_per_prefix(redis_storage: RedisStorage, prefix: str) -> None:
+async def test_commands_are_per_node_and_per_prefix(
+    redis_storage: RedisStorage, prefix: str
+) -> None:
     other_prefix = RedisStorage(redis_storage._url, prefix=prefix + "-other")
     try:
         async with listening(redis_storage, "w1") as w1, listening(redis_storage, "w2") as w2:
