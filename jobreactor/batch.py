@@ -78,7 +78,7 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_TTL: Final = 86_400  # one day, the gem's default
-_PUSH_CHUNK: Final = 1_000  # parts per pipeline round trip in `push_all`
+_PUSH_CHUNK: Final = 1_000  # parts per script call (one round trip) in `push_all`
 
 KeyName = Literal["parts", "state"]
 
@@ -315,11 +315,14 @@ class _MemoryBackend(_Flags):
 # also reads `closed` inside the script: the gem reads it with a separate HGET afterwards, which
 # lets two callers both see True if a part is pushed and the batch closed in between.
 _PUSH_LUA: Final = """
-if redis.call('sadd', KEYS[1], ARGV[1]) == 1 then
-  redis.call('hincrby', KEYS[2], 'total', 1)
+-- ARGV[1] the ttl, ARGV[2..] parts: the gem's push, for many parts in one call.
+for i = 2, #ARGV do
+  if redis.call('sadd', KEYS[1], ARGV[i]) == 1 then
+    redis.call('hincrby', KEYS[2], 'total', 1)
+  end
 end
-redis.call('expire', KEYS[1], ARGV[2])
-redis.call('expire', KEYS[2], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[1])
+redis.call('expire', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -377,16 +380,15 @@ class _RedisBackend(_Flags):
 
     def push(self, parts: Iterable[str]) -> None:
         with self._errors():
-            pipe = self._redis.pipeline(transaction=False)
-            queued = 0
+            client = self._redis  # connects first: the keys and scripts follow the client
+            chunk: list[str] = []
             for part in parts:
-                self._push(keys=self._keys, args=[part, self._ttl], client=pipe)
-                queued += 1
-                if queued == _PUSH_CHUNK:
-                    pipe.execute()
-                    queued = 0
-            if queued:
-                pipe.execute()
+                chunk.append(part)
+                if len(chunk) == _PUSH_CHUNK:
+                    self._push(keys=self._keys, args=[self._ttl, *chunk], client=client)
+                    chunk = []
+            if chunk:
+                self._push(keys=self._keys, args=[self._ttl, *chunk], client=client)
 
     def _set_flag(self, field: str) -> None:
         with self._errors():

@@ -31,7 +31,7 @@ from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
 from jobreactor.monitor import RedisMonitor
 from jobreactor.reactor import Reactor
 from jobreactor.storage.codec import dump_json, redact_url
-from jobreactor.storage.connect import DEFAULT_REDIS_URL
+from jobreactor.storage.connect import DEFAULT_REDIS_URL, redis_errors
 
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
@@ -201,6 +201,11 @@ def _add_jobs_parser(commands: Any) -> None:
 
     actions.add_parser("stats", help="jobs per node and status")
 
+    actions.add_parser(
+        "migrate",
+        help="move data of the old single-tag key layout to per-owner tags (once, nodes stopped)",
+    )
+
 
 def _status(text: str) -> str:
     status = text.replace("_", " ").replace("-", " ").strip().lower()
@@ -363,11 +368,24 @@ def _jobs_stats(monitor: RedisMonitor, args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs_migrate(monitor: RedisMonitor, args: argparse.Namespace) -> int:
+    from jobreactor.storage.migrate import migrate
+
+    with redis_errors("migrate", redact_url(args.redis_url)):
+        done = migrate(monitor.storage, args.prefix)
+    print(
+        f"migrated prefix {args.prefix}: {done.jobs} job(s), {done.journals} journal(s), "
+        f"{done.unique_keys} unique key(s), {done.locks} lock(s)"
+    )
+    return 0
+
+
 _JOBS_ACTIONS: dict[str, Callable[[RedisMonitor, argparse.Namespace], int]] = {
     "list": _jobs_list,
     "show": _jobs_show,
     "retry": _jobs_retry,
     "destroy": _jobs_destroy,
     "destroy-all": _jobs_destroy_all,
+    "migrate": _jobs_migrate,
     "stats": _jobs_stats,
 }

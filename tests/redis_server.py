@@ -7,12 +7,13 @@ unique key prefix each (`unique_prefix()`), never by flushing. A test that stops
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,20 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _free_cluster_port() -> int:
+    """A free port a cluster node accepts: Redis 7.0 refuses ports above 55535 in cluster mode
+    (its bus port was port + 10000), whatever `--cluster-port` says."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port in 20000-55535")
 
 
 def _ping(port: int) -> bool:
@@ -49,9 +64,11 @@ class RedisServer:
         *,
         aof: bool = False,
         extra: Sequence[str] = (),
+        choose_port: Callable[[], int] = _free_port,
     ) -> None:
         self.aof = aof
         self.extra = list(extra)
+        self._choose_port = choose_port
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -61,7 +78,7 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
+        self.port = port or choose_port()
         self.log = directory / f"redis-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
@@ -87,7 +104,7 @@ class RedisServer:
                 self._started_once = True
                 return self
             # The free port was taken between choosing and binding it: choose again.
-            self.port = _free_port()
+            self.port = self._choose_port()
         pytest.fail(f"redis-server could not bind a free port:\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
@@ -168,7 +185,8 @@ class RedisClusterServers:
                 "--cluster-config-file",
                 str(folder / "nodes.conf"),
             ]
-            self.servers.append(RedisServer(folder, extra=extra).start())
+            server = RedisServer(folder, extra=extra, choose_port=_free_cluster_port)
+            self.servers.append(server.start())
         cli = shutil.which("redis-cli")
         if cli is None:
             pytest.fail("redis-cli is not on PATH; `.ci/run` installs it with redis-server")

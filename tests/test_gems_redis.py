@@ -12,7 +12,7 @@ import pytest
 
 from jobreactor import JobCancelled, Reactor
 from tests.conftest import Recorder
-from tests.redis_server import RedisServer, unique_prefix
+from tests.redis_server import unique_prefix
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,8 +30,9 @@ def assert_never_overlapping(items: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture
-def cluster(cli_node, redis_server: RedisServer) -> Iterator[Any]:
-    """Two reactors with redis-backed distributors and N redis CLI nodes on one Redis."""
+def cluster(cli_node, any_redis_url: str) -> Iterator[Any]:
+    """Two reactors with redis-backed distributors and N redis CLI nodes on one Redis (a single
+    server, then a 3-master Redis Cluster)."""
     prefix = unique_prefix()
     reactors: list[Reactor] = []
 
@@ -45,7 +46,7 @@ def cluster(cli_node, redis_server: RedisServer) -> Iterator[Any]:
                 shutdown_timeout=2.0,
             )
             reactor.run()
-            reactor.start_distributor("127.0.0.1", 0, storage="redis", redis_url=redis_server.url)
+            reactor.start_distributor("127.0.0.1", 0, storage="redis", redis_url=any_redis_url)
             reactors.append(reactor)
         addresses = [f"127.0.0.1:{r.distributor.address_port()}" for r in reactors]
         for index in range(nodes):
@@ -53,7 +54,7 @@ def cluster(cli_node, redis_server: RedisServer) -> Iterator[Any]:
                 f"n{index}",
                 ("127.0.0.1", 0),
                 storage="redis",
-                redis_url=redis_server.url,
+                redis_url=any_redis_url,
                 redis_prefix=prefix,
                 distributors_override=addresses,
             )
@@ -117,12 +118,12 @@ def test_enqueue_id_is_unique_across_distributors(cluster) -> None:
 
 
 def test_batch_of_1000_parts_on_four_nodes_completes_exactly_once(
-    cluster, redis_server: RedisServer
+    cluster, any_redis_url: str
 ) -> None:
     a, b = cluster(nodes=4)
     completed = Recorder()
-    batch = a.batch(redis_url=redis_server.url, on_complete=completed)
-    b.batch(batch.token, redis_url=redis_server.url, on_complete=completed)
+    batch = a.batch(redis_url=any_redis_url, on_complete=completed)
+    b.batch(batch.token, redis_url=any_redis_url, on_complete=completed)
     handles = [
         (a if i % 2 else b).enqueue("part", {"i": i}, {"batch": batch.token, "part": part})
         for i, part in batch.push_each(range(1000))

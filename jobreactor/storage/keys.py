@@ -88,15 +88,15 @@ class LegacyKeys:
         stem = f"{self.base}:queue:{queue}"
         return f"{stem}:jobs", f"{stem}:order", f"{stem}:seq"
 
-    def queue_pattern(self) -> str:
-        """SCAN pattern of the legacy journals' `jobs` hashes (migration only)."""
-        return f"{self.base}:queue:*:jobs"
+    def queue_stem(self) -> str:
+        """What the legacy journals' keys start with (migration only)."""
+        return f"{self.base}:queue:"
 
-    def uniq_pattern(self) -> str:
-        return f"{self.base}:uniq:*"
+    def uniq_stem(self) -> str:
+        return f"{self.base}:uniq:"
 
-    def lock_pattern(self) -> str:
-        return f"{self.base}:lock:*"
+    def lock_stem(self) -> str:
+        return f"{self.base}:lock:"
 
 
 def batch_keys(namespace: str | None, token: str, *, cluster: bool) -> tuple[str, str, str]:
