@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +158,10 @@ class CliNode:
         address: tuple[str, int],
         storage: str = "memory",
         distributors_override: list[str] | None = None,
+        wrap: Sequence[str] = (),
         **settings: Any,
     ) -> None:
+        """`wrap` goes before the command (e.g. `ip netns exec <ns>`)."""
         jobs = tmp / "cli_jobs"
         jobs.mkdir(exist_ok=True)
         (jobs / "jobs.py").write_text(NODE_JOBS)
@@ -187,7 +189,7 @@ class CliNode:
         env = {**os.environ, "NODE": name}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                [*wrap, sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
