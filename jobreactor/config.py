@@ -12,12 +12,13 @@ import json
 import os
 import ssl
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobreactor.config_errors import describe
 from jobreactor.errors import ConfigError
 from jobreactor.protocol import DEFAULT_MAX_FRAME_BYTES
 
@@ -87,7 +88,7 @@ class ReactorConfig(_Strict):
         if value is not None and value.lower() in {"none", "null", "off", "false", ""}:
             return None  # SPEC 1.12: nil disables logging; TOML and env have no nil
         if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
-            raise ValueError(f"unknown logging level {value!r}")
+            raise ValueError('expected a logging level name (DEBUG, INFO, WARNING, ERROR) or "off"')
         return value
 
 
@@ -194,12 +195,17 @@ def _split(
     return own
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'] if p != 'settings') or '(root)'}: {err['msg']}"
-        for err in exc.errors()
-    )
-    return f"{source}: {problems}"
+_SETTING_DEFAULTS: dict[str, Any] = {
+    name: info.default for name, info in ReactorConfig.model_fields.items()
+}
+
+
+def _describe(
+    exc: ValidationError, source: str, own: set[str] | None = None, env: Iterable[str] = ()
+) -> str:
+    """The ValidationError in our words (config_errors.py): key, expectation, example."""
+    known = set(ReactorConfig.model_fields) | (own or set()) | ({"settings"} if own else set())
+    return describe(exc, source, known, _SETTING_DEFAULTS, env)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -221,11 +227,14 @@ def load_node_config(
         # A relative job_directory in a file means relative to that file, not to the cwd.
         data["job_directory"] = str((Path(path).parent / data["job_directory"]).resolve())
     explicit = {k: v for k, v in overrides.items() if v is not None}
-    raw = _split(data, _NODE_KEYS, os.environ if environ is None else environ, explicit)
+    environ = os.environ if environ is None else environ
+    raw = _split(data, _NODE_KEYS, environ, explicit)
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path or "node options"))) from None
+        env = _env_overrides(_NODE_KEYS | set(ReactorConfig.model_fields), environ)
+        source = str(path or "node options")
+        raise ConfigError(_describe(exc, source, _NODE_KEYS, env)) from None
 
 
 def load_distributor_config(
@@ -233,11 +242,14 @@ def load_distributor_config(
 ) -> DistributorConfig:
     data = load_toml(path) if path is not None else {}
     explicit = {k: v for k, v in overrides.items() if v is not None}
-    raw = _split(data, _DIST_KEYS, os.environ if environ is None else environ, explicit)
+    environ = os.environ if environ is None else environ
+    raw = _split(data, _DIST_KEYS, environ, explicit)
     try:
         return DistributorConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path or "distributor options"))) from None
+        env = _env_overrides(_DIST_KEYS | set(ReactorConfig.model_fields), environ)
+        source = str(path or "distributor options")
+        raise ConfigError(_describe(exc, source, _DIST_KEYS, env)) from None
 
 
 class Config:

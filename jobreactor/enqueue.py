@@ -174,6 +174,23 @@ class Enqueuing:
                 "no running distributor: call JR.run() and JR.start_distributor() first"
             )
         distributor = self._distributors[0]
+        record = self._new_record(name, args, opts, distributor.address)
+        settings = self.config.current
+        if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
+            raise QueueFull(
+                f"{settings.max_pending_jobs} jobs already wait for a node; "
+                "start more nodes or raise max_pending_jobs"
+            )
+        return loop, distributor, record
+
+    def _new_record(
+        self,
+        name: str,
+        args: dict[str, Any] | None,
+        opts: dict[str, Any] | None,
+        distributor_address: str,
+    ) -> JobRecord:
+        """The job record `enqueue` sends: args checked and copied, options validated."""
         if args is None:
             args = {}
         if not isinstance(args, dict):
@@ -189,22 +206,16 @@ class Enqueuing:
         definition = self.registry.get(name)
         if definition is not None and definition.options:
             opts = {**definition.options, **opts}
-        record = build_record(
+        return build_record(
             f"{self._id_prefix}{next(self._id_counter):08x}",
             name,
             msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
             opts,
             now_epoch_s=time.time(),
-            distributor=distributor.address,
+            distributor=distributor_address,
             default_priority=settings.default_priority,
             strict_node=settings.always_use_specified_node,
         )
-        if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
-            raise QueueFull(
-                f"{settings.max_pending_jobs} jobs already wait for a node; "
-                "start more nodes or raise max_pending_jobs"
-            )
-        return loop, distributor, record
 
     async def _admit_and_submit(
         self,
@@ -225,6 +236,27 @@ class Enqueuing:
         handle = JobHandle(record.id)
         distributor.submit(record, success, error, handle)
         return handle
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until no one-shot job is queued, pending or running, and every feedback ran.
+
+        For tests and scripts (Dramatiq's `broker.join`): periodic jobs don't count. Raises
+        TimeoutError after `timeout` (a job waiting for a node that never comes, say).
+        """
+
+        async def settle() -> None:
+            while True:
+                self._drain_inbox()
+                for distributor in self._distributors:
+                    await distributor.wait_idle()
+                if not self._inbox:
+                    return
+
+        async def bounded() -> None:
+            async with asyncio.timeout(timeout):
+                await settle()
+
+        self._call(bounded(), timeout=None)
 
     def _drain_inbox(self) -> None:
         self._wake_pending = False

@@ -23,6 +23,8 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
                                         <- Cancel(job_id)
     Return(job_ids) ->                     (not started, handed back at shutdown)
     Ping / Pong either way; Bye(reason) either way before closing.
+                                        <- Command(id, op, arg)      JR.release_lock / JR.retry
+    CommandResult(id, found, job, error) ->
 
 With a secret, each side proves it knows it by an HMAC-SHA256 over both fresh nonces, the
 node's name and its own role label, so a proof can be neither replayed nor reflected.
@@ -256,6 +258,39 @@ class Dropped(Message):
         return [self.drop, self.last]
 
 
+# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry).
+COMMAND_OPS: Final = frozenset({"release_lock", "retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Message):
+    """The app asks a node to act on the node's storage: `op` on `arg` (a lock key, a job id)."""
+
+    TAG: ClassVar[int] = 20  # 20+: app housekeeping (17-19 left to the handshake's growth)
+    command_id: int
+    op: str
+    arg: str
+
+    def fields(self) -> list[Any]:
+        return [self.command_id, self.op, self.arg]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult(Message):
+    """The node's answer: `found` (the lock existed, the failed job was there), the job it
+    took for a retry (the distributor enqueues it again; `{}` for none), or why it could not
+    look (`""` when it could)."""
+
+    TAG: ClassVar[int] = 21
+    command_id: int
+    found: bool
+    job: Record
+    error: str
+
+    def fields(self) -> list[Any]:
+        return [self.command_id, self.found, self.job, self.error]
+
+
 # --- decoding: every field is checked here, so the rest of the code can trust messages ------
 
 
@@ -389,7 +424,28 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
         case Dropped.TAG:
             need(2)
             return Dropped(_str_list(f[0], "drop"), _typed(f[1], bool, "last"))
+        case Command.TAG:
+            need(3)
+            return _command(f)
+        case CommandResult.TAG:
+            need(4)
+            return _command_result(f)
     raise MalformedFrame(f"unknown message tag {tag!r}")
+
+
+def _command(f: list[Any]) -> Command:
+    op = _typed(f[1], str, "command op")
+    if op not in COMMAND_OPS:
+        raise MalformedFrame(f"unknown command {op!r}")
+    return Command(_typed(f[0], int, "command id"), op, _typed(f[2], str, "command argument"))
+
+
+def _command_result(f: list[Any]) -> CommandResult:
+    job = _typed(f[2], dict, "job")
+    if job:
+        _job_entry([0, job])  # the same checks as a job in a Jobs frame
+    command_id, found = _typed(f[0], int, "command id"), _typed(f[1], bool, "found")
+    return CommandResult(command_id, found, job, _typed(f[3], str, "error"))
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

@@ -18,7 +18,6 @@ import os
 import signal
 import ssl as ssl_module
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,9 +30,10 @@ from jobreactor.distributor.outcomes import Feedback
 from jobreactor.enqueue import Enqueuing
 from jobreactor.errors import InvalidOptions, ReactorClosed
 from jobreactor.handle import JobHandle
-from jobreactor.job import JobRecord, JobStatus
+from jobreactor.housekeeping import Housekeeping
+from jobreactor.job import JobRecord
 from jobreactor.node import Node
-from jobreactor.storage import Storage, open_storage
+from jobreactor.storage import open_storage
 
 logger = logging.getLogger("jobreactor")
 
@@ -49,7 +49,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Reactor(Enqueuing):
+class Reactor(Enqueuing, Housekeeping):
     """An event loop in a thread, with the distributors and nodes that live on it."""
 
     def __init__(self, **config: Any) -> None:
@@ -459,50 +459,6 @@ class Reactor(Enqueuing):
 
                 self._call(register())
         return created
-
-    def release_lock(self, key: str) -> bool:
-        """Resque Lock's explicit release: delete lock `key` whoever holds it; True if held."""
-
-        async def release() -> bool:
-            found = False
-            for storage in self._storages():
-                found = await storage.force_unlock(key) or found
-            return found
-
-        return self._call(release())
-
-    def retry(self, job_id: str) -> bool:
-        """Run a failed job (kept because remove_failed_jobs is off) again; True if found.
-
-        It is taken atomically from the node's storage, its attempts reset, and enqueued again
-        with the same id (delayed_job's retry of a failed job). No feedbacks are attached.
-        """
-
-        async def retry() -> bool:
-            for storage in self._storages():
-                for node in await storage.nodes():
-                    record = await storage.load(node, job_id)
-                    if record is None or record.status != JobStatus.FAILED:
-                        continue
-                    claimed = await storage.claim(node, [job_id])
-                    if not claimed:
-                        continue
-                    job = claimed[0]
-                    job.attempt, job.status, job.lease = 0, JobStatus.NEW, 0
-                    job.run_at_ts, job.node = time.time(), None
-                    self.distributor.submit(job, None, None, JobHandle(job.id))
-                    return True
-            return False
-
-        return self._call(retry())
-
-    def _storages(self) -> list[Storage]:
-        seen: list[Storage] = []
-        owners: list[Distributor | Node] = [*self._distributors, *self._nodes]
-        for owner in owners:
-            if not any(owner.storage is s for s in seen):
-                seen.append(owner.storage)
-        return seen
 
     def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Block until a node (named `name`, or any) has joined the first distributor."""

@@ -27,6 +27,8 @@ from jobreactor.protocol import (
     Bye,
     Cancel,
     Challenge,
+    Command,
+    CommandResult,
     Dropped,
     FrameDecoder,
     Held,
@@ -90,6 +92,11 @@ ALL_MESSAGES: list[Message] = [
     Held([], True),
     Dropped(["j3"], False),
     Dropped([], True),
+    Command(1, "release_lock", "lock:nightly"),
+    Command(2, "retry", "j9"),
+    CommandResult(1, True, {}, ""),
+    CommandResult(2, True, RECORD, ""),
+    CommandResult(3, False, {}, "storage unavailable"),
 ]
 
 
@@ -300,7 +307,7 @@ def test_body_that_is_not_a_tagged_array_is_malformed(obj: Any) -> None:
         decode_body(body_of(obj))
 
 
-@pytest.mark.parametrize("tag", [0, 17, 18, 99, -1, 2**40])
+@pytest.mark.parametrize("tag", [0, 22, 99, -1, 2**40])
 def test_unknown_tag_is_malformed(tag: int) -> None:
     with pytest.raises(MalformedFrame, match="unknown message tag"):
         decode_body(body_of([tag]))
@@ -348,6 +355,8 @@ def _wrong_value_for(value: Any) -> list[Any]:
         return [c for c in candidates if not isinstance(c, bytes)]
     if isinstance(value, list):
         return [c for c in candidates if not isinstance(c, list)]
+    if isinstance(value, dict):
+        return [c for c in candidates if not isinstance(c, dict)]
     raise AssertionError(f"no wrong values for {value!r}")
 
 
@@ -381,6 +390,8 @@ NESTED_WRONG_TYPES = {
     "credits a float": [1, 1, "w", [], 1.0, "memory", NONCE, []],
     "nonce as text": [1, 1, "w", [], 1, "memory", "nonce", []],
     "welcome drop with an int": [4, 1, "d:1", [1]],
+    "command op unknown": [20, 1, "flushall", "x"],
+    "command result job without id": [21, 1, True, {"name": "n", "args": {}}, ""],
     "job entry not a pair": [5, [[1]]],
     "job entry a dict": [5, [GOOD_JOB]],
     "job lease a string": [5, [["1", GOOD_JOB]]],

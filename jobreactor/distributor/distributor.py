@@ -18,18 +18,19 @@ from typing import Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
+from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Feedback, Outcomes, Waiting
+from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
-    BATCH_COMPLETE_KEY,
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    CommandResult,
     Dropped,
     Held,
     Message,
@@ -81,6 +82,8 @@ class Distributor(Outcomes):
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.commands = NodeCommands()
+        self.observers: list[Observer] = []
         self.closed = False
 
     def __repr__(self) -> str:
@@ -175,7 +178,7 @@ class Distributor(Outcomes):
         for job in dropped:
             self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
         for session in list(self._sessions.values()):
-            session.conn.close("distributor stopping", notify=True)
+            session.goodbye("distributor stopping")
         for waiting_id in list(self._waiting):
             self._resolve_cancelled(
                 waiting_id, "abandoned: the distributor stopped", forget=not keep
@@ -187,6 +190,23 @@ class Distributor(Outcomes):
         if self.journal is not None:
             await self.journal.aclose()
         await self.storage.aclose()
+
+    def unfinished(self) -> int:
+        """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
+        return len(self.dispatcher) + sum(
+            1
+            for job_id in self._waiting
+            if (entry := self.tracker.get(job_id)) is not None and not entry.job.is_periodic
+        )
+
+    async def wait_idle(self) -> None:
+        """Until no job is pending, no one-shot job is out on a node, every feedback has run."""
+        while self.unfinished() or self._tasks:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+                continue
+            self._idle.clear()
+            await self._idle.wait()
 
     def _busy(self) -> bool:
         return bool(self._by_name) and bool(
@@ -294,6 +314,10 @@ class Distributor(Outcomes):
             for s in self._by_name.values()
         ]
 
+    async def command(self, op: str, arg: str, timeout: float) -> list[CommandResult]:
+        """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
+        return await self.commands.ask(list(self._by_name.values()), op, arg, timeout)
+
     async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
         async with asyncio.timeout(timeout), self._node_joined:
@@ -376,6 +400,7 @@ class Distributor(Outcomes):
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)
+        self.commands.session_gone(session.key)
         durable = bool(session.hello and session.hello.storage == "redis")
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
@@ -447,6 +472,8 @@ class Distributor(Outcomes):
                 for item in message.items:
                     self._on_report(session, item)
                 session.ack_reports(message.first_seq + len(message.items) - 1)
+            case CommandResult():
+                self._on_command_result(session, message)
             case Held():
                 drop = self._take_over_held(session, message.held)
                 session.conn.send(Dropped(drop, message.last))
@@ -472,6 +499,15 @@ class Distributor(Outcomes):
         if not len(self.dispatcher):
             self._idle.set()
 
+    def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
+        if result.job:
+            # A failed job the node took out of its storage for JR.retry: enqueued again with
+            # the same id and no feedbacks, even if the app stopped waiting for the answer.
+            job = JobRecord.from_dict(result.job)
+            job.node, job.lease = None, 0
+            self.submit(job, None, None, JobHandle(job.id))
+        self.commands.answer(session.key, result)
+
     def _requeue(self, entry: InFlight) -> None:
         if entry.cancel_requested:
             self._resolve_cancelled(entry.job.id)
@@ -490,25 +526,13 @@ class Distributor(Outcomes):
                 session.node_name,
             )
             return
-        if item.outcome == "started":
-            self._release_unique(item.job_id)
-            return
-        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
-        if isinstance(batch_token, str):
-            self._batch_complete(batch_token)
-        if not item.final:
-            waiting = self._waiting.get(item.job_id)
-            if waiting is not None:
-                self._deliver(waiting, item)
-            return
-        self.tracker.forget(item.job_id)
-        if self.journal is not None:
-            self.journal.remove(item.job_id)
-        final = self._waiting.pop(item.job_id, None)
-        self._idle.set()
-        if final is not None:
-            # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self._release_unique(item.job_id, then=lambda: self._deliver(final, item))
+        if item.final:
+            self.tracker.forget(item.job_id)
+            if self.journal is not None:
+                self.journal.remove(item.job_id)
+        self.settle_report(item, entry.job.name)
+        if item.final:
+            self._idle.set()
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

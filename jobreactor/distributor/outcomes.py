@@ -21,12 +21,14 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.errors import StorageError
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.protocol import ReportItem
+from jobreactor.protocol import BATCH_COMPLETE_KEY, ReportItem
 from jobreactor.storage.base import Storage
 
 logger = logging.getLogger("jobreactor.distributor")
 
 Feedback = Callable[[dict[str, Any]], Any]
+# Sees every report delivered to the app, with its job's name (jobreactor.testing uses it).
+Observer = Callable[[str, ReportItem], None]
 
 
 @dataclass(slots=True)
@@ -44,13 +46,32 @@ class Outcomes:
         storage: Storage
         journal: Journal | None
         named_feedbacks: dict[str, Feedback]
+        observers: list[Observer]
         _waiting: dict[str, Waiting]
         _unique: dict[str, list[str]]
         _batch_callbacks: dict[str, Callable[[str], Any]]
 
         def _spawn(self, coro: Any) -> None: ...
 
-    def _deliver(self, waiting: Waiting, item: ReportItem) -> None:
+    def settle_report(self, item: ReportItem, name: str) -> None:
+        """What a (checked) report means here: unique keys, batch completion, feedbacks."""
+        if item.outcome == "started":
+            self._release_unique(item.job_id)
+            return
+        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
+        if isinstance(batch_token, str):
+            self._batch_complete(batch_token)
+        if not item.final:
+            waiting = self._waiting.get(item.job_id)
+            if waiting is not None:
+                self._deliver(waiting, item, name)
+            return
+        final = self._waiting.pop(item.job_id, None)
+        if final is not None:
+            # The app hears the outcome once its unique keys are free again (dj_one, loner).
+            self._release_unique(item.job_id, then=lambda: self._deliver(final, item, name))
+
+    def _deliver(self, waiting: Waiting, item: ReportItem, name: str) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
         if item.outcome == "success":
             self._call(waiting.success, item.args, item.job_id)
@@ -62,6 +83,8 @@ class Outcomes:
                 waiting.handle._fail(item.args)
         elif waiting.handle is not None:
             waiting.handle._cancel()
+        for observe in self.observers:  # after the app's own feedback has run
+            observe(name, item)
 
     # --- the gems' app-side parts: unique enqueues (dj_one, loner) and batch completion ------
 

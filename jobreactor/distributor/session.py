@@ -20,6 +20,8 @@ from jobreactor.protocol import (
     Auth,
     Bye,
     Challenge,
+    Command,
+    CommandResult,
     Held,
     Hello,
     Jobs,
@@ -55,7 +57,7 @@ class Phase(Enum):
 _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
     Phase.AWAIT_HELLO: (Hello, Bye),
     Phase.AWAIT_AUTH: (Auth, Bye),
-    Phase.READY: (Ack, Nack, Reports, Return, Held, Bye),
+    Phase.READY: (Ack, Nack, Reports, Return, Held, CommandResult, Bye),
     Phase.CLOSED: (),
 }
 
@@ -173,6 +175,21 @@ class NodeSession:
     def queue_job(self, lease: int, record: Record) -> None:
         self._outbox.append((lease, record))
         self.conn.schedule_flush()
+
+    def goodbye(self, reason: str) -> None:
+        """Close with a Bye, acknowledging the reports received so far first.
+
+        The last reports often arrive in the very loop turn the distributor stops in, before
+        the batched acknowledgement leaves; unacknowledged, the node would keep them, warn, and
+        send them again. Jobs not yet sent stay unsent: the app was told they were dropped.
+        """
+        if self._report_ack is not None:
+            self.conn.send_frame(encode(ReportsAck(self._report_ack)))
+            self._report_ack = None
+        self.conn.close(reason, notify=True)
+
+    def send_command(self, command: Command) -> None:
+        self.conn.send(command)
 
     def ack_reports(self, upto_seq: int) -> None:
         self._report_ack = upto_seq

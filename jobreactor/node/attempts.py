@@ -224,6 +224,7 @@ class Attempts:
             record.attempt = 0  # SPEC D12: a successful periodic run resets the count
             record.status = JobStatus.QUEUED
             record.run_at_ts = next_periodic_due(record.run_at_ts, record.period, time.time())
+            record.make_after = record.period  # the Ruby record's "wait before the next run"
             self._persist(record)
             self._end_attempt(held)
             self._schedule_at_epoch(held, record.run_at_ts)
@@ -258,6 +259,7 @@ class Attempts:
             else:
                 delay = retry_delay(record.attempt, strategy, self.settings.retry_multiplier)
             record.args.pop("job_itself", None)
+            record.make_after = delay
             record.run_at_ts = time.time() + delay
             self._persist(record)
             self._schedule_at_epoch(held, record.run_at_ts)
@@ -314,6 +316,7 @@ class Attempts:
         """Not now (perform_id busy, storage away): run later, no attempt used (dj_one)."""
         record = held.record
         record.status = JobStatus.QUEUED
+        record.make_after = delay
         record.run_at_ts = time.time() + delay
         self._persist(record)
         self._end_attempt(held, retrying=True)
@@ -387,4 +390,5 @@ class Attempts:
         itself.setdefault("attempt", record.attempt)
         itself.setdefault("status", str(record.status))
         itself.setdefault("node", record.node)
+        itself.setdefault("make_after", record.make_after)  # the Ruby job_itself always had it
         return itself

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
+from jobreactor.node import commands
 from jobreactor.protocol import (
     NONCE_BYTES,
     PROTOCOL_VERSION,
@@ -27,6 +28,7 @@ from jobreactor.protocol import (
     Bye,
     Cancel,
     Challenge,
+    Command,
     Dropped,
     Held,
     Hello,
@@ -111,6 +113,7 @@ class DistributorLink:
         self._seq = 0
         self._stop = asyncio.Event()
         self._challenged = False
+        self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
         self._reports_drained = asyncio.Event()
@@ -206,12 +209,16 @@ class DistributorLink:
                 self._on_reports_ack(message.upto_seq)
             case Cancel() if self.is_ready:
                 self.node.cancel_job(message.job_id)
+            case Command() if self.is_ready:
+                commands.answer(self.node, self, message)
             case Dropped() if self.is_ready:
                 self.node.jobs_dropped(self, message.drop, settled=message.last)
             case Bye():
-                logger.warning(
-                    "distributor %s closed the link: %s", self.configured, message.reason
+                # A distributor stopping (an app's JR.stop(), a deploy) is routine: INFO.
+                logger.info(
+                    "distributor %s is closing the link: %s", self.configured, message.reason
                 )
+                self._goodbye = True
                 if self.conn is not None:
                     self.conn.close("distributor said goodbye")
             case _:
@@ -265,8 +272,12 @@ class DistributorLink:
         self._nacks.clear()
         self._credits = 0
         self.conn = None
+        goodbye, self._goodbye = self._goodbye, False
         if was_ready and not self._stop.is_set():
-            logger.warning(
+            # Unexpected, or reports still unacknowledged (they may never reach the app): WARNING.
+            level = logging.INFO if goodbye and not self._reports else logging.WARNING
+            logger.log(
+                level,
                 "lost distributor %s (%s); redialling, %d report(s) kept for it",
                 self.configured,
                 reason,

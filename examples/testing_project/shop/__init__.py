@@ -1,0 +1,1 @@
+"""The sample shop: app code that enqueues jobs."""

@@ -1,0 +1,88 @@
+"""The app's housekeeping calls that reach where a lock or a failed job lives.
+
+`JR.release_lock(key)` and `JR.retry(job_id)` look first in the storages this reactor holds
+(its distributors' and in-process nodes'), then ask the nodes connected to its distributors
+(protocol.Command), since a lock or a failed job usually lives in the nodes' Redis, which a
+web app with a memory distributor never opens. Reactor (reactor.py) mixes this in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jobreactor.distributor import Distributor
+from jobreactor.handle import JobHandle
+from jobreactor.node import Node
+from jobreactor.node.commands import take_failed
+from jobreactor.storage import Storage
+
+T = TypeVar("T")
+
+# How long a node gets to answer a command (it is one storage round trip or two).
+COMMAND_TIMEOUT_S = 5.0
+
+
+class Housekeeping:
+    """release_lock and retry. The attributes below are Reactor's."""
+
+    if TYPE_CHECKING:
+        _distributors: list[Distributor]
+        _nodes: list[Node]
+
+        @property
+        def distributor(self) -> Distributor: ...
+
+        def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
+
+    def release_lock(self, key: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
+        """Resque Lock's release by hand: delete lock `key` whoever holds it; True if held.
+
+        Reaches the nodes' storage through the connected nodes, each given `timeout` seconds.
+        """
+
+        async def release() -> bool:
+            for storage in self._storages():
+                if await storage.force_unlock(key):
+                    return True
+            for distributor in self._distributors:
+                answers = await distributor.command("release_lock", key, timeout)
+                if any(answer.found for answer in answers):
+                    return True
+            return False
+
+        return self._call(release(), timeout=self._bound(timeout))
+
+    def retry(self, job_id: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
+        """Run a failed job (kept because remove_failed_jobs is off) again; True if found.
+
+        It is taken atomically from the storage that keeps it (this reactor's, or a connected
+        node's), its attempts reset, and enqueued again with the same id (delayed_job's retry
+        of a failed job). No feedbacks are attached: the old ones fired already.
+        """
+
+        async def retry() -> bool:
+            for storage in self._storages():
+                taken = await take_failed(storage, job_id)
+                if taken is not None:
+                    self.distributor.submit(taken[1], None, None, JobHandle(job_id))
+                    return True
+            for distributor in self._distributors:
+                # A node that has it hands it back; the distributor enqueues it again.
+                answers = await distributor.command("retry", job_id, timeout)
+                if any(answer.found for answer in answers):
+                    return True
+            return False
+
+        return self._call(retry(), timeout=self._bound(timeout))
+
+    def _bound(self, timeout: float) -> float:
+        return 30.0 + timeout * max(1, len(self._distributors))
+
+    def _storages(self) -> list[Storage]:
+        seen: list[Storage] = []
+        owners: list[Distributor | Node] = [*self._distributors, *self._nodes]
+        for owner in owners:
+            if not any(owner.storage is s for s in seen):
+                seen.append(owner.storage)
+        return seen

@@ -1,0 +1,80 @@
+"""What a node does when the app asks it to act on its storage (protocol.Command).
+
+`release_lock(key)`: Resque Lock's release by hand, whoever holds the lock (its `force_unlock`).
+`retry(job_id)`: take a failed job out of the storage atomically (any node's, as the storage
+keeps them by node name: a Redis fleet shares one), reset its attempts and hand it back to the
+app's distributor, which enqueues it again with the same id. The same `take_failed` serves
+`JR.retry` on storages the app's own reactor holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from jobreactor.errors import StorageError
+from jobreactor.job import JobRecord, JobStatus
+from jobreactor.protocol import Command, CommandResult
+from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.link import DistributorLink
+    from jobreactor.node.node import Node
+
+logger = logging.getLogger("jobreactor.node")
+
+
+async def take_failed(storage: Storage, job_id: str) -> tuple[str, JobRecord] | None:
+    """Claim failed job `job_id` from whichever node stored it; (that node, the job reset)."""
+    for owner in await storage.nodes():
+        record = await storage.load(owner, job_id)
+        if record is None or record.status != JobStatus.FAILED:
+            continue
+        claimed = await storage.claim(owner, [job_id])
+        if not claimed:
+            continue  # someone else took it between the load and the claim
+        job = claimed[0]
+        job.attempt, job.status, job.lease = 0, JobStatus.NEW, 0
+        job.run_at_ts, job.make_after, job.node = time.time(), 0.0, None
+        return owner, job
+    return None
+
+
+async def _release_lock(node: Node, command: Command) -> CommandResult:
+    found = await node.storage.force_unlock(command.arg)
+    if found:
+        logger.info("%s: lock %r released at the app's request", node.name, command.arg)
+    return CommandResult(command.command_id, found, {}, "")
+
+
+async def _retry(node: Node, link: DistributorLink, command: Command) -> CommandResult | None:
+    taken = await take_failed(node.storage, command.arg)
+    if taken is None:
+        return CommandResult(command.command_id, False, {}, "")
+    owner, job = taken
+    if link.conn is None or not link.is_ready:
+        # The answer can't leave: put the job back as it was rather than lose it.
+        job.status = JobStatus.FAILED
+        await node.storage.save_many(owner, [job])
+        return None
+    logger.info("%s: failed job %s handed back for a retry", node.name, job.id)
+    return CommandResult(command.command_id, True, job.to_dict(), "")
+
+
+def answer(node: Node, link: DistributorLink, command: Command) -> None:
+    """Do `command` off the message path and send the result on the same link."""
+
+    async def run_and_reply() -> None:
+        result: CommandResult | None
+        try:
+            if command.op == "release_lock":
+                result = await _release_lock(node, command)
+            else:
+                result = await _retry(node, link, command)
+        except StorageError as exc:
+            result = CommandResult(command.command_id, False, {}, str(exc))
+        if result is not None and link.conn is not None and link.is_ready:
+            link.conn.send(result)
+
+    node._spawn(run_and_reply())
