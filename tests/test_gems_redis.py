@@ -68,18 +68,23 @@ def cluster(cli_node, any_redis_url: str) -> Iterator[Any]:
         reactor.stop(timeout=15)
 
 
-def test_perform_id_never_runs_two_at_once_across_nodes(cluster, tmp_path: Path) -> None:
+def test_perform_id_never_runs_two_at_once_across_nodes(
+    cluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     a, b = cluster(nodes=2)
     out = tmp_path / "spans.jsonl"
     opts = {"perform_id": "one-at-a-time", "duplicate_delay": 0.01, "max_attempt": 1}
+    # Every postponed job polls the key every 10 ms: on the cluster (a heavier client) fewer
+    # jobs keep the run well inside its bound on a loaded machine; the race is the same.
+    count = 80 if request.node.callspec.params["any_redis_url"] == "cluster" else 200
     handles = [
         (a if i % 2 else b).enqueue("span", {"out": str(out), "i": i, "s": 0.01}, opts)
-        for i in range(200)
+        for i in range(count)
     ]
     for h in handles:
         h.result(90)
     ran = spans(out)
-    assert sorted(s["i"] for s in ran) == list(range(200))  # postponed, never dropped
+    assert sorted(s["i"] for s in ran) == list(range(count))  # postponed, never dropped
     assert {s["node"] for s in ran} == {"n0", "n1"}
     assert_never_overlapping(ran)
 

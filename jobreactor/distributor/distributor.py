@@ -196,7 +196,7 @@ class Distributor(Outcomes):
         return len(self.dispatcher) + sum(
             1
             for job_id in self._waiting
-            if (entry := self.tracker.get(job_id)) is not None and not entry.job.is_periodic
+            if (entry := self.tracker.get(job_id)) is not None and not entry.periodic
         )
 
     async def wait_idle(self) -> None:
@@ -223,7 +223,7 @@ class Distributor(Outcomes):
 
     def _has_unfinished_one_shots(self) -> bool:
         return any(
-            not self.tracker.get(job_id).job.is_periodic  # type: ignore[union-attr]
+            not self.tracker.get(job_id).periodic  # type: ignore[union-attr]
             for job_id in self._waiting
             if self.tracker.get(job_id) is not None
         )
@@ -383,8 +383,8 @@ class Distributor(Outcomes):
         return drop
 
     def _give_away(self, entry: InFlight) -> None:
-        self._given_away[entry.job.id] = entry.node
-        self._given_away.move_to_end(entry.job.id)
+        self._given_away[entry.job_id] = entry.node
+        self._given_away.move_to_end(entry.job_id)
         while len(self._given_away) > _GIVEN_AWAY_LIMIT:
             self._given_away.popitem(last=False)
 
@@ -444,7 +444,7 @@ class Distributor(Outcomes):
             len(orphans),
         )
         for entry in orphans:
-            self.tracker.forget(entry.job.id)
+            self.tracker.forget(entry.job_id)
             self._give_away(entry)
             self._requeue(entry)
         self._dispatch()
@@ -461,10 +461,10 @@ class Distributor(Outcomes):
                     logger.warning(
                         "%s could not store job %s (%s); requeued",
                         session.node_name,
-                        entry.job.id,
+                        entry.job_id,
                         message.reason,
                     )
-                    self.tracker.forget(entry.job.id)
+                    self.tracker.forget(entry.job_id)
                     self._give_away(entry)
                     self._requeue(entry)
                 # No credit comes back with a nack: the node grants it again once it can store.
@@ -492,10 +492,11 @@ class Distributor(Outcomes):
     def _dispatch(self) -> None:
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
-            lease = self.tracker.issue(job, key, session.node_name, seq)
+            record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
+            lease = self.tracker.issue(job, key, session.node_name, seq, wire=record)
             if self.journal is not None:
                 self.journal.assigned(job, session.node_name, lease)
-            session.queue_job(lease, job.to_dict())
+            session.queue_job(lease, record)
         if not len(self.dispatcher):
             self._idle.set()
 
@@ -510,7 +511,7 @@ class Distributor(Outcomes):
 
     def _requeue(self, entry: InFlight) -> None:
         if entry.cancel_requested:
-            self._resolve_cancelled(entry.job.id)
+            self._resolve_cancelled(entry.job_id)
             return
         if self.journal is not None:
             self.journal.unassigned(entry.job)
@@ -530,7 +531,7 @@ class Distributor(Outcomes):
             self.tracker.forget(item.job_id)
             if self.journal is not None:
                 self.journal.remove(item.job_id)
-        self.settle_report(item, entry.job.name)
+        self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
 
