@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 import types
 import typing
 from dataclasses import fields
@@ -56,25 +57,35 @@ def _json_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# One encoder, built once: json.dumps with options builds a new one on every call.
+_JSON: Final = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def dump_json(value: Any) -> str:
     """JSON readable by any tool; bytes become {"__bytes__": "<base64>"}."""
-    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    return _JSON.encode(value)
 
 
 def load_json(text: str) -> Any:
     return json.loads(text, object_hook=_json_hook)
 
 
-def _encode_value(kind: str, value: Any) -> str:
-    if kind == "str":
-        return str(value)
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "int":
-        return str(int(value))
-    if kind == "float":
-        return repr(float(value))
-    return dump_json(value)
+def _bool_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+_ENCODERS: Final[dict[str, Any]] = {
+    "str": str,
+    "bool": _bool_text,
+    "int": lambda value: str(int(value)),
+    "float": lambda value: repr(float(value)),
+    "json": dump_json,
+}
+# (name, encoder, default, always) per field, and every field's value in one C call.
+_PLAN: Final = tuple(
+    (name, _ENCODERS[kind], default, always) for name, kind, default, always in _FIELDS
+)
+_VALUES: Final = operator.attrgetter(*(name for name, _, _, _ in _FIELDS))
 
 
 def encode_job(job: JobRecord) -> dict[str, str]:
@@ -83,11 +94,10 @@ def encode_job(job: JobRecord) -> dict[str, str]:
     A field that is None is left out (absent means None), so `""` and None stay distinct.
     """
     out: dict[str, str] = {}
-    for name, kind, default, always in _FIELDS:
-        value = getattr(job, name)
+    for (name, encode, default, always), value in zip(_PLAN, _VALUES(job), strict=True):
         if value is None or (not always and value == default):
             continue
-        out[name] = _encode_value(kind, value)
+        out[name] = encode(value)
     if job.extra:
         for key, value in job.extra.items():
             if key not in FIELD_KINDS:
