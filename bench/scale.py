@@ -50,7 +50,7 @@ def fanout(ctx: Context, storage: str, figs: Figs | None = None) -> Figs:
     figs = {} if figs is None else figs
     if storage != "memory":  # the distributor's side doesn't depend on node storage
         return figs
-    n = 6_000 if ctx.params.quick else 30_000
+    n = 3_000 if ctx.params.quick else 30_000
     per_job: dict[int, float] = {}
     for nodes in (10, 100, 1_000):
         case = f"{nodes:,} nodes connected"
@@ -95,7 +95,7 @@ def _fanout_case(ctx: Context, nodes: int, n: int) -> float:
                 return count >= nodes
 
             wait_until(joined, 60 + nodes * 0.1, f"{nodes} fleet nodes joining", 0.2)
-            _warm_up(cluster, NOOP, min(2 * nodes * FLEET_CONCURRENCY, 4_000))
+            _warm_up(cluster, NOOP, min(2 * nodes * FLEET_CONCURRENCY, 2_000))
             with ctx.quiet():
                 cpu, _ = _drain(cluster, n, f"fanout with {nodes} nodes")
             return cpu * 1e6 / n
@@ -110,7 +110,7 @@ def cluster_vs_single(ctx: Context, storage: str, figs: Figs | None = None) -> F
     figs = {} if figs is None else figs
     if storage != "redis":
         return figs
-    n = 3_000 if ctx.params.quick else 20_000
+    n = 2_000 if ctx.params.quick else 20_000
     rates: dict[str, float] = {}
     single = ctx.redis()
     try:
@@ -147,7 +147,7 @@ def _cluster_case(ctx: Context, redis: Any, n: int, label: str) -> float:
     db = 0 if isinstance(redis, RedisClusterServers) else 15  # 15: no other workload's db
     with Cluster(workdir, "redis", ctx.params.concurrency, redis, label="clu", redis_db=db) as c:
         c.start(2)
-        _warm_up(c, NOOP, 500)
+        _warm_up(c, NOOP, 200 if ctx.params.quick else 1_000)
         _, wall = _drain(c, n, f"no-ops on {label}")
         return n / wall
 
