@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import logging
 import os
 import sys
@@ -56,7 +57,7 @@ def run_node(config: NodeConfig) -> None:
     ssl_context = client_ssl_context(settings)
 
     def setup() -> None:
-        reactor.start_node(
+        node = reactor.start_node(
             config.name,
             config.storage,
             [(d.host, d.port) for d in config.distributors],
@@ -67,20 +68,37 @@ def run_node(config: NodeConfig) -> None:
             wait=False,
         )
         logging.getLogger("jobreactor").info(
-            "node %s started (%s storage, jobs from %s)",
-            config.name,
+            "node %s started (%s storage, jobs from %s%s)",
+            node.name,
             config.storage,
             settings.job_directory,
+            f", distributors of group {settings.group!r} by discovery"
+            if settings.discovery_url
+            else "",
         )
 
     reactor.run_forever(setup)
 
 
+def _import_all(modules: tuple[str, ...]) -> None:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--import myapp.feedbacks` from the project's root
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"--import {module}: {exc}") from exc
+
+
 def run_distributor(config: DistributorConfig) -> None:
-    reactor = _reactor_for(config.settings)
+    """A distributor on `JR` (imported modules register their named feedbacks on it)."""
+    from jobreactor.reactor import JR
+
+    JR.config.update(config.settings.model_dump())
+    _import_all(config.imports)
 
     def setup() -> None:
-        reactor.start_distributor(
+        JR.start_distributor(
             config.host,
             config.port,
             secret=config.secret,
@@ -89,8 +107,17 @@ def run_distributor(config: DistributorConfig) -> None:
             redis_url=config.redis_url,
             advertise=config.advertise,
         )
+        settings = config.settings
+        logging.getLogger("jobreactor").info(
+            "distributor %s: %s storage, %s",
+            JR.distributor.address,
+            config.storage,
+            f"group {settings.group!r} (discovery on)"
+            if settings.discovery_url
+            else "no discovery",
+        )
 
-    reactor.run_forever(setup)
+    JR.run_forever(setup)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,11 +138,35 @@ def _parser() -> argparse.ArgumentParser:
         help="a distributor to connect to (repeatable; overrides the file)",
     )
     node.add_argument("--job-directory", help="where job definitions live")
+    node.add_argument("--discovery-url", help="redis where it finds its group's distributors")
+    node.add_argument("--group", help="discovery group (default 'default')")
 
-    dist = commands.add_parser("distributor", help="run a standalone distributor")
+    dist = commands.add_parser(
+        "distributor",
+        help="run a standalone distributor (e.g. a redis-backed member of a discovery group "
+        "that adopts the jobs of dead web workers)",
+    )
     dist.add_argument("--config", "-c", help="distributor.toml (keys: host, port, ...)")
-    dist.add_argument("--host")
-    dist.add_argument("--port", type=int)
+    dist.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    dist.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 5000)")
+    dist.add_argument("--advertise", metavar="HOST:PORT", help="the address nodes should dial")
+    dist.add_argument("--storage", choices=["memory", "redis"], help="journal storage")
+    dist.add_argument("--redis-url", help="redis for the journal (storage = redis)")
+    dist.add_argument("--discovery-url", help="redis where it registers for nodes to find")
+    dist.add_argument("--group", help="discovery group (default 'default')")
+    dist.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first, e.g. where JR.register_feedback calls live (repeatable)",
+    )
+    dist.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without a secret (a trusted network only)",
+    )
 
     demo = commands.add_parser("demo", help="distributor + memory node in one process")
     demo.add_argument("--jobs", type=int, default=20_000, help="how many jobs (default 20000)")
@@ -135,13 +186,26 @@ def main(argv: list[str] | None = None) -> int:
                 storage=args.storage,
                 distributors=args.distributor,
                 job_directory=args.job_directory,
+                discovery_url=args.discovery_url,
+                group=args.group,
             )
             _setup_logging(node_config.settings.logger_method)
             run_node(node_config)
         elif args.command == "jobs":
             return run_jobs(args)
         elif args.command == "distributor":
-            dist_config = load_distributor_config(args.config, host=args.host, port=args.port)
+            dist_config = load_distributor_config(
+                args.config,
+                host=args.host,
+                port=args.port,
+                advertise=args.advertise,
+                storage=args.storage,
+                redis_url=args.redis_url,
+                discovery_url=args.discovery_url,
+                group=args.group,
+                imports=args.imports,
+                insecure=args.insecure,
+            )
             _setup_logging(dist_config.settings.logger_method)
             run_distributor(dist_config)
         else:
@@ -150,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.jobs, args.nodes)
     except ConfigError as exc:
         print(f"jobreactor: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, StorageError) as exc:  # a port in use, Redis away at start
+        print(f"jobreactor: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jobreactor.config_errors import describe
 from jobreactor.errors import ConfigError
@@ -33,7 +40,7 @@ class ReactorConfig(_Strict):
     """Every tunable, SPEC 1.12 names and defaults first, then ours."""
 
     job_directory: str = "reactor_jobs"
-    max_attempt: int = Field(default=10, ge=1)
+    max_attempt: int = Field(default=10, ge=1, le=2**63 - 1)
     retry_multiplier: float = Field(default=5, ge=0)
     retry_jobs_at_start: bool = True
     merge_job_itself_to_args: bool = False
@@ -54,13 +61,18 @@ class ReactorConfig(_Strict):
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
     reconnect_interval: float = Field(default=1.0, gt=0)
     retry_strategy: Literal["linear", "exponential"] = "linear"
-    default_priority: int = 0
+    default_priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     max_run_time: float | None = Field(default=None, gt=0)
     # Seconds a vanished Redis node keeps its jobs before they are taken over.
     node_grace: float = Field(default=30.0, ge=0)
     # Long enough for typical jobs to finish after SIGTERM, shorter than Kubernetes' 30 s.
     shutdown_timeout: float = Field(default=20.0, ge=0)
     secret: str | None = None
+    # A distributor refuses to listen on a non-loopback address with no secret (and no TLS
+    # client certificates) unless this is set: for networks that are trusted on their own.
+    insecure: bool = False
+    # Connections still in their handshake (anonymous) a distributor keeps; more are closed.
+    max_unauthenticated: int = Field(default=128, ge=1)
     handshake_timeout: float = Field(default=2.0, gt=0)
     # An idle link pings this often and is closed after 3 silent intervals.
     heartbeat_interval: float = Field(default=5.0, gt=0)
@@ -79,6 +91,30 @@ class ReactorConfig(_Strict):
     lock_timeout: float = Field(default=3600.0, ge=0)
     # With redis storage on the distributor, enqueue waits until the job is stored, this long.
     enqueue_timeout: float = Field(default=5.0, gt=0)
+    # Discovery (DESIGN "Production topologies"): a Redis url where distributors register and
+    # nodes find them, by group. None: no discovery (nodes use their static `distributors`).
+    discovery_url: str | None = None
+    group: str = Field(default="default", min_length=1, max_length=200, pattern=r"^[^{}]+$")
+    # Registry heartbeat (seconds, ±10 % jitter) and how long an entry outlives its last beat.
+    registry_beat: float = Field(default=5.0, gt=0)
+    registry_ttl: float = Field(default=15.0, gt=0)
+    # A dead distributor's journal is adopted by a live one of its group this long after its
+    # last beat (must exceed registry_ttl: a live one that missed beats must not lose it).
+    adopt_grace: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _registry_times(self) -> ReactorConfig:
+        if self.registry_ttl <= self.registry_beat:
+            raise ValueError(
+                f"registry_ttl ({self.registry_ttl}) must exceed registry_beat "
+                f"({self.registry_beat}); use 3-4 beats"
+            )
+        if self.adopt_grace <= self.registry_ttl:
+            raise ValueError(
+                f"adopt_grace ({self.adopt_grace}) must exceed registry_ttl "
+                f"({self.registry_ttl}), with a margin"
+            )
+        return self
 
     @field_validator("logger_method")
     @classmethod
@@ -118,7 +154,8 @@ class NodeConfig(_Strict):
 
     name: str = Field(min_length=1)
     storage: Literal["memory", "redis"] = "memory"
-    distributors: tuple[DistributorAddress, ...] = Field(min_length=1)
+    # Static addresses; may be empty when `discovery_url` finds them (both may be combined).
+    distributors: tuple[DistributorAddress, ...] = ()
     job_directory: str | None = None
     redis_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
@@ -132,7 +169,7 @@ class NodeConfig(_Strict):
 
 
 class DistributorConfig(_Strict):
-    """`jobreactor distributor --config dist.toml`."""
+    """`jobreactor distributor --config dist.toml` (plus `discovery_url`, `group`, any setting)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)
@@ -140,7 +177,15 @@ class DistributorConfig(_Strict):
     storage: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     secret: str | None = None
+    # Modules imported before it starts: where `JR.register_feedback(...)` calls live, so the
+    # named feedbacks of jobs it restores or adopts fire here.
+    imports: tuple[str, ...] = ()
     settings: ReactorConfig = ReactorConfig()
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
 
 _NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}
@@ -230,11 +275,18 @@ def load_node_config(
     environ = os.environ if environ is None else environ
     raw = _split(data, _NODE_KEYS, environ, explicit)
     try:
-        return NodeConfig.model_validate(raw)
+        config = NodeConfig.model_validate(raw)
     except ValidationError as exc:
         env = _env_overrides(_NODE_KEYS | set(ReactorConfig.model_fields), environ)
         source = str(path or "node options")
         raise ConfigError(_describe(exc, source, _NODE_KEYS, env)) from None
+    if not config.distributors and not config.settings.discovery_url:
+        raise ConfigError(
+            f"{path or 'node options'}: distributors = []: expected at least one entry, e.g. "
+            'distributors = ["127.0.0.1:5000"], or discovery_url = "redis://..." to find the '
+            "distributors of the node's group"
+        )
+    return config
 
 
 def load_distributor_config(

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from jobreactor.errors import RemoteProtocolError
+from jobreactor.errors import LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import Bye, FrameDecoder, Message, Ping, Pong, encode
+from jobreactor.ratelimit import RateLimitedLog
 
 logger = logging.getLogger("jobreactor.connection")
 
@@ -35,13 +36,17 @@ class ConnectionOwner(Protocol):
 class FramedConnection(asyncio.Protocol):
     def __init__(
         self,
-        owner_factory: Callable[[FramedConnection], ConnectionOwner],
+        owner_factory: Callable[[FramedConnection], ConnectionOwner | None],
         *,
         max_frame_bytes: int,
         heartbeat_interval: float,
         label: str,
+        warn: RateLimitedLog | None = None,
     ) -> None:
         self._owner_factory = owner_factory
+        # Warnings about the peer: a distributor shares one limiter among all its connections,
+        # so a flood of bad peers costs a few lines, not one each.
+        self.warn = warn if warn is not None else RateLimitedLog(logger, logging.WARNING, 0.0)
         self._owner: ConnectionOwner | None = None
         self._decoder = FrameDecoder(max_frame_bytes)
         self._transport: asyncio.Transport | None = None
@@ -61,6 +66,10 @@ class FramedConnection(asyncio.Protocol):
         state = "CLOSED" if self.closed.is_set() else "OPEN"
         return f"<FramedConnection {self.label} {self.peer} {state}>"
 
+    def restrict(self, max_frame_bytes: int, allowed: frozenset[int] | None) -> None:
+        """Limit the frames accepted from now on (smaller and fewer kinds before the handshake)."""
+        self._decoder.restrict(max_frame_bytes, allowed)
+
     @property
     def is_open(self) -> bool:
         return self._transport is not None and not self.closed.is_set()
@@ -72,6 +81,10 @@ class FramedConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._owner = self._owner_factory(self)
+        if self._owner is None:  # refused (too many handshakes under way): drop it now
+            self.closed.set()
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self._arm_heartbeat()
 
     def data_received(self, data: bytes) -> None:
@@ -86,8 +99,9 @@ class FramedConnection(asyncio.Protocol):
                 elif not isinstance(message, Pong):
                     self._owner.on_message(message)
         except RemoteProtocolError as exc:
-            logger.warning(
-                "closing %s connection from %s: %s (a peer with another version or a bug)",
+            self.warn(
+                "closing %s connection from %s: %s (a peer with another version, a bug, "
+                "or not a jobreactor peer)",
                 self.label,
                 self.peer,
                 exc,
@@ -121,7 +135,13 @@ class FramedConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._owner is not None and not self.closed.is_set():
-            self._owner.before_flush()
+            try:
+                self._owner.before_flush()
+            except LocalProtocolError:
+                # The owner failed items one by one where it could; what is queued still goes.
+                logger.exception(
+                    "%s connection %s: a message could not be encoded", self.label, self.peer
+                )
         if self._out and self._transport is not None and not self.closed.is_set():
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()

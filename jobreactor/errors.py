@@ -18,8 +18,18 @@ class ConfigError(JobReactorError, ValueError):
     """A configuration value or file is invalid; the message names the key and the file."""
 
 
+class InsecureBind(ConfigError):
+    """A distributor would listen on a non-loopback address with no secret and no TLS client
+    certificates: anyone who can reach the port could join as a node. Set `secret`, or
+    `insecure = true` if the network itself is trusted."""
+
+
 class InvalidOptions(JobReactorError, ValueError):
     """`enqueue` options are unknown, of the wrong type or contradictory."""
+
+
+class InvalidArgs(JobReactorError, TypeError):
+    """Job args that can't cross the wire: not plain data, or an integer outside -2**63..2**64-1."""
 
 
 class NoSuchJob(JobReactorError):

@@ -143,11 +143,19 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+def _finite(value: float) -> bool:
+    """A finite number that converts to a float (an int past 1e308 doesn't)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(opts: JobOpts, key: str, *, allow_negative: bool = False) -> float | None:
     value = opts.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise InvalidOptions(f"option {key!r} must be a number of seconds, got {value!r}")
     if not allow_negative and value < 0:
         raise InvalidOptions(f"option {key!r} must not be negative, got {value!r}")
@@ -166,7 +174,7 @@ def _text(opts: JobOpts, key: str) -> str | None:
 def _epoch(value: Any) -> float:
     if isinstance(value, dt.datetime):
         return value.timestamp()  # naive datetimes are local time, as datetime.timestamp() says
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise InvalidOptions(
             f"option 'run_at' must be a datetime or a unix timestamp, got {value!r}"
         )
@@ -201,14 +209,22 @@ def _lock_key(name: str, args: JobArgs, lock: Any) -> str | None:
     raise InvalidOptions(f"option 'lock' must be True or a non-empty key string, got {lock!r}")
 
 
-def _int_option(opts: JobOpts, key: str, minimum: int | None = None) -> int | None:
+# Integers crossing the wire (msgpack) and stored in Redis must fit a signed 64-bit integer.
+INT_OPTION_MIN: Final = -(2**63)
+INT_OPTION_MAX: Final = 2**63 - 1
+
+
+def _int_option(opts: JobOpts, key: str, minimum: int = INT_OPTION_MIN) -> int | None:
     value = opts.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidOptions(f"option {key!r} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise InvalidOptions(f"option {key!r} must be >= {minimum}, got {value!r}")
+    if not minimum <= value <= INT_OPTION_MAX:
+        raise InvalidOptions(
+            f"option {key!r} must be an integer in {minimum}..{INT_OPTION_MAX} "
+            f"(it crosses the wire as a 64-bit integer), got {value!r}"
+        )
     return value
 
 

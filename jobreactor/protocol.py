@@ -1,18 +1,19 @@
 """The wire protocol, sans I/O: bytes in, messages out.
 
 A frame is a 4-byte big-endian length followed by one msgpack array whose first item is the
-message tag. The length is checked against `max_frame_bytes` *before* the body is buffered, and
-msgpack is unpacked with limits derived from the frame size, no ext types are trusted, and every
-field is type-checked here, so nothing malformed reaches the distributor or the node. Nothing is
-ever unpickled or evaluated.
+message tag. The length is checked against `max_frame_bytes` (much smaller before the handshake)
+*before* the body is buffered; the tag is read before unpacking, so a kind not allowed yet is
+refused unread; msgpack is unpacked with limits per message kind, no ext types are trusted, and
+every field is type- and range-checked here, so nothing malformed reaches the distributor or the
+node. Nothing is ever unpickled or evaluated.
 
 Conversation (the node dials; one connection per node/distributor pair, full duplex):
 
     node                                   distributor
-    Hello(version, name, jobs, credits, nonce, held) ->
+    Hello(version, name, jobs, credits, nonce, held, instance, wants_auth) ->
                                         <- Challenge(nonce, proof)     only with a secret
     Auth(proof) ->                                                     only with a secret
-                                        <- Welcome(address, drop)
+                                        <- Welcome(address, drop, instance)
     Held(more held, last) ->               (only when the held list outgrew the Hello)
                                         <- Dropped(drop, last)
                                         <- Jobs([(lease, record), ...])
@@ -41,7 +42,7 @@ from typing import Any, ClassVar, Final, TypeVar
 
 import msgpack
 
-from jobreactor.errors import FrameTooLarge, LocalProtocolError, MalformedFrame
+from jobreactor.errors import FrameTooLarge, InvalidArgs, LocalProtocolError, MalformedFrame
 
 PROTOCOL_VERSION: Final = 1
 # Put into the success args of the part that completed its batch; the distributor takes it out.
@@ -49,7 +50,14 @@ BATCH_COMPLETE_KEY: Final = "_jr_batch_complete"
 # 16 MiB: far above any sane job (args are meant to be ids and small values), far below what
 # would let one peer exhaust memory. Both sides check it before buffering a body.
 DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+# Before the handshake completes a peer is anonymous: its frames must fit this (a Hello with a
+# few hundred held jobs and job names does; the rest of a held list goes in Held frames after
+# authentication). With max_frame_bytes instead, 150 anonymous sockets could pin 2.4 GB.
+PRE_AUTH_MAX_FRAME_BYTES: Final = 64 * 1024
 NONCE_BYTES: Final = 16
+# Every integer the protocol counts with (leases, sequence numbers, credits) fits a signed
+# 64-bit integer, so the peer can always encode what it derives from it (seq + n, ...).
+MAX_WIRE_INT: Final = 2**63 - 1
 _LENGTH: Final = struct.Struct(">I")
 
 Record = dict[str, Any]
@@ -76,6 +84,11 @@ class Hello(Message):
     storage: str
     nonce: bytes
     held: list[tuple[str, int]]  # (job id, lease) of jobs still held from this distributor
+    # Random per node process: tells a reconnection of this node from another node that
+    # (by mistake or on purpose) uses the same name. "" = unknown (every "" is one instance).
+    instance: str = ""
+    # The node has a secret: a distributor without one must refuse it, not welcome it.
+    wants_auth: bool = False
 
     def fields(self) -> list[Any]:
         return [
@@ -86,6 +99,8 @@ class Hello(Message):
             self.storage,
             self.nonce,
             self.held,
+            self.instance,
+            self.wants_auth,
         ]
 
 
@@ -114,9 +129,12 @@ class Welcome(Message):
     version: int
     distributor: str
     drop: list[str]
+    # The distributor's instance id (`host:pid:hex`): a node that finds another instance at an
+    # address it knew (a recycled port, a restart) hands jobs of the old one over (discovery).
+    instance: str = ""
 
     def fields(self) -> list[Any]:
-        return [self.version, self.distributor, self.drop]
+        return [self.version, self.distributor, self.drop, self.instance]
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +320,16 @@ def _str_list(value: Any, what: str) -> list[str]:
 
 def _int_list(value: Any, what: str) -> list[int]:
     if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+        type(v) is int and 0 <= v <= MAX_WIRE_INT for v in value
     ):
-        raise MalformedFrame(f"{what} must be a list of integers")
+        raise MalformedFrame(f"{what} must be a list of integers in 0..2**63-1")
+    return value
+
+
+def _count(value: Any, what: str, low: int = 0) -> int:
+    """A lease, sequence number or credit count: an int in low..2**63-1."""
+    if type(value) is not int or not low <= value <= MAX_WIRE_INT:
+        raise MalformedFrame(f"{what} must be an integer in {low}..2**63-1, got {value!r}")
     return value
 
 
@@ -321,7 +346,7 @@ def _held(value: Any) -> list[tuple[str, int]]:
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
             raise MalformedFrame("held must be a list of [job_id, lease]")
-        out.append((_typed(item[0], str, "held job id"), _typed(item[1], int, "held lease")))
+        out.append((_typed(item[0], str, "held job id"), _count(item[1], "held lease")))
     return out
 
 
@@ -329,8 +354,8 @@ def _job_entry(item: Any) -> tuple[int, Record]:
     if type(item) is not list or len(item) != 2:
         raise MalformedFrame("a job entry must be [lease, record]")
     lease, record = item
-    if type(lease) is not int or type(record) is not dict:
-        raise MalformedFrame("a job entry must be [int lease, dict record]")
+    if type(lease) is not int or type(record) is not dict or not 0 <= lease <= MAX_WIRE_INT:
+        raise MalformedFrame("a job entry must be [lease in 0..2**63-1, dict record]")
     if (
         type(record.get("id")) is not str
         or type(record.get("name")) is not str
@@ -348,10 +373,11 @@ def _report_item(item: Any) -> ReportItem:
     if (
         type(job_id) is not str
         or type(lease) is not int
+        or not 0 <= lease <= MAX_WIRE_INT
         or type(final) is not bool
         or type(args) is not dict
     ):
-        raise MalformedFrame("a report needs [str, int, str, bool, dict]")
+        raise MalformedFrame("a report needs [str, lease in 0..2**63-1, str, bool, dict]")
     if type(outcome) is not str or outcome not in OUTCOMES:
         raise MalformedFrame(f"unknown report outcome {outcome!r}")
     return ReportItem(job_id, lease, outcome, final, args)
@@ -364,15 +390,17 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
 
     match tag:
         case Hello.TAG:
-            need(7)
+            need(9)
             return Hello(
                 _typed(f[0], int, "version"),
                 _typed(f[1], str, "node name"),
                 _str_list(f[2], "job names"),
-                _typed(f[3], int, "credits"),
+                _count(f[3], "credits"),
                 _typed(f[4], str, "storage"),
                 _typed(f[5], bytes, "nonce"),
                 _held(f[6]),
+                _typed(f[7], str, "instance"),
+                _typed(f[8], bool, "wants_auth"),
             )
         case Challenge.TAG:
             need(2)
@@ -381,28 +409,32 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
             need(1)
             return Auth(_typed(f[0], bytes, "proof"))
         case Welcome.TAG:
-            need(3)
+            need(4)
             return Welcome(
                 _typed(f[0], int, "version"),
                 _typed(f[1], str, "distributor"),
                 _str_list(f[2], "drop"),
+                _typed(f[3], str, "instance"),
             )
         case Jobs.TAG:
             need(1)
             return Jobs([_job_entry(item) for item in _typed(f[0], list, "jobs")])
         case Ack.TAG:
             need(2)
-            return Ack(_int_list(f[0], "leases"), _typed(f[1], int, "credits"))
+            return Ack(_int_list(f[0], "leases"), _count(f[1], "credits"))
         case Nack.TAG:
             need(2)
-            return Nack(_typed(f[0], int, "lease"), _typed(f[1], str, "reason"))
+            return Nack(_count(f[0], "lease"), _typed(f[1], str, "reason"))
         case Reports.TAG:
             need(2)
             items = [_report_item(item) for item in _typed(f[1], list, "reports")]
-            return Reports(_typed(f[0], int, "first_seq"), items)
+            first_seq = _count(f[0], "first_seq")
+            # The distributor acknowledges up to first_seq + len - 1: that must fit too.
+            _count(first_seq + len(items), "first_seq + number of reports")
+            return Reports(first_seq, items)
         case ReportsAck.TAG:
             need(1)
-            return ReportsAck(_typed(f[0], int, "upto_seq"))
+            return ReportsAck(_count(f[0], "upto_seq", low=-1))
         case Cancel.TAG:
             need(1)
             return Cancel(_typed(f[0], str, "job_id"))
@@ -452,27 +484,113 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise MalformedFrame(f"msgpack ext type {code} is not allowed")
 
 
-def decode_body(body: bytes) -> Message:
-    """Decode one frame body (without its length header) into a checked message."""
+# msgpack limits per message kind, applied *before* unpacking (msgpack checks each container's
+# and string's announced length against them). Kinds that carry no map, string or bytes get 0,
+# so a frame of a few bytes per item can't expand into millions of Python objects there; only
+# Jobs, Reports and CommandResult carry job args (user data) and keep limits derived from
+# the frame size.
+_NAME: Final = 4096  # node/job names, ids, reasons
+_UNBOUNDED: Final = -1  # derived from the frame size
+_Limits = tuple[int, int, int, int]  # max_str_len, max_bin_len, max_array_len, max_map_len
+_KIND_LIMITS: Final[dict[int, _Limits]] = {
+    Hello.TAG: (_NAME, NONCE_BYTES, _UNBOUNDED, 0),
+    Challenge.TAG: (0, 64, 3, 0),
+    Auth.TAG: (0, 64, 2, 0),
+    Welcome.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Jobs.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
+    Ack.TAG: (0, 0, _UNBOUNDED, 0),
+    Nack.TAG: (_NAME, 0, 3, 0),
+    Reports.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
+    ReportsAck.TAG: (0, 0, 2, 0),
+    Cancel.TAG: (_NAME, 0, 2, 0),
+    Return.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Ping.TAG: (0, 0, 1, 0),
+    Pong.TAG: (0, 0, 1, 0),
+    Bye.TAG: (_NAME, 0, 2, 0),
+    Held.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Dropped.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Command.TAG: (_NAME, 0, 4, 0),
+    CommandResult.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
+}
+# Kinds that carry no job args: no map at all (refused at the first one, empty or not), and at
+# most one array per 4 bytes of frame, so their frames can't become ~60x their size in objects.
+ARGS_KINDS: Final = frozenset({Jobs.TAG, Reports.TAG, CommandResult.TAG})
+
+
+def _no_maps(value: Any) -> Any:
+    raise MalformedFrame("this message kind carries no maps")
+
+
+def _array_budget(size: int) -> Callable[[list[Any]], list[Any]]:
+    left = size // 4 + 4
+
+    def count(value: list[Any]) -> list[Any]:
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise MalformedFrame("more arrays than a frame of this size and kind can hold")
+        return value
+
+    return count
+
+
+# Where the tag sits after each msgpack array header: fixarray, array 16, array 32.
+_TAG_OFFSET: Final = {0xDC: 3, 0xDD: 5}
+
+
+def peek_tag(body: bytes) -> int:
+    """The message tag of a frame body, read from its first bytes without unpacking it."""
+    if not body:
+        raise MalformedFrame("empty frame body")
+    head = body[0]
+    offset = 1 if 0x91 <= head <= 0x9F else _TAG_OFFSET.get(head, 0)
+    if not offset or len(body) <= offset:
+        raise MalformedFrame("a frame must be a msgpack array starting with a message tag")
+    if body[offset] > 0x7F:  # every tag is a positive fixint
+        raise MalformedFrame(f"unknown message tag (byte {body[offset]:#x})")
+    return body[offset]
+
+
+def decode_body(body: bytes, allowed: frozenset[int] | None = None) -> Message:
+    """Decode one frame body (without its length header) into a checked message.
+
+    `allowed`: the tags acceptable now (the phase); any other is refused before unpacking.
+    """
+    tag = peek_tag(body)
+    limits = _KIND_LIMITS.get(tag)
+    if limits is None:
+        raise MalformedFrame(f"unknown message tag {tag!r}")
+    if allowed is not None and tag not in allowed:
+        raise MalformedFrame(f"message tag {tag} is not allowed before the handshake")
+    size = len(body)
+    max_str, max_bin, max_array, max_map = (size if lim < 0 else lim for lim in limits)
+    hooks: dict[str, Any] = {}
+    if tag not in ARGS_KINDS:
+        hooks = {"object_hook": _no_maps, "list_hook": _array_budget(size)}
     try:
         obj = msgpack.unpackb(
             body,
             raw=False,
             use_list=True,
             strict_map_key=False,
-            # unpackb derives its container and string limits from len(body), which
-            # max_frame_bytes already bounds; ext types are refused outright, except
-            # timestamps (ext -1, decoded by msgpack itself), which become float seconds.
+            max_str_len=max_str,
+            max_bin_len=max_bin,
+            max_array_len=max_array,
+            max_map_len=max_map,
+            max_ext_len=size,
+            # ext types are refused outright, except timestamps (ext -1, decoded by msgpack
+            # itself), which become float seconds.
             ext_hook=_reject_ext,
             timestamp=1,
+            **hooks,
         )
     except MalformedFrame:
         raise
     except Exception as exc:  # noqa: BLE001 (msgpack raises many types on garbage)
         raise MalformedFrame(f"undecodable frame body: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
+    if not isinstance(obj, list) or not obj or obj[0] != tag:
         raise MalformedFrame("a frame must be a msgpack array starting with a message tag")
-    return _decode_fields(obj[0], obj[1:])
+    return _decode_fields(tag, obj[1:])
 
 
 def encode(message: Message) -> bytes:
@@ -509,12 +627,13 @@ def encode_split(
 
 
 def pack_args(args: Record) -> bytes:
-    """Check that `args` can cross the wire; raise TypeError naming the bad value if not."""
+    """Check that `args` can cross the wire; raise InvalidArgs (a TypeError) naming the problem."""
     try:
         return msgpack.packb(args, use_bin_type=True)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
-            f"job args must be plain data (dict, list, str, int, float, bool, None, bytes): {exc}"
+        raise InvalidArgs(
+            "job args must be plain data (dict, list, str, int in -2**63..2**64-1, float, bool, "
+            f"None, bytes): {exc}"
         ) from None
 
 
@@ -525,9 +644,17 @@ class FrameDecoder:
     It never reads from anything itself. After it raised, the stream is unusable: close it.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, allowed: frozenset[int] | None = None
+    ) -> None:
         self._buffer = bytearray()
         self._max_frame_bytes = max_frame_bytes
+        self._allowed = allowed
+
+    def restrict(self, max_frame_bytes: int, allowed: frozenset[int] | None) -> None:
+        """From the next frame on: this size limit and only these tags (None: any)."""
+        self._max_frame_bytes = max_frame_bytes
+        self._allowed = allowed
 
     @property
     def buffered_bytes(self) -> int:
@@ -541,6 +668,7 @@ class FrameDecoder:
         buffer = self._buffer
         start = 0
         try:
+            # The limits are re-read per frame: a message (Welcome, Auth) may lift them.
             while len(buffer) - start >= _LENGTH.size:
                 (size,) = _LENGTH.unpack_from(buffer, start)
                 if size > self._max_frame_bytes:  # checked before the body arrives
@@ -550,7 +678,7 @@ class FrameDecoder:
                     break
                 body = bytes(buffer[start + _LENGTH.size : end])
                 start = end
-                yield decode_body(body)
+                yield decode_body(body, self._allowed)
         finally:
             if start:
                 del buffer[:start]

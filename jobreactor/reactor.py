@@ -270,7 +270,7 @@ class Reactor(Enqueuing, Housekeeping):
 
     # --- distributors ---------------------------------------------------------------------------
 
-    def start_distributor(
+    def start_distributor(  # noqa: PLR0913 (pinned API plus discovery: DESIGN.md)
         self,
         host: str = "127.0.0.1",
         port: int = 5000,
@@ -280,8 +280,15 @@ class Reactor(Enqueuing, Housekeeping):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        """Start a distributor on this reactor; return the bound (host, port). Thread-safe."""
+        """Start a distributor on this reactor; return the bound (host, port). Thread-safe.
+
+        A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
+        (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
+        """
         return self._call(
             self.astart_distributor(
                 host,
@@ -291,10 +298,13 @@ class Reactor(Enqueuing, Housekeeping):
                 storage=storage,
                 redis_url=redis_url,
                 advertise=advertise,
+                discovery_url=discovery_url,
+                group=group,
+                insecure=insecure,
             )
         )
 
-    async def astart_distributor(
+    async def astart_distributor(  # noqa: PLR0913 (mirrors start_distributor)
         self,
         host: str = "127.0.0.1",
         port: int = 5000,
@@ -304,8 +314,11 @@ class Reactor(Enqueuing, Housekeeping):
         storage: str = "memory",
         redis_url: str | None = None,
         advertise: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
+        insecure: bool | None = None,
     ) -> tuple[str, int]:
-        settings = self.config.snapshot()
+        settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
         distributor = Distributor(
             settings,
             secret=secret,
@@ -313,9 +326,15 @@ class Reactor(Enqueuing, Housekeeping):
             storage=open_storage(
                 storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
             ),
+            discovery_url=discovery_url,
+            group=group,
         )
         distributor.named_feedbacks = self._named_feedbacks
-        bound = await distributor.start(host, port, ssl)
+        try:
+            bound = await distributor.start(host, port, ssl)
+        except BaseException:
+            await distributor.storage.aclose()
+            raise
         self._distributors.append(distributor)
         return bound
 
@@ -340,6 +359,8 @@ class Reactor(Enqueuing, Housekeeping):
         ssl: ssl_module.SSLContext | None = None,
         registry: Registry | None = None,
         wait: bool = True,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> Node:
         """Start a node on this reactor (SPEC start_node). Thread-safe; waits for its links."""
         return self._call(
@@ -354,6 +375,8 @@ class Reactor(Enqueuing, Housekeeping):
                 ssl=ssl,
                 registry=registry,
                 wait=wait,
+                discovery_url=discovery_url,
+                group=group,
             )
         )
 
@@ -370,6 +393,8 @@ class Reactor(Enqueuing, Housekeeping):
         ssl: ssl_module.SSLContext | None = None,
         registry: Registry | None = None,
         wait: bool = True,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> Node:
         overrides: dict[str, Any] = {}
         if concurrency is not None:
@@ -379,11 +404,14 @@ class Reactor(Enqueuing, Housekeeping):
             registry = Registry()
             directory = job_directory if job_directory is not None else settings.job_directory
             registry.load_directory(directory)
-        targets = list(
-            distributors or [("127.0.0.1", d.address_port()) for d in self._distributors]
-        )
-        if not targets:
-            raise InvalidOptions("start_node needs distributors=[(host, port), ...]")
+        discovery_url = discovery_url or settings.discovery_url
+        # This reactor's own distributors, unless discovery finds them (one link each).
+        local = [d for d in self._distributors if not (discovery_url and d.presence)]
+        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in local])
+        if not targets and not discovery_url:
+            raise InvalidOptions(
+                "start_node needs distributors=[(host, port), ...] or discovery_url"
+            )
         node = Node(
             name,
             settings,
@@ -393,6 +421,8 @@ class Reactor(Enqueuing, Housekeeping):
             secret=secret,
             ssl_context=ssl,
             redis_url=redis_url or settings.hiredis_url,
+            discovery_url=discovery_url,
+            group=group,
         )
         await node.start()
         self._nodes.append(node)

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,20 @@ def reactor() -> Iterator[Reactor]:
     r.start_distributor("127.0.0.1", 0)
     yield r
     r.stop(timeout=15)
+
+
+@pytest.fixture
+def reactors() -> Iterator[Any]:
+    made: list[Reactor] = []
+
+    def make(**config: Any) -> Reactor:
+        reactor = make_test_reactor(**config)
+        made.append(reactor)
+        return reactor
+
+    yield make
+    for reactor in made:
+        reactor.stop(timeout=15)
 
 
 @pytest.fixture
@@ -158,10 +172,9 @@ class CliNode:
         address: tuple[str, int],
         storage: str = "memory",
         distributors_override: list[str] | None = None,
-        wrap: Sequence[str] = (),
+        wrap: tuple[str, ...] = (),
         **settings: Any,
     ) -> None:
-        """`wrap` goes before the command (e.g. `ip netns exec <ns>`)."""
         jobs = tmp / "cli_jobs"
         jobs.mkdir(exist_ok=True)
         (jobs / "jobs.py").write_text(NODE_JOBS)
@@ -183,12 +196,17 @@ class CliNode:
             "log_job_processing = false",
         ]
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
-        self.config = tmp / f"{name}.toml"
+        stem, copy = name, 0
+        while (tmp / f"{stem}.toml").exists():  # namesakes (issue 10) get files of their own
+            copy += 1
+            stem = f"{name}-{copy}"
+        self.config = tmp / f"{stem}.toml"
         self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp / f"{name}.log"
+        self.log = tmp / f"{stem}.log"
         env = {**os.environ, "NODE": name}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
+                # `wrap`: e.g. ("ip", "netns", "exec", name) to run it in a network namespace
                 [*wrap, sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,

@@ -46,9 +46,9 @@ class Host:
         self.outer_ip, self.inner_ip = f"10.{_SUBNET}.{third}.1", f"10.{_SUBNET}.{third}.2"
 
     @property
-    def exec(self) -> list[str]:
+    def exec(self) -> tuple[str, ...]:
         """The command prefix that runs a program on this host."""
-        return ["ip", "netns", "exec", self.ns]
+        return ("ip", "netns", "exec", self.ns)
 
     def create(self) -> None:
         ip("netns", "add", self.ns)

@@ -10,14 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobreactor import Reactor, RedisMonitor, Registry, StorageUnavailable
-from tests.conftest import Recorder, make_test_reactor, wait_until
+from jobreactor import RedisMonitor, Registry, StorageUnavailable
+from tests.conftest import Recorder, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,20 +26,6 @@ def lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-@pytest.fixture
-def reactors() -> Iterator[Any]:
-    made: list[Reactor] = []
-
-    def make(**config: Any) -> Reactor:
-        reactor = make_test_reactor(**config)
-        made.append(reactor)
-        return reactor
-
-    yield make
-    for reactor in made:
-        reactor.stop(timeout=15)
 
 
 def test_kill_9_of_a_redis_node_loses_nothing_and_feeds_back_once(

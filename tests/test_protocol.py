@@ -658,26 +658,37 @@ report_items = st.builds(
     ReportItem, names, leases, st.sampled_from(["success", "error", "cancelled"]),
     st.booleans(), arg_dicts,
 )  # fmt: skip
-messages_strategy = st.one_of(
-    st.builds(
+# One strategy per message kind (test_protocol_fuzz checks that every kind is here).
+KIND_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
+    Hello: st.builds(
         Hello, st.integers(0, 2**31), names, st.lists(names, max_size=4), st.integers(0, 2**31),
         st.sampled_from(["memory", "redis"]), st.binary(min_size=16, max_size=16),
-        st.lists(st.tuples(names, leases), max_size=4),
+        st.lists(st.tuples(names, leases), max_size=4), st.text(max_size=16), st.booleans(),
     ),
-    st.builds(Challenge, st.binary(max_size=32), st.binary(max_size=32)),
-    st.builds(Auth, st.binary(max_size=32)),
-    st.builds(Welcome, st.integers(0, 2**31), names, st.lists(names, max_size=4)),
-    st.builds(Jobs, st.lists(st.tuples(leases, records), max_size=4)),
-    st.builds(Ack, st.lists(leases, max_size=8), st.integers(0, 2**31)),
-    st.builds(Nack, leases, st.text(max_size=20)),
-    st.builds(Reports, leases, st.lists(report_items, max_size=4)),
-    st.builds(ReportsAck, leases),
-    st.builds(Cancel, names),
-    st.builds(Return, st.lists(names, max_size=4)),
-    st.just(Ping()),
-    st.just(Pong()),
-    st.builds(Bye, st.text(max_size=20)),
-)  # fmt: skip
+    Challenge: st.builds(Challenge, st.binary(max_size=32), st.binary(max_size=32)),
+    Auth: st.builds(Auth, st.binary(max_size=32)),
+    Welcome: st.builds(Welcome, st.integers(0, 2**31), names, st.lists(names, max_size=4)),
+    Jobs: st.builds(Jobs, st.lists(st.tuples(leases, records), max_size=4)),
+    Ack: st.builds(Ack, st.lists(leases, max_size=8), st.integers(0, 2**31)),
+    Nack: st.builds(Nack, leases, st.text(max_size=20)),
+    Reports: st.builds(Reports, st.integers(0, 2**62), st.lists(report_items, max_size=4)),
+    ReportsAck: st.builds(ReportsAck, leases),
+    Cancel: st.builds(Cancel, names),
+    Return: st.builds(Return, st.lists(names, max_size=4)),
+    Ping: st.just(Ping()),
+    Pong: st.just(Pong()),
+    Bye: st.builds(Bye, st.text(max_size=20)),
+    Held: st.builds(Held, st.lists(st.tuples(names, leases), max_size=4), st.booleans()),
+    Dropped: st.builds(Dropped, st.lists(names, max_size=4), st.booleans()),
+    Command: st.builds(
+        Command, st.integers(0, 2**31), st.sampled_from(["release_lock", "retry"]), names
+    ),
+    CommandResult: st.builds(
+        CommandResult, st.integers(0, 2**31), st.booleans(), st.just({}) | records,
+        st.text(max_size=20),
+    ),
+}  # fmt: skip
+messages_strategy = st.one_of(*KIND_STRATEGIES.values())
 
 
 @FUZZ

@@ -13,15 +13,20 @@ import contextlib
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
+from jobreactor.discovery.keys import new_iid
+from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
+from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
+from jobreactor.distributor.journal import Journal
+from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
+from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle
@@ -40,14 +45,29 @@ from jobreactor.protocol import (
     Return,
     Welcome,
 )
+from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
 
 _GIVEN_AWAY_LIMIT = 1_000_000
 
 
-class Distributor(Outcomes):
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
+
+
+class Distributor(Recovery):
     def __init__(
         self,
         settings: ReactorConfig,
@@ -55,8 +75,15 @@ class Distributor(Outcomes):
         secret: str | None = None,
         advertise: str | None = None,
         storage: Storage | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.settings = settings
+        self.iid = new_iid()  # this instance; nodes see it in Welcome (a recycled port shows)
+        self.started = time.time()
+        self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
+        self.group = group if group is not None else settings.group
+        self.presence: Presence | None = None  # with discovery_url: from start()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -73,12 +100,15 @@ class Distributor(Outcomes):
         self._sessions: dict[int, NodeSession] = {}
         self._by_name: dict[str, NodeSession] = {}
         self._keys = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         # Jobs we took from a node and sent elsewhere (or queued again): if that node comes
         # back still holding one, it must drop it. Bounded: the oldest entries go first.
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
+        # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
+        self._handshaking: set[int] = set()
+        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,7 +127,12 @@ class Distributor(Outcomes):
     async def start(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+        """Listen on host:port (0 picks a free port); return the bound address.
+
+        Raises `InsecureBind` for a non-loopback address with neither a secret nor TLS client
+        certificates, unless the `insecure` setting allows it.
+        """
+        check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
 
         def factory() -> FramedConnection:
             return FramedConnection(
@@ -105,50 +140,41 @@ class Distributor(Outcomes):
                 max_frame_bytes=self.settings.max_frame_bytes,
                 heartbeat_interval=self.settings.heartbeat_interval,
                 label="node",
+                warn=self.peer_log,
             )
 
-        self._server = await self.loop.create_server(factory, host, port, ssl=ssl_context)
-        sockname = self._server.sockets[0].getsockname()
+        sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
+        try:
+            for sock in sockets:
+                self._servers.append(
+                    await self.loop.create_server(factory, sock=sock, ssl=ssl_context)
+                )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
-        if not self._advertise:
-            self.address = f"{host}:{bound[1]}"
+        self.address = advertised(self._advertise, host, bound[1])
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
-                f"distributor:{self.address}",
+                self.journal_base,
                 self.settings.reconnect_interval,
                 self._admitted,
                 self._refused,
             )
+        if self.discovery_url:
+            from jobreactor.distributor.presence import Presence  # imports redis-py
+
+            self.presence = Presence(self, self.discovery_url, self.group)
+            await self.presence.start()  # owns the journal first: it may pick another one
+        if self.journal is not None:
             await self._restore()
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
-
-    async def _restore(self) -> None:
-        """Read back the journal of a previous run at this address (redis storage)."""
-        assert self.journal is not None
-        jobs = await self.journal.load()
-        out_on = 0
-        for job in jobs:
-            # A feedback id equal to the job id was a closure: gone with the old process.
-            success = job.on_success if job.on_success not in (None, job.id) else None
-            error = job.on_error if job.on_error not in (None, job.id) else None
-            self._waiting[job.id] = Waiting(success, error, None)
-            node = assignee(job)
-            if isinstance(node, str) and job.lease:
-                self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
-                out_on += 1
-            else:
-                self.dispatcher.add(job)
-        for name in {entry.node for entry in self.tracker.orphans_of_all()}:
-            self._arm_takeover(name)
-        if jobs:
-            logger.info(
-                "distributor %s restored %d job(s) from its journal (%d out on nodes)",
-                self.address,
-                len(jobs),
-                out_on,
-            )
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
@@ -158,8 +184,8 @@ class Distributor(Outcomes):
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
         await self._drain(deadline)
         dropped = self.dispatcher.drain()
@@ -177,19 +203,24 @@ class Distributor(Outcomes):
             )
         for job in dropped:
             self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
-        for session in list(self._sessions.values()):
-            session.goodbye("distributor stopping")
+        await self._leave_and_close(journal_empty=not dropped and not self._waiting)
         for waiting_id in list(self._waiting):
             self._resolve_cancelled(
                 waiting_id, "abandoned: the distributor stopped", forget=not keep
             )
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=deadline)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         if self.journal is not None:
             await self.journal.aclose()
         await self.storage.aclose()
+
+    async def _leave_and_close(self, *, journal_empty: bool) -> None:
+        if self.presence is not None:  # leave first: nodes must not redial us
+            await self.presence.stop(journal_empty=journal_empty)
+        for session in list(self._sessions.values()):
+            session.goodbye("distributor stopping")
 
     def unfinished(self) -> int:
         """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
@@ -327,14 +358,28 @@ class Distributor(Outcomes):
 
     # --- node sessions --------------------------------------------------------------------------
 
-    def _new_session(self, conn: FramedConnection) -> NodeSession:
+    def _new_session(self, conn: FramedConnection) -> NodeSession | None:
+        if len(self._handshaking) >= self.settings.max_unauthenticated:
+            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
+            return None
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
+        self._handshaking.add(session.key)
         return session
+
+    def live_session(self, name: str) -> NodeSession | None:
+        return self._by_name.get(name)
+
+    def job_unsendable(self, job_id: str, reason: str) -> None:
+        """A job that can't be encoded fails alone: forgotten here, its handle resolved."""
+        logger.error("job %s can't be sent to a node and is dropped: %s", job_id, reason)
+        self.tracker.forget(job_id)
+        self._resolve_cancelled(job_id, f"refused: it can't be encoded for the wire ({reason})")
 
     def on_node_ready(self, session: NodeSession) -> None:
         hello = session.hello
         assert hello is not None
+        self._handshaking.discard(session.key)
         drop = self._take_over_held(session, hello.held)
         old = self._by_name.get(hello.node_name)
         if old is not None and old is not session:
@@ -345,7 +390,7 @@ class Distributor(Outcomes):
             takeover.cancel()
         held_now = len(self.tracker.jobs_on(session.key))
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
-        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop))
+        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
             "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
         )
@@ -397,6 +442,7 @@ class Distributor(Outcomes):
 
     def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
         self._sessions.pop(session.key, None)
+        self._handshaking.discard(session.key)
         if self._by_name.get(session.node_name) is session:
             del self._by_name[session.node_name]
         self.dispatcher.remove_node(session.key)
@@ -489,7 +535,12 @@ class Distributor(Outcomes):
 
     # --- dispatch and feedback ------------------------------------------------------------------
 
+    def resume_dispatch(self) -> None:
+        self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.presence is not None and self.presence.hold_dispatch():
+            return  # back from a stall: the next beat round says whether these jobs are ours
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)

@@ -65,6 +65,12 @@ class Journal:
         job.lease = 0
         self._update(job)
 
+    def switch(self, queue: str) -> None:
+        """Go on in a new, empty queue (the old one was adopted): forget pending updates."""
+        self.queue = queue
+        self._save.clear()
+        self._remove.clear()
+
     def _update(self, job: JobRecord) -> None:
         self._remove.discard(job.id)
         self._save[job.id] = job

@@ -12,9 +12,11 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from jobreactor.connection import FramedConnection
-from jobreactor.errors import HandshakeFailed, RemoteProtocolError
+from jobreactor.distributor.guard import name_clash
+from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import (
     NONCE_BYTES,
+    PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
@@ -27,6 +29,8 @@ from jobreactor.protocol import (
     Jobs,
     Message,
     Nack,
+    Ping,
+    Pong,
     Record,
     Reports,
     ReportsAck,
@@ -60,6 +64,8 @@ _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
     Phase.READY: (Ack, Nack, Reports, Return, Held, CommandResult, Bye),
     Phase.CLOSED: (),
 }
+# What an anonymous peer may send at all; anything else is refused before it is unpacked.
+PRE_AUTH_TAGS: Final = frozenset({Hello.TAG, Auth.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
 
 class NodeSession:
@@ -72,6 +78,7 @@ class NodeSession:
         self._nonce = b""
         self._outbox: list[tuple[int, Record]] = []
         self._report_ack: int | None = None
+        conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, PRE_AUTH_TAGS)
         loop = distributor.loop
         self._deadline = loop.call_later(
             distributor.settings.handshake_timeout, self._handshake_expired
@@ -115,19 +122,34 @@ class NodeSession:
             self.conn.send_frame(encode(ReportsAck(self._report_ack)))
             self._report_ack = None
         outbox = self._outbox
-        limit = self.distributor.settings.max_frame_bytes
         while outbox:
             chunk = outbox[:_JOBS_PER_FRAME]
             del outbox[:_JOBS_PER_FRAME]
-            # Enqueue bounds each job's size, so a frame too big is only ever split, not lost.
-            for frame in encode_split(chunk, Jobs, limit):
+            for frame in self._encode_jobs(chunk):
                 self.conn.send_frame(frame)
+
+    def _encode_jobs(self, chunk: list[tuple[int, Record]]) -> list[bytes]:
+        """Frames for `chunk`. Enqueue bounds each job's size, so a frame too big is only ever
+        split; enqueue also range-checks every value, but a job that still can't be encoded
+        fails alone (its handle resolves), never the jobs next to it."""
+        limit = self.distributor.settings.max_frame_bytes
+        try:
+            return encode_split(chunk, Jobs, limit)
+        except LocalProtocolError:
+            pass
+        frames: list[bytes] = []
+        for lease, record in chunk:
+            try:
+                frames += encode_split([(lease, record)], Jobs, limit)
+            except LocalProtocolError as exc:
+                self.distributor.job_unsendable(record["id"], str(exc))
+        return frames
 
     # --- handshake --------------------------------------------------------------------------
 
     def _handshake_expired(self) -> None:
         if self.phase in (Phase.AWAIT_HELLO, Phase.AWAIT_AUTH):
-            logger.warning(
+            self.conn.warn(
                 "closing connection from %s: no handshake within %.1fs "
                 "(not a jobreactor node, or a wrong port)",
                 self.conn.peer,
@@ -146,6 +168,18 @@ class NodeSession:
         self.hello = hello
         secret = self.distributor.secret
         if secret is None:
+            if hello.wants_auth:
+                self.conn.warn(
+                    "refused node %r from %s: it has a secret and this distributor has none; "
+                    "set the same secret on both sides",
+                    hello.node_name,
+                    self.conn.peer,
+                )
+                self._refuse(
+                    "this distributor has no secret but the node has one: "
+                    "set the same secret on both sides"
+                )
+                return
             self._admit()
             return
         self._nonce = secrets.token_bytes(NONCE_BYTES)
@@ -160,15 +194,31 @@ class NodeSession:
             self.distributor.secret, "node", self.hello.node_name, self.hello.nonce, self._nonce
         )
         if not proof_matches(expected, auth.proof):
-            raise HandshakeFailed(
-                f"node {self.hello.node_name!r} failed authentication: its secret differs"
+            self.conn.warn(
+                "refused node %r from %s: bad secret (its proof does not match ours): "
+                "check that both sides have the same secret",
+                self.hello.node_name,
+                self.conn.peer,
             )
+            self.conn.close("bad secret: check that both sides have the same secret", notify=True)
+            return
         self._admit()
 
     def _admit(self) -> None:
+        assert self.hello is not None
+        clash = name_clash(self.distributor.live_session(self.hello.node_name), self)
+        if clash is not None:
+            logger.error("refused node %r from %s: %s", self.hello.node_name, self.conn.peer, clash)
+            self._refuse(clash)
+            return
         self._deadline.cancel()
         self.phase = Phase.READY
+        self.conn.restrict(self.distributor.settings.max_frame_bytes, None)
         self.distributor.on_node_ready(self)
+
+    def _refuse(self, reason: str) -> None:
+        """Tell the node why (a Bye) and close; it never becomes ready here."""
+        self.conn.close(reason, notify=True)
 
     # --- sending ----------------------------------------------------------------------------
 

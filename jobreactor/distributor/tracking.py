@@ -12,6 +12,7 @@ to requeue or journal the job (node lost, nack, returned).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,9 @@ def _pack(job: JobRecord, wire: dict[str, Any] | None) -> bytes:
 
 class Tracker:
     def __init__(self) -> None:
-        self._next_lease = 1
+        # A random start: a distributor that adopts another's journal takes over leases issued
+        # by it, and the two must not collide (2**40 starts, a few million leases each).
+        self._next_lease = secrets.randbits(40) + 1
         self._jobs: dict[str, InFlight] = {}
         self._by_conn: dict[int, set[str]] = {}
         self._by_lease: dict[int, str] = {}

@@ -41,6 +41,7 @@ class Held:
     perform_held: bool = False  # holds its perform_id (dj_one) key
     lock_token: str | None = None  # owns its `lock` for the running attempt
     releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
+    origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
 
 
 class Attempts:

@@ -22,6 +22,7 @@ from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtoco
 from jobreactor.node import commands
 from jobreactor.protocol import (
     NONCE_BYTES,
+    PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
@@ -35,6 +36,8 @@ from jobreactor.protocol import (
     Jobs,
     Message,
     Nack,
+    Ping,
+    Pong,
     ReportItem,
     Reports,
     ReportsAck,
@@ -57,9 +60,14 @@ _MAX_BACKOFF_S = 30.0
 _REPORTS_PER_FRAME = 512
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
-# Held jobs listed in the Hello, and per Held frame after it: ~40 bytes each, so a node holding
-# a million jobs still fits every frame well under max_frame_bytes.
+# Held jobs per Held frame: ~40 bytes each, so a node holding a million jobs still fits every
+# frame well under max_frame_bytes.
 _HELD_PER_FRAME = 50_000
+# Held jobs listed in the Hello itself: it must fit PRE_AUTH_MAX_FRAME_BYTES with the job names;
+# the rest follow in Held frames once we are authenticated.
+_HELD_IN_HELLO = 500
+# What the distributor may send before it welcomed us.
+_PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
 
 def _reports_frame(chunk: list[tuple[int, ReportItem]]) -> Reports:
@@ -103,6 +111,10 @@ class DistributorLink:
         self.port = port
         self.configured = f"{host}:{port}"
         self.address = self.configured  # replaced by the distributor's advertised address
+        self.instance = ""  # the distributor's instance id, from its last Welcome
+        self.previous_instance = ""  # the one before, when a Welcome brought a new one
+        # Set for a link found by discovery: the instance the registry lists at this address.
+        self.expected_instance: str | None = None
         self._ssl = ssl_context
         self.phase = LinkPhase.DOWN
         self.conn: FramedConnection | None = None
@@ -115,6 +127,7 @@ class DistributorLink:
         self._seq = 0
         self._stop = asyncio.Event()
         self._challenged = False
+        self._was_welcomed = False
         self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
@@ -139,7 +152,8 @@ class DistributorLink:
         while not self._stop.is_set():
             try:
                 await self._connect_once()
-                backoff = self.node.settings.reconnect_interval
+                if self._was_welcomed:  # a refused handshake keeps backing off (no flapping)
+                    backoff = self.node.settings.reconnect_interval
             except (OSError, TimeoutError) as exc:
                 logger.info(
                     "Searching for distributor %s: %s; retrying in %.1fs",
@@ -147,6 +161,8 @@ class DistributorLink:
                     exc,
                     backoff,
                 )
+            except LocalProtocolError as exc:  # our Hello can't be sent: say so, keep trying
+                logger.error("%s; retrying in %.1fs", exc, backoff)
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -159,30 +175,24 @@ class DistributorLink:
 
         def factory() -> FramedConnection:
             return FramedConnection(
-                lambda conn: self,
+                self._attach,
                 max_frame_bytes=settings.max_frame_bytes,
                 heartbeat_interval=settings.heartbeat_interval,
                 label="distributor",
             )
 
+        self._was_welcomed = False
+        self._challenged = False
         async with asyncio.timeout(settings.handshake_timeout * 2):
             _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
-        held = self.node.held_from(self) + self.unacked_report_ids()
-        self._more_held = held[_HELD_PER_FRAME:]
-        conn.send(
-            Hello(
-                PROTOCOL_VERSION,
-                self.node.name,
-                self.node.registry.names(),
-                self.node.free_credits(self),
-                self.node.storage.kind,
-                self._nonce,
-                held[:_HELD_PER_FRAME],
-            )
-        )
+        try:
+            conn.send_frame(self._hello_frame())
+        except LocalProtocolError:
+            conn.close("our Hello does not fit")
+            raise
         try:
             async with asyncio.timeout(settings.handshake_timeout):
                 await self.ready.wait()
@@ -191,6 +201,36 @@ class DistributorLink:
                 logger.warning("distributor %s did not welcome us in time", self.configured)
                 conn.close("handshake timeout")
         await conn.closed.wait()
+
+    def _attach(self, conn: FramedConnection) -> DistributorLink:
+        conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)
+        return self
+
+    def _hello_frame(self) -> bytes:
+        """Our Hello, small enough for a distributor that doesn't know us yet."""
+        held = self.node.held_from(self) + self.unacked_report_ids()
+        for in_hello in (_HELD_IN_HELLO, 0):
+            self._more_held = held[in_hello:]
+            frame = encode(
+                Hello(
+                    PROTOCOL_VERSION,
+                    self.node.name,
+                    self.node.registry.names(),
+                    self.node.free_credits(self),
+                    self.node.storage.kind,
+                    self._nonce,
+                    held[:in_hello],
+                    self.node.instance,
+                    self.node.secret is not None,
+                )
+            )
+            if len(frame) <= PRE_AUTH_MAX_FRAME_BYTES:
+                return frame
+        raise LocalProtocolError(
+            f"node {self.node.name!r}: its Hello needs {len(frame)} bytes, over the "
+            f"{PRE_AUTH_MAX_FRAME_BYTES} a distributor accepts before the handshake "
+            "(too many or too long job names)"
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -215,6 +255,8 @@ class DistributorLink:
                 commands.answer(self.node, self, message)
             case Dropped() if self.is_ready:
                 self.node.jobs_dropped(self, message.drop, settled=message.last)
+            case Bye() if self.phase is LinkPhase.AWAIT_WELCOME:
+                self._refused(message.reason)
             case Bye():
                 # A distributor stopping (an app's JR.stop(), a deploy) is routine: INFO.
                 logger.info(
@@ -237,9 +279,9 @@ class DistributorLink:
         expected = handshake_proof(
             secret, "distributor", self.node.name, self._nonce, challenge.nonce
         )
-        if not proof_matches(expected, challenge.proof):
-            raise HandshakeFailed(f"distributor {self.configured} failed to prove the secret")
-        self._challenged = True
+        # A distributor whose proof doesn't match has another secret: it will refuse our proof
+        # too, and say so (so both sides log the cause); we answer, but never accept its Welcome.
+        self._challenged = proof_matches(expected, challenge.proof)
         assert self.conn is not None
         self.conn.send(
             Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
@@ -248,15 +290,34 @@ class DistributorLink:
     def _on_welcome(self, welcome: Welcome) -> None:
         if self.node.secret is not None and not self._challenged:
             raise HandshakeFailed(
-                f"distributor {self.configured} admitted us without checking the secret; "
-                "refusing an unauthenticated distributor"
+                f"distributor {self.configured} admitted us without proving the secret; "
+                "refusing an unauthenticated distributor: check that both sides have the same "
+                "secret"
             )
         self._challenged = False
+        expected = self.expected_instance
+        if expected is not None and welcome.instance != expected:
+            self.node.instance_mismatch()
+            raise HandshakeFailed(
+                f"distributor {self.configured} is instance {welcome.instance!r} but the registry "
+                f"lists {expected!r} there (a recycled port?); not working with it"
+            )
+        self._was_welcomed = True
+        assert self.conn is not None
+        self.conn.restrict(self.node.settings.max_frame_bytes, None)
         self.address = welcome.distributor
+        if welcome.instance != self.instance:
+            if self.instance:
+                logger.info(
+                    "distributor %s is a new instance (%s, was %s)",
+                    self.configured,
+                    welcome.instance,
+                    self.instance,
+                )
+            self.previous_instance, self.instance = self.instance, welcome.instance
         self.phase = LinkPhase.READY
         more, self._more_held = self._more_held, []
         self.node.link_ready(self, welcome.drop, settled=not more)
-        assert self.conn is not None
         for start in range(0, len(more), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(more)
             self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
@@ -265,6 +326,20 @@ class DistributorLink:
         self._flush_soon()
         self.ready.set()
         logger.info("%s ready to work with distributor %s", self.node.name, self.address)
+
+    def _refused(self, reason: str) -> None:
+        """The distributor said Bye during the handshake: it refused us. Say why, loudly; the
+        dial loop keeps backing off (the rate of these lines is bounded by it)."""
+        if reason.startswith("bad secret"):
+            reason = "the distributor refused our proof: check that both sides have the same secret"
+        logger.error(
+            "distributor %s refused node %r: %s (retrying with backoff)",
+            self.configured,
+            self.node.name,
+            reason,
+        )
+        if self.conn is not None:
+            self.conn.close("refused by the distributor")
 
     def on_close(self, reason: str) -> None:
         was_ready = self.is_ready
@@ -371,6 +446,27 @@ class DistributorLink:
     def hand_back(self, job_ids: list[str]) -> None:
         if self.conn is not None and self.is_ready and job_ids:
             self.conn.send(Return(job_ids))
+
+    def take_reports(self) -> list[tuple[int, ReportItem]]:
+        """Every unacknowledged report, removed from this link (to send them elsewhere)."""
+        taken = list(self._reports)
+        self._reports.clear()
+        self._unsent_from = 0
+        self._reports_drained.set()
+        return taken
+
+    def adopt_reports(self, reports: list[tuple[int, ReportItem]]) -> None:
+        """Send reports taken from another link, after ours, in their order."""
+        for _, item in reports:
+            self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
+
+    def send_held(self, held: list[tuple[str, int]]) -> None:
+        """Tell the distributor we hold these jobs (re-routed to it); it answers `Dropped`."""
+        if self.conn is None or not self.is_ready:
+            return
+        for start in range(0, len(held), _HELD_PER_FRAME):
+            last = start + _HELD_PER_FRAME >= len(held)
+            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last))
 
     def drop_reports_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]

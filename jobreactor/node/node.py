@@ -14,7 +14,7 @@ import logging
 import ssl
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
@@ -24,11 +24,16 @@ from jobreactor.job import (
     JobStatus,
 )
 from jobreactor.node import guards
-from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.attempts import Held
+from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
+from jobreactor.node.membership import Membership
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.discovered import Discovered
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -40,8 +45,8 @@ logger = logging.getLogger("jobreactor.node")
 _DRAIN_BUDGET = 512
 
 
-class Node(Attempts):
-    def __init__(
+class Node(Membership):
+    def __init__(  # noqa: PLR0913 (the keyword-only options of start_node)
         self,
         name: str,
         settings: ReactorConfig,
@@ -52,8 +57,11 @@ class Node(Attempts):
         secret: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         redis_url: str | None = None,
+        discovery_url: str | None = None,
+        group: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = expand_node_name(name)
+        self.instance = new_instance_id()  # tells our reconnections from a namesake's
         self._redis_url = redis_url
         self.settings = settings
         self.registry = registry
@@ -61,6 +69,7 @@ class Node(Attempts):
         secret = secret if secret is not None else settings.secret
         self.secret = secret.encode() if secret else None
         self.loop = asyncio.get_running_loop()
+        self._ssl = ssl_context
         self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
         self._jobs: dict[str, Held] = {}
         self._timers = TimerHeap()
@@ -91,6 +100,13 @@ class Node(Attempts):
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
+        url = discovery_url if discovery_url is not None else settings.discovery_url
+        self.group = group if group is not None else settings.group
+        self.discovered: Discovered | None = None
+        if url:
+            from jobreactor.node.discovered import Discovered  # imports redis-py
+
+            self.discovered = Discovered(self, url, self.group)
 
     def __repr__(self) -> str:
         return (
@@ -106,14 +122,26 @@ class Node(Attempts):
         if getattr(self.storage, "commands", None) is not None:
             self._spawn(self._listen())
         for link in self.links:
-            task = self.loop.create_task(link.run(), name=f"link {link.configured}")
-            self._link_tasks.append(task)
+            self._run_link(link)
+        if self.discovered is not None:
+            await self.discovered.start()
+
+    def _run_link(self, link: DistributorLink) -> None:
+        task = self.loop.create_task(link.run(), name=f"link {link.configured}")
+        self._link_tasks.append(task)
+        task.add_done_callback(self._link_done)
+
+    def _link_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._link_tasks and not self._stopping:
+            self._link_tasks.remove(task)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Until every distributor link has been welcomed once."""
+        """Until every static link has been welcomed once and discovery has looked once."""
         async with asyncio.timeout(timeout):
-            for link in self.links:
+            for link in list(self.links):
                 await link.ready.wait()
+            if self.discovered is not None:
+                await self.discovered.watcher.reconciled.wait()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: hand back unstarted jobs, let running ones finish (bounded), close."""
@@ -128,20 +156,10 @@ class Node(Attempts):
             return
         self._stopping = True
         grace = self.settings.shutdown_timeout if grace is None else grace
+        if self.discovered is not None:
+            await self.discovered.stop()
         self._hand_back_unstarted()
-        if self._running:
-            self._idle.clear()
-            try:
-                async with asyncio.timeout(grace) as deadline:
-                    self._drain_deadline = deadline
-                    await self._idle.wait()
-            except TimeoutError:
-                logger.warning(
-                    "%s: %d attempt(s) still running after shutdown_timeout=%.1fs; cancelling",
-                    self.name,
-                    self._running,
-                    grace,
-                )
+        await self._wait_running(grace)
         self._hand_back_unstarted()
         for task in list(self._tasks):
             task.cancel()
@@ -160,6 +178,22 @@ class Node(Attempts):
         self._pool.shutdown(wait=False, cancel_futures=True)
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
+
+    async def _wait_running(self, grace: float) -> None:
+        if not self._running:
+            return
+        self._idle.clear()
+        try:
+            async with asyncio.timeout(grace) as deadline:
+                self._drain_deadline = deadline
+                await self._idle.wait()
+        except TimeoutError:
+            logger.warning(
+                "%s: %d attempt(s) still running after shutdown_timeout=%.1fs; cancelling",
+                self.name,
+                self._running,
+                grace,
+            )
 
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
@@ -197,6 +231,8 @@ class Node(Attempts):
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
         self.jobs_dropped(link, drop, settled=settled)
+        if self.discovered is not None:
+            self.discovered.reroute()
 
     def jobs_dropped(self, link: DistributorLink, drop: list[str], *, settled: bool) -> None:
         """Forget jobs the distributor gave to another node. `settled`: its last answer."""
@@ -242,7 +278,7 @@ class Node(Attempts):
             # Shared strings: name and distributor repeat across millions of pending jobs.
             record.name = sys.intern(record.name)
             record.distributor = sys.intern(record.distributor)
-            held = Held(record, link)
+            held = Held(record, link, origin=link.instance)
             self._jobs[job_id] = held
             self._inbox.append(held)
         if self._inbox and not self._storing:

@@ -1,0 +1,131 @@
+"""Journal ownership in a group: claim at start, prove it on every beat, adopt the dead's.
+
+A redis-backed distributor with discovery owns one journal (its durable queue). The group's
+registry records the owner's iid and a fencing epoch for each journal, and when the owner last
+beat. A journal whose owner stopped beating for `adopt_grace` (longer than the registry TTL)
+and whose member entry is gone may be adopted by a live distributor of the group: one Lua
+call checks all that and makes it the owner (epoch + 1), so two adopters never both win. The
+adopter moves the jobs into its own journal, then deletes the record (`finish`). An owner that
+was only paused finds on its next beat that it no longer owns its journal (`fenced`) and stops
+using it.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aredis
+
+from jobreactor.discovery.keys import GroupKeys
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_CLAIM_OWN = (
+    _NOW
+    + """
+-- KEYS[1] journals zset, KEYS[2] journal hash, KEYS[3] the member hash of the owner read
+-- before (ARGV[3], "" if none); ARGV[1] iid, ARGV[2] journal id.
+-- Binding the address proves the previous owner at it is gone, unless a live adopter is
+-- moving that journal right now (then: -1, use another journal id). -2: owner changed, retry.
+local owner = redis.call('HGET', KEYS[2], 'owner') or ''
+if owner ~= ARGV[3] then return -2 end
+if owner ~= '' and redis.call('HGET', KEYS[2], 'adopting') == '1'
+   and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '0')
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+return epoch
+"""
+)
+
+_TOUCH = (
+    _NOW
+    + """
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id, ARGV[3] epoch.
+-- 1: still ours (seen now); 0: fenced (adopted, or claimed by a later owner).
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1]
+   or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+return 1
+"""
+)
+
+_ADOPT = (
+    _NOW
+    + """
+-- KEYS[1] journals zset, KEYS[2] journal hash, KEYS[3] the old owner's member hash;
+-- ARGV[1] adopter iid, ARGV[2] journal id, ARGV[3] old owner iid, ARGV[4] grace ms.
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if seen and tonumber(seen) > now - tonumber(ARGV[4]) then return 0 end
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '1')
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+return epoch
+"""
+)
+
+_FINISH = """
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id.
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class JournalClaims:
+    """The journal records of one group (see the module docstring). Raises redis errors."""
+
+    def __init__(self, client: aredis.Redis[str], keys: GroupKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._claim_own = client.register_script(_CLAIM_OWN)
+        self._touch = client.register_script(_TOUCH)
+        self._adopt = client.register_script(_ADOPT)
+        self._finish = client.register_script(_FINISH)
+
+    def _keys(self, journal_id: str) -> list[str]:
+        return [self.keys.journals, self.keys.journal(journal_id)]
+
+    async def claim_own(self, journal_id: str, iid: str) -> int:
+        """Own `journal_id` now; its new epoch, or -1 if a live adopter is moving it."""
+        while True:
+            owner = await self.client.hget(self.keys.journal(journal_id), "owner") or ""
+            keys = [*self._keys(journal_id), self.keys.member(owner or iid)]
+            epoch = int(await self._claim_own(keys=keys, args=[iid, journal_id, owner]))
+            if epoch != -2:
+                return epoch
+
+    async def touch(self, journal_id: str, iid: str, epoch: int) -> bool:
+        """Still the owner at this epoch? (and mark it seen now). False: fenced."""
+        args = [iid, journal_id, str(epoch)]
+        return bool(await self._touch(keys=self._keys(journal_id), args=args))
+
+    async def stale(self, grace: float, limit: int = 16) -> list[tuple[str, str]]:
+        """Journals not seen for `grace` seconds: (journal id, owner iid), oldest first."""
+        seconds, micros = await self.client.time()
+        cutoff = seconds * 1000 + micros // 1000 - round(grace * 1000)
+        ids: list[str] = await self.client.zrangebyscore(
+            self.keys.journals, "-inf", cutoff, start=0, num=limit
+        )
+        out: list[tuple[str, str]] = []
+        for journal_id in ids:
+            owner = await self.client.hget(self.keys.journal(journal_id), "owner")
+            if owner:
+                out.append((journal_id, owner))
+            else:  # record gone (finished): drop the index entry
+                await self.client.zrem(self.keys.journals, journal_id)
+        return out
+
+    async def adopt(self, journal_id: str, owner: str, iid: str, grace: float) -> int:
+        """Atomically take a dead owner's journal; its new epoch, or 0 if not (now) adoptable."""
+        keys = [*self._keys(journal_id), self.keys.member(owner)]
+        args = [iid, journal_id, owner, str(round(grace * 1000))]
+        return int(await self._adopt(keys=keys, args=args))
+
+    async def finish(self, journal_id: str, iid: str) -> bool:
+        """Forget the record of a journal we own and emptied."""
+        return bool(await self._finish(keys=self._keys(journal_id), args=[iid, journal_id]))

@@ -1,0 +1,72 @@
+"""Listening sockets for a distributor, bound and listening before the loop sees them.
+
+Why not `loop.create_server(host, port)`: libuv (uvloop) defers a bind's EADDRINUSE to
+`listen()`, and uvloop's server then reports that failure to the loop's exception handler
+instead of raising it. Two processes that bind one port at the same moment (both binds succeed
+under SO_REUSEADDR while neither listens) thus got a "server" whose socket was already closed,
+and `sockets[0].getsockname()` raised AttributeError on None. Binding and listening here, with
+the socket module, raises the real OSError every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+
+_BACKLOG = 100  # asyncio's default for create_server
+
+
+def _addresses(host: str | None, port: int) -> list[tuple[int, tuple[object, ...]]]:
+    infos = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    out: list[tuple[int, tuple[object, ...]]] = []
+    for family, _, _, _, address in infos:
+        if (family, address) not in out:
+            out.append((family, address))
+    return out
+
+
+def _listen_one(family: int, address: tuple[object, ...], port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address[0], port, *address[2:]))
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Bound, listening sockets for every address of `host` (one port for all, even port 0).
+
+    Raises OSError naming host:port; an address in use says to use port 0 instead.
+    """
+    try:
+        addresses = _addresses(host, port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = _listen_one(family, address, port)
+            sockets.append(sock)
+            port = port or int(sock.getsockname()[1])  # port 0: the others share the first's
+    except OSError as exc:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = (
+                "; another process holds that port. With several processes (a pre-fork web "
+                "server's workers) give each one port 0 and let nodes find them by discovery"
+            )
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
+    return sockets

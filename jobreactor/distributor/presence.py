@@ -1,0 +1,142 @@
+"""Presence: a distributor's membership in its discovery group, and adoption of dead journals.
+
+Started by a distributor that has a `discovery_url`. It registers the advertised address (with
+`Distributor.stats()`) and beats. With redis storage it also owns its journal in the group
+(`JournalClaims`): on every beat it proves it still owns it (else it was adopted while this
+process stalled: `Distributor.fenced` stops using it), then looks for journals whose owner
+stopped beating more than `adopt_grace` ago and adopts them (one at a time, atomically): their
+jobs move into this distributor's journal, pending ones are dispatched, ones out on nodes wait
+for those nodes, and named feedbacks fire here. Nodes learn who adopted whom from the `adopted`
+list in this distributor's stats (and an `adopt` hint on the events channel).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from jobreactor.discovery.journals import JournalClaims
+from jobreactor.discovery.keys import GroupKeys
+from jobreactor.discovery.registry import REDIS_ERRORS, Registration, connect
+from jobreactor.errors import StorageUnavailable
+from jobreactor.storage.codec import redact_url
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.distributor import Distributor
+
+logger = logging.getLogger("jobreactor.distributor")
+
+_ADOPTED_KEPT = 64  # adopted instance ids listed in stats (nodes re-route their jobs by them)
+
+
+class Presence:
+    def __init__(self, distributor: Distributor, url: str, group: str) -> None:
+        settings = distributor.settings
+        self.distributor = distributor
+        self.url = url
+        self.client = connect(url)
+        self.keys = GroupKeys(settings.redis_prefix, group)
+        self.grace = settings.adopt_grace
+        self.registration = Registration(
+            self.client,
+            self.keys,
+            "distributor",
+            distributor.address,
+            distributor.stats,
+            beat=settings.registry_beat,
+            ttl=settings.registry_ttl,
+            on_beat=self._after_beat,
+            iid=distributor.iid,
+            on_round=self._round_done,
+        )
+        self.claims = JournalClaims(self.client, self.keys) if distributor.journal else None
+        self.epoch = 0
+        self.adopted: deque[str] = deque(maxlen=_ADOPTED_KEPT)
+        self._ttl = settings.registry_ttl
+        self._held = False
+
+    async def start(self) -> None:
+        """Own our journal, then join (first beat). StorageUnavailable if Redis is away."""
+        try:
+            if self.claims is not None:
+                await self._claim_journal()
+            await self.registration.beat()
+        except REDIS_ERRORS as exc:
+            await self.client.aclose()
+            raise StorageUnavailable(
+                f"discovery: redis unreachable at {redact_url(self.url)} ({exc}); "
+                "check discovery_url and that redis-server runs"
+            ) from exc
+        self.registration.start()
+
+    def hold_dispatch(self) -> bool:
+        """True if dispatching must wait for the next beat round (which proves the journal ours).
+
+        A journal owner whose beats stopped longer than registry_ttl (a blocked loop, SIGSTOP)
+        may have been adopted meanwhile; it must not send a job it lost before it knows.
+        """
+        if self.claims is None or time.monotonic() - self.registration.last_round <= self._ttl:
+            return False
+        self._held = True
+        return True
+
+    def _round_done(self) -> None:
+        if self._held:
+            self._held = False
+            self.distributor.resume_dispatch()
+
+    async def _claim_journal(self) -> None:
+        assert self.claims is not None
+        journal = self.distributor.journal
+        assert journal is not None
+        self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+        if self.epoch == -1:  # a live adopter is emptying the journal at our address
+            journal.switch(f"{journal.queue}:{self.distributor.iid}")
+            self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+
+    async def _after_beat(self) -> None:
+        if self.claims is None or self.distributor.closed:
+            return
+        journal = self.distributor.journal
+        assert journal is not None
+        if not await self.claims.touch(journal.queue, self.distributor.iid, self.epoch):
+            self.distributor.fenced()
+            await self.registration.renew(self.distributor.iid)
+            journal.switch(f"{self.distributor.journal_base}:{self.distributor.iid}")
+            self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+            return
+        for journal_id, owner in await self.claims.stale(self.grace):
+            if journal_id != journal.queue:
+                await self._adopt(journal_id, owner)
+
+    async def _adopt(self, journal_id: str, owner: str) -> None:
+        assert self.claims is not None
+        if not await self.claims.adopt(journal_id, owner, self.distributor.iid, self.grace):
+            return  # someone else was quicker, or the owner came back
+        count = await self.distributor.adopt_journal(journal_id, owner)
+        self.adopted.append(owner)
+        await self.claims.finish(journal_id, self.distributor.iid)
+        message = {"event": "adopt", "from": owner, "by": self.distributor.iid}
+        await self.client.publish(self.keys.events, json.dumps(message))
+        await self.registration.beat()  # nodes re-route by our `adopted` list: publish it now
+        logger.warning(
+            "distributor %s adopted journal %s of vanished distributor %s: %d job(s)",
+            self.distributor.address,
+            journal_id,
+            owner,
+            count,
+        )
+
+    async def stop(self, journal_empty: bool) -> None:
+        """Leave the group; forget our journal record if nothing is left in it."""
+        await self.registration.stop()
+        journal = self.distributor.journal
+        if self.claims is not None and journal is not None and journal_empty:
+            try:
+                await self.claims.finish(journal.queue, self.distributor.iid)
+            except REDIS_ERRORS as exc:
+                logger.info("could not forget the journal record: %s", exc)
+        await self.client.aclose()

@@ -1,0 +1,103 @@
+"""Membership: the node's side of discovery: links that come and go, re-routing, stats.
+
+`Discovered` (discovered.py) decides; these are the node operations it calls. Node (node.py)
+mixes this in.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, cast
+
+from jobreactor.node.attempts import Attempts
+from jobreactor.node.link import DistributorLink
+
+if TYPE_CHECKING:
+    from jobreactor.node.discovered import Discovered
+    from jobreactor.node.node import Node
+    from jobreactor.node.scheduler import TimerHeap
+
+logger = logging.getLogger("jobreactor.node")
+
+
+class Membership(Attempts):
+    """The discovery half of Node. The attributes below are Node's."""
+
+    if TYPE_CHECKING:
+        group: str
+        discovered: Discovered | None
+        _ssl: ssl.SSLContext | None
+        _stopping: bool
+        _window: int
+        _timers: TimerHeap
+
+        def _run_link(self, link: DistributorLink) -> None: ...
+
+        def _persist(self, record: Any) -> None: ...
+
+    def holds_from(self, link: DistributorLink) -> bool:
+        return any(h.link is link and not h.dropped for h in self._jobs.values())
+
+    def instance_mismatch(self) -> None:
+        """A discovered address answered as another instance: look at the registry again."""
+        if self.discovered is not None:
+            self.discovered.watcher.refresh()
+
+    def add_link(self, host: str, port: int) -> DistributorLink:
+        """Dial one more distributor (found by discovery)."""
+        link = DistributorLink(cast("Node", self), host, port, self._ssl)
+        self.links.append(link)
+        self._run_link(link)
+        return link
+
+    def remove_link(self, link: DistributorLink) -> None:
+        """Stop dialling `link`'s distributor (gone). Its jobs and reports stay with it."""
+        link.stop()
+        if link in self.links:
+            self.links.remove(link)
+
+    def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
+        """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
+        moved = [
+            h
+            for h in self._jobs.values()
+            if not h.dropped and (h.origin == old or (bucket is not None and h.link is bucket))
+        ]
+        for held in moved:
+            held.link, held.origin = target, target.instance
+            held.record.distributor = target.configured
+            self._persist(held.record)
+        reports = bucket.take_reports() if bucket is not None else []
+        pairs = [(h.record.id, h.record.lease) for h in moved]
+        ids = {job_id for job_id, _ in pairs}
+        pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
+        target.send_held(pairs)  # first: the adopter binds them to us, then takes the reports
+        target.adopt_reports(reports)
+        if pairs:
+            logger.warning(
+                "%s: %d job(s) and %d report(s) of vanished distributor %s go to %s, "
+                "which adopted its journal",
+                self.name,
+                len(moved),
+                len(reports),
+                old,
+                target.address,
+            )
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stats(self) -> dict[str, Any]:
+        """What this node publishes with its registry beat (and dashboards read)."""
+        return {
+            "name": self.name,
+            "group": self.group,
+            "storage": self.storage.kind,
+            "held": len(self._jobs),
+            "scheduled": len(self._timers),
+            "running": self._running,
+            "free_credit": max(0, self._window - len(self._jobs)),
+            "distributors": [link.address for link in self.links if link.is_ready],
+        }
