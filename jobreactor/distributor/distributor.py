@@ -28,7 +28,7 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
-from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.protocol import (
@@ -544,7 +544,13 @@ class Distributor(Recovery):
         for key, job, seq in self.dispatcher.assign():
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
-            lease = self.tracker.issue(job, key, session.node_name, seq, wire=record)
+            try:
+                packed = pack_wire(record)
+            except (OverflowError, TypeError, ValueError) as exc:
+                self.dispatcher.grant(key, 1)  # never sent: the node's credit stays free
+                self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
+                continue
+            lease = self.tracker.issue(job, key, session.node_name, seq, packed=packed)
             if self.journal is not None:
                 self.journal.assigned(job, session.node_name, lease)
             session.queue_job(lease, record)

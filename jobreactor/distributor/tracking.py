@@ -40,8 +40,9 @@ class InFlight:
         return JobRecord.from_dict(msgpack.unpackb(self.packed, raw=False, strict_map_key=False))
 
 
-def _pack(job: JobRecord, wire: dict[str, Any] | None) -> bytes:
-    packed: bytes = msgpack.packb(job.to_dict() if wire is None else wire, use_bin_type=True)
+def pack_wire(record: dict[str, Any]) -> bytes:
+    """The packed form kept for a job out on a node (raises what msgpack raises)."""
+    packed: bytes = msgpack.packb(record, use_bin_type=True)
     return packed
 
 
@@ -68,12 +69,12 @@ class Tracker:
         seq: int,
         lease: int | None = None,
         *,
-        wire: dict[str, Any] | None = None,
+        packed: bytes | None = None,
     ) -> int:
         """Record that `job` goes to `conn` now; return its new lease.
 
         `lease` re-adopts a job a reconnecting node still holds under the lease we gave it.
-        `wire`: `job.to_dict()` if the caller has it already (it is what gets packed).
+        `packed`: `pack_wire(job.to_dict())` if the caller has it already.
         """
         self.forget(job.id)
         adopted = lease is not None
@@ -81,9 +82,10 @@ class Tracker:
             lease = self._next_lease
         # An adopted lease (from a node that outlived our restart) must never be issued again.
         self._next_lease = max(self._next_lease, lease + 1)
-        packed, periodic = _pack(job, wire), job.is_periodic
+        if packed is None:
+            packed = pack_wire(job.to_dict())
         self._jobs[job.id] = InFlight(
-            job.id, job.name, packed, lease, conn, node, seq, adopted, False, periodic
+            job.id, job.name, packed, lease, conn, node, seq, adopted, False, job.is_periodic
         )
         self._by_conn.setdefault(conn, set()).add(job.id)
         self._by_lease[lease] = job.id
@@ -93,9 +95,9 @@ class Tracker:
         """A restarted distributor's journal says `node` holds `job` under `lease`."""
         self.forget(job.id)
         self._next_lease = max(self._next_lease, lease + 1)
-        packed, periodic = _pack(job, None), job.is_periodic
+        packed = pack_wire(job.to_dict())
         self._jobs[job.id] = InFlight(
-            job.id, job.name, packed, lease, None, node, seq, True, False, periodic
+            job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic
         )
         self._by_lease[lease] = job.id
 
