@@ -50,7 +50,7 @@ def fanout(ctx: Context, storage: str, figs: Figs | None = None) -> Figs:
     figs = {} if figs is None else figs
     if storage != "memory":  # the distributor's side doesn't depend on node storage
         return figs
-    n = 3_000 if ctx.params.quick else 30_000
+    n = 2_000 if ctx.params.quick else 30_000
     per_job: dict[int, float] = {}
     for nodes in (10, 100, 1_000):
         case = f"{nodes:,} nodes connected"
@@ -110,7 +110,7 @@ def cluster_vs_single(ctx: Context, storage: str, figs: Figs | None = None) -> F
     figs = {} if figs is None else figs
     if storage != "redis":
         return figs
-    n = 2_000 if ctx.params.quick else 20_000
+    n = 1_000 if ctx.params.quick else 20_000
     rates: dict[str, float] = {}
     single = ctx.redis()
     try:
