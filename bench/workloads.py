@@ -27,6 +27,7 @@ from bench.harness import (
     self_cpu_s,
     wait_until,
 )
+from bench.metrics_cost import metrics_cost
 from bench.report import FAILED, INVALID, SKIPPED, Fig, percentile
 
 Figs = dict[str, Fig]
@@ -600,6 +601,7 @@ WORKLOADS: dict[str, Callable[[Context, str, Figs | None], Figs]] = {
     "delayed": delayed,
     "memory": memory,
     "idle": idle,
+    "metrics": metrics_cost,
 }
 
 # Hard deadline per workload (seconds), on top of the bounded waits inside; see cli.run_one.
@@ -609,4 +611,5 @@ DEADLINES: dict[str, Callable[[Context], float]] = {
     "delayed": lambda c: 150,
     "memory": lambda c: 180 + c.params.memory_jobs * 0.002,
     "idle": lambda c: 120 + c.params.idle_s,
+    "metrics": lambda c: 300,
 }

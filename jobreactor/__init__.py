@@ -32,6 +32,8 @@ from jobreactor.errors import (
     NoSuchJob,
     QueueFull,
     ReactorClosed,
+    ReactorForkedError,
+    ReactorTimeout,
     StorageError,
     StorageUnavailable,
 )
@@ -64,6 +66,8 @@ __all__ = [
     "Reactor",
     "ReactorClosed",
     "ReactorConfig",
+    "ReactorForkedError",
+    "ReactorTimeout",
     "RedisMonitor",
     "Registry",
     "StorageError",

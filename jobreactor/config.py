@@ -56,6 +56,10 @@ class ReactorConfig(_Strict):
     redis_port: int = 6379
     # A logging level name for jobreactor's logger, or None to silence it (SPEC: logger_method).
     logger_method: str | None = "INFO"
+    # "json": one JSON object per log line (job id, name, node, attempt, duration...).
+    log_format: Literal["text", "json"] = "text"
+    # Per-job counters and histograms (jobreactor/metrics.py); False skips even the increments.
+    metrics: bool = True
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
@@ -160,6 +164,9 @@ class NodeConfig(_Strict):
     redis_url: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
     secret: str | None = None
+    # Opt-in: serve /metrics (Prometheus) and /health on this port (0: a free one).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     settings: ReactorConfig = ReactorConfig()
 
     @field_validator("distributors", mode="before")
@@ -177,6 +184,8 @@ class DistributorConfig(_Strict):
     storage: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     secret: str | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     # Modules imported before it starts: where `JR.register_feedback(...)` calls live, so the
     # named feedbacks of jobs it restores or adopts fire here.
     imports: tuple[str, ...] = ()
@@ -192,7 +201,16 @@ _NODE_KEYS = set(NodeConfig.model_fields) - {"settings"}
 _DIST_KEYS = set(DistributorConfig.model_fields) - {"settings"}
 
 
-_STRING_KEYS = {"name", "secret", "redis_url", "job_directory", "host", "advertise", "storage"} | {
+_STRING_KEYS = {
+    "name",
+    "secret",
+    "redis_url",
+    "job_directory",
+    "host",
+    "advertise",
+    "storage",
+    "metrics_host",
+} | {
     name
     for name, info in ReactorConfig.model_fields.items()
     if info.annotation in (str, str | None)

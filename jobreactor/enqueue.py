@@ -50,6 +50,7 @@ class Enqueuing:
         _id_counter: itertools.count[int]
 
         def _in_loop_thread(self) -> bool: ...
+        def _check_fork(self) -> None: ...
         def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
 
     # --- the app's calls --------------------------------------------------------------------------
@@ -158,16 +159,20 @@ class Enqueuing:
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
     ) -> JobHandle | None:
-        """`enqueue` for code running on the reactor's loop (feedbacks, async jobs)."""
-        _, distributor, record = self._prepare(name, args, opts)
-        return await self._admit_and_submit(
+        """`enqueue` for coroutines: on the reactor's loop, or on another loop (it hops over)."""
+        loop, distributor, record = self._prepare(name, args, opts)
+        submit = self._admit_and_submit(
             distributor, record, self._feedback(success), self._feedback(error)
         )
+        if self._in_loop_thread():
+            return await submit
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(submit, loop))
 
     def _prepare(
         self, name: str, args: dict[str, Any] | None, opts: dict[str, Any] | None
     ) -> tuple[asyncio.AbstractEventLoop, Distributor, JobRecord]:
         """Validate and copy in the caller's thread; build the record."""
+        self._check_fork()
         loop = self._loop
         if loop is None or not loop.is_running() or not self._distributors:
             raise ReactorClosed(

@@ -84,6 +84,18 @@ class ReactorClosed(JobReactorError):
     """The reactor is not running (never started, or stopped): start it with `JR.run()`."""
 
 
+class ReactorForkedError(ReactorClosed):
+    """This process is a fork of the one that started the reactor: start it again after fork.
+
+    The message names the parent, where the reactor was started and what to do (each server's
+    per-worker hook; README "Running inside a web app").
+    """
+
+
+class ReactorTimeout(JobReactorError, TimeoutError):
+    """The reactor's loop did not answer a blocking call in time: something blocks the loop."""
+
+
 class JobTimeout(JobReactorError, TimeoutError):
     """An attempt ran longer than its `max_run_time`."""
 

@@ -8,6 +8,7 @@ register under one module lock; the distributor resolves the handle once, on its
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -15,6 +16,14 @@ from typing import Any
 from jobreactor.errors import JobCancelled, JobFailed
 
 _LOCK = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # the loop thread may have held it at fork: it never returns here
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _PENDING, _SUCCEEDED, _FAILED = 0, 1, 2
 
 

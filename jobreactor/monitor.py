@@ -34,6 +34,7 @@ from jobreactor.storage.keys import Keys
 __all__ = ["RedisMonitor"]
 
 _CHUNK = 1000
+Record = dict[str, Any]
 
 # KEYS[1] the job hash; ARGV: run_at_ts, status field value "new", channel, job id, and
 # PUBLISH or SPUBLISH (sharded, on a cluster: the channel shares the job's slot).
@@ -103,6 +104,15 @@ class RedisMonitor:
                         out[job_id] = self._decode(node, job_id, raw)
         return out
 
+    def count(self, node: str | None = None) -> int:
+        """Jobs stored for `node` (or every node): SCARD of the index sets, O(1) each."""
+        names = [node] if node else self.nodes()
+        with redis_errors("count", self._where):
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.scard(self._keys.index(name))
+            return sum(int(size) for size in pipe.execute()) if names else 0
+
     def load(self, job_id: str) -> dict[str, Any] | None:
         """The record of `job_id`, whichever node stores it, or None."""
         node = self.node_of(job_id)
@@ -165,6 +175,48 @@ class RedisMonitor:
             if done:
                 return True
         return False
+
+    def scan(self, node: str, cursor: int = 0, count: int = _CHUNK) -> tuple[int, list[Record]]:
+        """One SSCAN step over `node`'s index: (next cursor, records); cursor 0 means done.
+
+        Records deleted meanwhile are skipped; Redis may return an id twice across steps.
+        """
+        with redis_errors("scan", self._where):
+            cursor, ids = self._redis.sscan(self._keys.index(node), cursor, count=count)
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self._keys.job(node, job_id))
+            raws = pipe.execute() if ids else []
+        records = [
+            self._decode(node, job_id, raw) for job_id, raw in zip(ids, raws, strict=True) if raw
+        ]
+        return int(cursor), records
+
+    def iter_jobs(
+        self, node: str | None = None, status: str | None = None, budget: int | None = None
+    ) -> Iterator[tuple[str, Record]]:
+        """(node, record) of stored jobs, a page at a time (never a whole node in memory).
+
+        `status` filters; `budget` stops after reading that many records, matching or not,
+        so a search for a rare status in a huge store stays bounded.
+        """
+        seen: set[str] = set()
+        read = 0
+        for name in [node] if node else self.nodes():
+            cursor = 0
+            while True:
+                cursor, records = self.scan(name, cursor)
+                for record in records:
+                    read += 1
+                    if record["id"] in seen:
+                        continue
+                    seen.add(record["id"])
+                    if status is None or record.get("status", JobStatus.NEW.value) == status:
+                        yield name, record
+                if cursor == 0 or (budget is not None and read >= budget):
+                    break
+            if budget is not None and read >= budget:
+                return
 
     def stats(self) -> dict[str, dict[str, int]]:
         """`{node: {status: count}}` for every node with stored jobs (statuses sorted)."""

@@ -4,12 +4,16 @@
 validates and copies the job in the caller's thread, appends it to a queue and wakes the loop
 at most once per batch (one `call_soon_threadsafe` for many jobs, not one per job). Every
 other cross-thread call hops onto the loop with `run_coroutine_threadsafe` and waits.
+Everything that belongs to one process (loop, thread, parts, id prefix) is made when the
+reactor is made and again in a forked child (forksafe.py): a reactor that was running at a
+fork raises `ReactorForkedError` in the child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import itertools
@@ -17,21 +21,24 @@ import logging
 import os
 import signal
 import ssl as ssl_module
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobreactor.batch import Batch, open_batch
+from jobreactor import forksafe
+from jobreactor.calls import AppCalls
 from jobreactor.config import Config
 from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.enqueue import Enqueuing
-from jobreactor.errors import InvalidOptions, ReactorClosed
+from jobreactor.errors import InvalidOptions, ReactorClosed, ReactorForkedError, ReactorTimeout
 from jobreactor.handle import JobHandle
 from jobreactor.housekeeping import Housekeeping
 from jobreactor.job import JobRecord
+from jobreactor.logs import apply_log_format
 from jobreactor.node import Node
 from jobreactor.storage import open_storage
 
@@ -46,33 +53,59 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:  # pragma: no cover (uvloop is a dependency except on Windows)
         return asyncio.new_event_loop()
+    forksafe.made_uvloop()
     return uvloop.new_event_loop()
 
 
-class Reactor(Enqueuing, Housekeeping):
+class Reactor(Enqueuing, AppCalls, Housekeeping):
     """An event loop in a thread, with the distributors and nodes that live on it."""
 
     def __init__(self, **config: Any) -> None:
         self.config = Config(**config)
         self.registry: Registry = default_registry
+        self._named_feedbacks: dict[str, Feedback] = {}
+        self._started_at = ""  # where run()/attach() was called: named by the fork error
+        self._forked_from: str | None = None  # the fork error, in a child of a running reactor
+        self._new_process_state()
+        forksafe.track(self)
+
+    def _new_process_state(self) -> None:
+        """Everything that belongs to one process: made here, and again in a forked child."""
+        self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
+        self._start_lock = threading.Lock()
         self._distributors: list[Distributor] = []
         self._nodes: list[Node] = []
         self._inbox: collections.deque[
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]
         ] = collections.deque()
-        self._named_feedbacks: dict[str, Feedback] = {}
         self._signal_tasks: set[asyncio.Future[Any]] = set()
         self._attached = False
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
-        # Job ids: 64 random bits per reactor + a counter. Unique like uuid4 for our purposes
-        # (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall per job.
+        # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
+        # purposes (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall
+        # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's parts (forksafe). Assignments only."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            forksafe.pin((loop, self._thread, self._distributors, self._nodes, self._inbox))
+            self._forked_from = forksafe.fork_message(self._pid, self._started_at)
+        self._new_process_state()
+
+    def _check_fork(self) -> None:
+        """Raise ReactorForkedError if this process is a fork of the one that started us."""
+        if os.getpid() != self._pid:
+            self._after_fork()  # a fork the at-fork hook did not see (uWSGI, C-level forks)
+        if self._forked_from is not None:
+            raise ReactorForkedError(self._forked_from)
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "stopped"
@@ -82,20 +115,34 @@ class Reactor(Enqueuing, Housekeeping):
 
     def ready(self) -> bool:
         """True once `run()` finished its setup and the loop is still running (SPEC JR.ready?)."""
+        if os.getpid() != self._pid:
+            self._after_fork()
         return self._ready.is_set() and self._loop is not None and self._loop.is_running()
 
-    def run(self, setup: Setup | None = None, *, timeout: float = 10.0) -> None:
-        """Start the loop in a daemon thread; run `setup` (from this thread); return when ready."""
+    def run(self, setup: Setup | None = None, *, timeout: float = 10.0, loop_nice: int = 0) -> None:
+        """Start the loop in a daemon thread; run `setup` (from this thread); return when ready.
+
+        `loop_nice` (Linux) raises the loop thread's nice value, so the app's own threads win
+        the CPU when both want it: waking the loop from `enqueue` then no longer preempts the
+        request that enqueues (the web recipes use 10; README "Running inside a web app").
+        In a process forked from one where this reactor ran, this starts a new one for this
+        process (the parent's stays in the parent).
+        """
+        self._leave_parent()
         if self._thread is not None and self._thread.is_alive():
             if setup is not None:
                 setup()
             return
+        self._started_at = forksafe.call_site()
         self._apply_logging()
         self._ready.clear()
         self._stopped.clear()
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self._thread_main, args=(started,), name="jobreactor-loop", daemon=True
+            target=self._thread_main,
+            args=(started, loop_nice),
+            name="jobreactor-loop",
+            daemon=True,
         )
         self._thread.start()
         if not started.wait(timeout):
@@ -104,7 +151,29 @@ class Reactor(Enqueuing, Housekeeping):
             setup()
         self._ready.set()
 
-    def _thread_main(self, started: threading.Event) -> None:
+    def _starting(self) -> None:
+        """Before run_forever/attach: leave a parent's reactor behind; note where we start."""
+        self._leave_parent()
+        self._started_at = forksafe.call_site()
+
+    def _leave_parent(self) -> None:
+        """In a fork of a process where this reactor ran: start afresh here, and say so."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        if self._forked_from is not None:
+            logger.warning(
+                "this process (%d) is a fork of one where the reactor was started (%s); "
+                "starting a new reactor here. Start it only after fork, in each worker "
+                "(README: 'Running inside a web app')",
+                os.getpid(),
+                self._started_at,
+            )
+            self._forked_from = None
+
+    def _thread_main(self, started: threading.Event, nice: int) -> None:
+        if nice and sys.platform == "linux":  # Linux nice values are per thread
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
         loop = _new_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
@@ -127,6 +196,7 @@ class Reactor(Enqueuing, Housekeeping):
         `setup` runs in a helper thread once the loop is up, so it may call the blocking API.
         A first signal stops gracefully; a second one stops at once.
         """
+        self._starting()
         self._apply_logging()
         loop = _new_loop()
         self._loop = loop
@@ -179,6 +249,12 @@ class Reactor(Enqueuing, Housekeeping):
         use the `a`-prefixed coroutines (`await JR.astart_distributor(...)`) and `await
         JR.astop()`; `enqueue` works from anywhere, as always.
         """
+        self._starting()
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(
+                "the reactor already runs on its own thread (JR.run()); attach() is instead of "
+                "run(): start it in one place only (not in both a gunicorn hook and a lifespan)"
+            )
         self._apply_logging()
         self._loop = loop
         self._attached = True
@@ -198,6 +274,28 @@ class Reactor(Enqueuing, Housekeeping):
         else:
             loop.call_soon_threadsafe(start)
 
+    def ensure_started(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        setup: Setup | None = None,
+        **distributor_options: Any,
+    ) -> None:
+        """Run the reactor and one distributor in this process unless they run already.
+
+        Idempotent and thread-safe, per process: a forked child starts its own. For frameworks
+        without a per-worker start hook: call it before `enqueue` (e.g. in a request hook).
+        `distributor_options` are `start_distributor`'s keywords.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._start_lock:
+            if self.ready() and self._distributors:
+                return
+            self.run(setup)
+            self.start_distributor(host, port, **distributor_options)
+
     async def astop(self) -> None:
         """`stop()` for code on the reactor's loop (an attached reactor, a feedback)."""
         self._ready.clear()
@@ -206,7 +304,12 @@ class Reactor(Enqueuing, Housekeeping):
             self._stop_event.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends."""
+        """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends.
+
+        In a forked child of a running reactor it does nothing: the loop is the parent's.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork()
         loop = self._loop
         if loop is None or not loop.is_running():
             return
@@ -238,6 +341,7 @@ class Reactor(Enqueuing, Housekeeping):
         self._distributors.clear()
 
     def _apply_logging(self) -> None:
+        apply_log_format(logger, self.config["log_format"])
         level = self.config["logger_method"]
         if level is None:
             logger.disabled = True
@@ -256,6 +360,11 @@ class Reactor(Enqueuing, Housekeeping):
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run `coro` on the loop and wait for it from this (non-loop) thread."""
+        try:
+            self._check_fork()
+        except ReactorForkedError:
+            coro.close()
+            raise
         loop = self._loop
         if loop is None or not loop.is_running():
             coro.close()
@@ -266,7 +375,18 @@ class Reactor(Enqueuing, Housekeeping):
                 "this blocking call was made on the reactor's own loop; "
                 "use the `a`-prefixed coroutine (e.g. `await JR.astart_node(...)`) there"
             )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+        if self._thread is not None and not self._thread.is_alive():
+            coro.close()
+            raise ReactorClosed("the reactor's loop thread has ended: call JR.run() again")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        done, _ = concurrent.futures.wait([future], timeout)
+        if not done:
+            future.cancel()
+            raise ReactorTimeout(
+                f"the reactor's loop did not answer within {timeout}s: something blocks it "
+                "(sync code in an async job or a feedback?); the call was cancelled"
+            )
+        return future.result()
 
     # --- distributors ---------------------------------------------------------------------------
 
@@ -340,6 +460,7 @@ class Reactor(Enqueuing, Housekeeping):
 
     @property
     def distributor(self) -> Distributor:
+        self._check_fork()
         if not self._distributors:
             raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
         return self._distributors[0]
@@ -434,73 +555,6 @@ class Reactor(Enqueuing, Housekeeping):
                 await node.stop(grace=0)
                 raise
         return node
-
-    # --- the app's other calls ------------------------------------------------------------------
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Connected nodes: name, job names, free credit, address, storage, jobs in flight."""
-        distributor = self.distributor
-        if self._in_loop_thread():
-            return distributor.nodes()
-
-        async def get() -> list[dict[str, Any]]:
-            return distributor.nodes()
-
-        return self._call(get())
-
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a pending, scheduled or periodic job wherever it is; True if found."""
-        distributor = self.distributor
-        if self._in_loop_thread():
-            self._drain_inbox()
-            return distributor.cancel(job_id)
-
-        async def do() -> bool:
-            self._drain_inbox()
-            return distributor.cancel(job_id)
-
-        return self._call(do())
-
-    def batch(
-        self,
-        token: str | None = None,
-        ttl: int = 86_400,
-        namespace: str | None = None,
-        redis_url: str | None = None,
-        *,
-        on_complete: Callable[[str], Any] | None = None,
-    ) -> Batch:
-        """A DistributedJob batch (SPEC §5): Redis with `redis_url`, else this process's memory.
-
-        Jobs enqueued with `{"batch": b.token, "part": part_id}` mark their part done after
-        their final successful run (and are skipped once the batch is stopped);
-        `on_complete(token)` runs here exactly once, when the part that completes it reports.
-        """
-        created = open_batch(token, ttl=ttl, namespace=namespace, redis_url=redis_url)
-        if on_complete is not None:
-            distributor = self.distributor
-            callback = on_complete
-            if self._in_loop_thread():
-                distributor.on_batch_complete(created.token, callback)
-            else:
-
-                async def register() -> None:
-                    distributor.on_batch_complete(created.token, callback)
-
-                self._call(register())
-        return created
-
-    def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
-        """Block until a node (named `name`, or any) has joined the first distributor."""
-        self._call(self.distributor.wait_for_node(name, timeout), timeout=timeout + 1)
-
-    def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
-        """Run an async function on the reactor's loop and return its result (for tools/tests)."""
-
-        async def run() -> T:
-            return await fn()
-
-        return self._call(run(), timeout)
 
 
 JR = Reactor()

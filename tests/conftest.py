@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -248,3 +249,12 @@ def cli_node(tmp_path: Path) -> Iterator[Callable[..., CliNode]]:
 
 def make_registry() -> Registry:
     return Registry()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Collect garbage before each Hypothesis test. Objects left over by earlier tests
+    (asyncio Redis clients of the discovery tests) have finalizers that draw from `random`.
+    Run inside a Hypothesis strategy, they fail it with "Do not use the random module inside
+    strategies"."""
+    if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+        gc.collect()

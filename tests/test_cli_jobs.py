@@ -126,15 +126,21 @@ def jobs(any_redis_url: str) -> Jobs:
 
 
 def rows(out: str) -> list[str]:
-    """The table's body lines (rich box drawing), one per job."""
-    return [line for line in out.splitlines() if line.startswith("│")]
+    """The table's body lines: piped output is plain (a `# title`, a header, tab-separated)."""
+    lines = [line for line in out.splitlines() if line and not line.startswith("#")]
+    assert not any(char in out for char in "│┃━─"), "no box drawing when piped"
+    return lines[1:]
+
+
+def first(lines: list[str]) -> list[str]:
+    return [line.split("\t")[0] for line in lines]
 
 
 def test_list_shows_every_job_soonest_first(jobs: Jobs) -> None:
     done = jobs("list")
     assert done.returncode == 0, done.stderr
     lines = rows(done.stdout)
-    assert [line.split("│")[1].strip() for line in lines] == ["failed01", "running1", "later001"]
+    assert first(lines) == ["failed01", "running1", "later001"]
     failed, running, later = lines
     assert "w1" in failed
     assert "send_mail" in failed
@@ -155,12 +161,12 @@ def test_list_shows_every_job_soonest_first(jobs: Jobs) -> None:
 
 def test_list_filters_and_limits(jobs: Jobs) -> None:
     by_status = jobs("list", "--status", "failed")
-    assert [line.split("│")[1].strip() for line in rows(by_status.stdout)] == ["failed01"]
+    assert first(rows(by_status.stdout)) == ["failed01"]
     # "in_progress" is accepted for "in progress" (no quoting needed).
     by_status = jobs("list", "--status", "in_progress")
-    assert [line.split("│")[1].strip() for line in rows(by_status.stdout)] == ["running1"]
+    assert first(rows(by_status.stdout)) == ["running1"]
     by_node = jobs("list", "--node", "w1")
-    assert sorted(line.split("│")[1].strip() for line in rows(by_node.stdout)) == [
+    assert sorted(first(rows(by_node.stdout))) == [
         "failed01",
         "later001",
     ]
@@ -276,14 +282,8 @@ def test_stats_counts_per_node_and_status(jobs: Jobs) -> None:
     done = jobs("stats")
     assert done.returncode == 0, done.stderr
     header = next(line for line in done.stdout.splitlines() if "node" in line and "total" in line)
-    columns = [cell.strip() for cell in re.split(r"[┃│]", header) if cell.strip()]
-    assert columns == ["node", "in progress", "queued", "failed", "total"]
-    table = {
-        cells[0]: cells[1:]
-        for cells in (
-            [cell.strip() for cell in line.split("│") if cell.strip()] for line in rows(done.stdout)
-        )
-    }
+    assert header.split("\t") == ["node", "in progress", "queued", "failed", "total"]
+    table = {cells[0]: cells[1:] for cells in (line.split("\t") for line in rows(done.stdout))}
     assert table == {
         "w1": ["0", "1", "1", "2"],
         "w2": ["1", "0", "0", "1"],
@@ -323,3 +323,32 @@ def test_bad_url_is_a_configuration_error() -> None:
     assert done.returncode == 2
     assert "invalid redis_url" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_list_show_stats_as_json(jobs: Jobs) -> None:
+    listed = json.loads(jobs("list", "--json").stdout)
+    assert listed["stored"] == 3
+    assert [(j["node"], j["id"]) for j in listed["jobs"]] == [
+        ("w1", "failed01"),
+        ("w2", "running1"),
+        ("w1", "later001"),
+    ]
+    assert listed["jobs"][0]["args"] == {"to": "a@example.org"}
+    failed = json.loads(jobs("list", "--status", "failed", "--json").stdout)
+    assert [j["id"] for j in failed["jobs"]] == ["failed01"]
+    assert failed["stored"] is None  # a filtered count would mean reading every record
+    stats = json.loads(jobs("stats", "--json").stdout)
+    assert stats == {"nodes": {"w1": {"failed": 1, "queued": 1}, "w2": {"in progress": 1}}}
+
+
+def test_list_pages_through_a_big_node(redis_server: RedisServer) -> None:
+    prefix = unique_prefix()
+    many = [JobRecord(id=f"j{i:05d}", name="bulk", args={}, run_at_ts=NOW + i) for i in range(2500)]
+    store(redis_server.url, prefix, "big", many)
+    done = jobs_cli("list", "--limit", "5", url=redis_server.url, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert "# jobs (5 of 2500)" in done.stdout
+    assert len(rows(done.stdout)) == 5
+    everything = jobs_cli("list", "--limit", "3000", "--json", url=redis_server.url, prefix=prefix)
+    ids = [job["id"] for job in json.loads(everything.stdout)["jobs"]]
+    assert sorted(ids) == [job.id for job in many]  # each once, across SSCAN pages

@@ -165,6 +165,15 @@ class Dispatcher:
             return None
         return entry[2], entry[1]
 
+    def get(self, job_id: str) -> JobRecord | None:
+        entry = self._pending.get(job_id)
+        return None if entry is None else entry[2]
+
+    def peek(self, limit: int) -> list[JobRecord]:
+        """Up to `limit` pending jobs, the longest queued first (dashboards). O(limit): not
+        the exact dispatch order, which would mean sorting millions on the loop."""
+        return [entry[2] for entry in itertools.islice(self._pending.values(), limit)]
+
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""
         entries = sorted(self._pending.values(), key=lambda e: (e[0], e[1]))

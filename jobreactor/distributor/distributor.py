@@ -31,6 +31,7 @@ from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
+from jobreactor.metrics import METRICS
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -115,6 +116,8 @@ class Distributor(Recovery):
         self.commands = NodeCommands()
         self.observers: list[Observer] = []
         self.closed = False
+        self._metrics = METRICS if settings.metrics else None
+        METRICS.track(self)
 
     def __repr__(self) -> str:
         return (
@@ -277,9 +280,11 @@ class Distributor(Recovery):
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
         ],
     ) -> None:
-        address, journal = self.address, self.journal
+        address, journal, metrics = self.address, self.journal, self._metrics
         for job, success, error, handle in items:
             job.distributor = address
+            if metrics is not None:
+                metrics.enqueued[job.name] += 1
             if success is not None:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
@@ -490,6 +495,8 @@ class Distributor(Recovery):
             len(orphans),
         )
         for entry in orphans:
+            if self._metrics is not None:
+                self._metrics.taken_over[entry.name] += 1
             self.tracker.forget(entry.job_id)
             self._give_away(entry)
             self._requeue(entry)
@@ -541,7 +548,10 @@ class Distributor(Recovery):
     def _dispatch(self) -> None:
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
+        metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
+            if metrics is not None:
+                metrics.dispatched[job.name] += 1
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
             try:

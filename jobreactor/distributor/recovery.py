@@ -20,6 +20,7 @@ from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.journal import Journal, assignee
 from jobreactor.distributor.outcomes import Outcomes, Waiting
 from jobreactor.job import JobRecord
+from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 
 if TYPE_CHECKING:
     from jobreactor.distributor.dispatch import Dispatcher
@@ -122,8 +123,8 @@ class Recovery(Outcomes):
         for entry in self.tracker.orphans_of_all() + [
             e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
         ]:
-            self.tracker.forget(entry.job.id)
-            self._resolve_cancelled(entry.job.id, reason, forget=False)
+            self.tracker.forget(entry.job_id)
+            self._resolve_cancelled(entry.job_id, reason, forget=False)
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
@@ -147,4 +148,6 @@ class Recovery(Outcomes):
                 for n in self.nodes()
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
+            "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            "metrics": METRICS.snapshot(),
         }

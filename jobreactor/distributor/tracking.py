@@ -12,6 +12,7 @@ to requeue or journal the job (node lost, nack, returned).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,10 @@ class Tracker:
 
     def get(self, job_id: str) -> InFlight | None:
         return self._jobs.get(job_id)
+
+    def peek(self, limit: int) -> list[InFlight]:
+        """Up to `limit` jobs out on nodes, oldest sent first (dashboards)."""
+        return list(itertools.islice(self._jobs.values(), limit))
 
     def issue(
         self,

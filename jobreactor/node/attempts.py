@@ -20,6 +20,8 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
 from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
+from jobreactor.logs import log_job
+from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
@@ -46,6 +48,8 @@ class Held:
 
 class Attempts:
     """The attempt half of Node. The attributes below are Node's (node.py sets them)."""
+
+    _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
 
     if TYPE_CHECKING:
         name: str
@@ -86,6 +90,9 @@ class Attempts:
         record.status = JobStatus.IN_PROGRESS
         record.attempt += 1
         record.run_at = time.time()
+        if self._metrics is not None:
+            self._metrics.started[record.name] += 1
+            self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
         self._persist(record)
         if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
@@ -94,7 +101,7 @@ class Attempts:
             self._on_failure(held, None, NoSuchJob(record.name))
             return
         if self._log_jobs:
-            logger.info("start %r (%s, attempt %d)", record.name, record.id, record.attempt)
+            log_job(logger, "start", record)
         args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
             args["job_itself"] = self._job_itself(record)
@@ -165,7 +172,7 @@ class Attempts:
         record.last_error = error_text(exc)
         record.status = JobStatus.ERROR
         if self._log_jobs:
-            logger.info("error %r (%s): %s", record.name, record.id, record.last_error)
+            log_job(logger, "error", record)
         record.args["error"] = exc  # SPEC 1.6.6: merged into the pre-attempt args, in place
         errback_args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
@@ -195,7 +202,7 @@ class Attempts:
         record = held.record
         args = plain_args(args)
         if self._log_jobs:
-            logger.info("complete %r (%s)", record.name, record.id)
+            log_job(logger, "complete", record)
         if record.batch is not None and record.part is not None and not record.is_periodic:
             self._spawn(self._finish_part(held, args))
             return
@@ -216,6 +223,8 @@ class Attempts:
     def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
+        if self._metrics is not None:
+            self._metrics.succeeded[record.name] += 1
         if not record.is_periodic:
             self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
         self._report(held, "success", not record.is_periodic, args)
@@ -253,6 +262,8 @@ class Attempts:
         if held.cancel_requested:
             self._cancel_now(held)
             return
+        if self._metrics is not None:
+            (self._metrics.retried if retry else self._metrics.failed)[record.name] += 1
         if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
             if record.is_periodic:
@@ -274,12 +285,16 @@ class Attempts:
         record = held.record
         args = plain_args(record.args)
         record.args = args
+        if self._metrics is not None:
+            self._metrics.cancelled[record.name] += 1
         self._end_attempt(held)
         self._report(held, "error" if error else "success", True, args)
         record.status = JobStatus.CANCELLED
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
     def _cancel_now(self, held: Held) -> None:
+        if self._metrics is not None:
+            self._metrics.cancelled[held.record.name] += 1
         held.record.status = JobStatus.CANCELLED
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
@@ -305,6 +320,8 @@ class Attempts:
             held.releasing.add_done_callback(self._task_done)
         held.running = False
         self._running -= 1
+        if self._metrics is not None and held.record.run_at is not None:
+            self._metrics.run.observe(held.record.name, time.time() - held.record.run_at)
         if held.holds_credit:
             held.holds_credit = False
             if held.link is not None:

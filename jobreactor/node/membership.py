@@ -10,6 +10,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any, cast
 
+from jobreactor.metrics import METRICS
 from jobreactor.node.attempts import Attempts
 from jobreactor.node.link import DistributorLink
 
@@ -30,6 +31,7 @@ class Membership(Attempts):
         _ssl: ssl.SSLContext | None
         _stopping: bool
         _window: int
+        _concurrency: int
         _timers: TimerHeap
 
         def _run_link(self, link: DistributorLink) -> None: ...
@@ -100,4 +102,6 @@ class Membership(Attempts):
             "running": self._running,
             "free_credit": max(0, self._window - len(self._jobs)),
             "distributors": [link.address for link in self.links if link.is_ready],
+            "concurrency": self._concurrency,
+            "metrics": METRICS.snapshot(),
         }

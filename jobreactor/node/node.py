@@ -23,6 +23,7 @@ from jobreactor.job import (
     JobRecord,
     JobStatus,
 )
+from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
 from jobreactor.node.identity import expand_node_name, new_instance_id
@@ -100,6 +101,8 @@ class Node(Membership):
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
+        self._metrics = METRICS if settings.metrics else None
+        METRICS.track(self)
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.discovered: Discovered | None = None
@@ -371,6 +374,8 @@ class Node(Membership):
         self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
+        if self._metrics is not None and self._timer_when is not None:
+            self._metrics.lateness.observe(self.name, time.monotonic() - self._timer_when)
         self._timer = None
         self._timer_when = None
         for job_id in self._timers.pop_due(time.monotonic()):

@@ -40,6 +40,10 @@ class TimerHeap:
     def cancel(self, job_id: str) -> bool:
         return self._live.pop(job_id, None) is not None
 
+    def peek(self, limit: int) -> list[str]:
+        """The `limit` soonest scheduled job ids, soonest first (dashboards)."""
+        return [entry[1] for entry in heapq.nsmallest(limit, self._live.values())]
+
     def next_deadline(self) -> float | None:
         heap, live = self._heap, self._live
         while heap and live.get(heap[0][1]) is not heap[0]:

@@ -30,7 +30,9 @@ from jobreactor.job import JobRecord
 from jobreactor.storage import scripts
 from jobreactor.storage.base import UnlockResult
 from jobreactor.storage.codec import (
+    decode_fields,
     decode_job,
+    dump_json,
     is_unfinished,
     load_json,
     pack_job,
@@ -46,7 +48,18 @@ from jobreactor.storage.connect import (
 )
 from jobreactor.storage.keys import Keys
 
-__all__ = ["DEFAULT_REDIS_URL", "RESYNC", "RedisStorage"]
+# The codec and connection helpers are re-exported: this was their home before issue 13.
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "RESYNC",
+    "RedisStorage",
+    "decode_fields",
+    "dump_json",
+    "is_unfinished",
+    "load_json",
+    "redact_url",
+    "redis_errors",
+]
 
 logger = logging.getLogger(__name__)
 

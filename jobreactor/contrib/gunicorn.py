@@ -1,0 +1,64 @@
+"""gunicorn hooks: one reactor and one distributor per worker, started after the fork.
+
+In `gunicorn.conf.py` (sync, gthread, `uvicorn_worker.UvicornWorker`; with or without
+`--preload`)::
+
+    from jobreactor.contrib.gunicorn import hooks
+
+    post_worker_init, worker_exit = hooks()  # settings from JOBREACTOR_* or keywords
+
+`post_worker_init` runs in each worker after the fork and after the app is imported (so the
+job definitions and named feedbacks it registers are there); it starts the reactor and a
+distributor on an ephemeral port (each worker needs its own; nodes find it by discovery).
+`worker_exit` runs in the worker when it stops (not after SIGKILL) and stops the reactor
+within gunicorn's `graceful_timeout`. Never start the reactor in `on_starting`/`when_ready`
+or at import under `--preload`: that runs in the master, before the fork.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jobreactor.contrib import configure
+from jobreactor.reactor import JR, Reactor, Setup
+
+WorkerInit = Callable[[Any], None]
+WorkerExit = Callable[[Any, Any], None]
+
+
+def hooks(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    reactor: Reactor | None = None,
+    setup: Setup | None = None,
+    loop_nice: int = 10,
+    **distributor_options: Any,
+) -> tuple[WorkerInit, WorkerExit]:
+    """gunicorn's `post_worker_init` and `worker_exit` for `reactor` (default `JR`).
+
+    `distributor_options` go to `start_distributor` (storage, redis_url, secret, advertise,
+    discovery_url, group, ...) over the JOBREACTOR_* environment (jobreactor.contrib).
+    `setup` runs once the loop is up, before the distributor. `loop_nice` lowers the loop
+    thread's priority below the request threads' (`JR.run`): a request that enqueues is then
+    not preempted by the loop it wakes (p99 inside `JR.enqueue` under load: bench/web.py).
+    """
+    target = JR if reactor is None else reactor
+
+    def post_worker_init(worker: Any) -> None:
+        bind_host, bind_port, options = configure(
+            target, {"host": host, "port": port, **distributor_options}
+        )
+        target.run(setup, loop_nice=loop_nice)
+        bound = target.start_distributor(bind_host, bind_port, **options)
+        worker.log.info("jobreactor distributor listening on %s:%d", *bound)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        # Leave a second of gunicorn's graceful_timeout for the worker's own exit.
+        start = time.monotonic()
+        target.stop(timeout=max(1.0, float(worker.cfg.graceful_timeout) - 1.0))
+        worker.log.info("jobreactor stopped in %.1fs", time.monotonic() - start)
+
+    return post_worker_init, worker_exit

@@ -1,0 +1,109 @@
+"""RegistrySource: the dashboard across processes, from the discovery registry.
+
+Every distributor (and every node with a `discovery_url`) publishes `stats()` with its
+heartbeat: load, connected nodes, the first pending jobs (without args) and its process's
+metrics. This source reads the live members of one group (or of the default group) with
+`jobreactor.discovery.live_members`. Figures are as fresh as the last beat
+(`registry_beat`, 5 s by default). Metrics are summed once per process (host, pid): a
+process running a distributor and a node publishes the same figures twice.
+
+It knows no job's definition, no in-flight list and no node's timers: those pages fall back
+to Redis node storage when the dashboard has a `redis_url` (StoredJobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from jobreactor.dashboard.sources import Chain, Snapshot, View, job_view
+from jobreactor.discovery import Member, live_members
+from jobreactor.discovery.registry import REDIS_ERRORS, connect
+from jobreactor.errors import StorageUnavailable
+from jobreactor.storage.redis import redact_url
+
+
+class RegistrySource:
+    def __init__(self, discovery_url: str, group: str | None = None, prefix: str = "jr") -> None:
+        self.url = discovery_url
+        self.group = group or "default"
+        self.prefix = prefix
+        self.label = f"registry {redact_url(discovery_url)} · group {self.group}"
+
+    def _members(self) -> tuple[list[Member], list[Member]]:
+        async def read() -> tuple[list[Member], list[Member]]:
+            client = connect(self.url)
+            try:
+                return (
+                    await live_members(client, self.group, prefix=self.prefix),
+                    await live_members(client, self.group, prefix=self.prefix, kind="node"),
+                )
+            finally:
+                await client.aclose()
+
+        try:
+            return asyncio.run(read())
+        except REDIS_ERRORS as exc:
+            raise StorageUnavailable(f"registry {redact_url(self.url)}: {exc}") from exc
+
+    def snapshot(self) -> Snapshot:
+        distributors, nodes = self._members()
+        by_process: dict[tuple[str, int], dict[str, Any]] = {}
+        for member in [*distributors, *nodes]:
+            metrics = member.stats.get("metrics")
+            if isinstance(metrics, dict):
+                by_process[(member.host, member.pid)] = metrics
+        return {
+            "time": time.time(),
+            "distributors": [_described(m) for m in distributors],
+            "nodes": [_described(m) for m in nodes],
+            "metrics_by_process": list(by_process.values()),
+        }
+
+    def queues(self, limit: int) -> list[View]:
+        distributors, _ = self._members()
+        out = []
+        for member in distributors:
+            stats = _described(member)
+            pending = stats.get("pending_jobs") or []
+            stats["pending_jobs"] = [job_view(job) for job in pending[:limit]]
+            stats["in_flight_jobs"] = []
+            stats["in_flight_unlisted"] = True
+            out.append(stats)
+        return out
+
+    def scheduled(self, limit: int) -> list[View]:
+        return []
+
+    def failed(self, limit: int) -> list[View]:
+        return []
+
+    def job(self, job_id: str) -> View | None:
+        distributors, _ = self._members()
+        for member in distributors:
+            for job in member.stats.get("pending_jobs") or []:
+                if job.get("id") == job_id:
+                    return job_view(job, where="pending", distributor=member.address)
+        return None
+
+    def retry(self, job_id: str) -> bool:
+        return False
+
+    def delete(self, job_id: str) -> bool:
+        return False
+
+    def cancel(self, job_id: str) -> bool | None:
+        return None
+
+    def chain(self, name: str) -> Chain | None:
+        return None
+
+
+def _described(member: Member) -> dict[str, Any]:
+    """A member's stats with where it runs (the registry entry's own fields win)."""
+    stats = dict(member.stats)
+    stats.update(host=member.host, pid=member.pid, iid=member.iid)
+    stats.setdefault("address", member.address)
+    stats.pop("metrics", None)
+    return stats

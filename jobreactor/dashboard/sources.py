@@ -1,0 +1,318 @@
+"""Where the dashboard's figures come from: one small interface, two implementations.
+
+- `LocalSource(reactor)`: mounted in a single-process app, it reads the reactor's own
+  distributors and nodes (on the reactor's loop, through `Reactor.call`) and their storages.
+- `RegistrySource` (registry.py): across processes, what every distributor and node publishes
+  with its discovery heartbeat.
+
+Failed jobs and a job's stored record come from Redis node storage (`RedisMonitor`) when the
+dashboard is given a `redis_url`, else from the reactor's own storages (LocalSource).
+Every method is synchronous and bounded (`limit`); the app calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jobreactor.definitions import JobDefinition
+from jobreactor.job import JobRecord, JobStatus
+from jobreactor.metrics import METRICS
+
+if TYPE_CHECKING:
+    from jobreactor.distributor import Distributor
+    from jobreactor.monitor import RedisMonitor
+    from jobreactor.node import Node
+    from jobreactor.reactor import Reactor
+
+Snapshot = dict[str, Any]
+View = dict[str, Any]
+Chain = dict[str, list[str]]
+
+
+class Source(Protocol):
+    """What every dashboard page reads."""
+
+    label: str
+
+    def snapshot(self) -> Snapshot:
+        """{"distributors": [...], "nodes": [...], "metrics": JobMetrics.snapshot()}."""
+        ...
+
+    def queues(self, limit: int) -> list[View]:
+        """Per distributor: address, counts, the first `limit` pending and in-flight jobs."""
+        ...
+
+    def scheduled(self, limit: int) -> list[View]:
+        """Jobs waiting on node timers (delayed, periodic, retries), soonest first."""
+        ...
+
+    def failed(self, limit: int) -> list[View]:
+        """Jobs failed for good and kept (remove_failed_jobs off)."""
+        ...
+
+    def job(self, job_id: str) -> View | None:
+        """One job wherever it is: pending, in flight, held by a node, or stored."""
+        ...
+
+    def retry(self, job_id: str) -> bool: ...
+
+    def delete(self, job_id: str) -> bool: ...
+
+    def cancel(self, job_id: str) -> bool | None:
+        """None: this source cannot cancel (it sees no distributor it could ask)."""
+        ...
+
+    def chain(self, name: str) -> Chain | None:
+        """The job's steps and errbacks by name, if this source knows its definition."""
+        ...
+
+
+def chain_of(definition: JobDefinition | None) -> Chain | None:
+    if definition is None:
+        return None
+    body = getattr(definition.fn, "__qualname__", definition.name)
+    return {
+        "steps": [body, *(name for name, _ in definition.callbacks)],
+        "errbacks": [name for name, _ in definition.errbacks],
+    }
+
+
+def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
+    """A job as the pages show it (a plain dict; templates escape every value)."""
+    data = record.to_dict() if isinstance(record, JobRecord) else dict(record)
+    view: View = {
+        "id": str(data.get("id", "")),
+        "name": str(data.get("name", "")),
+        "args": data.get("args"),  # None: not known here (registry stats carry no args)
+        "status": str(data.get("status", JobStatus.NEW)),
+        "attempt": int(data.get("attempt", 0) or 0),
+        "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),
+        "period": float(data.get("period", 0.0) or 0.0),
+        "priority": int(data.get("priority", 0) or 0),
+        "max_attempt": data.get("max_attempt"),
+        "node": data.get("node"),
+        "distributor": data.get("distributor") or "",
+        "on_success": data.get("on_success"),
+        "on_error": data.get("on_error"),
+        "run_at": data.get("run_at"),
+        "failed_at": data.get("failed_at"),
+        "last_error": data.get("last_error"),
+        "record": data,
+    }
+    view.update(where)
+    return view
+
+
+def _here(stats: dict[str, Any]) -> dict[str, Any]:
+    stats.setdefault("host", socket.gethostname())
+    stats.setdefault("pid", os.getpid())
+    return stats
+
+
+class LocalSource:
+    """The reactor this app runs: its distributors, nodes and their storages."""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
+        self.label = "this process"
+
+    def _distributors(self) -> list[Distributor]:
+        return list(self.reactor._distributors)
+
+    def _nodes(self) -> list[Node]:
+        return list(self.reactor._nodes)
+
+    def _on_loop(self, fn: Any) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return self.reactor.call(run, timeout=10.0)
+
+    def snapshot(self) -> Snapshot:
+        def read() -> Snapshot:
+            return {
+                "time": time.time(),
+                "distributors": [_here(d.stats()) for d in self._distributors()],
+                "nodes": [_here(n.stats()) for n in self._nodes()],
+                "metrics": METRICS.snapshot(),
+            }
+
+        return dict(self._on_loop(read))
+
+    def queues(self, limit: int) -> list[View]:
+        def read() -> list[View]:
+            return [
+                {
+                    **_here(d.stats()),
+                    "pending_jobs": [job_view(j) for j in d.dispatcher.peek(limit)],
+                    "in_flight_jobs": [
+                        job_view(e.job, node=e.node, acked=e.acked) for e in d.tracker.peek(limit)
+                    ],
+                }
+                for d in self._distributors()
+            ]
+
+        return list(self._on_loop(read))
+
+    def scheduled(self, limit: int) -> list[View]:
+        def read() -> list[View]:
+            out: list[View] = []
+            for node in self._nodes():
+                for job_id in node._timers.peek(limit):
+                    held = node._jobs.get(job_id)
+                    if held is not None:
+                        out.append(job_view(held.record, node=node.name))
+            out.sort(key=lambda view: view["run_at_ts"])
+            return out[:limit]
+
+        return list(self._on_loop(read))
+
+    def failed(self, limit: int) -> list[View]:
+        async def read() -> list[View]:
+            out: list[View] = []
+            for storage in self.reactor._storages():
+                for node in await storage.nodes():
+                    for record in await storage.jobs_for(node):
+                        if record.status == JobStatus.FAILED and len(out) < limit:
+                            out.append(job_view(record, node=node, stored=True))
+            out.sort(key=lambda view: -(view["failed_at"] or 0.0))
+            return out
+
+        return list(self.reactor.call(read, timeout=10.0))
+
+    def job(self, job_id: str) -> View | None:
+        def live() -> View | None:
+            for d in self._distributors():
+                pending = d.dispatcher.get(job_id)
+                if pending is not None:
+                    return job_view(pending, where="pending", distributor=d.address)
+                entry = d.tracker.get(job_id)
+                if entry is not None:
+                    return job_view(entry.job, where="in flight", node=entry.node)
+            for node in self._nodes():
+                held = node._jobs.get(job_id)
+                if held is not None:
+                    return job_view(held.record, where="held by node", node=node.name)
+            return None
+
+        found: View | None = self._on_loop(live)
+        if found is not None:
+            return found
+
+        async def stored() -> View | None:
+            for storage in self.reactor._storages():
+                for node in await storage.nodes():
+                    record = await storage.load(node, job_id)
+                    if record is not None:
+                        return job_view(record, where="stored", node=node, stored=True)
+            return None
+
+        result: View | None = self.reactor.call(stored, timeout=10.0)
+        return result
+
+    def retry(self, job_id: str) -> bool:
+        return self.reactor.retry(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        async def destroy() -> bool:
+            for storage in self.reactor._storages():
+                for node in await storage.nodes():
+                    record = await storage.load(node, job_id)
+                    if record is not None and record.is_finished:
+                        await storage.destroy_many(node, [job_id])
+                        return True
+            return False
+
+        done: bool = self.reactor.call(destroy, timeout=10.0)
+        return done
+
+    def cancel(self, job_id: str) -> bool | None:
+        if not self._distributors():
+            return None
+        return self.reactor.cancel(job_id)
+
+    def chain(self, name: str) -> Chain | None:
+        for registry in [*(n.registry for n in self._nodes()), self.reactor.registry]:
+            found = chain_of(registry.get(name))
+            if found is not None:
+                return found
+        return None
+
+
+class StoredJobs:
+    """Failed jobs and stored records from Redis node storage (RedisMonitor), bounded scans."""
+
+    SCAN_BUDGET = 20_000  # records read at most per failed-jobs page
+
+    def __init__(self, monitor: RedisMonitor) -> None:
+        self.monitor = monitor
+
+    def failed(self, limit: int) -> list[View]:
+        found = itertools.islice(
+            self.monitor.iter_jobs(status=JobStatus.FAILED.value, budget=self.SCAN_BUDGET), limit
+        )
+        out = [job_view(record, node=node, stored=True) for node, record in found]
+        out.sort(key=lambda view: -(view["failed_at"] or 0.0))
+        return out
+
+    def job(self, job_id: str) -> View | None:
+        node = self.monitor.node_of(job_id)
+        record = None if node is None else self.monitor.load(job_id)
+        return None if record is None else job_view(record, where="stored", node=node, stored=True)
+
+    def retry(self, job_id: str) -> bool:
+        return self.monitor.retry(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        return self.monitor.destroy(job_id)
+
+    def scheduled(self, limit: int) -> list[View]:
+        """Stored jobs due later (delayed, periodic, retries), for nodes this process can't see."""
+        now = time.time()
+        out: list[View] = []
+        for node, record in self.monitor.iter_jobs(budget=self.SCAN_BUDGET):
+            status = record.get("status", JobStatus.NEW.value)
+            due = float(record.get("run_at_ts") or 0.0)
+            if status in (JobStatus.NEW.value, JobStatus.QUEUED.value) and due > now:
+                out.append(job_view(record, node=node, stored=True))
+                if len(out) >= limit:
+                    break
+        out.sort(key=lambda view: view["run_at_ts"])
+        return out
+
+
+class NoLiveSource:
+    """`jobreactor dashboard --redis-url` alone: no live process in sight, only Redis storage."""
+
+    label = "redis node storage"
+
+    def snapshot(self) -> Snapshot:
+        return {"time": time.time(), "distributors": [], "nodes": [], "metrics": {}}
+
+    def queues(self, limit: int) -> list[View]:
+        return []
+
+    def scheduled(self, limit: int) -> list[View]:
+        return []
+
+    def failed(self, limit: int) -> list[View]:
+        return []
+
+    def job(self, job_id: str) -> View | None:
+        return None
+
+    def retry(self, job_id: str) -> bool:
+        return False
+
+    def delete(self, job_id: str) -> bool:
+        return False
+
+    def cancel(self, job_id: str) -> bool | None:
+        return None
+
+    def chain(self, name: str) -> Chain | None:
+        return None
