@@ -580,9 +580,10 @@ class Distributor(Recovery):
         if entry.cancel_requested:
             self._resolve_cancelled(entry.job_id)
             return
+        job = entry.job  # rebuilt from its packed form, once
         if self.journal is not None:
-            self.journal.unassigned(entry.job)
-        self.dispatcher.add(entry.job, seq=entry.seq)
+            self.journal.unassigned(job)
+        self.dispatcher.add(job, seq=entry.seq)
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)
