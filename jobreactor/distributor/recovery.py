@@ -112,7 +112,7 @@ class Recovery(Outcomes):
         Jobs frame died with that process). It has not run there: queue it again."""
         lost = [entry for entry in self.tracker.orphans_of(name) if entry.origin == origin]
         for entry in lost:
-            self.tracker.forget(entry.job.id)
+            self.tracker.forget(entry.job_id)
             self._requeue(entry)
         if lost:
             logger.warning(
@@ -146,8 +146,8 @@ class Recovery(Outcomes):
         for entry in self.tracker.orphans_of_all() + [
             e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
         ]:
-            self.tracker.forget(entry.job.id)
-            self._resolve_cancelled(entry.job.id, reason, forget=False)
+            self.tracker.forget(entry.job_id)
+            self._resolve_cancelled(entry.job_id, reason, forget=False)
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
