@@ -27,6 +27,8 @@ DEFAULT_REDIS_URL: Final = "redis://localhost:6379"
 
 # Options of a plain client that RedisCluster does not take.
 _PLAIN_ONLY: Final = ("health_check_interval", "single_connection_client")
+# redis-py's own cap on a pool (it raises "Too many connections" past it; ours waits instead).
+DEFAULT_MAX_CONNECTIONS: Final = 100
 
 
 @contextlib.contextmanager
@@ -51,10 +53,28 @@ def _enabled(info: dict[str, Any]) -> bool:
     return str(info.get("cluster_enabled", "0")) == "1"
 
 
+def _blocking_client(url: str, options: dict[str, Any]) -> aredis.Redis[str]:
+    """A plain async client whose pool waits for a free connection when all are busy.
+
+    redis-py's default pool raises `MaxConnectionsError` ("Too many connections") at its cap,
+    so a burst of storage calls (many jobs re-checking a `perform_id` at once) failed calls that
+    only had to wait. The wait is bounded by `socket_timeout`; past it the call fails with
+    `StorageUnavailable`, like any other unreachable-redis error.
+    """
+    pool_options = dict(options)
+    single = bool(pool_options.pop("single_connection_client", False))
+    pool_options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+    pool_options.setdefault("timeout", pool_options.get("socket_timeout"))
+    pool = aredis.BlockingConnectionPool.from_url(url, **pool_options)
+    client: aredis.Redis[str] = aredis.Redis(connection_pool=pool, single_connection_client=single)
+    client.auto_close_connection_pool = True  # the client owns its pool (as `from_pool` does)
+    return client
+
+
 async def open_async(url: str, where: str, options: dict[str, Any]) -> Any:
     """A connected `redis.asyncio.Redis`, or `RedisCluster` when `url` names a cluster node."""
     try:
-        plain: aredis.Redis[str] = aredis.Redis.from_url(url, **options)
+        plain = _blocking_client(url, options)
     except ValueError as exc:
         raise ConfigError(f"invalid redis_url {where!r}: {exc}") from exc
     try:
