@@ -32,6 +32,8 @@ from jobreactor.node.membership import Membership
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.storage.base import Storage
+from jobreactor.storage.codec import pack_record, peek_lease
+from jobreactor.storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
     from jobreactor.node.discovered import Discovered
@@ -44,6 +46,10 @@ logger = logging.getLogger("jobreactor.node")
 
 # Jobs started per loop turn before yielding, so acks and reports keep flowing under load.
 _DRAIN_BUDGET = 512
+
+# A job due later than this after it is scheduled waits packed (msgpack bytes, not a record):
+# a million week-long delayed jobs then cost a node a third of the memory.
+_PACK_AFTER_S = 2.0
 
 
 class Node(Membership):
@@ -91,6 +97,7 @@ class Node(Membership):
         # Memory storage keeps the node's own record objects (saved once on receipt), so state
         # changes need no write; a durable storage gets every change, batched per tick.
         self._write_behind = storage.durable
+        self._memory = storage if isinstance(storage, MemoryStorage) else None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
@@ -200,17 +207,17 @@ class Node(Membership):
 
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
-        by_link: dict[DistributorLink, list[Held]] = {}
-        for held in list(self._jobs.values()):
+        by_link: dict[DistributorLink, list[tuple[str, Held]]] = {}
+        for job_id, held in list(self._jobs.items()):
             if held.running or held.link is None or not held.link.is_ready:
                 continue
-            if self.storage.durable and held.record.id not in self._ready:
+            if self.storage.durable and job_id not in self._ready:
                 continue
-            by_link.setdefault(held.link, []).append(held)
+            by_link.setdefault(held.link, []).append((job_id, held))
         for link, helds in by_link.items():
-            link.hand_back([h.record.id for h in helds])
-            for held in helds:
-                self._forget(held, destroy=True)
+            link.hand_back([job_id for job_id, _ in helds])
+            for job_id, held in helds:
+                self._forget(held, destroy=True, job_id=job_id)
             logger.info("%s handed %d job(s) back to %s", self.name, len(helds), link.address)
 
     # --- links ----------------------------------------------------------------------------------
@@ -222,11 +229,17 @@ class Node(Membership):
         return max(0, self._window - used)
 
     def held_from(self, link: DistributorLink) -> list[tuple[str, int]]:
-        return [
-            (h.record.id, h.record.lease)
-            for h in self._jobs.values()
-            if not h.dropped and (h.link is link or h.record.distributor == link.configured)
-        ]
+        held: list[tuple[str, int]] = []
+        for job_id, h in self._jobs.items():
+            if h.dropped:
+                continue
+            if h.packed is not None:  # read without unpacking: a million of them after a restart
+                lease, distributor = peek_lease(h.packed)
+            else:
+                lease, distributor = h.record.lease, h.record.distributor
+            if h.link is link or distributor == link.configured:
+                held.append((job_id, lease))
+        return held
 
     def link_ready(self, link: DistributorLink, drop: list[str], *, settled: bool = True) -> None:
         """Welcomed: drop what the distributor gave away; run parked jobs once all is settled."""
@@ -359,6 +372,26 @@ class Node(Membership):
         self._timers.schedule(job_id, due)
         if self._timer_when is None or due < self._timer_when:
             self._arm_timer()
+        if due - now > _PACK_AFTER_S:
+            self._pack(held)
+
+    def _pack(self, held: Held) -> None:
+        """Keep a far-future job as msgpack bytes until it is read again (Held.__getattr__)."""
+        if held.running or held.link is None or held.packed is not None:
+            return
+        record = held.record
+        packed = pack_record(record)
+        if packed is None:
+            return  # a value msgpack can't carry (set by a callback): keep the record
+        del held.record
+        held.packed = packed
+        if self._memory is not None:
+            self._memory.keep(self.name, record.id, packed)  # one copy, shared
+
+    def unpacked(self, record: JobRecord) -> None:
+        """A packed job was read again: memory storage holds its record object again."""
+        if self._memory is not None:
+            self._memory.keep(self.name, record.id, record)
 
     def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
         now_loop = time.monotonic()
