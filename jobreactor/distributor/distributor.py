@@ -345,7 +345,7 @@ class Distributor(Recovery):
                 "job_names": list(s.hello.job_names) if s.hello else [],
                 "free_credit": slots[s.key].credits if s.key in slots else 0,
                 "storage": s.hello.storage if s.hello else "?",
-                "in_flight": len(self.tracker.jobs_on(s.key)),
+                "in_flight": self.tracker.count_on(s.key),
             }
             for s in self._by_name.values()
         ]
@@ -393,7 +393,7 @@ class Distributor(Recovery):
         takeover = self._takeovers.pop(hello.node_name, None)
         if takeover is not None:
             takeover.cancel()
-        held_now = len(self.tracker.jobs_on(session.key))
+        held_now = self.tracker.count_on(session.key)
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
