@@ -530,7 +530,8 @@ class Node(Membership):
             held = Held(record, link)
             self._jobs[job_id] = held
         else:
-            held.record = record
+            held.record, held.packed = record, None
+            self.unpacked(record)
         self._timers.cancel(job_id)
         self._ready.remove(job_id)
         logger.info("%s: job %s (%r) woken up from storage", self.name, job_id, record.name)
