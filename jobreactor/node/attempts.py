@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.batch import Batch, open_batch
@@ -27,52 +28,22 @@ from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync,
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
-from jobreactor.storage.codec import unpack_record
 
 logger = logging.getLogger("jobreactor.node")
 
 
+@dataclass(slots=True)
 class Held:
-    """A job this node holds. A far-future job keeps only `packed` (its record's msgpack
-    bytes) until it falls due: reading `record` then unpacks it, once (node.py, `_pack`)."""
-
-    __slots__ = (
-        "cancel_requested",
-        "dropped",
-        "holds_credit",
-        "link",
-        "lock_token",
-        "origin",
-        "packed",
-        "perform_held",
-        "record",
-        "releasing",
-        "running",
-    )
-
-    def __init__(self, record: JobRecord, link: DistributorLink | None, origin: str = "") -> None:
-        self.record = record  # record.lease: the distributor's lease, kept across a restart
-        self.link = link
-        self.running = False
-        self.cancel_requested = False
-        self.holds_credit = False  # an instant job's credit, returned when its first attempt ends
-        self.dropped = False  # the distributor gave it to someone else: finish silently
-        self.perform_held = False  # holds its perform_id (dj_one) key
-        self.lock_token: str | None = None  # owns its `lock` for the running attempt
-        self.releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
-        self.origin = origin  # instance id of the distributor that sent it (discovery re-routes)
-        self.packed: bytes | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached while `record` is unset, i.e. packed: the usual read costs nothing.
-        packed = self.packed
-        if name != "record" or packed is None:
-            raise AttributeError(name)
-        record = self.record = unpack_record(packed)
-        self.packed = None
-        if self.link is not None:
-            self.link.node.unpacked(record)
-        return record
+    record: JobRecord  # record.lease: the distributor's lease, stored so a restart keeps it
+    link: DistributorLink | None
+    running: bool = False
+    cancel_requested: bool = False
+    holds_credit: bool = False  # an instant job's credit, returned when its first attempt ends
+    dropped: bool = False  # the distributor gave it to someone else: finish silently
+    perform_held: bool = False  # holds its perform_id (dj_one) key
+    lock_token: str | None = None  # owns its `lock` for the running attempt
+    releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
+    origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
 
 
 class Attempts:
@@ -105,6 +76,7 @@ class Attempts:
         def _spawn(self, coro: Any) -> None: ...
         def _task_done(self, task: asyncio.Task[Any]) -> None: ...
         def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None: ...
+        def _held(self, job_id: str) -> Held | None: ...
 
     # --- attempts (SPEC 1.6.4) --------------------------------------------------------------------
 
@@ -330,7 +302,7 @@ class Attempts:
 
     def cancel_job(self, job_id: str) -> None:
         """The distributor cancels this job (JR.cancel)."""
-        held = self._jobs.get(job_id)
+        held = self._held(job_id)
         if held is None:
             return
         if held.running:
@@ -390,9 +362,9 @@ class Attempts:
         except Exception as exc:
             raise StorageError(f"cannot open batch {token}: {exc}") from exc
 
-    def _forget(self, held: Held, *, destroy: bool, job_id: str | None = None) -> None:
+    def _forget(self, held: Held, *, destroy: bool) -> None:
         """The job is done here: drop it from memory, and from storage if `destroy`."""
-        job_id = held.record.id if job_id is None else job_id
+        job_id = held.record.id
         self._timers.cancel(job_id)
         self._ready.remove(job_id)
         if held.holds_credit and not held.running:

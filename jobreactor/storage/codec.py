@@ -210,8 +210,10 @@ def _common_id(triple: tuple[str, str, str | None]) -> int:
 
 
 def pack_record(job: JobRecord) -> bytes | None:
-    """A held job's record as compact msgpack bytes, or None if a value won't pack."""
+    """A held job's record as compact msgpack bytes (without its id: the holder has that),
+    or None if a value won't pack."""
     data = job.to_dict()
+    del data["id"]
     common = _common_id((job.name, job.distributor, job.node))
     if common >= 0:
         del data["name"]
@@ -228,11 +230,12 @@ def pack_record(job: JobRecord) -> bytes | None:
     return packed
 
 
-def unpack_record(packed: bytes) -> JobRecord:
+def unpack_record(packed: bytes, job_id: str) -> JobRecord:
     """The record `pack_record` packed (a fresh one each call)."""
     common, encoded = msgpack.unpackb(packed, raw=False, strict_map_key=False)
     names = _PACKED_FIELDS
     data = {names[key] if isinstance(key, int) else key: value for key, value in encoded.items()}
+    data["id"] = job_id
     if common >= 0:
         data["name"], data["distributor"], data["node"] = _common[common]
     return JobRecord.from_dict(data)

@@ -26,8 +26,8 @@ _Entry = tuple[str, float | None]
 _Stored = JobRecord | bytes
 
 
-def _copy(job: _Stored) -> JobRecord:
-    return unpack_record(job) if isinstance(job, bytes) else job.copy()
+def _copy(job_id: str, job: _Stored) -> JobRecord:
+    return unpack_record(job, job_id) if isinstance(job, bytes) else job.copy()
 
 
 class Keyspace:
@@ -96,10 +96,10 @@ class MemoryStorage:
 
     async def load(self, node: str, job_id: str) -> JobRecord | None:
         job = self._jobs.get(node, {}).get(job_id)
-        return None if job is None else _copy(job)
+        return None if job is None else _copy(job_id, job)
 
     async def jobs_for(self, node: str, *, unfinished_only: bool = False) -> list[JobRecord]:
-        jobs = [_copy(job) for job in self._jobs.get(node, {}).values()]
+        jobs = [_copy(job_id, job) for job_id, job in self._jobs.get(node, {}).items()]
         return [job for job in jobs if not (unfinished_only and job.is_finished)]
 
     async def nodes(self) -> list[str]:
@@ -110,8 +110,8 @@ class MemoryStorage:
         table = self._jobs.get(from_node)
         if table is None:
             return []
-        taken = (table.pop(job_id, None) for job_id in job_ids)
-        return [_copy(job) for job in taken if job is not None]
+        taken = ((job_id, table.pop(job_id, None)) for job_id in job_ids)
+        return [_copy(job_id, job) for job_id, job in taken if job is not None]
 
     # --- a distributor's durable queue ----------------------------------------------------------
 

@@ -46,7 +46,7 @@ def start(reactor: Reactor, registry: Registry, name: str = "w1") -> Node:
 
 def packed_ids(reactor: Reactor, node: Node) -> set[str]:
     async def read() -> set[str]:
-        return {job_id for job_id, held in node._jobs.items() if held.packed is not None}
+        return {job_id for job_id, _, _, _ in node._packed_jobs()}
 
     return reactor.call(read)
 
@@ -65,7 +65,8 @@ def test_a_far_future_job_waits_packed_then_runs_once_and_not_early(reactor: Rea
     wait_until(lambda: handle.id in packed_ids(reactor, node), 10, "the job packed")
     if isinstance(node.storage, MemoryStorage):  # the storage shares the node's bytes
         stored = node.storage._jobs[node.name][handle.id]
-        assert stored is node._jobs[handle.id].packed
+        assert [stored] == [packed for job_id, packed, _, _ in node._packed_jobs()]
+        assert handle.id not in node._jobs  # no record, no Held: the timer entry is all
     assert handle.result(10) == {"i": 1}
     ((i, ran_at),) = runs.items
     assert i == 1
