@@ -76,7 +76,6 @@ class Attempts:
         def _spawn(self, coro: Any) -> None: ...
         def _task_done(self, task: asyncio.Task[Any]) -> None: ...
         def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None: ...
-        def _held(self, job_id: str) -> Held | None: ...
 
     # --- attempts (SPEC 1.6.4) --------------------------------------------------------------------
 
@@ -299,6 +298,9 @@ class Attempts:
         held.record.status = JobStatus.CANCELLED
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
+
+    def _held(self, job_id: str) -> Held | None:
+        return self._jobs.get(job_id)  # Node's (packing.py) also finds a packed job
 
     def cancel_job(self, job_id: str) -> None:
         """The distributor cancels this job (JR.cancel)."""

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.node")
 
 
-class Membership(Attempts, Packing):
+class Membership(Packing, Attempts):
     """The discovery half of Node. The attributes below are Node's."""
 
     if TYPE_CHECKING:
