@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import struct
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from jobreactor.protocol import (
     encode,
     handshake_proof,
 )
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -147,26 +149,46 @@ async def test_secret_admits_only_nodes_that_prove_it(secret_server, connect) ->
     assert [n["name"] for n in distributor.nodes()] == ["good"]
 
 
-def test_nodes_with_and_without_the_secret(reactor: Reactor) -> None:
+def test_nodes_with_and_without_the_secret(
+    reactor: Reactor, caplog: pytest.LogCaptureFixture
+) -> None:
     host, port = reactor.start_distributor("127.0.0.1", 0, secret="shh")
     registry = Registry()
     registry.job("simple")(lambda args: None)
     reactor.start_node("good", "memory", [(host, port)], registry=registry, secret="shh")
-    with pytest.raises(TimeoutError):
-        reactor.start_node("nosecret", "memory", [(host, port)], registry=registry)
+    bad = reactor.start_node("nosecret", "memory", [(host, port)], registry=registry, wait=False)
+    wait_for_secret_refusal(caplog)  # an event, not start_node's whole link timeout
+    assert not any(link.is_ready for link in bad.links)
     names = {n["name"] for n in reactor.call(lambda: _nodes(reactor, 1))}
     assert names == {"good"}
+
+
+def wait_for_secret_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    def refused() -> bool:
+        return any(
+            r.name.startswith("jobreactor.")
+            and r.levelno >= logging.WARNING
+            and "secret" in r.getMessage()
+            for r in caplog.records
+        )
+
+    wait_until(refused, timeout=20, what="a log line saying the secrets differ")
 
 
 async def _nodes(reactor: Reactor, index: int) -> list[dict[str, object]]:
     return reactor._distributors[index].nodes()
 
 
-def test_a_node_with_a_secret_refuses_an_open_distributor(reactor: Reactor) -> None:
+def test_a_node_with_a_secret_refuses_an_open_distributor(
+    reactor: Reactor, caplog: pytest.LogCaptureFixture
+) -> None:
     registry = Registry()
     registry.job("simple")(lambda args: None)
-    with pytest.raises(TimeoutError):
-        reactor.start_node("careful", "memory", None, registry=registry, secret="shh")
+    node = reactor.start_node(
+        "careful", "memory", None, registry=registry, secret="shh", wait=False
+    )
+    wait_for_secret_refusal(caplog)
+    assert not any(link.is_ready for link in node.links)
 
 
 def test_bad_input_raises_before_anything_is_sent(reactor: Reactor) -> None:
