@@ -1,4 +1,4 @@
-"""Enqueuing: the app's way in, from any thread (SPEC 1.5.1; practice 5's thread boundary).
+"""Enqueuing: the app's way in, from any thread (docs/semantics.md §2).
 
 `enqueue` validates and copies the job in the caller's thread, appends it to a queue and wakes
 the loop at most once per batch (one `call_soon_threadsafe` for many jobs). `enqueue_id` and
@@ -63,7 +63,7 @@ class Enqueuing:
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
     ) -> JobHandle | None:
-        """Queue job `name` from any thread; return its handle (SPEC 1.5.1).
+        """Queue job `name` from any thread; return its handle.
 
         Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
         options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
@@ -149,7 +149,7 @@ class Enqueuing:
                     f"no feedback registered as {feedback!r}; call JR.register_feedback first"
                 )
             return feedback
-        return feedback if callable(feedback) else None  # SPEC 1.5.1: non-callables ignored
+        return feedback if callable(feedback) else None  # non-callables ignored, as in the Ruby gem
 
     async def aenqueue(
         self,

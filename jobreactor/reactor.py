@@ -87,7 +87,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
         # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
-        # purposes (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall
+        # purposes (ids need only never collide) at a tenth of the cost: no syscall
         # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
@@ -114,7 +114,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
     # --- the loop and its thread ----------------------------------------------------------------
 
     def ready(self) -> bool:
-        """True once `run()` finished its setup and the loop is still running (SPEC JR.ready?)."""
+        """True once `run()` finished its setup and the loop is still running (Ruby `JR.ready?`)."""
         if os.getpid() != self._pid:
             self._after_fork()
         return self._ready.is_set() and self._loop is not None and self._loop.is_running()
@@ -191,7 +191,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             self._stopped.set()
 
     def run_forever(self, setup: Setup | None = None) -> None:
-        """Run the loop in this thread until `stop()` or SIGINT/SIGTERM (SPEC JR.run!).
+        """Run the loop in this thread until `stop()` or SIGINT/SIGTERM (Ruby: `JR.run!`).
 
         `setup` runs in a helper thread once the loop is up, so it may call the blocking API.
         A first signal stops gracefully; a second one stops at once.
@@ -243,7 +243,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             self._stop_event.set()
 
     def attach(self, loop: asyncio.AbstractEventLoop, setup: Setup | None = None) -> None:
-        """Live on a loop the app already runs (SPEC 1.2: JR.wait_em_and_run), e.g. an ASGI app's.
+        """Live on a loop the app already runs (Ruby: `JR.wait_em_and_run`), e.g. an ASGI app's.
 
         Call it from any thread; `setup` (plain or async) runs on that loop. On the loop itself
         use the `a`-prefixed coroutines (`await JR.astart_distributor(...)`) and `await
@@ -390,7 +390,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
 
     # --- distributors ---------------------------------------------------------------------------
 
-    def start_distributor(  # noqa: PLR0913 (pinned API plus discovery: DESIGN.md)
+    def start_distributor(  # noqa: PLR0913 (public API: names kept)
         self,
         host: str = "127.0.0.1",
         port: int = 5000,
@@ -467,7 +467,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
 
     # --- nodes ----------------------------------------------------------------------------------
 
-    def start_node(  # noqa: PLR0913 (pinned API: DESIGN.md)
+    def start_node(  # noqa: PLR0913 (public API: names kept)
         self,
         name: str,
         storage: str = "memory",
@@ -483,7 +483,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         discovery_url: str | None = None,
         group: str | None = None,
     ) -> Node:
-        """Start a node on this reactor (SPEC start_node). Thread-safe; waits for its links."""
+        """Start a node on this reactor Thread-safe; waits for its links."""
         return self._call(
             self.astart_node(
                 name,
