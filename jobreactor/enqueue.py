@@ -25,6 +25,7 @@ from jobreactor.distributor.outcomes import Feedback
 from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, build_record
+from jobreactor.node.guards import call_hook
 from jobreactor.protocol import pack_args
 
 logger = logging.getLogger("jobreactor")
@@ -33,6 +34,27 @@ T = TypeVar("T")
 # Room for the record around the args in a Jobs frame.
 _FRAME_OVERHEAD = 4096
 Inbox = collections.deque[tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]]
+ON_LOOP_ADMISSION = (
+    "enqueue with enqueue_id/loner waits for the storage; on the reactor's loop use "
+    "`await JR.aenqueue(...)`"
+)
+
+
+def needs_admission(record: JobRecord) -> bool:
+    """`enqueue_id` and `loner` are checked against storage before the job is taken."""
+    return record.enqueue_id is not None or record.loner
+
+
+def check_batchable(records: Iterable[JobRecord]) -> None:
+    if any(needs_admission(record) for record in records):
+        raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+
+
+async def refused(registry: Registry, record: JobRecord) -> None:
+    """`enqueue_id`/`loner` refused the job: a loner's `loner_enqueue_failed` hook runs."""
+    definition = registry.get(record.name)
+    if record.loner and definition is not None:
+        await call_hook(definition.loner_enqueue_failed, record.args, "loner_enqueue_failed")
 
 
 class Enqueuing:
@@ -72,12 +94,9 @@ class Enqueuing:
         """
         loop, distributor, record = self._prepare(name, args, opts)
         success, error = self._feedback(success), self._feedback(error)
-        if record.enqueue_id is not None or record.loner:
+        if needs_admission(record):
             if self._in_loop_thread():
-                raise RuntimeError(
-                    "enqueue with enqueue_id/loner waits for the storage; on the reactor's "
-                    "loop use `await JR.aenqueue(...)`"
-                )
+                raise RuntimeError(ON_LOOP_ADMISSION)
             return self._call(self._admit_and_submit(distributor, record, success, error))
         return self._queue(loop, distributor, [record], success, error)[0]
 
@@ -96,8 +115,7 @@ class Enqueuing:
         loop, distributor, records = None, None, []
         for name, args, opts in jobs:
             loop, distributor, record = self._prepare(name, args, opts)
-            if record.enqueue_id is not None or record.loner:
-                raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+            check_batchable([record])
             records.append(record)
         if loop is None or distributor is None:
             return []
@@ -231,12 +249,7 @@ class Enqueuing:
     ) -> JobHandle | None:
         self._drain_inbox()  # keep FIFO with jobs enqueued just before
         if not await distributor.admit(record):
-            definition = self.registry.get(record.name)
-            if record.loner and definition is not None and definition.loner_enqueue_failed:
-                try:
-                    definition.loner_enqueue_failed(dict(record.args))
-                except Exception:
-                    logger.exception("loner_enqueue_failed hook of %r raised", record.name)
+            await refused(self.registry, record)
             return None
         handle = JobHandle(record.id)
         distributor.submit(record, success, error, handle)

@@ -73,9 +73,17 @@ class Attempts:
         def _persist(self, record: JobRecord) -> None: ...
         def _flush_soon(self) -> None: ...
         def _kick(self) -> None: ...
-        def _spawn(self, coro: Any) -> None: ...
-        def _task_done(self, task: asyncio.Task[Any]) -> None: ...
         def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None: ...
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("node %s: internal task failed", self.name, exc_info=task.exception())
 
     # --- attempts -------------------------------------------------------------------------------
 

@@ -116,15 +116,5 @@ class EagerNode(Attempts):
     def _kick(self) -> None:
         return None  # the driver starts the next due job itself
 
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("eager node: internal task failed", exc_info=task.exception())
-
     def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
         self._timers.schedule(held.record.id, due_epoch)
