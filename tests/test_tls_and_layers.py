@@ -14,7 +14,7 @@ from jobreactor.config import ReactorConfig, client_ssl_context, server_ssl_cont
 
 PACKAGE = Path(__file__).resolve().parent.parent / "jobreactor"
 PURE_MODULES = [
-    "protocol.py",
+    *(f"protocol/{path.name}" for path in sorted((PACKAGE / "protocol").glob("*.py"))),
     "job.py",
     "definitions.py",
     "errors.py",
