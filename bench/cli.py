@@ -26,7 +26,11 @@ from bench.report import (
     versions,
     write_json,
 )
+from bench.scale import SCALE_DEADLINES, SCALE_WORKLOADS
 from bench.workloads import DEADLINES, WORKLOADS, Figs
+
+WORKLOADS = {**WORKLOADS, **SCALE_WORKLOADS}
+DEADLINES = {**DEADLINES, **SCALE_DEADLINES}
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NOT_AVAILABLE = "redis storage: not available"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -77,10 +78,17 @@ def wait_until(
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int | None = None) -> int:
+    """A free loopback port (one under `below` if given)."""
+    for _ in range(200):
+        port = 0 if below is None else random.randint(20_000, below)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise BenchError(f"no free port under {below}")
 
 
 def rss_bytes(pid: int | None = None) -> int:
@@ -171,16 +179,23 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes]], grace: float = STOP
 class RedisServer:
     """A private `redis-server --save '' --appendonly no` on a free loopback port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, cluster: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisServerMissing("redis-server not installed")
-        self.port = free_port()
+        # A cluster node must have a port <= 55535 on Redis 7.0 (its bus was port + 10000).
+        self.port = free_port() if not cluster else free_port(below=55_535)
         self.log = workdir / f"redis-{self.port}.log"
+        extra: list[str] = []
+        if cluster:
+            folder = workdir / f"cluster-{self.port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file",
+                     str(folder / "nodes.conf"), "--cluster-port", str(free_port())]  # fmt: skip
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)],
+                 "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir), *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         REGISTRY.add(self.proc)
@@ -218,6 +233,56 @@ class RedisServer:
         with contextlib.suppress(Exception):
             self.client.close()
         stop_processes([self.proc], grace=5)
+
+
+class RedisClusterServers:
+    """Three cluster-enabled redis-servers joined by `redis-cli --cluster create` (no replicas)."""
+
+    def __init__(self, workdir: Path) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerMissing("redis-cli not installed")
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(3):
+                self.servers.append(RedisServer(workdir, cluster=True))
+            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+            done = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise BenchError(f"redis-cli --cluster create failed: {done.stdout[-300:]!r}")
+            wait_until(self._ok, 30, "cluster_state:ok on every master", 0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ok(self) -> bool:
+        for server in self.servers:
+            info = server.client.execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text and "'cluster_state': 'ok'" not in text:
+                return False
+        return True
+
+    def url(self, db: int = 0) -> str:
+        return self.servers[0].url(0)  # a cluster has db 0 only
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].port
+
+    def flushdb(self, db: int) -> None:
+        for server in self.servers:
+            server.flushdb(0)
+
+    def used_memory(self) -> int:
+        return sum(server.used_memory() for server in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
 # --- nodes and the cluster --------------------------------------------------------------------
@@ -296,7 +361,7 @@ class Cluster:
         workdir: Path,
         storage: str,
         concurrency: int,
-        redis: RedisServer | None = None,
+        redis: RedisServer | RedisClusterServers | None = None,
         label: str = "bench",
         redis_db: int = 1,
     ) -> None:

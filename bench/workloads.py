@@ -55,20 +55,23 @@ PEER = {
     "sparse_p99": "3.0 ms (celery)",
     "sparse_max": "3.0 ms (celery)",
 }
-# Targets of issue 6, per storage where they differ.
+# The best peer on the peers' async-body workload, measured in one run with ours (issue 13).
+BEST_PEER_BODY_RATE = 2_307
+# Targets of issues 6 and 13, per storage where they differ (issue 13's where it set one).
 TARGET = {
     "enqueue": "≥ 100,000",
     ("noop_e2e", "memory"): "≥ 50,000",
     ("noop_e2e", "redis"): "≥ ~15,000 (6x less than peers)",
-    ("noop_cost", "memory"): "≤ ~20",
-    ("noop_cost", "redis"): "≤ ~67",
-    ("body_e2e", "memory"): "≥ 9,600 (4x best peer)",
-    ("body_e2e", "redis"): "≥ 7,200 (3x best peer)",
+    ("noop_cost", "memory"): "≤ 15",
+    ("noop_cost", "redis"): "≤ 25",
+    ("body_e2e", "memory"): "≥ 10,382 (4.5x best peer)",
+    ("body_e2e", "redis"): "≥ 8,075 (3.5x best peer)",
     "start_p50": "≤ 0.3",
-    "sparse_p99": "≤ 2",
+    "sparse_p99": "≤ 1.5",
     "burst_p99": "≤ 10",
     "early": "0",
-    "memory": "≤ 1,024",
+    "memory": "≤ 400 at 10⁶",
+    "app_memory": "≤ 300",
     "idle": "≈ 0",
 }
 
@@ -302,6 +305,13 @@ def _throughput_case(
         peer=PEER["body_drain"] if not noop and one else "",
         status=status, note="; ".join(problems),
     )  # fmt: skip
+    if not noop and one:
+        figs[f"{case}/x_peer"] = Fig(
+            case, "end-to-end rate × best peer", e2e_rate / BEST_PEER_BODY_RATE, "×",
+            target="≥ 4.5" if storage == "memory" else "≥ 3.5",
+            note=f"best peer: taskiq {BEST_PEER_BODY_RATE:,} jobs/s on this workload (issue 13)",
+            status=status,
+        )  # fmt: skip
     figs[f"{case}/per_job"] = Fig(
         case, "wall time per job", 1e6 / e2e_rate, "µs",
         target=TARGET.get(("noop_cost", storage), "") if noop and one else "",
@@ -462,69 +472,97 @@ def _settled_rss(pid: int, timeout: float = 20.0) -> int:
 
 
 def memory(ctx: Context, storage: str, figs: Figs | None = None) -> Figs:
-    """M pending delayed jobs (after: 3600) in one node: node RSS per job."""
+    """Pending delayed jobs (after: 3600) in one node, 10⁴ then 10⁵ then 10⁶ (--quick: 10⁵):
+    node and app (distributor) RSS per job at each size, from the same empty baseline."""
     figs = {} if figs is None else figs
-    m = ctx.params.memory_jobs
+    sizes = [size for size in (10_000, 100_000, 1_000_000) if size <= ctx.params.memory_jobs]
+    if ctx.params.quick:
+        sizes = sizes[-1:]  # one size: --quick stays under a minute
     with ctx.cluster(storage, "memory") as cluster:
-        reactor = cluster.reactor
         node_pid = cluster.node_pids()[0]
         _warm_up(cluster, NOOP, 200)
         _warm_up(cluster, NOOP, 200, {"after": 0.05})
         gc.collect()
         time.sleep(0.5)
-        node0 = _settled_rss(node_pid, 5)
-        app0 = rss_bytes()
-        redis0 = cluster.redis.used_memory() if storage == "redis" and cluster.redis else 0
-
-        bar = ctx.bar(f"{storage}: memory: enqueue {m:,} delayed jobs", m)
-        opts = {"after": 3600}
-
-        def enqueue_all() -> float:
-            enqueue = reactor.enqueue
-            t0 = time.perf_counter()
-            for i in range(m):
-                enqueue(NOOP, {"i": i}, opts)
-                if not i & 8191:
-                    bar.update(i)
-            bar.update(m)
-            return time.perf_counter() - t0
-
-        enqueue_s = bounded(enqueue_all, 60 + m * 0.001, "enqueue of the delayed jobs")
-        # A marker after them: FIFO dispatch means every delayed job was sent when it is back.
-        marker = _Collector(1)
-        reactor.enqueue(NOOP, {"i": -1}, success=marker.success, error=marker.error)
-        settle = ctx.bar(f"{storage}: memory: node takes them", m)
-
-        def taken() -> bool:
-            cluster.check_nodes()
-            info = cluster.node_info()
-            held = sum(int(n.get("in_flight", 0)) for n in info)
-            settle.update(held)
-            if not info:
-                raise BenchError("the node left the distributor")
-            return marker.done.is_set() and ("in_flight" not in info[0] or held >= m)
-
-        wait_until(taken, 60 + m * 0.0005, "the node holds every pending job", 0.25)
-        gc.collect()
-        node1 = _settled_rss(node_pid)
-        app1 = rss_bytes()
-        redis1 = cluster.redis.used_memory() if storage == "redis" and cluster.redis else 0
-        case = f"{m:,} pending jobs, after=3600, 1 node"
-        figs["node_bytes_per_job"] = Fig(
-            case, "node RSS per pending job", (node1 - node0) / m, "bytes",
-            target=TARGET["memory"], note=f"node RSS {node0 / 2**20:.0f} → {node1 / 2**20:.0f} MiB",
-        )  # fmt: skip
-        figs["app_bytes_per_job"] = Fig(
-            case, "app (distributor) RSS per pending job", (app1 - app0) / m, "bytes",
-            note=f"app RSS {app0 / 2**20:.0f} → {app1 / 2**20:.0f} MiB; approx. (in-process: "
-            "memory freed by earlier workloads is reused)",
-        )  # fmt: skip
-        if storage == "redis":
-            figs["redis_bytes_per_job"] = Fig(
-                case, "Redis used_memory per pending job", (redis1 - redis0) / m, "bytes"
-            )
-        figs["delayed_enqueue"] = Fig(case, "enqueue rate (delayed jobs)", m / enqueue_s, "jobs/s")
+        base = (_settled_rss(node_pid, 5), rss_bytes(), _redis_memory(cluster, storage))
+        sent = 0
+        for size in sizes:
+            enqueue_s = _hold_delayed(ctx, cluster, storage, sent, size)
+            sent = size
+            _memory_figs(figs, cluster, storage, size, base, enqueue_s)
     return figs
+
+
+def _redis_memory(cluster: Cluster, storage: str) -> int:
+    return cluster.redis.used_memory() if storage == "redis" and cluster.redis else 0
+
+
+def _hold_delayed(ctx: Context, cluster: Cluster, storage: str, start: int, total: int) -> float:
+    """Enqueue delayed jobs `start`..`total` and wait until the node holds all `total`."""
+    reactor = cluster.reactor
+    bar = ctx.bar(f"{storage}: memory: enqueue up to {total:,} delayed jobs", total)
+    opts = {"after": 3600}
+
+    def enqueue_all() -> float:
+        enqueue = reactor.enqueue
+        t0 = time.perf_counter()
+        for i in range(start, total):
+            enqueue(NOOP, {"i": i}, opts)
+            if not i & 8191:
+                bar.update(i)
+        bar.update(total)
+        return time.perf_counter() - t0
+
+    enqueue_s = bounded(enqueue_all, 60 + total * 0.001, "enqueue of the delayed jobs")
+    # A marker after them: FIFO dispatch means every delayed job was sent when it is back.
+    marker = _Collector(1)
+    reactor.enqueue(NOOP, {"i": -1}, success=marker.success, error=marker.error)
+    settle = ctx.bar(f"{storage}: memory: node takes {total:,}", total)
+
+    def taken() -> bool:
+        cluster.check_nodes()
+        info = cluster.node_info()
+        held = sum(int(n.get("in_flight", 0)) for n in info)
+        settle.update(held)
+        if not info:
+            raise BenchError("the node left the distributor")
+        return marker.done.is_set() and ("in_flight" not in info[0] or held >= total)
+
+    wait_until(taken, 60 + total * 0.0005, "the node holds every pending job", 0.25)
+    return enqueue_s / max(1, total - start)
+
+
+def _memory_figs(
+    figs: Figs,
+    cluster: Cluster,
+    storage: str,
+    m: int,
+    base: tuple[int, int, int],
+    enqueue_s_per_job: float,
+) -> None:
+    gc.collect()
+    node1 = _settled_rss(cluster.node_pids()[0])
+    app1 = rss_bytes()
+    redis1 = _redis_memory(cluster, storage)
+    node0, app0, redis0 = base
+    case = f"{m:,} pending jobs, after=3600, 1 node"
+    figs[f"{m}/node_bytes_per_job"] = Fig(
+        case, "node RSS per pending job", (node1 - node0) / m, "bytes",
+        target=TARGET["memory"], note=f"node RSS {node0 / 2**20:.0f} → {node1 / 2**20:.0f} MiB",
+    )  # fmt: skip
+    figs[f"{m}/app_bytes_per_job"] = Fig(
+        case, "app (distributor) RSS per tracked job", (app1 - app0) / m, "bytes",
+        target=TARGET["app_memory"],
+        note=f"app RSS {app0 / 2**20:.0f} → {app1 / 2**20:.0f} MiB; approx. (in-process: "
+        "memory freed by earlier workloads is reused)",
+    )  # fmt: skip
+    if storage == "redis":
+        figs[f"{m}/redis_bytes_per_job"] = Fig(
+            case, "Redis used_memory per pending job", (redis1 - redis0) / m, "bytes"
+        )
+    figs[f"{m}/delayed_enqueue"] = Fig(
+        case, "enqueue rate (delayed jobs)", 1 / enqueue_s_per_job, "jobs/s"
+    )
 
 
 # --- 5. idle --------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ Python workers can share a batch:
     [<namespace>:]distributed_jobs:<token>:parts   SET of open part ids
     [<namespace>:]distributed_jobs:<token>:state   HASH: total, closed ("1"), stopped ("1")
 
+On a Redis Cluster the two keys get one hash tag, `{[<namespace>:]distributed_jobs:<token>}`,
+so the scripts that touch both stay in one slot (the gem itself can't run on a cluster).
+
 Every write sets the expiry of both keys to `ttl` seconds again; a batch nobody writes to for
 `ttl` seconds disappears and then reads as one that never existed (`total()` 0, `finished()`
 False).
@@ -61,7 +64,8 @@ from typing import Any, Final, Literal, Protocol, TypeVar, overload
 import redis
 
 from jobreactor.errors import AlreadyClosed
-from jobreactor.storage.redis import redis_errors
+from jobreactor.storage.connect import LazySync, is_cluster, redis_errors
+from jobreactor.storage.keys import batch_keys
 
 __all__ = [
     "DEFAULT_TTL",
@@ -74,14 +78,9 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_TTL: Final = 86_400  # one day, the gem's default
-_PUSH_CHUNK: Final = 1_000  # parts per pipeline round trip in `push_all`
+_PUSH_CHUNK: Final = 1_000  # parts per script call (one round trip) in `push_all`
 
 KeyName = Literal["parts", "state"]
-
-
-def _batch_key(namespace: str | None, token: str) -> str:
-    """The gem's `redis_key`: `[namespace, 'distributed_jobs', token].compact.join(':')`."""
-    return f"{namespace}:distributed_jobs:{token}" if namespace else f"distributed_jobs:{token}"
 
 
 # --- the backend seam ---------------------------------------------------------------------------
@@ -316,11 +315,14 @@ class _MemoryBackend(_Flags):
 # also reads `closed` inside the script: the gem reads it with a separate HGET afterwards, which
 # lets two callers both see True if a part is pushed and the batch closed in between.
 _PUSH_LUA: Final = """
-if redis.call('sadd', KEYS[1], ARGV[1]) == 1 then
-  redis.call('hincrby', KEYS[2], 'total', 1)
+-- ARGV[1] the ttl, ARGV[2..] parts: the gem's push, for many parts in one call.
+for i = 2, #ARGV do
+  if redis.call('sadd', KEYS[1], ARGV[i]) == 1 then
+    redis.call('hincrby', KEYS[2], 'total', 1)
+  end
 end
-redis.call('expire', KEYS[1], ARGV[2])
-redis.call('expire', KEYS[2], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[1])
+redis.call('expire', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -347,31 +349,46 @@ def _text(value: Any) -> str | None:
 class _RedisBackend(_Flags):
     kind = "redis"
 
-    def __init__(self, client: redis.Redis[Any], key: str, ttl: int) -> None:
-        self._redis = client
-        self._parts = f"{key}:parts"
-        self._state = f"{key}:state"
-        self._keys = [self._parts, self._state]
+    def __init__(self, client: Any, namespace: str | None, token: str, ttl: int) -> None:
+        """`client`: a `redis.Redis`, a `redis.cluster.RedisCluster`, or a `LazySync`."""
+        self._conn = client if isinstance(client, LazySync) else None
+        self._client: Any = None if isinstance(client, LazySync) else client
+        self._batch = (namespace, token)
+        self._key = batch_keys(namespace, token, cluster=False)[0]
         self._ttl = ttl
-        kwargs = client.connection_pool.connection_kwargs
-        where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        if self._conn is not None:
+            where = self._conn.where
+        else:
+            kwargs = getattr(client, "connection_pool", None)
+            kwargs = kwargs.connection_kwargs if kwargs is not None else {}
+            where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         # The storage layer's one translation of redis-py errors (STYLE 11), reused per call.
-        self._errors = functools.partial(redis_errors, f"batch {key}", where)
-        self._push = client.register_script(_PUSH_LUA)
-        self._done = client.register_script(_DONE_LUA)
+        self._errors = functools.partial(redis_errors, f"batch {self._key}", where)
+        self._ready = False
+
+    @property
+    def _redis(self) -> Any:
+        """The client, connected at first use; the keys follow it (tagged on a cluster)."""
+        client: Any = self._client if self._conn is None else self._conn.get()
+        if not self._ready:
+            _, self._parts, self._state = batch_keys(*self._batch, cluster=is_cluster(client))
+            self._keys = [self._parts, self._state]
+            self._push = client.register_script(_PUSH_LUA)
+            self._done = client.register_script(_DONE_LUA)
+            self._ready = True
+        return client
 
     def push(self, parts: Iterable[str]) -> None:
         with self._errors():
-            pipe = self._redis.pipeline(transaction=False)
-            queued = 0
+            client = self._redis  # connects first: the keys and scripts follow the client
+            chunk: list[str] = []
             for part in parts:
-                self._push(keys=self._keys, args=[part, self._ttl], client=pipe)
-                queued += 1
-                if queued == _PUSH_CHUNK:
-                    pipe.execute()
-                    queued = 0
-            if queued:
-                pipe.execute()
+                chunk.append(part)
+                if len(chunk) == _PUSH_CHUNK:
+                    self._push(keys=self._keys, args=[self._ttl, *chunk], client=client)
+                    chunk = []
+            if chunk:
+                self._push(keys=self._keys, args=[self._ttl, *chunk], client=client)
 
     def _set_flag(self, field: str) -> None:
         with self._errors():
@@ -383,7 +400,8 @@ class _RedisBackend(_Flags):
 
     def done(self, part: str) -> bool:
         with self._errors():
-            reply: Any = self._done(keys=self._keys, args=[part, self._ttl])
+            client = self._redis  # connects first: the keys and scripts follow the client
+            reply: Any = self._done(keys=self._keys, args=[part, self._ttl], client=client)
         return bool(reply == 1)
 
     def count(self) -> int:
@@ -431,18 +449,19 @@ class _RedisBackend(_Flags):
         return math.inf if millis == -1 else millis / 1000
 
 
-_clients: dict[str, redis.Redis[Any]] = {}
+_clients: dict[str, LazySync] = {}
 _clients_lock = threading.Lock()
 
 
-def _client_for(url: str) -> redis.Redis[Any]:
-    """One client (one connection pool) per URL, shared by every batch and thread."""
+def _client_for(url: str) -> LazySync:
+    """One client (one connection pool) per URL, shared by every batch and thread; it
+    connects at first use, to a single server or a cluster (whichever the URL names)."""
     with _clients_lock:
         client = _clients.get(url)
         if client is None:
             # Bounded waits, so an unreachable server surfaces as StorageUnavailable instead of
             # a hung job; options in the URL's query string override these.
-            client = redis.Redis.from_url(
+            client = LazySync(
                 url, decode_responses=True, socket_connect_timeout=5.0, socket_timeout=30.0
             )
             _clients[url] = client
@@ -486,7 +505,7 @@ class Batch:
         ttl: int = DEFAULT_TTL,
         *,
         namespace: str | None = None,
-        redis_client: redis.Redis[Any] | None = None,
+        redis_client: redis.Redis[Any] | redis.cluster.RedisCluster[Any] | LazySync | None = None,
         store: MemoryStore | None = None,
     ) -> None:
         """A batch in Redis if `redis_client` is given, else in `store` (default: the shared one).
@@ -503,11 +522,12 @@ class Batch:
         self.token: Final = token
         self.ttl: Final = _check_ttl(ttl)
         self.namespace: Final = namespace or None
-        #: The Redis key prefix; the keys are `<key>:parts` and `<key>:state`.
-        self.key: Final = _batch_key(self.namespace, token)
+        #: The gem's key prefix; the keys are `<key>:parts` and `<key>:state` (on a Redis
+        #: Cluster `{<key>}:parts` and `{<key>}:state`, so the batch has one slot).
+        self.key: Final = batch_keys(self.namespace, token, cluster=False)[0]
         self._backend: _Backend
         if redis_client is not None:
-            self._backend = _RedisBackend(redis_client, self.key, self.ttl)
+            self._backend = _RedisBackend(redis_client, self.namespace, token, self.ttl)
         else:
             self._backend = _MemoryBackend(store or _MEMORY, self.key, self.ttl)
 

@@ -21,7 +21,8 @@ from jobreactor.errors import StorageError, StorageUnavailable
 from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
 from jobreactor.metrics import PENDING_SAMPLE
 from jobreactor.monitor import RedisMonitor
-from jobreactor.storage.redis import DEFAULT_REDIS_URL, dump_json, redact_url
+from jobreactor.storage.codec import dump_json, redact_url
+from jobreactor.storage.connect import DEFAULT_REDIS_URL, redis_errors
 
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
@@ -74,6 +75,11 @@ def add_jobs_parser(commands: Any) -> None:
 
     stats = actions.add_parser("stats", help="jobs per node and status")
     stats.add_argument("--json", action="store_true", help="one JSON document")
+
+    actions.add_parser(
+        "migrate",
+        help="move data of the old single-tag key layout to per-owner tags (once, nodes stopped)",
+    )
 
     pending = actions.add_parser(
         "pending",
@@ -301,6 +307,18 @@ def _jobs_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs_migrate(monitor: RedisMonitor, args: argparse.Namespace) -> int:
+    from jobreactor.storage.migrate import migrate
+
+    with redis_errors("migrate", redact_url(args.redis_url)):
+        done = migrate(monitor.storage, args.prefix)
+    print(
+        f"migrated prefix {args.prefix}: {done.jobs} job(s), {done.journals} journal(s), "
+        f"{done.unique_keys} unique key(s), {done.locks} lock(s)"
+    )
+    return 0
+
+
 _JOBS_ACTIONS: dict[str, Callable[[RedisMonitor, argparse.Namespace], int]] = {
     "list": _jobs_list,
     "show": _jobs_show,
@@ -308,4 +326,5 @@ _JOBS_ACTIONS: dict[str, Callable[[RedisMonitor, argparse.Namespace], int]] = {
     "destroy": _jobs_destroy,
     "destroy-all": _jobs_destroy_all,
     "stats": _jobs_stats,
+    "migrate": _jobs_migrate,
 }

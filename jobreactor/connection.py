@@ -122,10 +122,15 @@ class FramedConnection(asyncio.Protocol):
         self._out.append(frame)
         self.schedule_flush()
 
-    def schedule_flush(self) -> None:
+    def schedule_flush(self, delay: float = 0.0) -> None:
+        """Flush on the next loop turn, or after `delay` seconds (to gather a few frames in one
+        write when more are surely coming, e.g. reports of jobs still running)."""
         if not self._flush_scheduled and not self.closed.is_set():
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            if delay > 0:
+                self._loop.call_later(delay, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

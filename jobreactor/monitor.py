@@ -24,25 +24,20 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import redis
-
-from jobreactor.errors import ConfigError, StorageError
+from jobreactor.errors import StorageError
 from jobreactor.job import JobStatus
-from jobreactor.storage.redis import (
-    DEFAULT_REDIS_URL,
-    Keys,
-    decode_fields,
-    is_unfinished,
-    redact_url,
-    redis_errors,
-)
+from jobreactor.storage import scripts
+from jobreactor.storage.codec import decode_fields, is_unfinished, redact_url
+from jobreactor.storage.connect import DEFAULT_REDIS_URL, LazySync, is_cluster, redis_errors
+from jobreactor.storage.keys import Keys
 
 __all__ = ["RedisMonitor"]
 
 _CHUNK = 1000
 Record = dict[str, Any]
 
-# KEYS[1] the job hash; ARGV: run_at_ts, status field value "new", channel, job id.
+# KEYS[1] the job hash; ARGV: run_at_ts, status field value "new", channel, job id, and
+# PUBLISH or SPUBLISH (sharded, on a cluster: the channel shares the job's slot).
 # Atomic, so a node finishing the job at the same moment can't be overwritten half-way.
 # `lease` goes back to its default (absent); last_error, failed_at and run_at stay: history.
 _RETRY = """
@@ -50,7 +45,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'failed' and status ~= 'error' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'attempt', '0', 'run_at_ts', ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease')
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -59,24 +54,30 @@ class RedisMonitor:
     """Sync helper over the job records of every node sharing one Redis and key prefix."""
 
     def __init__(self, redis_url: str | None = None, prefix: str = "jr", **options: Any) -> None:
-        url = redis_url or DEFAULT_REDIS_URL
+        self._url = redis_url or DEFAULT_REDIS_URL
         self._keys = Keys(prefix)
-        self._where = redact_url(url)
+        self._where = redact_url(self._url)
         options["decode_responses"] = True
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("socket_timeout", 10.0)
-        try:
-            self._redis: redis.Redis[str] = redis.Redis.from_url(url, **options)
-        except ValueError as exc:
-            raise ConfigError(f"invalid redis_url {self._where!r}: {exc}") from exc
-        self._retry = self._redis.register_script(_RETRY)
+        # Validates the url now; connects (and detects a cluster) at first use.
+        self._conn = LazySync(self._url, **options)
+        self._retry: Any = None
 
     def __repr__(self) -> str:
-        return f"<RedisMonitor {self._where} prefix={self._keys.base}>"
+        return f"<RedisMonitor {self._where} prefix={self._keys.prefix!r}>"
 
     @property
-    def storage(self) -> redis.Redis[str]:
-        """The sync Redis client (the Ruby monitor's `storage`)."""
+    def _redis(self) -> Any:
+        client = self._conn.get()
+        if self._retry is None:
+            self._retry = client.register_script(_RETRY)
+        return client
+
+    @property
+    def storage(self) -> Any:
+        """The sync Redis client (the Ruby monitor's `storage`): `redis.Redis`, or
+        `redis.cluster.RedisCluster` on a cluster."""
         return self._redis
 
     def nodes(self) -> list[str]:
@@ -132,11 +133,9 @@ class RedisMonitor:
         if not found:
             return False
         with redis_errors("destroy", self._where):
-            pipe = self._redis.pipeline(transaction=True)
-            for node in found:
-                pipe.delete(self._keys.job(node, job_id))
-                pipe.srem(self._keys.index(node), job_id)
-            pipe.execute()
+            destroy = self._redis.register_script(scripts.DESTROY)
+            for node in found:  # one atomic step per node (each node has its own slot)
+                destroy(keys=[self._keys.index(node), self._keys.job(node, job_id)], args=[job_id])
         return True
 
     def destroy_all_jobs_for(self, node: str) -> int:
@@ -144,11 +143,12 @@ class RedisMonitor:
         count = 0
         with redis_errors("destroy_all_jobs_for", self._where):
             for ids in self._pages(node):
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.delete(*[self._keys.job(node, job_id) for job_id in ids])
-                pipe.srem(self._keys.index(node), *ids)
-                deleted, _ = pipe.execute()
-                count += int(deleted)
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.exists(self._keys.job(node, job_id))
+                count += sum(int(found) for found in pipe.execute())
+                keys = [self._keys.index(node), *[self._keys.job(node, job_id) for job_id in ids]]
+                self._redis.register_script(scripts.DESTROY)(keys=keys, args=ids)
         return count
 
     def retry(self, job_id: str) -> bool:
@@ -161,6 +161,7 @@ class RedisMonitor:
         """
         for node in self._holders(job_id):
             with redis_errors("retry", self._where):
+                publish = "SPUBLISH" if is_cluster(self._redis) else "PUBLISH"
                 done = self._retry(
                     keys=[self._keys.job(node, job_id)],
                     args=[
@@ -168,6 +169,7 @@ class RedisMonitor:
                         JobStatus.NEW.value,
                         self._keys.commands(node),
                         job_id,
+                        publish,
                     ],
                 )
             if done:
@@ -234,7 +236,7 @@ class RedisMonitor:
         return out
 
     def close(self) -> None:
-        self._redis.close()
+        self._conn.close()
 
     def __enter__(self) -> RedisMonitor:
         return self

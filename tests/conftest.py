@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, Registry
-from tests.redis_server import redis_server  # noqa: F401
+from tests.redis_server import any_redis_url, redis_cluster, redis_server  # noqa: F401
 
 
 def make_test_reactor(**config: Any) -> Reactor:

@@ -7,12 +7,13 @@ unique key prefix each (`unique_prefix()`), never by flushing. A test that stops
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _free_cluster_port() -> int:
+    """A free port a cluster node accepts: Redis 7.0 refuses ports above 55535 in cluster mode
+    (its bus port was port + 10000), whatever `--cluster-port` says."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port in 20000-55535")
+
+
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -42,8 +57,18 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """`redis-server` without persistence, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, directory: Path, port: int | None = None, *, aof: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        aof: bool = False,
+        extra: Sequence[str] = (),
+        choose_port: Callable[[], int] = _free_port,
+    ) -> None:
         self.aof = aof
+        self.extra = list(extra)
+        self._choose_port = choose_port
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -53,7 +78,7 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
+        self.port = port or choose_port()
         self.log = directory / f"redis-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
@@ -79,7 +104,7 @@ class RedisServer:
                 self._started_once = True
                 return self
             # The free port was taken between choosing and binding it: choose again.
-            self.port = _free_port()
+            self.port = self._choose_port()
         pytest.fail(f"redis-server could not bind a free port:\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
@@ -95,6 +120,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--dir", str(self.directory),
             "--daemonize", "no",
+            *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -132,6 +158,86 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.url} running={self.running}>"
+
+
+class RedisClusterServers:
+    """A real Redis Cluster: three masters (no replicas) on free ports, slots spread evenly.
+
+    `url` names the first master; clients find the others from it (any node would do).
+    """
+
+    MASTERS = 3
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.servers: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self) -> RedisClusterServers:
+        for i in range(self.MASTERS):
+            folder = self.directory / f"node{i}"
+            extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(folder / "nodes.conf"),
+            ]
+            server = RedisServer(folder, extra=extra, choose_port=_free_cluster_port)
+            self.servers.append(server.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli is not on PATH; `.ci/run` installs it with redis-server")
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+        done = subprocess.run(
+            [*create, "--cluster-yes"], capture_output=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            self.stop()
+            pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout!r}\n{done.stderr!r}")
+        deadline = time.monotonic() + START_TIMEOUT_S * 3
+        while not all(self._state_ok(server.port) for server in self.servers):
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("the redis cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    @staticmethod
+    def _state_ok(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"CLUSTER INFO\r\n")
+                return b"cluster_state:ok" in sock.recv(4096)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __repr__(self) -> str:
+        return f"<RedisClusterServers {[server.port for server in self.servers]}>"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """One 3-master Redis Cluster for the whole run (tests keep apart by key prefix)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single redis-server, then of a 3-master cluster: a suite taking it runs
+    on both."""
+    name = "redis_server" if request.param == "single" else "redis_cluster"
+    server: RedisServer | RedisClusterServers = request.getfixturevalue(name)
+    return server.url
 
 
 @pytest.fixture(scope="session")

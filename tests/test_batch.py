@@ -21,6 +21,8 @@ from jobreactor.batch import (
     open_batch,
 )
 from jobreactor.errors import AlreadyClosed, StorageError, StorageUnavailable
+from jobreactor.storage.connect import is_cluster, open_sync
+from jobreactor.storage.keys import batch_keys
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer, _free_port
 
@@ -59,8 +61,11 @@ class Env:
     def ttls(self, batch: Batch) -> tuple[float, float]:
         """(parts, state) TTLs: the TTL command on Redis, `remaining_ttl` in memory."""
         if self.raw is not None:
-            parts: Any = self.raw.ttl(f"{batch.key}:parts")
-            state: Any = self.raw.ttl(f"{batch.key}:state")
+            _, parts_key, state_key = batch_keys(
+                batch.namespace, batch.token, cluster=is_cluster(self.raw)
+            )
+            parts: Any = self.raw.ttl(parts_key)
+            state: Any = self.raw.ttl(state_key)
             return float(parts), float(state)
         parts_left, state_left = batch.remaining_ttl("parts"), batch.remaining_ttl("state")
         assert parts_left is not None
@@ -73,13 +78,23 @@ class Env:
         assert 0 <= state <= ttl
 
 
-@pytest.fixture(params=["memory", "redis"])
-def env(request: pytest.FixtureRequest) -> Env:
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """Memory, a single redis-server, a 3-master Redis Cluster."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
     if request.param == "memory":
-        return Env("memory", namespace, None, None)
-    url: str = request.getfixturevalue("redis_url")
-    return Env("redis", namespace, url, request.getfixturevalue("raw"))
+        yield Env("memory", namespace, None, None)
+        return
+    if request.param == "redis":
+        yield Env(
+            "redis", namespace, request.getfixturevalue("redis_url"), request.getfixturevalue("raw")
+        )
+        return
+    url = request.getfixturevalue("redis_cluster").url
+    client: Any = open_sync(url, "test", {"decode_responses": True})
+    yield Env("redis", namespace, url, client)
+    client.close()
+    close_redis_clients()
 
 
 @pytest.fixture
@@ -715,3 +730,28 @@ def test_workers_fed_by_push_each_see_completion_once_after_the_last_part(env: E
     assert len(handed_out) == 300
     assert len(trues) == 1
     assert batch.finished()
+
+
+def test_on_a_cluster_a_batch_has_one_slot_and_batches_spread(redis_cluster: Any) -> None:
+    """The gem's two keys would sit in two slots (its scripts would fail with CROSSSLOT): on a
+    cluster both carry the batch's tag, so one batch is one slot and batches spread out."""
+    try:
+        batches = [open_batch(redis_url=redis_cluster.url) for _ in range(12)]
+        for batch in batches:
+            batch.push_all(["a", "b"])
+            assert batch.done("a") is False
+            assert batch.done("b") is True
+        client: Any = open_sync(redis_cluster.url, "test", {"decode_responses": True})
+        try:
+            slots = set()
+            for batch in batches:
+                _, parts, state = batch_keys(None, batch.token, cluster=True)
+                assert parts == f"{{distributed_jobs:{batch.token}}}:parts"
+                assert client.keyslot(parts) == client.keyslot(state)
+                assert client.exists(state) == 1
+                slots.add(client.keyslot(state))
+            assert len(slots) > 1
+        finally:
+            client.close()
+    finally:
+        close_redis_clients()

@@ -68,8 +68,8 @@ def load(url: str, prefix: str, node: str, job_id: str) -> JobRecord | None:
 class Jobs:
     """A prefix of its own with a few jobs on two nodes, and the CLI pointed at it."""
 
-    def __init__(self, server: RedisServer) -> None:
-        self.url = server.url
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.prefix = unique_prefix()
         store(
             self.url,
@@ -120,8 +120,9 @@ class Jobs:
 
 
 @pytest.fixture
-def jobs(redis_server: RedisServer) -> Jobs:
-    return Jobs(redis_server)
+def jobs(any_redis_url: str) -> Jobs:
+    """On a single server, then on a 3-master cluster."""
+    return Jobs(any_redis_url)
 
 
 def rows(out: str) -> list[str]:

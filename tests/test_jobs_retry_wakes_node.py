@@ -10,16 +10,16 @@ import pytest
 
 from jobreactor import JobFailed, Reactor, Registry
 from tests.conftest import Recorder
-from tests.redis_server import RedisServer, unique_prefix
+from tests.redis_server import unique_prefix
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_cli_retry_of_a_failed_job_runs_it_again_on_its_live_node(
-    reactor: Reactor, redis_server: RedisServer
+    reactor: Reactor, any_redis_url: str
 ) -> None:
     prefix = unique_prefix()
-    reactor.config.update(redis_prefix=prefix, hiredis_url=redis_server.url)
+    reactor.config.update(redis_prefix=prefix, hiredis_url=any_redis_url)
     registry, runs = Registry(), Recorder()
     state = {"fail": True}
 
@@ -36,7 +36,7 @@ def test_cli_retry_of_a_failed_job_runs_it_again_on_its_live_node(
         handle.result(10)
     state["fail"] = False
     proc = subprocess.run(
-        [sys.executable, "-m", "jobreactor", "jobs", "--redis-url", redis_server.url,
+        [sys.executable, "-m", "jobreactor", "jobs", "--redis-url", any_redis_url,
          "--prefix", prefix, "retry", handle.id],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip

@@ -3,7 +3,9 @@
 Rules (SPEC 1.5.2 generalised by DESIGN "Dispatch and flow control"):
 - Pending jobs leave by `priority` (lower first), then FIFO (SPEC D11).
 - A node takes a job only while it has credit; among eligible nodes the one with the most free
-  credit wins (least loaded), not the first connected.
+  credit wins (least loaded; the first connected on a tie), not the first connected. Nodes sit
+  in heaps by free credit (one per set of declared names, one over all), so the choice costs
+  O(log nodes), not a scan: 1,000 connected nodes cost what 10 do.
 - Jobs go to nodes that declared the job name; if no connected node declared it, any node may
   take it, so an unknown name fails fast with NoSuchJob there (SPEC D13) instead of waiting.
 - `not_node` is always honoured. `node` is a preference, unless `strict_node`
@@ -29,6 +31,71 @@ class NodeSlot:
     name: str
     job_names: frozenset[str]
     credits: int
+
+
+# A node heap entry: (-credits when pushed, key). Most credit first, then the first connected.
+_NodeEntry = tuple[int, int]
+
+
+class _NodeHeap:
+    """Nodes by free credit, with lazy invalidation. A grant pushes a fresh entry; a job sent
+    pushes nothing: the node's old entry now claims too much credit, and is corrected when it
+    reaches the top (entries claiming too little are older than a grant: dropped). Compacted
+    when stale entries pile up."""
+
+    __slots__ = ("heap", "members")
+
+    def __init__(self) -> None:
+        self.heap: list[_NodeEntry] = []
+        self.members: dict[int, NodeSlot] = {}
+
+    def push(self, slot: NodeSlot) -> None:
+        if slot.credits > 0:
+            heapq.heappush(self.heap, (-slot.credits, slot.key))
+            if len(self.heap) > 4 * len(self.members) + 64:
+                self.compact()
+
+    def compact(self) -> None:
+        self.heap = [(-s.credits, s.key) for s in self.members.values() if s.credits > 0]
+        heapq.heapify(self.heap)
+
+    def _live(self, entry: _NodeEntry) -> NodeSlot | None:
+        """The entry's node if the entry is exact; otherwise pop it (re-pushed if it was
+        claiming too much) and return None."""
+        slot = self.members.get(entry[1])
+        if slot is not None and -entry[0] == slot.credits:
+            return slot
+        heapq.heappop(self.heap)
+        if slot is not None and 0 < slot.credits < -entry[0]:
+            heapq.heappush(self.heap, (-slot.credits, slot.key))
+        return None
+
+    def best(self, not_node: str | None) -> NodeSlot | None:
+        """The node with the most credit whose name isn't `not_node`."""
+        heap = self.heap
+        while heap:
+            slot = self._live(heap[0])
+            if slot is None:
+                continue
+            if slot.name != not_node:
+                return slot
+            break
+        else:
+            return None
+        # The best is the excluded node: look past it (and past its namesakes), put them back.
+        parked = [heapq.heappop(heap)]
+        found: NodeSlot | None = None
+        while heap:
+            slot = self._live(heap[0])
+            if slot is None:
+                continue
+            if slot.name != not_node:
+                found = slot
+                break
+            parked.append(heapq.heappop(heap))
+        for entry in parked:
+            heapq.heappush(heap, entry)
+        return found
 
 
 # A heap entry: (priority, seq, job). seq is unique, so jobs themselves are never compared;
@@ -58,7 +125,13 @@ class Dispatcher:
         self._buckets: dict[BucketKey, _Bucket] = {}
         self._pending: dict[str, _Entry] = {}
         self._nodes: dict[int, NodeSlot] = {}
-        self._knowers: dict[str, list[NodeSlot]] = {}
+        self._by_name: dict[str, list[NodeSlot]] = {}
+        # Nodes grouped by the set of names they declared (usually one set for all), a heap
+        # each, and which groups know each job name; plus one heap over every node.
+        self._groups: dict[frozenset[str], _NodeHeap] = {}
+        self._knowers: dict[str, list[_NodeHeap]] = {}
+        self._everyone = _NodeHeap()
+        self._everyone_kept = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -109,22 +182,55 @@ class Dispatcher:
         return [entry[2] for entry in entries]
 
     def add_node(self, key: int, name: str, job_names: list[str], credits: int) -> None:
-        self._nodes[key] = NodeSlot(key, name, frozenset(job_names), max(0, credits))
-        self._reindex()
+        self.remove_node(key)
+        slot = NodeSlot(key, name, frozenset(job_names), max(0, credits))
+        self._nodes[key] = slot
+        self._by_name.setdefault(name, []).append(slot)
+        group = self._groups.get(slot.job_names)
+        if group is None:
+            group = self._groups[slot.job_names] = _NodeHeap()
+            for job_name in slot.job_names:
+                self._knowers.setdefault(job_name, []).append(group)
+        group.members[key] = slot
+        self._everyone.members[key] = slot
+        self._granted(slot)
 
     def remove_node(self, key: int) -> None:
-        if self._nodes.pop(key, None) is not None:
-            self._reindex()
+        slot = self._nodes.pop(key, None)
+        if slot is None:
+            return
+        namesakes = self._by_name[slot.name]
+        namesakes.remove(slot)
+        if not namesakes:
+            del self._by_name[slot.name]
+        del self._everyone.members[key]
+        group = self._groups[slot.job_names]
+        del group.members[key]
+        if not group.members:
+            del self._groups[slot.job_names]
+            for job_name in slot.job_names:
+                groups = self._knowers[job_name]
+                groups.remove(group)
+                if not groups:
+                    del self._knowers[job_name]
 
     def grant(self, key: int, credits: int) -> None:
         slot = self._nodes.get(key)
         if slot is not None:
             slot.credits += credits
+            self._granted(slot)
 
     def set_credits(self, key: int, credits: int) -> None:
         slot = self._nodes.get(key)
         if slot is not None:
             slot.credits = credits
+            self._granted(slot)
+
+    def _granted(self, slot: NodeSlot) -> None:
+        """Credit went up (or was set): a fresh heap entry (a drop needs none, see _NodeHeap)."""
+        self._groups[slot.job_names].push(slot)
+        if self._everyone_kept:
+            self._everyone.push(slot)
 
     # --- the decision -----------------------------------------------------------------------
 
@@ -159,29 +265,28 @@ class Dispatcher:
 
     def _choose(self, key: BucketKey) -> NodeSlot | None:
         name, node, not_node = key
-        knowers = self._knowers.get(name) or list(self._nodes.values())
-        if node is not None and not any(slot.name == node for slot in knowers):
-            # The app named this node explicitly: it is eligible whatever it declared.
-            knowers = knowers + [s for s in self._nodes.values() if s.name == node]
-        best: NodeSlot | None = None
-        preferred: NodeSlot | None = None
-        for slot in knowers:
-            if slot.credits <= 0 or slot.name == not_node:
-                continue
-            if node is not None and slot.name == node:
-                if preferred is None or slot.credits > preferred.credits:
+        if node is not None and node != not_node:
+            # The app named this node: it is eligible whatever it declared, and preferred.
+            preferred: NodeSlot | None = None
+            for slot in self._by_name.get(node, ()):
+                if slot.credits > 0 and (preferred is None or slot.credits > preferred.credits):
                     preferred = slot
-            elif best is None or slot.credits > best.credits:
-                best = slot
-        if preferred is not None:
-            return preferred
+            if preferred is not None:
+                return preferred
         if node is not None and self._strict_node:
             return None
+        groups = self._knowers.get(name)
+        if groups is None:  # nobody declared it: anyone may take it (and fail fast, D13)
+            if not self._everyone_kept:
+                # Kept from the first such job on; until then credit changes skip it.
+                self._everyone_kept = True
+                self._everyone.compact()
+            return self._everyone.best(not_node)
+        best: NodeSlot | None = None
+        for group in groups:
+            found = group.best(not_node)
+            if found is not None and (
+                best is None or (found.credits, -found.key) > (best.credits, -best.key)
+            ):
+                best = found
         return best
-
-    def _reindex(self) -> None:
-        knowers: dict[str, list[NodeSlot]] = {}
-        for slot in self._nodes.values():
-            for job_name in slot.job_names:
-                knowers.setdefault(job_name, []).append(slot)
-        self._knowers = knowers

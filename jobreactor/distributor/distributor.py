@@ -28,7 +28,7 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
-from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS
@@ -230,7 +230,7 @@ class Distributor(Recovery):
         return len(self.dispatcher) + sum(
             1
             for job_id in self._waiting
-            if (entry := self.tracker.get(job_id)) is not None and not entry.job.is_periodic
+            if (entry := self.tracker.get(job_id)) is not None and not entry.periodic
         )
 
     async def wait_idle(self) -> None:
@@ -257,7 +257,7 @@ class Distributor(Recovery):
 
     def _has_unfinished_one_shots(self) -> bool:
         return any(
-            not self.tracker.get(job_id).job.is_periodic  # type: ignore[union-attr]
+            not self.tracker.get(job_id).periodic  # type: ignore[union-attr]
             for job_id in self._waiting
             if self.tracker.get(job_id) is not None
         )
@@ -433,8 +433,8 @@ class Distributor(Recovery):
         return drop
 
     def _give_away(self, entry: InFlight) -> None:
-        self._given_away[entry.job.id] = entry.node
-        self._given_away.move_to_end(entry.job.id)
+        self._given_away[entry.job_id] = entry.node
+        self._given_away.move_to_end(entry.job_id)
         while len(self._given_away) > _GIVEN_AWAY_LIMIT:
             self._given_away.popitem(last=False)
 
@@ -496,8 +496,8 @@ class Distributor(Recovery):
         )
         for entry in orphans:
             if self._metrics is not None:
-                self._metrics.taken_over[entry.job.name] += 1
-            self.tracker.forget(entry.job.id)
+                self._metrics.taken_over[entry.name] += 1
+            self.tracker.forget(entry.job_id)
             self._give_away(entry)
             self._requeue(entry)
         self._dispatch()
@@ -514,10 +514,10 @@ class Distributor(Recovery):
                     logger.warning(
                         "%s could not store job %s (%s); requeued",
                         session.node_name,
-                        entry.job.id,
+                        entry.job_id,
                         message.reason,
                     )
-                    self.tracker.forget(entry.job.id)
+                    self.tracker.forget(entry.job_id)
                     self._give_away(entry)
                     self._requeue(entry)
                 # No credit comes back with a nack: the node grants it again once it can store.
@@ -553,10 +553,17 @@ class Distributor(Recovery):
             if metrics is not None:
                 metrics.dispatched[job.name] += 1
             session = self._sessions[key]
-            lease = self.tracker.issue(job, key, session.node_name, seq)
+            record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
+            try:
+                packed = pack_wire(record)
+            except (OverflowError, TypeError, ValueError) as exc:
+                self.dispatcher.grant(key, 1)  # never sent: the node's credit stays free
+                self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
+                continue
+            lease = self.tracker.issue(job, key, session.node_name, seq, packed=packed)
             if self.journal is not None:
                 self.journal.assigned(job, session.node_name, lease)
-            session.queue_job(lease, job.to_dict())
+            session.queue_job(lease, record)
         if not len(self.dispatcher):
             self._idle.set()
 
@@ -571,11 +578,12 @@ class Distributor(Recovery):
 
     def _requeue(self, entry: InFlight) -> None:
         if entry.cancel_requested:
-            self._resolve_cancelled(entry.job.id)
+            self._resolve_cancelled(entry.job_id)
             return
+        job = entry.job  # rebuilt from its packed form, once
         if self.journal is not None:
-            self.journal.unassigned(entry.job)
-        self.dispatcher.add(entry.job, seq=entry.seq)
+            self.journal.unassigned(job)
+        self.dispatcher.add(job, seq=entry.seq)
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)
@@ -591,7 +599,7 @@ class Distributor(Recovery):
             self.tracker.forget(item.job_id)
             if self.journal is not None:
                 self.journal.remove(item.job_id)
-        self.settle_report(item, entry.job.name)
+        self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
 

@@ -22,7 +22,7 @@ from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Registration, connect
 from jobreactor.errors import StorageUnavailable
-from jobreactor.storage.redis import redact_url
+from jobreactor.storage.codec import redact_url
 
 if TYPE_CHECKING:
     from jobreactor.distributor.distributor import Distributor

@@ -123,8 +123,8 @@ class Recovery(Outcomes):
         for entry in self.tracker.orphans_of_all() + [
             e for key in list(self._sessions) for e in self.tracker.jobs_on(key)
         ]:
-            self.tracker.forget(entry.job.id)
-            self._resolve_cancelled(entry.job.id, reason, forget=False)
+            self.tracker.forget(entry.job_id)
+            self._resolve_cancelled(entry.job_id, reason, forget=False)
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()

@@ -3,6 +3,11 @@
 Each send issues a fresh lease. A report counts only if it names the job's current lease and
 comes from the connection (or, for a durable node, the node name) that holds it; anything else
 is stale and rejected, which is what makes the final feedback exactly-once.
+
+A job out on a node is kept packed (the msgpack bytes of its wire form), not as a JobRecord:
+the app process tracks every job until its final report, a million week-long delayed jobs
+among them, and feedback needs only the lease and the connection. The record is rebuilt only
+to requeue or journal the job (node lost, nack, returned).
 """
 
 from __future__ import annotations
@@ -10,19 +15,36 @@ from __future__ import annotations
 import itertools
 import secrets
 from dataclasses import dataclass
+from typing import Any
+
+import msgpack
 
 from jobreactor.job import JobRecord
 
 
 @dataclass(slots=True)
 class InFlight:
-    job: JobRecord
+    job_id: str
+    name: str
+    packed: bytes  # msgpack of the record's wire form (JobRecord.to_dict)
     lease: int
     conn: int | None  # None: its durable node is away, jobs wait for it (node_grace)
     node: str
     seq: int
     acked: bool = False
     cancel_requested: bool = False
+    periodic: bool = False
+
+    @property
+    def job(self) -> JobRecord:
+        """The record, rebuilt from its packed form (a fresh copy on every call)."""
+        return JobRecord.from_dict(msgpack.unpackb(self.packed, raw=False, strict_map_key=False))
+
+
+def pack_wire(record: dict[str, Any]) -> bytes:
+    """The packed form kept for a job out on a node (raises what msgpack raises)."""
+    packed: bytes = msgpack.packb(record, use_bin_type=True)
+    return packed
 
 
 class Tracker:
@@ -45,11 +67,19 @@ class Tracker:
         return list(itertools.islice(self._jobs.values(), limit))
 
     def issue(
-        self, job: JobRecord, conn: int, node: str, seq: int, lease: int | None = None
+        self,
+        job: JobRecord,
+        conn: int,
+        node: str,
+        seq: int,
+        lease: int | None = None,
+        *,
+        packed: bytes | None = None,
     ) -> int:
         """Record that `job` goes to `conn` now; return its new lease.
 
         `lease` re-adopts a job a reconnecting node still holds under the lease we gave it.
+        `packed`: `pack_wire(job.to_dict())` if the caller has it already.
         """
         self.forget(job.id)
         adopted = lease is not None
@@ -57,7 +87,11 @@ class Tracker:
             lease = self._next_lease
         # An adopted lease (from a node that outlived our restart) must never be issued again.
         self._next_lease = max(self._next_lease, lease + 1)
-        self._jobs[job.id] = InFlight(job, lease, conn, node, seq, acked=adopted)
+        if packed is None:
+            packed = pack_wire(job.to_dict())
+        self._jobs[job.id] = InFlight(
+            job.id, job.name, packed, lease, conn, node, seq, adopted, False, job.is_periodic
+        )
         self._by_conn.setdefault(conn, set()).add(job.id)
         self._by_lease[lease] = job.id
         return lease
@@ -66,7 +100,10 @@ class Tracker:
         """A restarted distributor's journal says `node` holds `job` under `lease`."""
         self.forget(job.id)
         self._next_lease = max(self._next_lease, lease + 1)
-        self._jobs[job.id] = InFlight(job, lease, None, node, seq, acked=True)
+        packed = pack_wire(job.to_dict())
+        self._jobs[job.id] = InFlight(
+            job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic
+        )
         self._by_lease[lease] = job.id
 
     def ack(self, conn: int, lease: int) -> InFlight | None:

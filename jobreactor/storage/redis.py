@@ -1,21 +1,9 @@
 """RedisStorage: durable jobs, queues, unique keys and locks in Redis (SPEC 1.13 PY-REQ).
 
-Key layout (every key carries the one hash tag `{<prefix>}`, so all of them live in one
-Redis Cluster slot and multi-key commands, MULTI and Lua scripts stay legal there):
-
-    {jr}:job:<node>:<id>      hash   one job: SPEC 1.13 field names (+ every other non-default
-                                     JobRecord field), args and extras as JSON, numbers as
-                                     text, bools "true"/"false"; a None field is absent
-    {jr}:node:<node>:jobs     set    ids of the jobs stored for <node> (the per-node index)
-    {jr}:node:<node>:commands pub/sub channel: job ids <node> should (re)schedule from storage
-                                     (RedisMonitor.retry publishes; a channel, not a key)
-    {jr}:nodes                set    names of nodes that ever stored jobs
-    {jr}:queue:<queue>:jobs   hash   id -> JSON record (a distributor's durable queue)
-    {jr}:queue:<queue>:order  zset   id scored by a sequence number: oldest first
-    {jr}:queue:<queue>:seq    string that sequence
-    {jr}:uniq:<key>           string owner of a unique key (dj_one, loner), with a Redis TTL
-    {jr}:lock:<key>           string "<token>:<expiry ms, Redis clock>" ("<token>:0": never expires)
-    {jr}:claim:<token>        string the answer to one claim, kept a minute (idempotent retries)
+The key layout is in `jobreactor.storage.keys` (one hash tag per owner, so a Redis Cluster
+spreads the data; every script touches one tag), the record codec in `storage.codec`, the Lua
+in `storage.scripts`. `redis_url` may name a single server or any node of a cluster: the first
+call asks `INFO cluster` and, on a cluster, goes on through `RedisCluster`.
 
 `KEYS` is never used: whole-node reads go through the index set (SPEC D16). Nothing outside
 `jobreactor/storage/` and `jobreactor/monitor.py` knows these keys.
@@ -24,37 +12,59 @@ Redis Cluster slot and multi-key commands, MULTI and Lua scripts stay legal ther
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import math
-import types
 import typing
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import fields
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
-import msgpack
 import redis.asyncio as aredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 
-from jobreactor.errors import ConfigError, StorageError, StorageUnavailable
-from jobreactor.job import FINISHED_STATUSES, JobRecord
+from jobreactor.errors import ConfigError, StorageError
+from jobreactor.job import JobRecord
+from jobreactor.storage import scripts
 from jobreactor.storage.base import UnlockResult
+from jobreactor.storage.codec import (
+    decode_fields,
+    decode_job,
+    dump_json,
+    is_unfinished,
+    load_json,
+    pack_job,
+    record_json,
+    redact_url,
+)
+from jobreactor.storage.connect import (
+    DEFAULT_REDIS_URL,
+    is_cluster,
+    open_async,
+    redis_errors,
+    with_address,
+)
+from jobreactor.storage.keys import Keys
+
+# The codec and connection helpers are re-exported: this was their home before issue 13.
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "RESYNC",
+    "RedisStorage",
+    "decode_fields",
+    "dump_json",
+    "is_unfinished",
+    "load_json",
+    "redact_url",
+    "redis_errors",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL: Final = "redis://localhost:6379"
 # Jobs per SSCAN page and per Lua call (a call blocks Redis for a few ms at most).
 _CHUNK: Final = 1000
-# An expired lock stays readable this long (so `unlock` can say "expired"), then Redis drops it.
-_LOCK_GRACE_MS: Final = 86_400_000
-_CLAIM_LOG_MS: Final = 60_000
 # The commands subscription: a PING after this long without traffic, reconnect if it goes
 # unanswered as long again (a half-open link), and the backoff between resubscriptions.
 _COMMANDS_IDLE_S: Final = 15.0
@@ -63,312 +73,6 @@ _COMMANDS_BACKOFF_MAX_S: Final = 2.0
 # Yielded by `commands(..., resync=True)` after a resubscription: commands published while
 # the subscription was down are lost (pub/sub is at most once), so look at storage again.
 RESYNC: Final = ""
-
-# --- the record codec (shared with jobreactor.monitor) ------------------------------------------
-
-# SPEC 1.13 ATTRS that are always written, default or not, so external tools find them.
-_ALWAYS: Final = frozenset(
-    {"id", "name", "args", "attempt", "period", "make_after", "status", "distributor", "defer"}
-)
-
-
-def _kind(hint: Any) -> str:
-    """Codec of one JobRecord field from its type: bool, int, float, str (or Optional), json."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = set(typing.get_args(hint)) - {type(None)}
-        hint = options.pop() if len(options) == 1 else None
-    names: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str"}
-    return names.get(hint, "json")
-
-
-_HINTS: Final = typing.get_type_hints(JobRecord)
-_FIELDS: Final = tuple(
-    (f.name, _kind(_HINTS[f.name]), f.default, f.name in _ALWAYS)
-    for f in fields(JobRecord)
-    if f.name != "extra"
-)
-FIELD_KINDS: Final[dict[str, str]] = {name: kind for name, kind, _, _ in _FIELDS}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not storable (use JSON/msgpack types)")
-
-
-def _json_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "__bytes__" in obj and isinstance(obj["__bytes__"], str):
-        return base64.b64decode(obj["__bytes__"])
-    return obj
-
-
-def dump_json(value: Any) -> str:
-    """JSON readable by any tool; bytes become {"__bytes__": "<base64>"}."""
-    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
-
-
-def load_json(text: str) -> Any:
-    return json.loads(text, object_hook=_json_hook)
-
-
-def _encode_value(kind: str, value: Any) -> str:
-    if kind == "str":
-        return str(value)
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "int":
-        return str(int(value))
-    if kind == "float":
-        return repr(float(value))
-    return dump_json(value)
-
-
-def encode_job(job: JobRecord) -> dict[str, str]:
-    """The hash fields of one job: SPEC 1.13 names, every non-default field, extras as JSON.
-
-    A field that is None is left out (absent means None), so `""` and None stay distinct.
-    """
-    out: dict[str, str] = {}
-    for name, kind, default, always in _FIELDS:
-        value = getattr(job, name)
-        if value is None or (not always and value == default):
-            continue
-        out[name] = _encode_value(kind, value)
-    if job.extra:
-        for key, value in job.extra.items():
-            if key not in FIELD_KINDS:
-                out[key] = dump_json(value)
-    return out
-
-
-_TRUE: Final = frozenset({"true", "1", "yes", "True", "TRUE"})
-
-
-def _decode_value(kind: str, text: str) -> Any:
-    if kind == "str":
-        return text
-    if kind == "bool":
-        return text in _TRUE
-    if kind == "int":
-        try:
-            return int(text)
-        except ValueError:
-            return int(float(text))  # "1.0" written by hand
-    if kind == "float":
-        return float(text)
-    return load_json(text)
-
-
-def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
-    """Hash fields -> the dict `JobRecord.from_dict` takes (typed values, extras as keys).
-
-    Raises ValueError for a value that doesn't parse as its field's type.
-    """
-    out: dict[str, Any] = {}
-    for key, text in raw.items():
-        kind = FIELD_KINDS.get(key)
-        if kind is None:  # an extra, written by us as JSON (or by hand as plain text)
-            try:
-                out[key] = load_json(text)
-            except ValueError:
-                out[key] = text
-            continue
-        try:
-            out[key] = _decode_value(kind, text)
-        except ValueError as exc:
-            raise ValueError(f"field {key!r}={text!r} is not a valid {kind}: {exc}") from None
-    return out
-
-
-def decode_job(job_id: str, raw: dict[str, str]) -> JobRecord:
-    """One stored hash as a record; `id`/`name`/`args` default sensibly if a tool left them out."""
-    data = decode_fields(raw)
-    data.setdefault("id", job_id)
-    data.setdefault("name", "")
-    data.setdefault("args", {})
-    return JobRecord.from_dict(data)
-
-
-def is_unfinished(raw_status: str | None) -> bool:
-    return raw_status not in FINISHED_STATUSES
-
-
-def redact_url(url: str) -> str:
-    """The url without its password, for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable redis url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def check_prefix(prefix: str) -> str:
-    if not prefix or "{" in prefix or "}" in prefix:
-        raise ConfigError(f"redis key prefix must be non-empty and brace-free, got {prefix!r}")
-    return prefix
-
-
-class Keys:
-    """Every Redis key jobreactor uses, in one place."""
-
-    def __init__(self, prefix: str) -> None:
-        self.base = "{" + check_prefix(prefix) + "}"
-        self.nodes = f"{self.base}:nodes"
-
-    def job(self, node: str, job_id: str) -> str:
-        return f"{self.base}:job:{node}:{job_id}"
-
-    def index(self, node: str) -> str:
-        return f"{self.base}:node:{node}:jobs"
-
-    def queue(self, queue: str) -> tuple[str, str, str]:
-        stem = f"{self.base}:queue:{queue}"
-        return f"{stem}:jobs", f"{stem}:order", f"{stem}:seq"
-
-    def uniq(self, key: str) -> str:
-        return f"{self.base}:uniq:{key}"
-
-    def lock(self, key: str) -> str:
-        return f"{self.base}:lock:{key}"
-
-    def claim(self, token: str) -> str:
-        return f"{self.base}:claim:{token}"
-
-    def commands(self, node: str) -> str:
-        """The pub/sub channel of wake-up commands for `node` (same hash tag as its keys)."""
-        return f"{self.base}:node:{node}:commands"
-
-
-@contextlib.contextmanager
-def redis_errors(operation: str, where: str) -> Iterator[None]:
-    """Translate redis-py errors into ours at the boundary (STYLE 11)."""
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StorageUnavailable(
-            f"redis unreachable during {operation}: {exc}; "
-            f"check redis_url ({where}) and that redis-server runs"
-        ) from exc
-    except redis.exceptions.RedisError as exc:
-        raise StorageError(f"redis refused {operation} ({where}): {exc}") from exc
-
-
-# --- Lua -------------------------------------------------------------------------------------
-
-_CLAIM = """
--- KEYS[1] index set, KEYS[2] claim log, KEYS[3..] job hashes; ARGV: the ids, same order.
-local done = redis.call('GET', KEYS[2])
-if done then return cmsgpack.unpack(done) end
-local out = {}
-for i = 1, #ARGV do
-  if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
-    out[#out + 1] = ARGV[i]
-    out[#out + 1] = redis.call('HGETALL', KEYS[i + 2])
-    redis.call('DEL', KEYS[i + 2])
-  end
-end
-redis.call('SET', KEYS[2], cmsgpack.pack(out), 'PX', ARGV_LOG_MS)
-return out
-""".replace("ARGV_LOG_MS", str(_CLAIM_LOG_MS))
-
-_SAVE = """
--- KEYS[1] index set, KEYS[2] node names, KEYS[3..] job hashes;
--- ARGV[1] node name, ARGV[2..] msgpack [id, field1, value1, ...] for KEYS[3..].
--- Atomic: a job is never seen half-written, nor between its DEL and HSET by a claim. DEL
--- first, so fields that went back to None/default don't linger.
-redis.call('SADD', KEYS[2], ARGV[1])
-for i = 3, #KEYS do
-  local flat = cmsgpack.unpack(ARGV[i - 1])
-  redis.call('DEL', KEYS[i])
-  redis.call('HSET', KEYS[i], unpack(flat, 2))
-  redis.call('SADD', KEYS[1], flat[1])
-end
-return #KEYS - 2
-"""
-
-_LOAD_MANY = """
--- KEYS: job hashes. One command for a page of jobs (cheaper to send than HGETALL each).
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
-return out
-"""
-
-_QUEUE_SAVE = """
--- KEYS: jobs hash, order zset, sequence; ARGV: id1, record1, id2, record2, ...
-for i = 1, #ARGV, 2 do
-  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
-  end
-end
-return 1
-"""
-
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# A lock value is "<token>:<expiry ms>" on Redis's own clock (TIME), 0 meaning never. A value
-# written by someone else without that suffix counts as a lock that never expires.
-_LOCK_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cur = redis.call('GET', KEYS[1])
-local holder, expiry = nil, 0
-if cur then
-  holder, expiry = string.match(cur, '^(.*):(%d+)$')
-  if holder then expiry = tonumber(expiry) else holder, expiry = cur, 0 end
-end
-local live = cur and (expiry == 0 or expiry > now)
-"""
-
-_LOCK = (
-    _LOCK_PRELUDE
-    + """
-if live and holder ~= ARGV[1] then return 0 end
-local timeout = tonumber(ARGV[2])
-if timeout > 0 then
-  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', now + timeout),
-             'PX', timeout + GRACE_MS)
-else
-  redis.call('SET', KEYS[1], ARGV[1] .. ':0')
-end
-return 1
-""".replace("GRACE_MS", str(_LOCK_GRACE_MS))
-)
-
-_UNLOCK = (
-    _LOCK_PRELUDE
-    + """
-if not cur or holder ~= ARGV[1] then return 'not_held' end
-if not live then return 'expired' end
-redis.call('DEL', KEYS[1])
-return 'released'
-"""
-)
-
-_LOCK_HOLDER = (
-    _LOCK_PRELUDE
-    + """
-if live then return holder end
-return false
-"""
-)
 
 
 def _ms(seconds: float | None) -> int:
@@ -383,8 +87,9 @@ def _ms(seconds: float | None) -> int:
 class RedisStorage:
     """The `Storage` protocol on `redis.asyncio` (hiredis parser when installed).
 
-    `options` go to `redis.asyncio.Redis.from_url` (e.g. `socket_timeout`, `max_connections`).
-    Every method costs a small fixed number of round trips per call, not per job.
+    `options` go to `redis.asyncio.Redis.from_url` (e.g. `socket_timeout`, `max_connections`),
+    or to `RedisCluster.from_url` when the url names a cluster node. Every method costs a small
+    fixed number of round trips per call (per owner's slot), not per job.
     """
 
     kind = "redis"
@@ -393,32 +98,56 @@ class RedisStorage:
     def __init__(self, url: str = DEFAULT_REDIS_URL, prefix: str = "jr", **options: Any) -> None:
         self.keys = Keys(prefix)
         self.prefix = prefix
+        self._url = url
         self._where = redact_url(url)
         options["decode_responses"] = True
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("socket_timeout", 10.0)
         # A few quick retries ride out a blip; after that callers get StorageUnavailable fast.
         options.setdefault("retry", Retry(EqualJitterBackoff(cap=0.5, base=0.02), 3))
-        try:
-            self._redis: aredis.Redis[str] = aredis.Redis.from_url(url, **options)
+        self._options = options
+        try:  # validates the url now; the connection (and cluster detection) comes at first use
+            aredis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"invalid redis_url {self._where!r}: {exc}") from exc
-        self._save = self._redis.register_script(_SAVE)
-        self._load_many = self._redis.register_script(_LOAD_MANY)
-        self._claim = self._redis.register_script(_CLAIM)
-        self._queue_save = self._redis.register_script(_QUEUE_SAVE)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._release = self._redis.register_script(_RELEASE)
-        self._lock = self._redis.register_script(_LOCK)
-        self._unlock = self._redis.register_script(_UNLOCK)
-        self._lock_holder = self._redis.register_script(_LOCK_HOLDER)
+        self._client: Any = None
+        self._connecting: asyncio.Lock | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listed: set[str] = set()  # nodes this process has put in the `nodes` directory
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<RedisStorage {self._where} prefix={self.prefix!r}>"
 
+    @property
+    def cluster(self) -> bool:
+        """True once connected to a Redis Cluster (False before the first call)."""
+        return is_cluster(self._client)
+
     def _errors(self, operation: str) -> contextlib.AbstractContextManager[None]:
         return redis_errors(operation, self._where)
+
+    async def _redis(self) -> Any:
+        """The client, connected on first use (a single server or a cluster)."""
+        client = self._client
+        if client is not None:
+            return client
+        if self._closed:
+            raise StorageError(f"redis storage {self._where} is closed")
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._client is None:
+                client = await open_async(self._url, self._where, dict(self._options))
+                self._scripts = {
+                    name: client.register_script(getattr(scripts, name)) for name in scripts.NAMES
+                }
+                self._client = client
+        return self._client
+
+    async def _script(self, name: str, keys: list[str], args: Sequence[Any] = ()) -> Any:
+        await self._redis()
+        return await self._scripts[name](keys=keys, args=list(args))
 
     # --- jobs held by a node ------------------------------------------------------------------
 
@@ -427,27 +156,30 @@ class RedisStorage:
             return
         # One script call per 1000 jobs, one msgpack argument per job: redis-py's Python
         # per-argument packing, not Redis, was the cost of pipelined HSETs (40 -> 14 us/job).
-        packed = [_pack_job(job) for job in jobs]
-        keys = [self.keys.index(node), self.keys.nodes]
+        packed = [pack_job(job) for job in jobs]
+        index = self.keys.index(node)
         with self._errors("save_many"):
+            if node not in self._listed:
+                # The directory has its own slot, so it is written apart from the jobs (once
+                # per process and node; before them, so a node with jobs is always listed).
+                await (await self._redis()).sadd(self.keys.nodes, node)
+                self._listed.add(node)
             for start in range(0, len(jobs), _CHUNK):
-                chunk = jobs[start : start + _CHUNK]
-                job_keys = [self.keys.job(node, job.id) for job in chunk]
-                await self._save(keys=keys + job_keys, args=[node, *packed[start : start + _CHUNK]])
+                job_keys = [self.keys.job(node, job.id) for job in jobs[start : start + _CHUNK]]
+                await self._script("SAVE", [index, *job_keys], packed[start : start + _CHUNK])
 
     async def destroy_many(self, node: str, job_ids: Sequence[str]) -> None:
-        if not job_ids:
-            return
+        index = self.keys.index(node)
         with self._errors("destroy_many"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(*[self.keys.job(node, job_id) for job_id in job_ids])
-                pipe.srem(self.keys.index(node), *job_ids)
-                await pipe.execute()
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = job_ids[start : start + _CHUNK]
+                keys = [index, *[self.keys.job(node, job_id) for job_id in chunk]]
+                await self._script("DESTROY", keys, chunk)
 
     async def load(self, node: str, job_id: str) -> JobRecord | None:
         key = self.keys.job(node, job_id)
         with self._errors("load"):
-            raw = await self._redis.hgetall(key)
+            raw = await (await self._redis()).hgetall(key)
         if not raw:
             return None
         try:
@@ -460,7 +192,7 @@ class RedisStorage:
         with self._errors("jobs_for"):
             async for ids in self._index_pages(node):
                 keys = [self.keys.job(node, job_id) for job_id in ids]
-                flats: list[list[str]] = await self._load_many(keys=keys)
+                flats: list[list[str]] = await self._script("LOAD_MANY", keys)
                 for job_id, flat in zip(ids, flats, strict=True):
                     raw = dict(zip(flat[::2], flat[1::2], strict=True))
                     if not raw or (unfinished_only and not is_unfinished(raw.get("status"))):
@@ -475,10 +207,11 @@ class RedisStorage:
 
     async def _index_pages(self, node: str) -> typing.AsyncIterator[list[str]]:
         """The node's job ids, a page at a time (SSCAN: no long blocking call on big sets)."""
+        client = await self._redis()
         seen: set[str] = set()
         cursor = 0
         while True:
-            cursor, ids = await self._redis.sscan(self.keys.index(node), cursor, count=_CHUNK)
+            cursor, ids = await client.sscan(self.keys.index(node), cursor, count=_CHUNK)
             page = [job_id for job_id in ids if job_id not in seen]  # SSCAN may repeat
             seen.update(page)
             if page:
@@ -488,10 +221,12 @@ class RedisStorage:
 
     async def nodes(self) -> list[str]:
         with self._errors("nodes"):
-            names = sorted(await self._redis.smembers(self.keys.nodes))
+            client = await self._redis()
+            names = sorted(await client.smembers(self.keys.nodes))
             if not names:
                 return []
-            async with self._redis.pipeline(transaction=False) as pipe:
+            # One SCARD per node, each in its node's slot (a cluster pipeline splits by slot).
+            async with client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.scard(self.keys.index(name))
                 sizes: list[int] = await pipe.execute()
@@ -503,12 +238,12 @@ class RedisStorage:
         index = self.keys.index(from_node)
         for start in range(0, len(job_ids), _CHUNK):
             chunk = list(job_ids[start : start + _CHUNK])
-            keys = [index, self.keys.claim(f"{token}:{start}")]
+            keys = [index, self.keys.claim(from_node, f"{token}:{start}")]
             keys += [self.keys.job(from_node, job_id) for job_id in chunk]
             with self._errors("claim"):
                 # Atomic per chunk; the answer is logged under a fresh token so a retry after
                 # a lost reply returns the same jobs instead of losing them.
-                reply: list[Any] = await self._claim(keys=keys, args=chunk)
+                reply: list[Any] = await self._script("CLAIM", keys, chunk)
             for i in range(0, len(reply), 2):
                 job_id, flat = reply[i], reply[i + 1]
                 raw = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -528,34 +263,32 @@ class RedisStorage:
         keys = list(self.keys.queue(queue))
         args: list[str] = []
         for job in jobs:
-            args += (job.id, _record_json(job))
+            args += (job.id, record_json(job))
         with self._errors("queue_save"):
             for start in range(0, len(args), 2 * _CHUNK):
-                await self._queue_save(keys=keys, args=args[start : start + 2 * _CHUNK])
+                await self._script("QUEUE_SAVE", keys, args[start : start + 2 * _CHUNK])
 
     async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
-        if not job_ids:
-            return
         jobs_key, order_key, _ = self.keys.queue(queue)
         with self._errors("queue_remove"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(jobs_key, *job_ids)
-                pipe.zrem(order_key, *job_ids)
-                await pipe.execute()
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = job_ids[start : start + _CHUNK]
+                await self._script("QUEUE_REMOVE", [jobs_key, order_key], chunk)
 
     async def queue_load(self, queue: str) -> list[JobRecord]:
         jobs_key, order_key, _ = self.keys.queue(queue)
         out: list[JobRecord] = []
         low = "-inf"
         with self._errors("queue_load"):
+            client = await self._redis()
             while True:
-                page = await self._redis.zrangebyscore(
+                page = await client.zrangebyscore(
                     order_key, low, "+inf", start=0, num=_CHUNK, withscores=True
                 )
                 if not page:
                     return out
                 ids = [job_id for job_id, _ in page]
-                for job_id, text in zip(ids, await self._redis.hmget(jobs_key, ids), strict=True):
+                for job_id, text in zip(ids, await client.hmget(jobs_key, ids), strict=True):
                     if text is None:
                         continue
                     try:
@@ -568,28 +301,28 @@ class RedisStorage:
 
     async def acquire(self, key: str, owner: str, ttl_s: float) -> bool:
         with self._errors("acquire"):
-            taken = await self._acquire(keys=[self.keys.uniq(key)], args=[owner, _ms(ttl_s)])
+            taken = await self._script("ACQUIRE", [self.keys.uniq(key)], [owner, _ms(ttl_s)])
         return bool(taken)
 
     async def release(self, key: str, owner: str) -> bool:
         with self._errors("release"):
-            return bool(await self._release(keys=[self.keys.uniq(key)], args=[owner]))
+            return bool(await self._script("RELEASE", [self.keys.uniq(key)], [owner]))
 
     async def holder(self, key: str) -> str | None:
         with self._errors("holder"):
-            holder: str | None = await self._redis.get(self.keys.uniq(key))
+            holder: str | None = await (await self._redis()).get(self.keys.uniq(key))
             return holder
 
     # --- locks with expiry --------------------------------------------------------------------
 
     async def lock(self, key: str, token: str, timeout_s: float | None) -> bool:
         with self._errors("lock"):
-            taken = await self._lock(keys=[self.keys.lock(key)], args=[token, _ms(timeout_s)])
+            taken = await self._script("LOCK", [self.keys.lock(key)], [token, _ms(timeout_s)])
         return bool(taken)
 
     async def unlock(self, key: str, token: str) -> UnlockResult:
         with self._errors("unlock"):
-            result = await self._unlock(keys=[self.keys.lock(key)], args=[token])
+            result = await self._script("UNLOCK", [self.keys.lock(key)], [token])
         if result == "released":
             return "released"
         if result == "expired":
@@ -598,12 +331,12 @@ class RedisStorage:
 
     async def lock_holder(self, key: str) -> str | None:
         with self._errors("lock_holder"):
-            holder: str | None = await self._lock_holder(keys=[self.keys.lock(key)])
+            holder: str | None = await self._script("LOCK_HOLDER", [self.keys.lock(key)])
         return holder
 
     async def force_unlock(self, key: str) -> bool:
         with self._errors("force_unlock"):
-            return bool(await self._redis.delete(self.keys.lock(key)))
+            return bool(await (await self._redis()).delete(self.keys.lock(key)))
 
     # --- wake-up commands (pub/sub) ---------------------------------------------------------------
 
@@ -612,10 +345,31 @@ class RedisStorage:
 
         Pub/sub is at most once: 0 means no node listens now. The job must already be in
         storage in the state wanted, so a node that was away still finds it when it resumes.
+        On a cluster the channel is sharded (SPUBLISH to the master of the node's slot).
         """
+        channel = self.keys.commands(node)
         with self._errors("send_command"):
-            receivers: int = await self._redis.publish(self.keys.commands(node), job_id)
+            client = await self._redis()
+            if is_cluster(client):
+                receivers: int = await client.spublish(channel, job_id)
+            else:
+                receivers = await client.publish(channel, job_id)
         return receivers
+
+    async def _subscribe(self, channel: str) -> Any:
+        """A pub/sub connection subscribed to `channel` (on its slot's master on a cluster)."""
+        client = await self._redis()
+        if not is_cluster(client):
+            pubsub = client.pubsub()
+            await pubsub.subscribe(channel)
+            return pubsub
+        owner = client.get_node_from_key(channel)
+        url = with_address(self._url, owner.host, owner.port)
+        plain: aredis.Redis[str] = aredis.Redis.from_url(url, **self._options)
+        pubsub = plain.pubsub()
+        pubsub.owner = plain  # closed with it (see `_unsubscribe`)
+        await pubsub.ssubscribe(channel)
+        return pubsub
 
     async def commands(self, node: str, *, resync: bool = False) -> AsyncGenerator[str, None]:
         """Job ids published for `node` (by `send_command`), as they come; no polling.
@@ -624,15 +378,16 @@ class RedisStorage:
         away it resubscribes by itself, with a backoff from 50 ms doubling up to 2 s, logging
         at warning; it never raises anything but CancelledError. Commands sent while it was
         away are lost; with `resync=True` it yields `RESYNC` ("", never a job id) after each
-        resubscription, so the caller can look at storage for jobs it missed.
+        resubscription, so the caller can look at storage for jobs it missed. On a cluster
+        each resubscription asks the slot map again (a failover moves the channel's master).
         """
         channel = self.keys.commands(node)
         delay = _COMMANDS_BACKOFF_MIN_S
         subscribed_before = False
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub: Any = None
             try:
-                await pubsub.subscribe(channel)
+                pubsub = await self._subscribe(channel)
                 async with contextlib.aclosing(_listen(pubsub)) as events:
                     async for job_id in events:
                         if job_id is not None:
@@ -646,7 +401,7 @@ class RedisStorage:
                             if resync:
                                 yield RESYNC
                         subscribed_before = True
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (redis.exceptions.RedisError, OSError, StorageError) as exc:
                 logger.warning(
                     "commands of node %s: redis unreachable (%s): %s; resubscribing in %.2fs",
                     node,
@@ -659,8 +414,8 @@ class RedisStorage:
                 # listener must outlive it), but loudly, with the traceback.
                 logger.exception("commands of node %s: subscription failed", node)
             finally:
-                with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    await _unsubscribe(pubsub)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _COMMANDS_BACKOFF_MAX_S)
 
@@ -668,8 +423,18 @@ class RedisStorage:
         if self._closed:
             return
         self._closed = True
-        with self._errors("aclose"):
-            await self._redis.aclose()
+        client, self._client = self._client, None
+        if client is not None:
+            with self._errors("aclose"):
+                await client.aclose()
+
+
+async def _unsubscribe(pubsub: Any) -> None:
+    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        await pubsub.aclose()
+        owner = getattr(pubsub, "owner", None)
+        if owner is not None:
+            await owner.aclose()
 
 
 async def _listen(pubsub: Any) -> AsyncGenerator[str | None, None]:
@@ -694,26 +459,7 @@ async def _listen(pubsub: Any) -> AsyncGenerator[str | None, None]:
         if not isinstance(response, list) or len(response) != 3:
             continue  # PING's reply
         kind, _, data = response
-        if kind == "message" and isinstance(data, str) and data:
+        if kind in ("message", "smessage") and isinstance(data, str) and data:
             yield data
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             yield None
-
-
-def _pack_job(job: JobRecord) -> bytes:
-    try:
-        fields = encode_job(job)
-    except (TypeError, ValueError) as exc:
-        raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc
-    flat = [job.id]
-    for item in fields.items():
-        flat += item
-    packed: bytes = msgpack.packb(flat)
-    return packed
-
-
-def _record_json(job: JobRecord) -> str:
-    try:
-        return dump_json(job.to_dict())  # extras included; from_dict files them back
-    except (TypeError, ValueError) as exc:
-        raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc

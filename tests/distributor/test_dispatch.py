@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.job import JobRecord
@@ -501,3 +505,70 @@ def test_a_large_queue_drains_completely_in_order() -> None:
     order = [(r.priority, seq) for _, r, seq in out]
     assert order == sorted(order)
     assert len(dispatcher) == 0
+
+
+# --- node choice among many nodes (heaps, not a scan) ----------------------------------------
+
+
+def reference_choice(
+    nodes: dict[int, tuple[str, frozenset[str], int]], record: JobRecord, strict: bool
+) -> int | None:
+    """The rules by brute force: the named node first, then the most credit among the nodes
+    that declared the name (everyone if none did), the first connected on a tie; not_node never."""
+    live = {key: n for key, n in nodes.items() if n[2] > 0 and n[0] != record.not_node}
+    if record.node is not None and record.node != record.not_node:
+        named = [key for key, n in live.items() if n[0] == record.node]
+        if named:
+            return max(named, key=lambda key: (live[key][2], -key))
+    if record.node is not None and strict:
+        return None
+    declared = any(record.name in n[1] for n in nodes.values())
+    eligible = [key for key, n in live.items() if not declared or record.name in n[1]]
+    return max(eligible, key=lambda key: (live[key][2], -key)) if eligible else None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["grant", "job", "drop", "connect"]),
+            st.integers(0, 30),
+            st.integers(0, 5),
+            st.sampled_from(["echo", "mail", "nobody-knows"]),
+            st.booleans(),
+        ),
+        max_size=120,
+    ),
+    st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_choice_among_many_nodes_matches_the_rules(ops: list[Any], strict: bool) -> None:
+    dispatcher = Dispatcher(strict_node=strict)
+    model: dict[int, tuple[str, frozenset[str], int]] = {}
+    declared = [frozenset({"echo"}), frozenset({"echo", "mail"}), frozenset({"mail"})]
+    for key in range(31):
+        names = declared[key % 3]
+        model[key] = (f"n{key % 25}", names, key % 4)  # some names shared by two connections
+        dispatcher.add_node(key, model[key][0], sorted(names), credits=key % 4)
+    for step, (op, key, amount, name, pin) in enumerate(ops):
+        if op == "grant" and key in model:
+            dispatcher.grant(key, amount)
+            model[key] = (*model[key][:2], model[key][2] + amount)
+        elif op == "drop" and key in model:
+            dispatcher.remove_node(key)
+            del model[key]
+        elif op == "connect" and key not in model:
+            model[key] = (f"n{key}", declared[amount % 3], amount)
+            dispatcher.add_node(key, f"n{key}", sorted(declared[amount % 3]), credits=amount)
+        elif op == "job":
+            record = job(
+                f"j{step}", name, node=f"n{key}" if pin else None, not_node=f"n{amount * 5}"
+            )
+            expected = reference_choice(model, record, strict)
+            dispatcher.add(record)
+            out = dispatcher.assign()
+            if expected is None:
+                assert out == []
+                dispatcher.remove(record.id)
+            else:
+                assert [(k, r.id) for k, r, _ in out] == [(expected, record.id)]
+                model[expected] = (*model[expected][:2], model[expected][2] - 1)

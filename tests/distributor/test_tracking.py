@@ -18,7 +18,10 @@ def test_issue_records_the_job_and_returns_a_lease() -> None:
     lease = tracker.issue(record, CONN1, "w1", seq=5)
     entry = tracker.get("j1")
     assert isinstance(entry, InFlight)
-    assert entry.job is record
+    # Kept packed, not as the record: rebuilt equal, a copy each time.
+    assert entry.job == record
+    assert entry.job is not record
+    assert (entry.job_id, entry.name, entry.periodic) == ("j1", "echo", False)
     assert (entry.lease, entry.conn, entry.node, entry.seq) == (lease, CONN1, "w1", 5)
     assert entry.acked is False
     assert entry.cancel_requested is False
@@ -136,7 +139,7 @@ def test_detach_returns_unacked_jobs_and_keeps_acked_ones_for_a_durable_node() -
     tracker = Tracker()
     unacked, acked = two_jobs_on_conn1(tracker)
     requeue = tracker.detach(CONN1, keep_acked=True)
-    assert [e.job.id for e in requeue] == ["unacked"]
+    assert [e.job_id for e in requeue] == ["unacked"]
     assert requeue[0].seq == 1  # the original FIFO place travels with it
     assert tracker.get("unacked") is None
     kept = tracker.get("acked")
@@ -150,7 +153,7 @@ def test_detach_returns_unacked_jobs_and_keeps_acked_ones_for_a_durable_node() -
     assert tracker.check_report(CONN1, "unacked", unacked) is None
     assert tracker.ack(CONN1, unacked) is None
     # Other connections are untouched.
-    assert [e.job.id for e in tracker.jobs_on(CONN2)] == ["elsewhere"]
+    assert [e.job_id for e in tracker.jobs_on(CONN2)] == ["elsewhere"]
     assert len(tracker) == 2
 
 
@@ -159,7 +162,7 @@ def test_detach_returns_acked_jobs_too_for_a_memory_node() -> None:
     tracker = Tracker()
     two_jobs_on_conn1(tracker)
     requeue = tracker.detach(CONN1, keep_acked=False)
-    assert sorted(e.job.id for e in requeue) == ["acked", "unacked"]
+    assert sorted(e.job_id for e in requeue) == ["acked", "unacked"]
     assert tracker.get("acked") is None
     assert tracker.get("unacked") is None
     assert tracker.orphans_of("w1") == []

@@ -80,8 +80,8 @@ async def gone(plain: redis.Redis[str], channel: str, within: float = 5.0) -> No
 
 
 @pytest.fixture
-def monitor(redis_server: RedisServer, prefix: str) -> Iterator[RedisMonitor]:
-    with RedisMonitor(redis_server.url, prefix=prefix) as mon:
+def monitor(redis_storage: RedisStorage, prefix: str) -> Iterator[RedisMonitor]:
+    with RedisMonitor(redis_storage._url, prefix=prefix) as mon:
         yield mon
 
 
@@ -92,10 +92,8 @@ async def test_send_command_without_listener_reaches_nobody(redis_storage: Redis
     assert await redis_storage.send_command("w1", "job-1") == 0
 
 
-async def test_commands_round_trip_in_order(
-    redis_storage: RedisStorage, redis_server: RedisServer, prefix: str
-) -> None:
-    sender = RedisStorage(redis_server.url, prefix=prefix)  # another process, in effect
+async def test_commands_round_trip_in_order(redis_storage: RedisStorage, prefix: str) -> None:
+    sender = RedisStorage(redis_storage._url, prefix=prefix)  # another process, in effect
     try:
         async with listening(redis_storage, "w1") as listener:
             assert await until_subscribed(sender, "w1", "first") == 1
@@ -108,9 +106,9 @@ async def test_commands_round_trip_in_order(
 
 
 async def test_commands_are_per_node_and_per_prefix(
-    redis_storage: RedisStorage, redis_server: RedisServer, prefix: str
+    redis_storage: RedisStorage, prefix: str
 ) -> None:
-    other_prefix = RedisStorage(redis_server.url, prefix=prefix + "-other")
+    other_prefix = RedisStorage(redis_storage._url, prefix=prefix + "-other")
     try:
         async with listening(redis_storage, "w1") as w1, listening(redis_storage, "w2") as w2:
             await until_subscribed(redis_storage, "w1", "for-w1")
@@ -126,24 +124,26 @@ async def test_commands_are_per_node_and_per_prefix(
 
 
 async def test_channel_shares_the_hash_tag(
-    redis_storage: RedisStorage, redis_server: RedisServer, prefix: str
+    single_storage: RedisStorage, redis_server: RedisServer, prefix: str
 ) -> None:
     """External tools can wake a node with a plain PUBLISH on the documented channel."""
-    assert redis_storage.keys.commands("w1") == f"{{{prefix}}}:node:w1:commands"
+    redis_storage = single_storage
+    assert redis_storage.keys.commands("w1") == f"{{{prefix}:n:w1}}:commands"
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         async with listening(redis_storage, "w1") as listener:
             await until_subscribed(redis_storage, "w1", "warm-up")
             assert await listener.next() == "warm-up"
-            assert plain.publish(f"{{{prefix}}}:node:w1:commands", "by-hand") == 1
+            assert plain.publish(f"{{{prefix}:n:w1}}:commands", "by-hand") == 1
             assert await listener.next() == "by-hand"
     finally:
         plain.close()
 
 
 async def test_stopping_the_consumer_unsubscribes(
-    redis_storage: RedisStorage, redis_server: RedisServer
+    single_storage: RedisStorage, redis_server: RedisServer
 ) -> None:
+    redis_storage = single_storage
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
     channel = redis_storage.keys.commands("w1")
     try:

@@ -18,6 +18,7 @@ from jobreactor.errors import ConfigError, StorageError, StorageUnavailable
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.monitor import RedisMonitor
 from jobreactor.storage import open_storage
+from jobreactor.storage.connect import open_sync
 from jobreactor.storage.redis import RedisStorage
 from tests.redis_server import RedisServer
 from tests.storage.test_contract import full_record, rec
@@ -32,21 +33,21 @@ SPEC_FIELDS = [
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis[str]]:
-    """A plain sync client: what an external tool sees."""
-    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def client(any_redis_url: str) -> Iterator[redis.Redis[str]]:
+    """A sync client (a cluster client on the cluster): what an external tool sees."""
+    plain: redis.Redis[str] = open_sync(any_redis_url, "test", {"decode_responses": True})
     yield plain
     plain.close()
 
 
 @pytest.fixture
-def monitor(redis_server: RedisServer, prefix: str) -> Iterator[RedisMonitor]:
-    with RedisMonitor(redis_server.url, prefix=prefix) as mon:
+def monitor(any_redis_url: str, prefix: str) -> Iterator[RedisMonitor]:
+    with RedisMonitor(any_redis_url, prefix=prefix) as mon:
         yield mon
 
 
 def all_keys(client: redis.Redis[str], prefix: str) -> list[str]:
-    return sorted(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+    return sorted(client.scan_iter(match=f"{{{prefix}*", count=1000))
 
 
 # --- layout and readability --------------------------------------------------------------------
@@ -55,29 +56,34 @@ def all_keys(client: redis.Redis[str], prefix: str) -> list[str]:
 async def test_key_layout(
     redis_storage: RedisStorage, client: redis.Redis[str], prefix: str
 ) -> None:
-    tag = f"{{{prefix}}}"
+    p = prefix
     await redis_storage.save_many("w1", [rec("a"), rec("b")])
+    await redis_storage.save_many("w2", [rec("c")])
     await redis_storage.queue_save("dist", [rec("q")])
     await redis_storage.acquire("enqueue:x", "a", 60)
     await redis_storage.lock("lock:echo:{}", "tok", 60)
     assert all_keys(client, prefix) == sorted(
         [
-            f"{tag}:job:w1:a",
-            f"{tag}:job:w1:b",
-            f"{tag}:node:w1:jobs",
-            f"{tag}:nodes",
-            f"{tag}:queue:dist:jobs",
-            f"{tag}:queue:dist:order",
-            f"{tag}:queue:dist:seq",
-            f"{tag}:uniq:enqueue:x",
-            f"{tag}:lock:lock:echo:{{}}",
+            f"{{{p}:n:w1}}:job:a",
+            f"{{{p}:n:w1}}:job:b",
+            f"{{{p}:n:w1}}:jobs",
+            f"{{{p}:n:w2}}:job:c",
+            f"{{{p}:n:w2}}:jobs",
+            f"{{{p}}}:nodes",
+            f"{{{p}:q:dist}}:jobs",
+            f"{{{p}:q:dist}}:order",
+            f"{{{p}:q:dist}}:seq",
+            f"{{{p}:u:enqueue:x}}",
+            f"{{{p}:l:lock:echo:{{}}}}",
         ]
     )
-    assert client.smembers(f"{tag}:node:w1:jobs") == {"a", "b"}
-    assert client.smembers(f"{tag}:nodes") == {"w1"}
-    # One hash tag on everything: every key maps to the same Redis Cluster slot.
-    slots = {key_slot(key.encode()) for key in all_keys(client, prefix)}
-    assert len(slots) == 1
+    assert client.smembers(f"{{{p}:n:w1}}:jobs") == {"a", "b"}
+    assert client.smembers(f"{{{p}}}:nodes") == {"w1", "w2"}
+    # One hash tag per owner: a node's keys share a slot, different owners spread out.
+    slots = {key: key_slot(key.encode()) for key in all_keys(client, prefix)}
+    assert slots[f"{{{p}:n:w1}}:job:a"] == slots[f"{{{p}:n:w1}}:jobs"]
+    assert slots[f"{{{p}:q:dist}}:jobs"] == slots[f"{{{p}:q:dist}}:seq"]
+    assert len(set(slots.values())) > 3
     assert len(all_keys(client, prefix + "x")) == 0
 
 
@@ -85,7 +91,7 @@ async def test_records_are_readable_by_external_tools(
     redis_storage: RedisStorage, client: redis.Redis[str], prefix: str
 ) -> None:
     await redis_storage.save_many("w1", [full_record("j1", "w1")])
-    stored = client.hgetall(f"{{{prefix}}}:job:w1:j1")
+    stored = client.hgetall(f"{{{prefix}:n:w1}}:job:j1")
     assert set(SPEC_FIELDS) <= set(stored)
     args = json.loads(stored["args"])
     assert args["to"] == "a@example.org"
@@ -99,7 +105,7 @@ async def test_records_are_readable_by_external_tools(
     assert json.loads(stored["from_newer_peer"]) == {"k": [1, 2]}  # extras: JSON fields
     # A fresh job: the SPEC fields that have a value are all there, None ones are absent.
     await redis_storage.save_many("w1", [JobRecord(id="j2", name="echo", args={})])
-    fresh = client.hgetall(f"{{{prefix}}}:job:w1:j2")
+    fresh = client.hgetall(f"{{{prefix}:n:w1}}:job:j2")
     assert fresh == {
         "id": "j2",
         "name": "echo",
@@ -118,11 +124,11 @@ async def test_a_hand_written_record_loads(
 ) -> None:
     """Another tool (or the Ruby gem's field set) writes a job; we read it with types."""
     client.hset(
-        f"{{{prefix}}}:job:w1:77",
+        f"{{{prefix}:n:w1}}:job:77",
         mapping={"name": "echo", "args": '{"a": 1}', "attempt": "1.0", "period": "5",
                  "defer": "true", "status": "error", "weird": "not json"},
     )  # fmt: skip
-    client.sadd(f"{{{prefix}}}:node:w1:jobs", "77")
+    client.sadd(f"{{{prefix}:n:w1}}:jobs", "77")
     loaded = await redis_storage.load("w1", "77")
     assert loaded is not None
     assert (loaded.id, loaded.args, loaded.attempt, loaded.period) == ("77", {"a": 1}, 1, 5.0)
@@ -135,8 +141,8 @@ async def test_a_malformed_record_is_a_storage_error_and_skipped_by_jobs_for(
     redis_storage: RedisStorage, client: redis.Redis[str], prefix: str
 ) -> None:
     await redis_storage.save_many("w1", [rec("good")])
-    client.hset(f"{{{prefix}}}:job:w1:bad", mapping={"name": "x", "attempt": "many"})
-    client.sadd(f"{{{prefix}}}:node:w1:jobs", "bad")
+    client.hset(f"{{{prefix}:n:w1}}:job:bad", mapping={"name": "x", "attempt": "many"})
+    client.sadd(f"{{{prefix}:n:w1}}:jobs", "bad")
     with pytest.raises(StorageError, match=r"bad.*attempt"):
         await redis_storage.load("w1", "bad")
     assert [job.id for job in await redis_storage.jobs_for("w1")] == ["good"]
@@ -147,16 +153,16 @@ async def test_lock_value_carries_token_and_redis_expiry(
 ) -> None:
     server_ms = int(client.time()[0]) * 1000
     await redis_storage.lock("L", "tok", 60)
-    value = client.get(f"{{{prefix}}}:lock:L")
+    value = client.get(f"{{{prefix}:l:L}}")
     assert value is not None
     match = re.fullmatch(r"tok:(\d+)", value)
     assert match is not None
     assert server_ms + 58_000 < int(match.group(1)) < server_ms + 62_000
     # Kept past its expiry (so unlock can still answer "expired"), not forever.
-    assert client.pttl(f"{{{prefix}}}:lock:L") > 60_000
+    assert client.pttl(f"{{{prefix}:l:L}}") > 60_000
     await redis_storage.lock("forever", "tok", None)
-    assert client.get(f"{{{prefix}}}:lock:forever") == "tok:0"
-    assert client.pttl(f"{{{prefix}}}:lock:forever") == -1
+    assert client.get(f"{{{prefix}:l:forever}}") == "tok:0"
+    assert client.pttl(f"{{{prefix}:l:forever}}") == -1
 
 
 async def test_lock_expiry_uses_the_redis_clock(
@@ -164,11 +170,11 @@ async def test_lock_expiry_uses_the_redis_clock(
 ) -> None:
     """An expiry in the past on Redis's clock is expired, whatever the client's clock says."""
     seconds, _ = client.time()
-    client.set(f"{{{prefix}}}:lock:L", f"old:{(int(seconds) - 40) * 1000}")
+    client.set(f"{{{prefix}:l:L}}", f"old:{(int(seconds) - 40) * 1000}")
     assert await redis_storage.lock_holder("L") is None
     assert await redis_storage.unlock("L", "old") == "expired"
     assert await redis_storage.lock("L", "new", 60)
-    client.set(f"{{{prefix}}}:lock:plain", "true")  # resque-lock style value: held, no expiry
+    client.set(f"{{{prefix}:l:plain}}", "true")  # resque-lock style value: held, no expiry
     assert await redis_storage.lock_holder("plain") == "true"
     assert await redis_storage.lock("plain", "new", 60) is False
 
@@ -180,15 +186,15 @@ async def test_a_retried_claim_gets_the_same_jobs(redis_storage: RedisStorage) -
     """
     await redis_storage.save_many("gone", [rec("a"), rec("b")])
     keys = redis_storage.keys
-    script_keys = [keys.index("gone"), keys.claim("token:0"), keys.job("gone", "a")]
+    script_keys = [keys.index("gone"), keys.claim("gone", "token:0"), keys.job("gone", "a")]
     script_keys.append(keys.job("gone", "b"))
-    first = await redis_storage._claim(keys=script_keys, args=["a", "b"])
-    again = await redis_storage._claim(keys=script_keys, args=["a", "b"])
+    first = await redis_storage._script("CLAIM", script_keys, ["a", "b"])
+    again = await redis_storage._script("CLAIM", script_keys, ["a", "b"])
     assert [first[0], first[2]] == ["a", "b"]
     assert again == first
     assert await redis_storage.jobs_for("gone") == []
-    other_token = [keys.index("gone"), keys.claim("token2:0"), *script_keys[2:]]
-    assert await redis_storage._claim(keys=other_token, args=["a", "b"]) == []
+    other_token = [keys.index("gone"), keys.claim("gone", "token2:0"), *script_keys[2:]]
+    assert await redis_storage._script("CLAIM", other_token, ["a", "b"]) == []
 
 
 async def test_the_source_never_uses_keys() -> None:
@@ -201,14 +207,14 @@ async def test_the_source_never_uses_keys() -> None:
 
 
 async def test_open_storage_builds_redis_with_a_prefix(
-    redis_server: RedisServer, client: redis.Redis[str], prefix: str
+    any_redis_url: str, client: redis.Redis[str], prefix: str
 ) -> None:
-    store = open_storage("redis", redis_server.url, prefix=prefix)
+    store = open_storage("redis", any_redis_url, prefix=prefix)
     try:
         assert isinstance(store, RedisStorage)
         assert (store.kind, store.durable) == ("redis", True)
         await store.save_many("w1", [rec("a")])
-        assert client.exists(f"{{{prefix}}}:job:w1:a") == 1
+        assert client.exists(f"{{{prefix}:n:w1}}:job:a") == 1
     finally:
         await store.aclose()
 
@@ -291,7 +297,7 @@ def test_monitor_with_redis_down_is_storage_unavailable(own_redis_server: RedisS
 def write_ruby_style_record(client: redis.Redis[str], prefix: str, node: str, job_id: str) -> None:
     """The hand-written record of the Ruby RedisMonitor spec, as a tool would HSET it."""
     client.hset(
-        f"{{{prefix}}}:job:{node}:{job_id}",
+        f"{{{prefix}:n:{node}}}:job:{job_id}",
         mapping={
             "id": job_id, "name": "ruby_job", "args": json.dumps({"arg1": 1}),
             "last_error": "error", "run_at": "1", "failed_at": "2", "attempt": "1",
@@ -299,7 +305,7 @@ def write_ruby_style_record(client: redis.Redis[str], prefix: str, node: str, jo
             "on_success": "succ-1", "on_error": "err-1", "defer": "false",
         },
     )  # fmt: skip
-    client.sadd(f"{{{prefix}}}:node:{node}:jobs", job_id)
+    client.sadd(f"{{{prefix}:n:{node}}}:jobs", job_id)
     client.sadd(f"{{{prefix}}}:nodes", node)
 
 

@@ -1,0 +1,189 @@
+"""The Redis record codec: a JobRecord as hash fields readable by any tool (SPEC 1.13).
+
+Shared by RedisStorage and RedisMonitor: SPEC 1.13 field names (+ every other non-default
+JobRecord field), args and extras as JSON, numbers as text, bools "true"/"false"; a None field
+is absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import operator
+import types
+import typing
+from dataclasses import fields
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import msgpack
+
+from jobreactor.errors import StorageError
+from jobreactor.job import FINISHED_STATUSES, JobRecord
+
+# SPEC 1.13 ATTRS that are always written, default or not, so external tools find them.
+_ALWAYS: Final = frozenset(
+    {"id", "name", "args", "attempt", "period", "make_after", "status", "distributor", "defer"}
+)
+
+
+def _kind(hint: Any) -> str:
+    """Codec of one JobRecord field from its type: bool, int, float, str (or Optional), json."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = set(typing.get_args(hint)) - {type(None)}
+        hint = options.pop() if len(options) == 1 else None
+    names: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+    return names.get(hint, "json")
+
+
+_HINTS: Final = typing.get_type_hints(JobRecord)
+_FIELDS: Final = tuple(
+    (f.name, _kind(_HINTS[f.name]), f.default, f.name in _ALWAYS)
+    for f in fields(JobRecord)
+    if f.name != "extra"
+)
+FIELD_KINDS: Final[dict[str, str]] = {name: kind for name, kind, _, _ in _FIELDS}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not storable (use JSON/msgpack types)")
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "__bytes__" in obj and isinstance(obj["__bytes__"], str):
+        return base64.b64decode(obj["__bytes__"])
+    return obj
+
+
+# One encoder, built once: json.dumps with options builds a new one on every call.
+_JSON: Final = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def dump_json(value: Any) -> str:
+    """JSON readable by any tool; bytes become {"__bytes__": "<base64>"}."""
+    return _JSON.encode(value)
+
+
+def load_json(text: str) -> Any:
+    return json.loads(text, object_hook=_json_hook)
+
+
+def _bool_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+_ENCODERS: Final[dict[str, Any]] = {
+    "str": str,
+    "bool": _bool_text,
+    "int": lambda value: str(int(value)),
+    "float": lambda value: repr(float(value)),
+    "json": dump_json,
+}
+# (name, encoder, default, always) per field, and every field's value in one C call.
+_PLAN: Final = tuple(
+    (name, _ENCODERS[kind], default, always) for name, kind, default, always in _FIELDS
+)
+_VALUES: Final = operator.attrgetter(*(name for name, _, _, _ in _FIELDS))
+
+
+def encode_job(job: JobRecord) -> dict[str, str]:
+    """The hash fields of one job: SPEC 1.13 names, every non-default field, extras as JSON.
+
+    A field that is None is left out (absent means None), so `""` and None stay distinct.
+    """
+    out: dict[str, str] = {}
+    for (name, encode, default, always), value in zip(_PLAN, _VALUES(job), strict=True):
+        if value is None or (not always and value == default):
+            continue
+        out[name] = encode(value)
+    if job.extra:
+        for key, value in job.extra.items():
+            if key not in FIELD_KINDS:
+                out[key] = dump_json(value)
+    return out
+
+
+_TRUE: Final = frozenset({"true", "1", "yes", "True", "TRUE"})
+
+
+def _decode_value(kind: str, text: str) -> Any:
+    if kind == "str":
+        return text
+    if kind == "bool":
+        return text in _TRUE
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            return int(float(text))  # "1.0" written by hand
+    if kind == "float":
+        return float(text)
+    return load_json(text)
+
+
+def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
+    """Hash fields -> the dict `JobRecord.from_dict` takes (typed values, extras as keys).
+
+    Raises ValueError for a value that doesn't parse as its field's type.
+    """
+    out: dict[str, Any] = {}
+    for key, text in raw.items():
+        kind = FIELD_KINDS.get(key)
+        if kind is None:  # an extra, written by us as JSON (or by hand as plain text)
+            try:
+                out[key] = load_json(text)
+            except ValueError:
+                out[key] = text
+            continue
+        try:
+            out[key] = _decode_value(kind, text)
+        except ValueError as exc:
+            raise ValueError(f"field {key!r}={text!r} is not a valid {kind}: {exc}") from None
+    return out
+
+
+def decode_job(job_id: str, raw: dict[str, str]) -> JobRecord:
+    """One stored hash as a record; `id`/`name`/`args` default sensibly if a tool left them out."""
+    data = decode_fields(raw)
+    data.setdefault("id", job_id)
+    data.setdefault("name", "")
+    data.setdefault("args", {})
+    return JobRecord.from_dict(data)
+
+
+def is_unfinished(raw_status: str | None) -> bool:
+    return raw_status not in FINISHED_STATUSES
+
+
+def redact_url(url: str) -> str:
+    """The url without its password, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable redis url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def pack_job(job: JobRecord) -> bytes:
+    try:
+        fields = encode_job(job)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc
+    flat = [job.id]
+    for item in fields.items():
+        flat += item
+    packed: bytes = msgpack.packb(flat)
+    return packed
+
+
+def record_json(job: JobRecord) -> str:
+    try:
+        return dump_json(job.to_dict())  # extras included; from_dict files them back
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc
