@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 100000; 5000 with --quick)")  # fmt: skip
     parser.add_argument("--storage", choices=["memory", "redis", "both"], default="both",
                         help="node storage to measure (default both)")  # fmt: skip
+    parser.add_argument("--distributor-storage", choices=["memory", "redis"], default="memory",
+                        help="the in-process distributor's storage (redis: it journals every "
+                        "job; default memory)")  # fmt: skip
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of: {','.join(WORKLOADS)}")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=100, help="node concurrency")
@@ -108,6 +111,7 @@ def run_one(ctx: Context, name: str, storage: str) -> tuple[Figs, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = Params.build(args.quick, args.n, args.concurrency)
+    params.distributor_storage = args.distributor_storage
     storages = ["memory", "redis"] if args.storage == "both" else [args.storage]
     started = dt.datetime.now().astimezone()
     console = Console(stderr=True)
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         **{k: getattr(params, k) for k in params.__slots__},  # type: ignore[attr-defined]
         "storage": storages,
         "only": args.only,
-        "distributor_storage": "memory",
+        "distributor_storage": args.distributor_storage,
         "node_processes": "python -m jobreactor node --config <toml>",
     }
     path = write_json(args.results_dir, started, parameters, all_figs, extra)

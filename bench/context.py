@@ -45,6 +45,7 @@ class Params:
     spread_s: float
     memory_jobs: int  # pending delayed jobs for the RSS figure
     idle_s: float  # idle CPU window
+    distributor_storage: str = "memory"  # redis: the distributor journals every job
 
     @classmethod
     def build(cls, quick: bool, n: int | None, concurrency: int) -> Params:
@@ -146,7 +147,8 @@ class Context:
 
     def cluster(self, storage: str, label: str, nodes: int = 1) -> Cluster:
         """A started cluster for one workload; close it (it is a context manager)."""
-        redis = self.redis() if storage == "redis" else self.redis_or_reason()[0]
+        durable = storage == "redis" or self.params.distributor_storage == "redis"
+        redis = self.redis() if durable else self.redis_or_reason()[0]
         with self._open_lock:
             self._clusters_made += 1
             serial = self._clusters_made
@@ -213,6 +215,7 @@ class _TrackedCluster(Cluster):
         redis_db: int,
     ) -> None:
         super().__init__(workdir, storage, ctx.params.concurrency, redis, label, redis_db)
+        self.distributor_storage = ctx.params.distributor_storage
         self._ctx = ctx
 
     def close(self) -> None:

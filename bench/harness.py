@@ -374,6 +374,7 @@ class Cluster:
         self.nodes: list[NodeProcess] = []
         self.reactor: Any = None
         self.address: tuple[str, int] | None = None
+        self.distributor_storage = "memory"
 
     def __enter__(self) -> Cluster:
         return self
@@ -384,16 +385,23 @@ class Cluster:
     def start(self, n_nodes: int = 1) -> Cluster:
         from jobreactor import Reactor
 
-        if self.storage == "redis" and self.redis is not None:
+        journal = self.distributor_storage == "redis" and self.redis is not None
+        if (self.storage == "redis" or journal) and self.redis is not None:
             self.redis.flushdb(self.redis_db)  # no node may resume a previous run's jobs
         reactor = Reactor()
         reactor.config.update(
             log_job_processing=False, logger_method="WARNING", shutdown_timeout=5.0
         )
+        if journal:
+            assert self.redis is not None
+            reactor.config.update(hiredis_url=self.redis.url(self.redis_db))
         self.reactor = reactor
         bounded(reactor.run, 30, "Reactor.run()")
+        storage = "redis" if journal else "memory"
         host, port = bounded(
-            lambda: reactor.start_distributor("127.0.0.1", 0), 15, "start_distributor"
+            lambda: reactor.start_distributor("127.0.0.1", 0, storage=storage),
+            15,
+            "start_distributor",
         )
         self.address = (str(host), int(port))
         for _ in range(n_nodes):

@@ -142,7 +142,7 @@ def test_decode_range_checks_cover_every_counted_field() -> None:
         [6, [], 2**63],  # Ack credits
         [7, -1, "x"],  # Nack lease
         [9, 2**63],  # ReportsAck
-        [15, [["j", 2**63]], True],  # Held lease
+        [15, [["j", 2**63]], True, ""],  # Held lease
         [5, [[2**63, {"id": "j", "name": "n", "args": {}}]]],  # Jobs lease
     ]
     for body in cases:

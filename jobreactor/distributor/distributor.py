@@ -222,6 +222,8 @@ class Distributor(Recovery):
     async def _leave_and_close(self, *, journal_empty: bool) -> None:
         if self.presence is not None:  # leave first: nodes must not redial us
             await self.presence.stop(journal_empty=journal_empty)
+        if self.journal is not None:  # the reports' removals stored: acknowledge them (Bye)
+            await self.journal.durable(timeout=2.0)
         for session in list(self._sessions.values()):
             session.goodbye("distributor stopping")
 
@@ -393,6 +395,8 @@ class Distributor(Recovery):
         takeover = self._takeovers.pop(hello.node_name, None)
         if takeover is not None:
             takeover.cancel()
+        if self.tracker.orphans_of(hello.node_name):  # not claimed (yet): node_grace to do so
+            self._arm_takeover(hello.node_name)
         held_now = len(self.tracker.jobs_on(session.key))
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
@@ -481,16 +485,16 @@ class Distributor(Recovery):
         )
 
     def _take_over(self, name: str) -> None:
-        """`name` stayed away past node_grace: its jobs go to other nodes (DESIGN)."""
+        """`name` stayed away past node_grace, or is back without claiming some of the jobs
+        recorded as out on it (it never got them): they go to other nodes (DESIGN)."""
         self._takeovers.pop(name, None)
-        if name in self._by_name:
-            return
         orphans = self.tracker.orphans_of(name)
         if not orphans:
             return
         logger.warning(
-            "node %s stayed away longer than node_grace=%.0fs: %d job(s) taken over",
+            "node %s %s within node_grace=%.0fs: %d job(s) taken over",
             name,
+            "did not claim its jobs" if name in self._by_name else "did not come back",
             self.settings.node_grace,
             len(orphans),
         )
@@ -522,14 +526,11 @@ class Distributor(Recovery):
                     self._requeue(entry)
                 # No credit comes back with a nack: the node grants it again once it can store.
             case Reports():
-                for item in message.items:
-                    self._on_report(session, item)
-                session.ack_reports(message.first_seq + len(message.items) - 1)
+                self._on_reports(session, message)
             case CommandResult():
                 self._on_command_result(session, message)
             case Held():
-                drop = self._take_over_held(session, message.held)
-                session.conn.send(Dropped(drop, message.last))
+                self._on_held(session, message)
             case Return():
                 for job_id in message.job_ids:
                     entry = self.tracker.get(job_id)
@@ -584,6 +585,21 @@ class Distributor(Recovery):
         if self.journal is not None:
             self.journal.unassigned(job)
         self.dispatcher.add(job, seq=entry.seq)
+
+    def _on_reports(self, session: NodeSession, message: Reports) -> None:
+        for item in message.items:
+            self._on_report(session, item)
+        upto = message.first_seq + len(message.items) - 1
+        if self.journal is None:
+            session.ack_reports(upto)
+        else:  # acknowledged once the removals they caused are stored (journal.py)
+            self.journal.when_durable(lambda: session.ack_reports(upto))
+
+    def _on_held(self, session: NodeSession, message: Held) -> None:
+        drop = self._take_over_held(session, message.held)
+        session.conn.send(Dropped(drop, message.last))
+        if message.origin and message.last:
+            self.handed_over(session.node_name, message.origin)
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)

@@ -2,7 +2,9 @@
 
 With redis storage on the distributor, every accepted job is written here before it is
 dispatched (batched: one pipeline per loop tick for every job accepted in it), updated when it
-is sent to a node (which node, which lease), and removed at its final report. If the write
+is sent to a node (which node, which lease), and removed at its final report. A node's reports
+are acknowledged only once that removal is stored (`when_durable`): a report whose removal
+died with this process is sent again by its node, to a restart or to the adopter. If the write
 fails the job is refused, not dispatched: its handle's `accepted()` raises, so "enqueued" always
 means "stored". A restarted distributor reads the journal back: jobs never sent are queued
 again; jobs out on a node wait for that node (node_grace) under the lease it holds. Feedbacks
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +27,9 @@ from jobreactor.storage.base import Storage
 
 logger = logging.getLogger("jobreactor.distributor")
 
+# Tests only: hold every journal write that removes jobs this many seconds, so a test can kill a
+# distributor between a final report and its removal (tests/web/test_adoption_acks.py).
+_TEST_DELAY = float(os.environ.get("JOBREACTOR_TEST_JOURNAL_DELAY") or 0)
 ASSIGNED = "assigned_to"  # extra field: the node a journaled job was sent to
 
 
@@ -44,6 +50,7 @@ class Journal:
         self._admit: list[tuple[JobRecord, JobHandle | None]] = []
         self._save: dict[str, JobRecord] = {}
         self._remove: set[str] = set()
+        self._durable: list[Callable[[], None]] = []  # run once everything before is stored
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -81,6 +88,27 @@ class Journal:
         self._remove.add(job_id)
         self._flush_soon()
 
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every change made so far is stored (after the next write)."""
+        self._durable.append(callback)
+        self._flush_soon()
+
+    async def durable(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until every change made so far is stored."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def stored() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.when_durable(stored)
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+        except TimeoutError:
+            return False
+        return True
+
     def _flush_soon(self) -> None:
         if not self._flushing:
             self._flushing = True
@@ -88,7 +116,7 @@ class Journal:
 
     async def flush(self) -> None:
         try:
-            while self._admit or self._save or self._remove:
+            while self._admit or self._save or self._remove or self._durable:
                 await self._flush_once()
         finally:
             self._flushing = False
@@ -97,27 +125,18 @@ class Journal:
         admit, self._admit = self._admit, []
         save, self._save = self._save, {}
         remove, self._remove = self._remove, set()
+        durable, self._durable = self._durable, []
         try:
+            if _TEST_DELAY and remove:
+                await asyncio.sleep(_TEST_DELAY)
             records = [job for job, _ in admit] + list(save.values())
             if records:
                 await self.storage.queue_save(self.queue, records)
             if remove:
                 await self.storage.queue_remove(self.queue, list(remove))
         except StorageError as exc:
-            logger.error(
-                "distributor journal write failed (%s): %d new job(s) refused; "
-                "check that Redis is reachable",
-                exc,
-                len(admit),
-            )
-            for _, handle in admit:
-                if handle is not None:
-                    handle._stored(exc)
-            if admit:
-                self._on_refused([job for job, _ in admit])
-            for job_id, job in save.items():
-                self._save.setdefault(job_id, job)
-            self._remove.update(remove - self._save.keys())
+            self._failed(exc, admit, save, remove)
+            self._durable[:0] = durable  # acknowledged after the retry stores it
             await asyncio.sleep(self._retry_interval)
             return
         for _, handle in admit:
@@ -125,6 +144,31 @@ class Journal:
                 handle._stored()
         if admit:
             self._on_admitted([job for job, _ in admit])
+        for callback in durable:
+            callback()
+
+    def _failed(
+        self,
+        exc: StorageError,
+        admit: list[tuple[JobRecord, JobHandle | None]],
+        save: dict[str, JobRecord],
+        remove: set[str],
+    ) -> None:
+        """A write failed: refuse the new jobs, keep the updates for the next try."""
+        logger.error(
+            "distributor journal write failed (%s): %d new job(s) refused; "
+            "check that Redis is reachable",
+            exc,
+            len(admit),
+        )
+        for _, handle in admit:
+            if handle is not None:
+                handle._stored(exc)
+        if admit:
+            self._on_refused([job for job, _ in admit])
+        for job_id, job in save.items():
+            self._save.setdefault(job_id, job)
+        self._remove.update(remove - self._save.keys())
 
     async def load(self) -> list[JobRecord]:
         return await self.storage.queue_load(self.queue)

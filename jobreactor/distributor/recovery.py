@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from jobreactor.distributor.dispatch import Dispatcher
     from jobreactor.distributor.presence import Presence
     from jobreactor.distributor.session import NodeSession
-    from jobreactor.distributor.tracking import Tracker
+    from jobreactor.distributor.tracking import InFlight, Tracker
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -48,6 +48,10 @@ class Recovery(Outcomes):
 
         def _arm_takeover(self, name: str) -> None: ...
 
+        def _requeue(self, entry: InFlight) -> None: ...
+
+        def resume_dispatch(self) -> None: ...
+
         def nodes(self) -> list[dict[str, Any]]: ...
 
     @property
@@ -59,7 +63,7 @@ class Recovery(Outcomes):
         """Read back the journal of a previous run at this address (redis storage)."""
         assert self.journal is not None
         jobs = await self.journal.load()
-        out_on = self._take_jobs(jobs, adopted=False)
+        out_on = self._take_jobs(jobs)
         if jobs:
             logger.info(
                 "distributor %s restored %d job(s) from its journal (%d out on nodes)",
@@ -72,14 +76,15 @@ class Recovery(Outcomes):
         """Take the jobs of a dead distributor's journal into ours; how many (Presence)."""
         assert self.journal is not None
         jobs = [job for job in await self.storage.queue_load(queue) if job.id not in self._waiting]
-        self._take_jobs(jobs, adopted=True)
+        self._take_jobs(jobs, origin=owner)
         await self.journal.flush()  # ours now hold them: the old queue can go
         await self.storage.queue_remove(queue, [job.id for job in jobs])
         return len(jobs)
 
-    def _take_jobs(self, jobs: list[JobRecord], *, adopted: bool) -> int:
-        """Jobs read from a journal: queue the unsent, track the ones out on nodes."""
-        out_on = 0
+    def _take_jobs(self, jobs: list[JobRecord], *, origin: str = "") -> int:
+        """Jobs read from a journal (adopted from instance `origin`, or our own): queue the
+        unsent, track the ones out on nodes (each node gets node_grace to claim them)."""
+        out_on, adopted = 0, bool(origin)
         for job in jobs:
             # A feedback id equal to the job id was a closure: gone with the old process.
             success = job.on_success if job.on_success not in (None, job.id) else None
@@ -87,7 +92,8 @@ class Recovery(Outcomes):
             self._waiting[job.id] = Waiting(success, error, None)
             node = assignee(job)
             if isinstance(node, str) and job.lease:
-                self.tracker.adopt_orphan(job, node, job.lease, self.dispatcher.next_seq())
+                seq = self.dispatcher.next_seq()
+                self.tracker.adopt_orphan(job, node, job.lease, seq, origin)
                 out_on += 1
                 if adopted:
                     self.journal.assigned(job, node, job.lease)  # type: ignore[union-attr]
@@ -99,6 +105,23 @@ class Recovery(Outcomes):
         for name in {entry.node for entry in self.tracker.orphans_of_all()}:
             self._arm_takeover(name)
         return out_on
+
+    def handed_over(self, name: str, origin: str) -> None:
+        """Node `name` listed everything it holds from adopted instance `origin` (its last
+        `Held` for it): a job of `origin` still recorded as out on it never reached it (the
+        Jobs frame died with that process). It has not run there: queue it again."""
+        lost = [entry for entry in self.tracker.orphans_of(name) if entry.origin == origin]
+        for entry in lost:
+            self.tracker.forget(entry.job_id)
+            self._requeue(entry)
+        if lost:
+            logger.warning(
+                "node %s never received %d job(s) of adopted distributor %s; queued again",
+                name,
+                len(lost),
+                origin,
+            )
+            self.resume_dispatch()
 
     def fenced(self) -> None:
         """Our journal was adopted (this process stalled past adopt_grace): let go of its jobs.

@@ -242,5 +242,6 @@ class NodeSession:
         self.conn.send(command)
 
     def ack_reports(self, upto_seq: int) -> None:
-        self._report_ack = upto_seq
+        if self._report_ack is None or upto_seq > self._report_ack:
+            self._report_ack = upto_seq
         self.conn.schedule_flush()

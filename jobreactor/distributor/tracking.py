@@ -34,6 +34,7 @@ class InFlight:
     acked: bool = False
     cancel_requested: bool = False
     periodic: bool = False
+    origin: str = ""  # the dead instance whose journal we adopted it from (else "")
 
     @property
     def job(self) -> JobRecord:
@@ -96,13 +97,15 @@ class Tracker:
         self._by_lease[lease] = job.id
         return lease
 
-    def adopt_orphan(self, job: JobRecord, node: str, lease: int, seq: int) -> None:
-        """A restarted distributor's journal says `node` holds `job` under `lease`."""
+    def adopt_orphan(
+        self, job: JobRecord, node: str, lease: int, seq: int, origin: str = ""
+    ) -> None:
+        """A journal (ours restarted, or `origin`'s adopted) says `node` holds `job`."""
         self.forget(job.id)
         self._next_lease = max(self._next_lease, lease + 1)
         packed = pack_wire(job.to_dict())
         self._jobs[job.id] = InFlight(
-            job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic
+            job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic, origin
         )
         self._by_lease[lease] = job.id
 

@@ -317,10 +317,10 @@ class DistributorLink:
             self.previous_instance, self.instance = self.instance, welcome.instance
         self.phase = LinkPhase.READY
         more, self._more_held = self._more_held, []
-        self.node.link_ready(self, welcome.drop, settled=not more)
-        for start in range(0, len(more), _HELD_PER_FRAME):
-            last = start + _HELD_PER_FRAME >= len(more)
+        for start in range(0, len(more), _HELD_PER_FRAME):  # before any re-routed `Held`:
+            last = start + _HELD_PER_FRAME >= len(more)  # its `Dropped` settles our parked jobs
             self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
+        self.node.link_ready(self, welcome.drop, settled=not more)
         # Everything unacknowledged goes again, in order, on the new connection.
         self._unsent_from = 0
         self._flush_soon()
@@ -460,13 +460,15 @@ class DistributorLink:
         for _, item in reports:
             self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
 
-    def send_held(self, held: list[tuple[str, int]]) -> None:
-        """Tell the distributor we hold these jobs (re-routed to it); it answers `Dropped`."""
+    def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
+        """Tell the distributor these are all the jobs we hold (or have unacknowledged reports
+        of) from instance `origin`, re-routed to it; it answers `Dropped`. Sent even when empty:
+        the adopter requeues what it thought we had from there."""
         if self.conn is None or not self.is_ready:
             return
-        for start in range(0, len(held), _HELD_PER_FRAME):
+        for start in range(0, max(1, len(held)), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(held)
-            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last))
+            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last, origin))
 
     def drop_reports_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]

@@ -74,7 +74,7 @@ class Membership(Attempts):
         pairs = [(h.record.id, h.record.lease) for h in moved]
         ids = {job_id for job_id, _ in pairs}
         pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
-        target.send_held(pairs)  # first: the adopter binds them to us, then takes the reports
+        target.send_held(pairs, old)  # first: the adopter binds them to us, then takes the reports
         target.adopt_reports(reports)
         if pairs:
             logger.warning(

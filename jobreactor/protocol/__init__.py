@@ -14,13 +14,15 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
                                         <- Challenge(nonce, proof)     only with a secret
     Auth(proof) ->                                                     only with a secret
                                         <- Welcome(address, drop, instance)
-    Held(more held, last) ->               (only when the held list outgrew the Hello)
+    Held(more held, last, origin) ->       (the held list outgrew the Hello; or, with
+                                            origin, jobs handed over from an adopted instance)
                                         <- Dropped(drop, last)
                                         <- Jobs([(lease, record), ...])
     Ack(leases, credits) ->                (jobs stored; credits granted back)
     Nack(lease, reason) ->                 (could not store: the distributor requeues)
     Reports(first_seq, [(job_id, lease, outcome, final, args), ...]) ->
-                                        <- ReportsAck(upto_seq)
+                                        <- ReportsAck(upto_seq)  (a journaling distributor:
+                                                once the reports' removals are stored)
                                         <- Cancel(job_id)
     Return(job_ids) ->                     (not started, handed back at shutdown)
     Ping / Pong either way; Bye(reason) either way before closing.

@@ -183,8 +183,8 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
             need(1)
             return Bye(_typed(f[0], str, "reason"))
         case Held.TAG:
-            need(2)
-            return Held(_held(f[0]), _typed(f[1], bool, "last"))
+            need(3)
+            return Held(_held(f[0]), _typed(f[1], bool, "last"), _typed(f[2], str, "origin"))
         case Dropped.TAG:
             need(2)
             return Dropped(_str_list(f[0], "drop"), _typed(f[1], bool, "last"))

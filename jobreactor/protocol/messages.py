@@ -218,9 +218,12 @@ class Held(Message):
     TAG: ClassVar[int] = 15
     held: list[tuple[str, int]]
     last: bool
+    # Set when the node hands over what it holds from an adopted instance (discovery): the
+    # frames with `last` list everything it has from `origin`; anything else is not there.
+    origin: str = ""
 
     def fields(self) -> list[Any]:
-        return [self.held, self.last]
+        return [self.held, self.last, self.origin]
 
 
 @dataclass(frozen=True, slots=True)

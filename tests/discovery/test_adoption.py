@@ -24,8 +24,10 @@ pytestmark = pytest.mark.timeout(120)
 logger = logging.getLogger(__name__)
 
 
-def adopter(reactors: Callable[..., Reactor], group: dict[str, Any], fed: Recorder) -> Reactor:
-    reactor = reactors(**group, hiredis_url=group["discovery_url"], node_grace=3.0)
+def adopter(
+    reactors: Callable[..., Reactor], group: dict[str, Any], fed: Recorder, node_grace: float = 3.0
+) -> Reactor:
+    reactor = reactors(**group, hiredis_url=group["discovery_url"], node_grace=node_grace)
     reactor.register_feedback("fed", lambda args: fed((id(reactor), args["i"])))
     reactor.start_distributor("127.0.0.1", 0, storage="redis")
     return reactor

@@ -3,6 +3,7 @@ requests enqueue jobs. Real gunicorn, real nodes found by discovery, real Redis.
 
 from __future__ import annotations
 
+import re
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -97,12 +98,18 @@ def test_kill_9_of_a_redis_backed_worker_its_jobs_are_adopted(
     adopted = {
         row["n"] for row in feedbacks if row["enqueued_by"] == victim and row["pid"] != victim
     }
-    assert adopted == theirs - fed_by_victim  # every job the victim had not fed back
+    # Every job the victim had not fed back; also those it fed back but died before storing
+    # their journal removal: their reports were not acknowledged, the adopter settles them.
+    assert theirs - fed_by_victim <= adopted <= theirs
     runs = Counter(row["n"] for row in read_jsonl(server.out / "runs.jsonl"))
     assert set(runs) == set(answers)  # nothing enqueued is lost
     # Run twice only if the dead worker had taken the report but not cleared its journal.
     assert {n for n, count in runs.items() if count > 1} <= theirs
     assert server.stop() == 0, server.log_text()[-4000:]
+    # No worker waited at its stop for an adopted job that would never report.
+    stops = [float(x) for x in re.findall(r"jobreactor stopped in ([0-9.]+)s", server.log_text())]
+    assert stops, server.log_text()[-4000:]
+    assert max(stops) < 10, stops
 
 
 def test_kill_9_of_a_memory_worker_loses_only_its_jobs_and_nothing_hangs(
