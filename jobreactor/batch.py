@@ -1,4 +1,4 @@
-"""Batches: the Ruby gem distributed_job in Python (SPEC §5, §7.4).
+"""Batches: the Ruby gem distributed_job in Python (docs/semantics.md §7).
 
 A batch tracks a piece of work split into parts that run in parallel, on several nodes or
 threads. The producer registers every part; each worker marks its part done; exactly one of
@@ -362,7 +362,7 @@ class _RedisBackend(_Flags):
             kwargs = getattr(client, "connection_pool", None)
             kwargs = kwargs.connection_kwargs if kwargs is not None else {}
             where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        # The storage layer's one translation of redis-py errors (STYLE 11), reused per call.
+        # The storage layer's one translation of redis-py errors, reused per call.
         self._errors = functools.partial(redis_errors, f"batch {self._key}", where)
         self._ready = False
 

@@ -486,7 +486,8 @@ class Distributor(Recovery):
 
     def _take_over(self, name: str) -> None:
         """`name` stayed away past node_grace, or is back without claiming some of the jobs
-        recorded as out on it (it never got them): they go to other nodes (DESIGN)."""
+        recorded as out on it (it never got them): they go to other nodes
+        (docs/semantics.md §6)."""
         self._takeovers.pop(name, None)
         orphans = self.tracker.orphans_of(name)
         if not orphans:

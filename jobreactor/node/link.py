@@ -3,7 +3,7 @@
 It dials, proves the secret (if any), re-offers the jobs the node still holds from this
 distributor, and then carries acknowledgements, credits and reports, coalesced once per loop
 tick. Reports survive reconnects: they stay queued until the distributor acknowledges them
-(SPEC D15: the Ruby report lock got stuck after a disconnect; ours is reset and flushed).
+(the Ruby gem's report lock got stuck after a disconnect; ours is reset and flushed).
 """
 
 from __future__ import annotations

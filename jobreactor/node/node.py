@@ -1,6 +1,6 @@
-"""Node: receives jobs, stores them, runs them on timers, reports back (SPEC 1.6).
+"""Node: receives jobs, stores them, runs them on timers, reports back (docs/semantics.md §2, §6).
 
-Life of a job here: `receive_jobs` → stored (acknowledged only then, SPEC D6) → due now: the
+Life of a job here: `receive_jobs` → stored (acknowledged only then) → due now: the
 ready queue; later: the timer heap (one loop timer for the earliest) → an attempt (runner.py)
 → success / retry / failure / cancel, each reported to the distributor it came from.
 State changes are written behind, batched once per tick, so storage costs no round trip per job.
@@ -447,7 +447,7 @@ class Node(Membership):
             self._flushing = False
 
     async def _recover(self) -> None:
-        """SPEC 1.15 with the intended filter: resume this node's unfinished jobs."""
+        """`retry_jobs_at_start`: resume this node's unfinished jobs (docs/semantics.md §6)."""
         jobs = await self.storage.jobs_for(self.name, unfinished_only=True)
         now = time.time()
         known = {link.configured for link in self.links}

@@ -1,11 +1,11 @@
-"""RedisStorage: durable jobs, queues, unique keys and locks in Redis (SPEC 1.13 PY-REQ).
+"""RedisStorage: durable jobs, queues, unique keys and locks in Redis.
 
 The key layout is in `jobreactor.storage.keys` (one hash tag per owner, so a Redis Cluster
 spreads the data; every script touches one tag), the record codec in `storage.codec`, the Lua
 in `storage.scripts`. `redis_url` may name a single server or any node of a cluster: the first
 call asks `INFO cluster` and, on a cluster, goes on through `RedisCluster`.
 
-`KEYS` is never used: whole-node reads go through the index set (SPEC D16). Nothing outside
+`KEYS` is never used: whole-node reads go through the index set. Nothing outside
 `jobreactor/storage/` and `jobreactor/monitor.py` knows these keys.
 """
 
