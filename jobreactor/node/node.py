@@ -503,16 +503,6 @@ class Node(Membership):
         logger.info("%s: job %s (%r) woken up from storage", self.name, job_id, record.name)
         self._schedule_at_epoch(held, record.run_at_ts)
 
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("node %s: internal task failed", self.name, exc_info=task.exception())
-
     # --- introspection ----------------------------------------------------------------------------
 
     @property
