@@ -20,7 +20,7 @@ from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
 from jobreactor.job import JobRecord
 from jobreactor.node.attempts import Attempts, Held
-from jobreactor.node.link import _wire_safe
+from jobreactor.node.reports import wire_safe
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import ReportItem, pack_args
 from jobreactor.storage import MemoryStorage
@@ -33,7 +33,7 @@ def _as_on_the_wire(args: dict[str, Any]) -> dict[str, Any]:
     try:
         packed = pack_args(args)
     except TypeError:
-        packed = pack_args({k: _wire_safe(v) for k, v in args.items()})
+        packed = pack_args({k: wire_safe(v) for k, v in args.items()})
     return cast(dict[str, Any], msgpack.unpackb(packed, raw=False, strict_map_key=False))
 
 
