@@ -95,7 +95,7 @@ def test_a_memory_node_cut_off_loses_its_jobs_and_duplicates_at_most_those_in_fl
         handle.result(timeout=30)
     proxy.heal()
     wait_until(lambda: old.links[0].is_ready, timeout=20, what="old back")
-    wait_until(lambda: not old._jobs, timeout=10, what="old holding nothing")
+    wait_until(lambda: old.held_count == 0, timeout=10, what="old holding nothing")
     finals.wait(60, timeout=5)
     time.sleep(0.5)  # a late duplicate report would land now
     assert sorted(finals.items) == list(range(60)), "final feedback exactly once per job"

@@ -163,9 +163,9 @@ class LocalSource:
             out: list[View] = []
             for node in self._nodes():
                 for job_id in node._timers.peek(limit):
-                    held = node._jobs.get(job_id)
-                    if held is not None:
-                        out.append(job_view(held.record, node=node.name))
+                    record = node.peek_record(job_id)
+                    if record is not None:
+                        out.append(job_view(record, node=node.name))
             out.sort(key=lambda view: view["run_at_ts"])
             return out[:limit]
 

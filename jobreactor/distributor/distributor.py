@@ -25,7 +25,7 @@ from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
 from jobreactor.distributor.journal import Journal
-from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
+from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
@@ -97,7 +97,7 @@ class Distributor(Recovery):
         self.loop = asyncio.get_running_loop()
         self.dispatcher = Dispatcher(strict_node=settings.always_use_specified_node)
         self.tracker = Tracker()
-        self._waiting: dict[str, Waiting] = {}
+        self._waiting: dict[str, Awaited] = {}
         self._sessions: dict[int, NodeSession] = {}
         self._by_name: dict[str, NodeSession] = {}
         self._keys = itertools.count(1)
@@ -291,7 +291,7 @@ class Distributor(Recovery):
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
                 job.on_error = error if isinstance(error, str) else job.id
-            self._waiting[job.id] = Waiting(success, error, handle)
+            self._waiting[job.id] = awaited(success, error, handle)
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
@@ -311,8 +311,9 @@ class Distributor(Recovery):
         for job in jobs:
             self._release_unique(job.id)
             waiting = self._waiting.pop(job.id, None)
-            if waiting is not None and waiting.handle is not None:
-                waiting.handle._cancel("refused: it could not be stored")
+            handle = None if waiting is None else waiting_of(waiting).handle
+            if handle is not None:
+                handle._cancel("refused: it could not be stored")
 
     def address_port(self) -> int:
         return int(self.address.rpartition(":")[2])
@@ -347,7 +348,7 @@ class Distributor(Recovery):
                 "job_names": list(s.hello.job_names) if s.hello else [],
                 "free_credit": slots[s.key].credits if s.key in slots else 0,
                 "storage": s.hello.storage if s.hello else "?",
-                "in_flight": len(self.tracker.jobs_on(s.key)),
+                "in_flight": self.tracker.count_on(s.key),
             }
             for s in self._by_name.values()
         ]
@@ -397,7 +398,7 @@ class Distributor(Recovery):
             takeover.cancel()
         if self.tracker.orphans_of(hello.node_name):  # not claimed (yet): node_grace to do so
             self._arm_takeover(hello.node_name)
-        held_now = len(self.tracker.jobs_on(session.key))
+        held_now = self.tracker.count_on(session.key)
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(

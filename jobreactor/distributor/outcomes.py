@@ -38,6 +38,23 @@ class Waiting:
     handle: JobHandle | None
 
 
+# What the app keeps per job until its final report: the handle alone when the job has no
+# feedbacks (the usual case; a million delayed jobs then cost no Waiting each).
+Awaited = Waiting | JobHandle
+
+
+def awaited(
+    success: Feedback | str | None, error: Feedback | str | None, handle: JobHandle | None
+) -> Awaited:
+    if success is None and error is None and handle is not None:
+        return handle
+    return Waiting(success, error, handle)
+
+
+def waiting_of(kept: Awaited) -> Waiting:
+    return Waiting(None, None, kept) if isinstance(kept, JobHandle) else kept
+
+
 class Outcomes:
     """The outcome half of Distributor. The attributes below are Distributor's."""
 
@@ -47,7 +64,7 @@ class Outcomes:
         journal: Journal | None
         named_feedbacks: dict[str, Feedback]
         observers: list[Observer]
-        _waiting: dict[str, Waiting]
+        _waiting: dict[str, Awaited]
         _unique: dict[str, list[str]]
         _batch_callbacks: dict[str, Callable[[str], Any]]
 
@@ -64,12 +81,14 @@ class Outcomes:
         if not item.final:
             waiting = self._waiting.get(item.job_id)
             if waiting is not None:
-                self._deliver(waiting, item, name)
+                self._deliver(waiting_of(waiting), item, name)
             return
         final = self._waiting.pop(item.job_id, None)
         if final is not None:
             # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self._release_unique(item.job_id, then=lambda: self._deliver(final, item, name))
+            self._release_unique(
+                item.job_id, then=lambda: self._deliver(waiting_of(final), item, name)
+            )
 
     def _deliver(self, waiting: Waiting, item: ReportItem, name: str) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
@@ -156,7 +175,7 @@ class Outcomes:
     ) -> None:
         """The job ends here without a report. `forget=False` keeps it in the journal."""
         waiting = self._waiting.pop(job_id, None)
-        handle = waiting.handle if waiting is not None else None
+        handle = waiting_of(waiting).handle if waiting is not None else None
         if not forget:
             if handle is not None:
                 handle._cancel(reason)

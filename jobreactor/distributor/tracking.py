@@ -54,7 +54,11 @@ class Tracker:
         # by it, and the two must not collide (2**40 starts, a few million leases each).
         self._next_lease = secrets.randbits(40) + 1
         self._jobs: dict[str, InFlight] = {}
-        self._by_conn: dict[int, set[str]] = {}
+        # Jobs per connection, counted (a million delayed jobs: no index entry each); the jobs
+        # themselves are found by a scan, only when a connection closes or a node is taken over.
+        self._on_conn: dict[int, int] = {}
+        # Lease -> job id until the node acknowledges (acks and nacks name leases; reports name
+        # the job): a job waiting on a node for a week keeps no entry here.
         self._by_lease: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -93,8 +97,9 @@ class Tracker:
         self._jobs[job.id] = InFlight(
             job.id, job.name, packed, lease, conn, node, seq, adopted, False, job.is_periodic
         )
-        self._by_conn.setdefault(conn, set()).add(job.id)
-        self._by_lease[lease] = job.id
+        self._on_conn[conn] = self._on_conn.get(conn, 0) + 1
+        if not adopted:
+            self._by_lease[lease] = job.id
         return lease
 
     def adopt_orphan(
@@ -107,7 +112,6 @@ class Tracker:
         self._jobs[job.id] = InFlight(
             job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic, origin
         )
-        self._by_lease[lease] = job.id
 
     def ack(self, conn: int, lease: int) -> InFlight | None:
         job_id = self._by_lease.get(lease)
@@ -115,6 +119,7 @@ class Tracker:
         if entry is None or entry.conn != conn:
             return None
         entry.acked = True
+        del self._by_lease[lease]
         return entry
 
     def by_lease(self, conn: int, lease: int) -> InFlight | None:
@@ -133,22 +138,27 @@ class Tracker:
         entry = self._jobs.pop(job_id, None)
         if entry is None:
             return None
-        self._by_lease.pop(entry.lease, None)
-        if entry.conn is not None:
-            held = self._by_conn.get(entry.conn)
-            if held is not None:
-                held.discard(job_id)
+        if not entry.acked:
+            self._by_lease.pop(entry.lease, None)
+        self._uncount(entry.conn)
         return entry
+
+    def _uncount(self, conn: int | None) -> None:
+        if conn is not None:
+            left = self._on_conn.get(conn, 0) - 1
+            if left > 0:
+                self._on_conn[conn] = left
+            else:
+                self._on_conn.pop(conn, None)
 
     def rebind(self, job_id: str, conn: int) -> InFlight | None:
         """A reconnecting node still holds this job: move it to the new connection."""
         entry = self._jobs.get(job_id)
         if entry is None:
             return None
-        if entry.conn is not None:
-            self._by_conn.get(entry.conn, set()).discard(job_id)
+        self._uncount(entry.conn)
         entry.conn = conn
-        self._by_conn.setdefault(conn, set()).add(job_id)
+        self._on_conn[conn] = self._on_conn.get(conn, 0) + 1
         return entry
 
     def detach(self, conn: int, *, keep_acked: bool) -> list[InFlight]:
@@ -157,15 +167,14 @@ class Tracker:
         Unacknowledged jobs always come back. Acknowledged ones come back too unless
         `keep_acked` (a durable node owns them while it is away; see `orphans_of`).
         """
-        job_ids = self._by_conn.pop(conn, set())
         requeue: list[InFlight] = []
-        for job_id in job_ids:
-            entry = self._jobs[job_id]
+        for entry in self.jobs_on(conn):
             if keep_acked and entry.acked:
                 entry.conn = None
             else:
-                self.forget(job_id)
+                self.forget(entry.job_id)
                 requeue.append(entry)
+        self._on_conn.pop(conn, None)
         return requeue
 
     def orphans_of(self, node: str) -> list[InFlight]:
@@ -176,4 +185,10 @@ class Tracker:
         return [e for e in self._jobs.values() if e.conn is None]
 
     def jobs_on(self, conn: int) -> list[InFlight]:
-        return [self._jobs[job_id] for job_id in self._by_conn.get(conn, ())]
+        """Jobs out on `conn` (a scan: for a closing connection or a take-over, not per job)."""
+        if conn not in self._on_conn:
+            return []
+        return [e for e in self._jobs.values() if e.conn == conn]
+
+    def count_on(self, conn: int) -> int:
+        return self._on_conn.get(conn, 0)

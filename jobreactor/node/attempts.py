@@ -307,9 +307,12 @@ class Attempts:
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
+    def _held(self, job_id: str) -> Held | None:
+        return self._jobs.get(job_id)  # Node's (packing.py) also finds a packed job
+
     def cancel_job(self, job_id: str) -> None:
         """The distributor cancels this job (JR.cancel)."""
-        held = self._jobs.get(job_id)
+        held = self._held(job_id)
         if held is None:
             return
         if held.running:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from jobreactor.metrics import METRICS
 from jobreactor.node.attempts import Attempts
 from jobreactor.node.link import DistributorLink
+from jobreactor.node.packing import Packing
 
 if TYPE_CHECKING:
     from jobreactor.node.discovered import Discovered
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.node")
 
 
-class Membership(Attempts):
+class Membership(Packing, Attempts):
     """The discovery half of Node. The attributes below are Node's."""
 
     if TYPE_CHECKING:
@@ -39,7 +40,9 @@ class Membership(Attempts):
         def _persist(self, record: Any) -> None: ...
 
     def holds_from(self, link: DistributorLink) -> bool:
-        return any(h.link is link and not h.dropped for h in self._jobs.values())
+        if any(h.link is link and not h.dropped for h in self._jobs.values()):
+            return True
+        return any(by is link for _, _, by, _ in self._packed_jobs())
 
     def instance_mismatch(self) -> None:
         """A discovered address answered as another instance: look at the registry again."""
@@ -61,6 +64,9 @@ class Membership(Attempts):
 
     def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
         """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
+        for job_id, _, by, origin in self._packed_jobs():
+            if origin == old or (bucket is not None and by is bucket):
+                self._held(job_id)  # unpacked: its record changes below
         moved = [
             h
             for h in self._jobs.values()
@@ -97,10 +103,10 @@ class Membership(Attempts):
             "name": self.name,
             "group": self.group,
             "storage": self.storage.kind,
-            "held": len(self._jobs),
+            "held": (len(self._jobs) + self._packed_n),
             "scheduled": len(self._timers),
             "running": self._running,
-            "free_credit": max(0, self._window - len(self._jobs)),
+            "free_credit": max(0, self._window - (len(self._jobs) + self._packed_n)),
             "distributors": [link.address for link in self.links if link.is_ready],
             "concurrency": self._concurrency,
             "metrics": METRICS.snapshot(),

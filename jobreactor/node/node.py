@@ -45,6 +45,10 @@ logger = logging.getLogger("jobreactor.node")
 # Jobs started per loop turn before yielding, so acks and reports keep flowing under load.
 _DRAIN_BUDGET = 512
 
+# A job due later than this after it is scheduled waits packed (msgpack bytes, not a record):
+# a million week-long delayed jobs then cost a node a third of the memory.
+_PACK_AFTER_S = 2.0
+
 
 class Node(Membership):
     def __init__(  # noqa: PLR0913 (the keyword-only options of start_node)
@@ -91,6 +95,7 @@ class Node(Membership):
         # Memory storage keeps the node's own record objects (saved once on receipt), so state
         # changes need no write; a durable storage gets every change, batched per tick.
         self._write_behind = storage.durable
+        self._init_packing(storage)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
@@ -200,18 +205,26 @@ class Node(Membership):
 
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
-        by_link: dict[DistributorLink, list[Held]] = {}
-        for held in list(self._jobs.values()):
+        by_link: dict[DistributorLink, list[str]] = {}
+        for job_id, held in list(self._jobs.items()):
             if held.running or held.link is None or not held.link.is_ready:
                 continue
-            if self.storage.durable and held.record.id not in self._ready:
+            if self.storage.durable and job_id not in self._ready:
                 continue
-            by_link.setdefault(held.link, []).append(held)
-        for link, helds in by_link.items():
-            link.hand_back([h.record.id for h in helds])
-            for held in helds:
-                self._forget(held, destroy=True)
-            logger.info("%s handed %d job(s) back to %s", self.name, len(helds), link.address)
+            by_link.setdefault(held.link, []).append(job_id)
+        if not self.storage.durable:  # packed jobs are never due now: durable storage keeps them
+            for job_id, _, link, _ in self._packed_jobs():
+                if link.is_ready:
+                    by_link.setdefault(link, []).append(job_id)
+        for link, job_ids in by_link.items():
+            link.hand_back(job_ids)
+            for job_id in job_ids:
+                unpacked = self._jobs.get(job_id)
+                if unpacked is None:
+                    self._forget_packed(job_id)
+                else:
+                    self._forget(unpacked, destroy=True)
+            logger.info("%s handed %d job(s) back to %s", self.name, len(job_ids), link.address)
 
     # --- links ----------------------------------------------------------------------------------
 
@@ -226,7 +239,7 @@ class Node(Membership):
             (h.record.id, h.record.lease)
             for h in self._jobs.values()
             if not h.dropped and (h.link is link or h.record.distributor == link.configured)
-        ]
+        ] + self._packed_held_from(link)
 
     def link_ready(self, link: DistributorLink, drop: list[str], *, settled: bool = True) -> None:
         """Welcomed: drop what the distributor gave away; run parked jobs once all is settled."""
@@ -241,7 +254,7 @@ class Node(Membership):
         """Forget jobs the distributor gave to another node. `settled`: its last answer."""
         for job_id in drop:
             self._parked.pop(job_id, None)
-            gone = self._jobs.get(job_id)
+            gone = self._held(job_id)
             if gone is not None:
                 gone.dropped = True
                 if not gone.running:
@@ -266,7 +279,7 @@ class Node(Membership):
             if self._stopping:
                 link.hand_back([job_id])
                 continue
-            existing = self._jobs.get(job_id)
+            existing = self._held(job_id)
             if existing is not None:  # sent again after a reconnect: keep ours, take the lease
                 existing.record.lease, existing.link = lease, link
                 link.ack(lease, credit=True)
@@ -356,7 +369,8 @@ class Node(Membership):
             self._ready.push(job_id, held.record.priority)
             self._kick()
             return
-        self._timers.schedule(job_id, due)
+        if due - now <= _PACK_AFTER_S or not self._pack(held, job_id, due):
+            self._timers.schedule(job_id, due)
         if self._timer_when is None or due < self._timer_when:
             self._arm_timer()
 
@@ -378,8 +392,9 @@ class Node(Membership):
             self._metrics.lateness.observe(self.name, time.monotonic() - self._timer_when)
         self._timer = None
         self._timer_when = None
-        for job_id in self._timers.pop_due(time.monotonic()):
-            held = self._jobs.get(job_id)
+        for entry in self._timers.pop_due_entries(time.monotonic()):
+            job_id = entry[1]
+            held = self._jobs.get(job_id) if len(entry) == 2 else self._revive(entry)
             if held is not None:
                 self._ready.push(job_id, held.record.priority)
         self._arm_timer()
@@ -479,7 +494,7 @@ class Node(Membership):
                     await self._wake(job_id)
                 else:  # resubscribed: messages sent meanwhile are lost, so look again
                     for record in await self.storage.jobs_for(self.name, unfinished_only=True):
-                        if record.id not in self._jobs:
+                        if not self._holds(record.id):
                             await self._wake(record.id)
             except StorageError as exc:
                 logger.warning("%s: could not act on a wake-up: %s", self.name, exc)
@@ -487,7 +502,7 @@ class Node(Membership):
     async def _wake(self, job_id: str) -> None:
         """(Re)schedule a stored job of ours from its record, e.g. a failed job to retry."""
         record = await self.storage.load(self.name, job_id)
-        held = self._jobs.get(job_id)
+        held = self._held(job_id)
         if record is None or record.is_finished or (held is not None and held.running):
             return
         link = next(
@@ -507,7 +522,7 @@ class Node(Membership):
 
     @property
     def held_count(self) -> int:
-        return len(self._jobs)
+        return len(self._jobs) + self._packed_n
 
     @property
     def running_count(self) -> int:

@@ -13,17 +13,22 @@ from __future__ import annotations
 import heapq
 import itertools
 
+# `(due, job_id)`, or `(due, job_id, packed, meta)` for a job that waits packed: the entry is
+# then all the node keeps of it (its record's bytes and an index of the link it came by).
+Entry = tuple[float, str] | tuple[float, str, bytes, int]
+
 
 class TimerHeap:
     """Due times of scheduled jobs.
 
-    An entry is `(due, job_id)`; the job's live entry is that very tuple (compared by
-    identity), so a stale entry costs no token object: this heap holds a million jobs.
+    An entry is `(due, job_id)` (or the packed form above); the job's live entry is that very
+    tuple (compared by identity), so a stale entry costs no token object: this heap holds a
+    million jobs.
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
-        self._live: dict[str, tuple[float, str]] = {}
+        self._heap: list[Entry] = []
+        self._live: dict[str, Entry] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -31,11 +36,17 @@ class TimerHeap:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._live
 
-    def schedule(self, job_id: str, due: float) -> None:
+    def schedule(self, job_id: str, due: float, packed: bytes | None = None, meta: int = 0) -> None:
         """(Re)schedule `job_id` at `due`; an earlier schedule of it is forgotten."""
-        entry = (due, job_id)
+        entry: Entry = (due, job_id) if packed is None else (due, job_id, packed, meta)
         self._live[job_id] = entry
         heapq.heappush(self._heap, entry)
+
+    def entry(self, job_id: str) -> Entry | None:
+        return self._live.get(job_id)
+
+    def entries(self) -> list[Entry]:
+        return list(self._live.values())
 
     def cancel(self, job_id: str) -> bool:
         return self._live.pop(job_id, None) is not None
@@ -52,13 +63,17 @@ class TimerHeap:
 
     def pop_due(self, now: float) -> list[str]:
         """Remove and return, in due order, every job due at or before `now`."""
-        due: list[str] = []
+        return [entry[1] for entry in self.pop_due_entries(now)]
+
+    def pop_due_entries(self, now: float) -> list[Entry]:
+        """`pop_due` with the live entries themselves (packed ones carry their bytes)."""
+        due: list[Entry] = []
         heap, live = self._heap, self._live
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if live.get(entry[1]) is entry:
                 del live[entry[1]]
-                due.append(entry[1])
+                due.append(entry)
         if len(heap) > 64 and len(heap) > 4 * len(live):
             self._compact()
         return due

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import operator
+import sys
 import types
 import typing
 from dataclasses import fields
@@ -187,3 +188,61 @@ def record_json(job: JobRecord) -> str:
         return dump_json(job.to_dict())  # extras included; from_dict files them back
     except (TypeError, ValueError) as exc:
         raise StorageError(f"job {job.id} ({job.name}) can't be stored: {exc}") from exc
+
+
+# Packed records (a node's far-future jobs): field names as their index in JobRecord, and the
+# strings every job of a node repeats (name, distributor, node) as an index into this table.
+_PACKED_FIELDS: Final = tuple(f.name for f in fields(JobRecord))
+_FIELD_INDEX: Final = {name: i for i, name in enumerate(_PACKED_FIELDS)}
+_COMMON_MAX: Final = 65_536  # distinct (name, distributor, node) triples remembered per process
+_common: list[tuple[str, str, str | None]] = []
+_common_index: dict[tuple[str, str, str | None], int] = {}
+
+
+def _common_id(triple: tuple[str, str, str | None]) -> int:
+    found = _common_index.get(triple)
+    if found is None:
+        if len(_common) >= _COMMON_MAX:
+            return -1
+        found = _common_index[triple] = len(_common)
+        _common.append((sys.intern(triple[0]), sys.intern(triple[1]), triple[2]))
+    return found
+
+
+def pack_record(job: JobRecord) -> bytes | None:
+    """A held job's record as compact msgpack bytes (without its id: the holder has that),
+    or None if a value won't pack."""
+    data = job.to_dict()
+    del data["id"]
+    common = _common_id((job.name, job.distributor, job.node))
+    if common >= 0:
+        del data["name"]
+        data.pop("distributor", None)
+        data.pop("node", None)
+    index = _FIELD_INDEX
+    try:
+        packed: bytes = msgpack.packb(
+            [common, {index.get(key, key): value for key, value in data.items()}],
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return packed
+
+
+def unpack_record(packed: bytes, job_id: str) -> JobRecord:
+    """The record `pack_record` packed (a fresh one each call)."""
+    common, encoded = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    names = _PACKED_FIELDS
+    data = {names[key] if isinstance(key, int) else key: value for key, value in encoded.items()}
+    data["id"] = job_id
+    if common >= 0:
+        data["name"], data["distributor"], data["node"] = _common[common]
+    return JobRecord.from_dict(data)
+
+
+def peek_lease(packed: bytes) -> tuple[int, str]:
+    """(lease, distributor) of a packed record, without building it."""
+    common, encoded = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    distributor = _common[common][1] if common >= 0 else encoded.get(_FIELD_INDEX["distributor"])
+    return int(encoded.get(_FIELD_INDEX["lease"], 0)), str(distributor or "")

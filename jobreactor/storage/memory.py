@@ -13,6 +13,7 @@ from typing import Final
 
 from jobreactor.job import JobRecord
 from jobreactor.storage.base import UnlockResult
+from jobreactor.storage.codec import unpack_record
 
 # Sweep expired keys once per this many acquire/lock calls (amortised O(1)).
 _SWEEP_EVERY: Final = 4096
@@ -21,6 +22,12 @@ _LOCK_GRACE_S: Final = 86_400.0
 
 # (owner or token, monotonic expiry or None for never)
 _Entry = tuple[str, float | None]
+# A node's job: its record, or the bytes of a far-future one the node keeps packed (`keep`).
+_Stored = JobRecord | bytes
+
+
+def _copy(job_id: str, job: _Stored) -> JobRecord:
+    return unpack_record(job, job_id) if isinstance(job, bytes) else job.copy()
 
 
 class Keyspace:
@@ -53,7 +60,7 @@ class MemoryStorage:
     durable = False
 
     def __init__(self, keyspace: Keyspace | None = None) -> None:
-        self._jobs: dict[str, dict[str, JobRecord]] = {}
+        self._jobs: dict[str, dict[str, _Stored]] = {}
         self._queues: dict[str, dict[str, JobRecord]] = {}  # insertion order = queue order
         keys = PROCESS_KEYSPACE if keyspace is None else keyspace
         self._uniq = keys.uniq
@@ -73,6 +80,13 @@ class MemoryStorage:
         for job in jobs:
             table[job.id] = job
 
+    def keep(self, node: str, job_id: str, job: _Stored) -> None:
+        """Hold `job` (the node's own record, or its packed bytes) for a job still stored:
+        the node shares it rather than the storage keeping a second copy."""
+        table = self._jobs.get(node)
+        if table is not None and job_id in table:
+            table[job_id] = job
+
     async def destroy_many(self, node: str, job_ids: Sequence[str]) -> None:
         table = self._jobs.get(node)
         if table is None:
@@ -82,11 +96,11 @@ class MemoryStorage:
 
     async def load(self, node: str, job_id: str) -> JobRecord | None:
         job = self._jobs.get(node, {}).get(job_id)
-        return None if job is None else job.copy()
+        return None if job is None else _copy(job_id, job)
 
     async def jobs_for(self, node: str, *, unfinished_only: bool = False) -> list[JobRecord]:
-        jobs = self._jobs.get(node, {}).values()
-        return [job.copy() for job in jobs if not (unfinished_only and job.is_finished)]
+        jobs = [_copy(job_id, job) for job_id, job in self._jobs.get(node, {}).items()]
+        return [job for job in jobs if not (unfinished_only and job.is_finished)]
 
     async def nodes(self) -> list[str]:
         return sorted(name for name, table in self._jobs.items() if table)
@@ -96,8 +110,8 @@ class MemoryStorage:
         table = self._jobs.get(from_node)
         if table is None:
             return []
-        taken = (table.pop(job_id, None) for job_id in job_ids)
-        return [job.copy() for job in taken if job is not None]
+        taken = ((job_id, table.pop(job_id, None)) for job_id in job_ids)
+        return [_copy(job_id, job) for job_id, job in taken if job is not None]
 
     # --- a distributor's durable queue ----------------------------------------------------------
 

@@ -17,7 +17,7 @@ import msgpack
 
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
-from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes, Waiting
+from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, Outcomes
 from jobreactor.job import JobRecord
 from jobreactor.node.attempts import Attempts, Held
 from jobreactor.node.reports import wire_safe
@@ -52,7 +52,7 @@ class AppSide(Outcomes):
         self.journal = None
         self.named_feedbacks = named_feedbacks
         self.observers = observers
-        self._waiting: dict[str, Waiting] = {}
+        self._waiting: dict[str, Awaited] = {}
         self._unique: dict[str, list[str]] = {}
         self._batch_callbacks: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[Any]] = set()

@@ -109,7 +109,10 @@ def test_ack_marks_the_job_acknowledged() -> None:
     entry = tracker.ack(CONN1, lease)
     assert entry is not None
     assert entry.acked is True
-    assert tracker.by_lease(CONN1, lease) is entry
+    # Acknowledged: no lease index entry any more (a nack comes only before the ack); reports
+    # find it by job id and lease.
+    assert tracker.by_lease(CONN1, lease) is None
+    assert tracker.check_report(CONN1, "j1", lease) is entry
 
 
 def test_ack_from_the_wrong_connection_or_for_an_unknown_lease_is_ignored() -> None:
@@ -242,7 +245,7 @@ def test_issue_with_an_explicit_lease_adopts_it_as_acked() -> None:
     assert entry is not None
     assert entry.acked is True  # the node stored it long ago
     assert tracker.check_report(CONN1, "held", 77) is entry
-    assert tracker.by_lease(CONN1, 77) is entry
+    assert tracker.by_lease(CONN1, 77) is None  # acknowledged: found by id and lease only
     # Adopted jobs stay with a durable node that drops again.
     assert tracker.detach(CONN1, keep_acked=True) == []
     assert tracker.orphans_of("w1") == [entry]
@@ -268,6 +271,7 @@ def test_new_leases_never_collide_with_an_adopted_one() -> None:
     fresh = [tracker.issue(job(f"j{i}"), CONN2, "w2", seq=i + 1) for i in range(10)]
     assert 3 not in fresh
     assert len(set(fresh)) == 10
-    entry = tracker.by_lease(CONN1, 3)
+    entry = tracker.check_report(CONN1, "held", 3)
     assert entry is not None
     assert entry.job.id == "held"
+    assert all(tracker.by_lease(CONN2, lease).job_id != "held" for lease in fresh)  # type: ignore[union-attr]

@@ -44,8 +44,8 @@ def held_record(reactor: Reactor, node: Node, job_id: str) -> JobRecord | None:
     """A copy of the record the node holds in memory (read on the loop)."""
 
     async def read() -> JobRecord | None:
-        held = node._jobs.get(job_id)
-        return None if held is None else held.record.copy()
+        record = node.peek_record(job_id)  # a packed one decoded
+        return None if record is None else record.copy()
 
     return reactor.call(read)
 
