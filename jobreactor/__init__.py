@@ -1,6 +1,7 @@
 """jobreactor: asyncio client-server background jobs (a Python JobReactor).
 
-The public API is exactly `__all__`; see DESIGN.md "Public API".
+The public API is exactly `__all__`: its names are kept from release to release (new ones are
+added, none renamed).
 """
 
 from __future__ import annotations

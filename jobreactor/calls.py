@@ -65,7 +65,7 @@ class AppCalls:
         *,
         on_complete: Callable[[str], Any] | None = None,
     ) -> Batch:
-        """A DistributedJob batch (SPEC §5): Redis with `redis_url`, else this process's memory.
+        """A DistributedJob batch (docs/semantics.md §7): in Redis with `redis_url`, else in memory.
 
         Jobs enqueued with `{"batch": b.token, "part": part_id}` mark their part done after
         their final successful run (and are skipped once the batch is stopped);

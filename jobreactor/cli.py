@@ -1,7 +1,7 @@
 """`jobreactor`: run a node or a standalone distributor from a TOML file, the dashboard, or the
 demo; inspect the jobs stored in Redis (`jobreactor jobs list|show|retry|destroy|...`, cli_jobs).
 
-Signals and argv live here (practice 9): the first SIGTERM/SIGINT drains, a second stops now.
+Signals and argv live here: the first SIGTERM/SIGINT drains, a second stops now.
 Exit codes: 0 clean stop (or done), 1 `jobs`: no such job / `node --check`: a probe failed,
 2 bad configuration or usage, 3 `jobs`: Redis unreachable.
 """

@@ -219,18 +219,19 @@ def _jobs_show(monitor: RedisMonitor, args: argparse.Namespace) -> int:
 
 
 def _jobs_retry(monitor: RedisMonitor, args: argparse.Namespace) -> int:
-    if monitor.retry(args.id):
-        print(f"retried {args.id}")
-        return 0
-    print(f"no failed job {args.id}", file=sys.stderr)
-    return EXIT_NOT_FOUND
+    return _done(monitor.retry(args.id), f"retried {args.id}", f"no failed job {args.id}")
 
 
 def _jobs_destroy(monitor: RedisMonitor, args: argparse.Namespace) -> int:
-    if monitor.destroy(args.id):
-        print(f"destroyed {args.id}")
+    return _done(monitor.destroy(args.id), f"destroyed {args.id}", f"no job {args.id}")
+
+
+def _done(found: bool, done: str, missing: str) -> int:
+    """Say what a command on one job did; its exit status."""
+    if found:
+        print(done)
         return 0
-    print(f"no job {args.id}", file=sys.stderr)
+    print(missing, file=sys.stderr)
     return EXIT_NOT_FOUND
 
 

@@ -1,6 +1,6 @@
 """Configuration: pydantic models, TOML files and `JOBREACTOR_*` environment overrides.
 
-`ReactorConfig` holds the keys of SPEC 1.12 with the same names and defaults, plus our extras.
+`ReactorConfig` holds the Ruby gem's `JR.config` keys, same names and defaults, plus our extras.
 `Config` is the mutable face `JR.config` shows (`update()`, item access); every change is
 validated against the model, so a typo is an error, not a silently ignored key. Components take
 a snapshot (`config.snapshot()`) when they start.
@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 
 class ReactorConfig(_Strict):
-    """Every tunable, SPEC 1.12 names and defaults first, then ours."""
+    """Every tunable: the Ruby gem's names and defaults first, then ours."""
 
     job_directory: str = "reactor_jobs"
     max_attempt: int = Field(default=10, ge=1, le=2**63 - 1)
@@ -54,7 +54,7 @@ class ReactorConfig(_Strict):
     redis_prefix: str = Field(default="jr", min_length=1)
     redis_host: str = "localhost"
     redis_port: int = 6379
-    # A logging level name for jobreactor's logger, or None to silence it (SPEC: logger_method).
+    # A logging level name for jobreactor's logger, or None to silence it.
     logger_method: str | None = "INFO"
     # "json": one JSON object per log line (job id, name, node, attempt, duration...).
     log_format: Literal["text", "json"] = "text"
@@ -95,7 +95,7 @@ class ReactorConfig(_Strict):
     lock_timeout: float = Field(default=3600.0, ge=0)
     # With redis storage on the distributor, enqueue waits until the job is stored, this long.
     enqueue_timeout: float = Field(default=5.0, gt=0)
-    # Discovery (DESIGN "Production topologies"): a Redis url where distributors register and
+    # Discovery (README "Discovery"): a Redis url where distributors register and
     # nodes find them, by group. None: no discovery (nodes use their static `distributors`).
     discovery_url: str | None = None
     group: str = Field(default="default", min_length=1, max_length=200, pattern=r"^[^{}]+$")
@@ -126,7 +126,7 @@ class ReactorConfig(_Strict):
         import logging
 
         if value is not None and value.lower() in {"none", "null", "off", "false", ""}:
-            return None  # SPEC 1.12: nil disables logging; TOML and env have no nil
+            return None  # None silences logging; TOML and env have no None, so these words say it
         if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
             raise ValueError('expected a logging level name (DEBUG, INFO, WARNING, ERROR) or "off"')
         return value
@@ -323,7 +323,7 @@ def load_distributor_config(
 
 
 class Config:
-    """`JR.config`: dict-like, validated on every change (SPEC 1.12 keys plus extras)."""
+    """`JR.config`: dict-like, validated on every change."""
 
     def __init__(self, **values: Any) -> None:
         self._model = self._validate(values)

@@ -1,4 +1,4 @@
-"""Job definitions: `@job`, `@job_callback`, `@job_errback` and the lock hooks (SPEC 1.3, §7).
+"""Job definitions: `@job`, `@job_callback`, `@job_errback` and the lock hooks.
 
 Definitions go into a `Registry` object. A node loads its jobs directory into a fresh registry;
 the module-level decorators register into whichever registry is loading at the time (or the
@@ -81,7 +81,7 @@ class Registry:
 
         def register(fn: F) -> F:
             if name in self._definitions:
-                # SPEC 1.3: re-registering replaces the job, callbacks included.
+                # As in the Ruby gem: defining a job again replaces it, callbacks included.
                 logger.warning("job %r defined again; the new definition replaces it", name)
             definition = JobDefinition(name, fn, options=dict(options))
             definition.refresh()
@@ -132,7 +132,7 @@ class Registry:
         return self._hook("loner_enqueue_failed", name)
 
     def load_directory(self, directory: str | Path) -> list[Path]:
-        """Import every `*.py` under `directory`, recursively, in sorted order (SPEC 1.3)."""
+        """Import every `*.py` under `directory`, recursively, in sorted order."""
         root = Path(directory)
         if not root.is_dir():
             raise ConfigError(f"job_directory {str(root)!r} does not exist or is not a directory")
@@ -179,7 +179,7 @@ def loading_into(registry: Registry) -> Iterator[Registry]:
 
 
 def job(name: str, **options: Any) -> Callable[[F], F]:
-    """`@job("name")`: define a job (SPEC 1.3). Optional enqueue defaults as keywords."""
+    """`@job("name")`: define a job. Optional enqueue defaults as keywords."""
     return current_registry().job(name, **options)
 
 

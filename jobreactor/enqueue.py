@@ -1,4 +1,4 @@
-"""Enqueuing: the app's way in, from any thread (SPEC 1.5.1; practice 5's thread boundary).
+"""Enqueuing: the app's way in, from any thread (docs/semantics.md §2).
 
 `enqueue` validates and copies the job in the caller's thread, appends it to a queue and wakes
 the loop at most once per batch (one `call_soon_threadsafe` for many jobs). `enqueue_id` and
@@ -25,6 +25,7 @@ from jobreactor.distributor.outcomes import Feedback
 from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, build_record
+from jobreactor.node.guards import call_hook
 from jobreactor.protocol import pack_args
 
 logger = logging.getLogger("jobreactor")
@@ -33,6 +34,27 @@ T = TypeVar("T")
 # Room for the record around the args in a Jobs frame.
 _FRAME_OVERHEAD = 4096
 Inbox = collections.deque[tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]]
+ON_LOOP_ADMISSION = (
+    "enqueue with enqueue_id/loner waits for the storage; on the reactor's loop use "
+    "`await JR.aenqueue(...)`"
+)
+
+
+def needs_admission(record: JobRecord) -> bool:
+    """`enqueue_id` and `loner` are checked against storage before the job is taken."""
+    return record.enqueue_id is not None or record.loner
+
+
+def check_batchable(records: Iterable[JobRecord]) -> None:
+    if any(needs_admission(record) for record in records):
+        raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+
+
+async def refused(registry: Registry, record: JobRecord) -> None:
+    """`enqueue_id`/`loner` refused the job: a loner's `loner_enqueue_failed` hook runs."""
+    definition = registry.get(record.name)
+    if record.loner and definition is not None:
+        await call_hook(definition.loner_enqueue_failed, record.args, "loner_enqueue_failed")
 
 
 class Enqueuing:
@@ -63,7 +85,7 @@ class Enqueuing:
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
     ) -> JobHandle | None:
-        """Queue job `name` from any thread; return its handle (SPEC 1.5.1).
+        """Queue job `name` from any thread; return its handle.
 
         Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
         options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
@@ -72,12 +94,9 @@ class Enqueuing:
         """
         loop, distributor, record = self._prepare(name, args, opts)
         success, error = self._feedback(success), self._feedback(error)
-        if record.enqueue_id is not None or record.loner:
+        if needs_admission(record):
             if self._in_loop_thread():
-                raise RuntimeError(
-                    "enqueue with enqueue_id/loner waits for the storage; on the reactor's "
-                    "loop use `await JR.aenqueue(...)`"
-                )
+                raise RuntimeError(ON_LOOP_ADMISSION)
             return self._call(self._admit_and_submit(distributor, record, success, error))
         return self._queue(loop, distributor, [record], success, error)[0]
 
@@ -96,8 +115,7 @@ class Enqueuing:
         loop, distributor, records = None, None, []
         for name, args, opts in jobs:
             loop, distributor, record = self._prepare(name, args, opts)
-            if record.enqueue_id is not None or record.loner:
-                raise InvalidOptions("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+            check_batchable([record])
             records.append(record)
         if loop is None or distributor is None:
             return []
@@ -149,7 +167,7 @@ class Enqueuing:
                     f"no feedback registered as {feedback!r}; call JR.register_feedback first"
                 )
             return feedback
-        return feedback if callable(feedback) else None  # SPEC 1.5.1: non-callables ignored
+        return feedback if callable(feedback) else None  # non-callables ignored, as in the Ruby gem
 
     async def aenqueue(
         self,
@@ -231,12 +249,7 @@ class Enqueuing:
     ) -> JobHandle | None:
         self._drain_inbox()  # keep FIFO with jobs enqueued just before
         if not await distributor.admit(record):
-            definition = self.registry.get(record.name)
-            if record.loner and definition is not None and definition.loner_enqueue_failed:
-                try:
-                    definition.loner_enqueue_failed(dict(record.args))
-                except Exception:
-                    logger.exception("loner_enqueue_failed hook of %r raised", record.name)
+            await refused(self.registry, record)
             return None
         handle = JobHandle(record.id)
         distributor.submit(record, success, error, handle)

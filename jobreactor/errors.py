@@ -33,7 +33,7 @@ class InvalidArgs(JobReactorError, TypeError):
 
 
 class NoSuchJob(JobReactorError):
-    """No job with this name is defined on the node that got it (SPEC D13)."""
+    """No job with this name is defined on the node that got it: it fails at once, no retries."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"no job named {name!r} is defined; check the node's job_directory")
@@ -125,7 +125,7 @@ class AlreadyClosed(JobReactorError):
 
 
 class CancelJob(JobReactorError):
-    """Raise from a job, callback or errback to stop the job for good (SPEC 1.6.8).
+    """Raise from a job, callback or errback to stop the job for good (docs/semantics.md §3).
 
     From the job or a callback: the success feedback fires with the args as they were
     before this attempt. From an errback: the error feedback fires. No further runs,

@@ -1,4 +1,4 @@
-"""What fork() does to a reactor (DESIGN "Production topologies"; prefork research §1, §5.1).
+"""What fork() does to a reactor (README "Running inside a web app").
 
 A started reactor's loop, thread and sockets belong to the process that started it. In a forked
 child the thread is gone, but the loop object, its epoll fd, its wake-up fd and its sockets are

@@ -45,11 +45,7 @@ class Housekeeping:
             for storage in self._storages():
                 if await storage.force_unlock(key):
                     return True
-            for distributor in self._distributors:
-                answers = await distributor.command("release_lock", key, timeout)
-                if any(answer.found for answer in answers):
-                    return True
-            return False
+            return await self._ask_nodes("release_lock", key, timeout)
 
         return self._call(release(), timeout=self._bound(timeout))
 
@@ -67,14 +63,18 @@ class Housekeeping:
                 if taken is not None:
                     self.distributor.submit(taken[1], None, None, JobHandle(job_id))
                     return True
-            for distributor in self._distributors:
-                # A node that has it hands it back; the distributor enqueues it again.
-                answers = await distributor.command("retry", job_id, timeout)
-                if any(answer.found for answer in answers):
-                    return True
-            return False
+            # A node that has it hands it back; the distributor enqueues it again.
+            return await self._ask_nodes("retry", job_id, timeout)
 
         return self._call(retry(), timeout=self._bound(timeout))
+
+    async def _ask_nodes(self, command: str, argument: str, timeout: float) -> bool:
+        """Send `command` to the nodes of every distributor here; True once one found it."""
+        for distributor in self._distributors:
+            answers = await distributor.command(command, argument, timeout)
+            if any(answer.found for answer in answers):
+                return True
+        return False
 
     def _bound(self, timeout: float) -> float:
         return 30.0 + timeout * max(1, len(self._distributors))

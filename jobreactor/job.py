@@ -1,7 +1,8 @@
 """The job record, its statuses, enqueue options (validated once, at enqueue) and timing rules.
 
 Pure: no I/O and no clock. Callers pass `now_epoch_s` (wall-clock seconds) in. Wall time is used
-because a due time crosses processes; each node converts it to its own loop clock once (SPEC D9).
+because a due time crosses processes; each node converts it to its own loop clock once
+(docs/semantics.md §1).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ JobOpts = dict[str, Any]
 
 
 class JobStatus(StrEnum):
-    """SPEC 1.7 life cycle: new → in progress → (queued | error → …) → complete/failed/cancelled."""
+    """The life cycle of docs/semantics.md §1: new → in progress → … → complete/failed/cancelled."""
 
     NEW = "new"
     IN_PROGRESS = "in progress"
@@ -47,14 +48,14 @@ RETRY_STRATEGIES: Final = frozenset({"linear", "exponential"})
 
 @dataclass(slots=True)
 class JobRecord:
-    """One job as it is sent, stored and run. Field names follow SPEC 1.7 (+ §7 extras)."""
+    """One job as it is sent, stored and run. Fields: docs/semantics.md §1."""
 
     id: str
     name: str
     args: JobArgs
     attempt: int = 0
     status: str = JobStatus.NEW
-    # Absolute due time of the next run, wall-clock seconds (SPEC D9: survives transit/restart).
+    # Absolute due time of the next run, wall-clock seconds (survives transit and restarts).
     run_at_ts: float = 0.0
     make_after: float = 0.0
     period: float = 0.0
@@ -68,7 +69,7 @@ class JobRecord:
     max_run_time: float | None = None
     on_success: str | None = None
     on_error: str | None = None
-    # When the last attempt started / failed (SPEC 1.7: run_at is a start time, not a schedule).
+    # When the last attempt started / failed (run_at is a start time, not a schedule).
     run_at: float | None = None
     failed_at: float | None = None
     last_error: str | None = None
@@ -139,7 +140,7 @@ _GET_DEFAULTED: Final = operator.attrgetter(*_DEFAULT_NAMES)
 
 
 def canonical_json(value: Any) -> str:
-    """One text for equal data (sorted keys, compact): lock keys, dedup keys (SPEC §6)."""
+    """One text for equal data (sorted keys, compact): lock keys (docs/semantics.md §7)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
@@ -182,7 +183,7 @@ def _epoch(value: Any) -> float:
 
 
 def due_time(opts: JobOpts, now_epoch_s: float) -> tuple[float, float]:
-    """(run_at_ts, make_after): `run_at` wins over `after` (SPEC 1.5.1), both become absolute."""
+    """(run_at_ts, make_after): `run_at` wins over `after`, both become absolute."""
     after = _number(opts, "after") or 0.0
     if opts.get("run_at") is not None:
         run_at_ts = _epoch(opts["run_at"])
@@ -193,7 +194,7 @@ def due_time(opts: JobOpts, now_epoch_s: float) -> tuple[float, float]:
 def _check_routing(opts: JobOpts, strict_node: bool) -> None:
     node, not_node = _text(opts, "node"), _text(opts, "not_node")
     if strict_node and node is not None and node == not_node:
-        # SPEC D10: the Ruby distributor hangs forever on this; we refuse it up front.
+        # The Ruby distributor hangs forever on this; we refuse it up front.
         raise InvalidOptions(
             f"node == not_node == {node!r} with always_use_specified_node: it could never run"
         )
@@ -239,7 +240,7 @@ def build_record(
     default_priority: int = 0,
     strict_node: bool = False,
 ) -> JobRecord:
-    """Validate `opts` once and build the record (SPEC 1.5.1, D9, D10; §7 extras).
+    """Validate `opts` once and build the record (docs/semantics.md §1, §7).
 
     Raises `InvalidOptions` (a ValueError) for unknown keys, wrong types and contradictions.
     Neither `args` nor `opts` is mutated.
@@ -317,8 +318,8 @@ def _positive(opts: JobOpts, key: str) -> float | None:
 def retry_delay(attempt: int, strategy: str, retry_multiplier: float) -> float:
     """Seconds before the next attempt, `attempt` being the attempts made so far (>= 1).
 
-    linear (JobReactor, SPEC 1.6.7): attempt × retry_multiplier → 5, 10, 15 … s by default.
-    exponential (delayed_job, SPEC 2.5): attempt**4 + 5 → 6, 21, 86 … s.
+    linear (JobReactor): attempt × retry_multiplier → 5, 10, 15 … s by default.
+    exponential (delayed_job): attempt**4 + 5 → 6, 21, 86 … s.
     """
     if strategy == "exponential":
         return float(attempt**4 + 5)
@@ -335,7 +336,7 @@ def next_periodic_due(previous_due: float, period: float, now: float) -> float:
 
 
 def error_value(exc: BaseException) -> dict[str, str]:
-    """How an exception crosses the wire and sits in storage (DESIGN: error values)."""
+    """How an exception crosses the wire and sits in storage (docs/semantics.md §3)."""
     return {
         "class": type(exc).__name__,
         "message": str(exc),
@@ -344,5 +345,5 @@ def error_value(exc: BaseException) -> dict[str, str]:
 
 
 def error_text(exc: BaseException) -> str:
-    """`last_error` as SPEC 1.7 stores it: "Class: message"."""
+    """`last_error` as the Ruby record stores it: "Class: message"."""
     return f"{type(exc).__name__}: {exc}"

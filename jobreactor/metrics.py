@@ -11,7 +11,7 @@ are read from the live distributors and nodes of the process when scraped, never
 
 One process, one set of figures. Under a pre-fork server each worker has its own: the
 dashboard's `/metrics` in registry mode sums what every live member publishes with its
-heartbeat (docs/decisions.md "Metrics across processes"), so a scrape never sees one random
+heartbeat (docs/decisions.md "Observability", across processes), so a scrape never sees one random
 worker. A node's own `metrics_port` serves that node process only.
 
 Label values are job names (the ones a node or distributor knows) and node / distributor

@@ -1,8 +1,8 @@
-"""RedisMonitor: a synchronous look into Redis storage, for consoles and apps (SPEC 1.14).
+"""RedisMonitor: a synchronous look into Redis storage, for consoles and apps.
 
 It reads and deletes the records RedisStorage writes, addressed by job id (not by Redis key,
 as the Ruby one was), through the per-node index sets: never `KEYS`, and node "node" never sees
-node "redis_node"'s jobs (SPEC D16).
+node "redis_node"'s jobs.
 
     >>> from jobreactor import RedisMonitor
     >>> mon = RedisMonitor("redis://localhost:6379")
@@ -92,7 +92,7 @@ class RedisMonitor:
 
     def jobs_for(self, node: str, to_be_retried: bool = False) -> dict[str, dict[str, Any]]:
         """`{job_id: record}` of `node`; with `to_be_retried`, only jobs not complete, cancelled
-        or failed: the ones the node resumes when it starts again (SPEC 1.15)."""
+        or failed: the ones the node resumes when it starts again (`retry_jobs_at_start`)."""
         out: dict[str, dict[str, Any]] = {}
         with redis_errors("jobs_for", self._where):
             for ids in self._pages(node):

@@ -20,11 +20,9 @@ import itertools
 import logging
 import os
 import signal
-import ssl as ssl_module
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from jobreactor import forksafe
@@ -34,13 +32,13 @@ from jobreactor.definitions import Registry, default_registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.enqueue import Enqueuing
-from jobreactor.errors import InvalidOptions, ReactorClosed, ReactorForkedError, ReactorTimeout
+from jobreactor.errors import ReactorClosed, ReactorForkedError, ReactorTimeout
 from jobreactor.handle import JobHandle
 from jobreactor.housekeeping import Housekeeping
 from jobreactor.job import JobRecord
 from jobreactor.logs import apply_log_format
 from jobreactor.node import Node
-from jobreactor.storage import open_storage
+from jobreactor.starting import Starting
 
 logger = logging.getLogger("jobreactor")
 
@@ -57,7 +55,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Reactor(Enqueuing, AppCalls, Housekeeping):
+class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
     """An event loop in a thread, with the distributors and nodes that live on it."""
 
     def __init__(self, **config: Any) -> None:
@@ -87,7 +85,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
         # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
-        # purposes (SPEC D3/D4 only ask for no collisions) at a tenth of the cost: no syscall
+        # purposes (ids need only never collide) at a tenth of the cost: no syscall
         # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
@@ -114,7 +112,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
     # --- the loop and its thread ----------------------------------------------------------------
 
     def ready(self) -> bool:
-        """True once `run()` finished its setup and the loop is still running (SPEC JR.ready?)."""
+        """True once `run()` finished its setup and the loop is still running (Ruby `JR.ready?`)."""
         if os.getpid() != self._pid:
             self._after_fork()
         return self._ready.is_set() and self._loop is not None and self._loop.is_running()
@@ -191,7 +189,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             self._stopped.set()
 
     def run_forever(self, setup: Setup | None = None) -> None:
-        """Run the loop in this thread until `stop()` or SIGINT/SIGTERM (SPEC JR.run!).
+        """Run the loop in this thread until `stop()` or SIGINT/SIGTERM (Ruby: `JR.run!`).
 
         `setup` runs in a helper thread once the loop is up, so it may call the blocking API.
         A first signal stops gracefully; a second one stops at once.
@@ -243,7 +241,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
             self._stop_event.set()
 
     def attach(self, loop: asyncio.AbstractEventLoop, setup: Setup | None = None) -> None:
-        """Live on a loop the app already runs (SPEC 1.2: JR.wait_em_and_run), e.g. an ASGI app's.
+        """Live on a loop the app already runs (Ruby: `JR.wait_em_and_run`), e.g. an ASGI app's.
 
         Call it from any thread; `setup` (plain or async) runs on that loop. On the loop itself
         use the `a`-prefixed coroutines (`await JR.astart_distributor(...)`) and `await
@@ -387,174 +385,6 @@ class Reactor(Enqueuing, AppCalls, Housekeeping):
                 "(sync code in an async job or a feedback?); the call was cancelled"
             )
         return future.result()
-
-    # --- distributors ---------------------------------------------------------------------------
-
-    def start_distributor(  # noqa: PLR0913 (pinned API plus discovery: DESIGN.md)
-        self,
-        host: str = "127.0.0.1",
-        port: int = 5000,
-        *,
-        secret: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        storage: str = "memory",
-        redis_url: str | None = None,
-        advertise: str | None = None,
-        discovery_url: str | None = None,
-        group: str | None = None,
-        insecure: bool | None = None,
-    ) -> tuple[str, int]:
-        """Start a distributor on this reactor; return the bound (host, port). Thread-safe.
-
-        A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
-        (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
-        """
-        return self._call(
-            self.astart_distributor(
-                host,
-                port,
-                secret=secret,
-                ssl=ssl,
-                storage=storage,
-                redis_url=redis_url,
-                advertise=advertise,
-                discovery_url=discovery_url,
-                group=group,
-                insecure=insecure,
-            )
-        )
-
-    async def astart_distributor(  # noqa: PLR0913 (mirrors start_distributor)
-        self,
-        host: str = "127.0.0.1",
-        port: int = 5000,
-        *,
-        secret: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        storage: str = "memory",
-        redis_url: str | None = None,
-        advertise: str | None = None,
-        discovery_url: str | None = None,
-        group: str | None = None,
-        insecure: bool | None = None,
-    ) -> tuple[str, int]:
-        settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
-        distributor = Distributor(
-            settings,
-            secret=secret,
-            advertise=advertise,
-            storage=open_storage(
-                storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
-            ),
-            discovery_url=discovery_url,
-            group=group,
-        )
-        distributor.named_feedbacks = self._named_feedbacks
-        try:
-            bound = await distributor.start(host, port, ssl)
-        except BaseException:
-            await distributor.storage.aclose()
-            raise
-        self._distributors.append(distributor)
-        return bound
-
-    @property
-    def distributor(self) -> Distributor:
-        self._check_fork()
-        if not self._distributors:
-            raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
-        return self._distributors[0]
-
-    # --- nodes ----------------------------------------------------------------------------------
-
-    def start_node(  # noqa: PLR0913 (pinned API: DESIGN.md)
-        self,
-        name: str,
-        storage: str = "memory",
-        distributors: list[tuple[str, int]] | None = None,
-        *,
-        job_directory: str | Path | None = None,
-        redis_url: str | None = None,
-        concurrency: int | None = None,
-        secret: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        registry: Registry | None = None,
-        wait: bool = True,
-        discovery_url: str | None = None,
-        group: str | None = None,
-    ) -> Node:
-        """Start a node on this reactor (SPEC start_node). Thread-safe; waits for its links."""
-        return self._call(
-            self.astart_node(
-                name,
-                storage,
-                distributors,
-                job_directory=job_directory,
-                redis_url=redis_url,
-                concurrency=concurrency,
-                secret=secret,
-                ssl=ssl,
-                registry=registry,
-                wait=wait,
-                discovery_url=discovery_url,
-                group=group,
-            )
-        )
-
-    async def astart_node(  # noqa: PLR0913 (mirrors start_node)
-        self,
-        name: str,
-        storage: str = "memory",
-        distributors: list[tuple[str, int]] | None = None,
-        *,
-        job_directory: str | Path | None = None,
-        redis_url: str | None = None,
-        concurrency: int | None = None,
-        secret: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        registry: Registry | None = None,
-        wait: bool = True,
-        discovery_url: str | None = None,
-        group: str | None = None,
-    ) -> Node:
-        overrides: dict[str, Any] = {}
-        if concurrency is not None:
-            overrides["concurrency"] = concurrency
-        settings = self.config.snapshot(**overrides)
-        if registry is None:
-            registry = Registry()
-            directory = job_directory if job_directory is not None else settings.job_directory
-            registry.load_directory(directory)
-        discovery_url = discovery_url or settings.discovery_url
-        # This reactor's own distributors, unless discovery finds them (one link each).
-        local = [d for d in self._distributors if not (discovery_url and d.presence)]
-        targets = list(distributors or [("127.0.0.1", d.address_port()) for d in local])
-        if not targets and not discovery_url:
-            raise InvalidOptions(
-                "start_node needs distributors=[(host, port), ...] or discovery_url"
-            )
-        node = Node(
-            name,
-            settings,
-            registry,
-            open_storage(storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix),
-            [(str(h), int(p)) for h, p in targets],
-            secret=secret,
-            ssl_context=ssl,
-            redis_url=redis_url or settings.hiredis_url,
-            discovery_url=discovery_url,
-            group=group,
-        )
-        await node.start()
-        self._nodes.append(node)
-        if wait:
-            try:
-                await node.wait_ready(timeout=max(5.0, settings.handshake_timeout * 3))
-            except TimeoutError:
-                self._nodes.remove(node)
-                await node.stop(grace=0)
-                raise
-        return node
 
 
 JR = Reactor()

@@ -251,6 +251,17 @@ def make_registry() -> Registry:
     return Registry()
 
 
+def noop_registry() -> Registry:
+    """A fresh registry with one job, "noop", that does nothing."""
+    made = Registry()
+
+    @made.job("noop")
+    def noop(args: dict[str, Any]) -> None:
+        pass
+
+    return made
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Collect garbage before each Hypothesis test. Objects left over by earlier tests
     (asyncio Redis clients of the discovery tests) have finalizers that draw from `random`.

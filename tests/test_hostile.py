@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
@@ -26,17 +25,7 @@ from jobreactor.protocol import (
     decode_body,
     encode,
 )
-from tests.conftest import make_test_reactor, wait_until
-
-
-def registry() -> Registry:
-    made = Registry()
-
-    @made.job("noop")
-    def noop(args: dict[str, Any]) -> None:
-        pass
-
-    return made
+from tests.conftest import make_test_reactor, noop_registry, wait_until
 
 
 def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
@@ -143,7 +132,7 @@ def test_a_hello_of_empty_maps_is_refused_without_unpacking_them() -> None:
 
 def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) -> None:
     """The Hello must fit PRE_AUTH_MAX_FRAME_BYTES whatever the node holds."""
-    node = reactor.start_node("w1", registry=registry())
+    node = reactor.start_node("w1", registry=noop_registry())
     link = node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
     node.held_from = lambda link: held  # type: ignore[method-assign]
@@ -170,7 +159,7 @@ def test_unauthenticated_connections_are_capped(caplog: pytest.LogCaptureFixture
         for sock in socks:
             sock.close()
         # The cap counts handshakes in progress only: a real node still gets in after.
-        reactor.start_node("w1", registry=registry())
+        reactor.start_node("w1", registry=noop_registry())
         handle = reactor.enqueue("noop", {})
         assert handle is not None
         handle.result(timeout=10)
@@ -204,7 +193,7 @@ def test_a_real_node_joins_while_garbage_peers_are_refused(reactor: Reactor) -> 
             sock.sendall(junk)
             sock.shutdown(socket.SHUT_WR)
             assert closed_by_peer(sock)
-    reactor.start_node("w1", registry=registry())
+    reactor.start_node("w1", registry=noop_registry())
     handle = reactor.enqueue("noop", {})
     assert handle is not None
     handle.result(timeout=10)

@@ -15,24 +15,25 @@ from typing import Any
 
 import pytest
 
-from jobreactor import InvalidOptions, Reactor, Registry
+from jobreactor import InvalidOptions, Reactor
 from jobreactor.node.identity import expand_node_name
 from jobreactor.protocol import NONCE_BYTES, PROTOCOL_VERSION, Bye, FrameDecoder, Hello, encode
-from tests.conftest import make_test_reactor, wait_until
-
-
-def registry() -> Registry:
-    made = Registry()
-
-    @made.job("noop")
-    def noop(args: dict[str, Any]) -> None:
-        pass
-
-    return made
+from tests.conftest import make_test_reactor, noop_registry, wait_until
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
+
+
+def wait_for_error(
+    caplog: pytest.LogCaptureFixture, text: str, count: int = 1, timeout: float = 10.0
+) -> None:
+    """Wait until `count` ERROR records contain `text`."""
+    wait_until(
+        lambda: len(messages(caplog, logging.ERROR, text)) >= count,
+        timeout=timeout,
+        what=f"{count} error(s) saying {text!r}",
+    )
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def test_unknown_name_fields_are_refused(template: str) -> None:
 
 
 def test_start_node_expands_the_name(reactor: Reactor) -> None:
-    node = reactor.start_node("w-{pid}", registry=registry())
+    node = reactor.start_node("w-{pid}", registry=noop_registry())
     assert node.name == f"w-{os.getpid()}"
     reactor.wait_for_node(f"w-{os.getpid()}", timeout=10)
 
@@ -73,9 +74,9 @@ def test_a_second_instance_is_refused_and_the_first_keeps_its_jobs(
     reactor = make_test_reactor(reconnect_interval=0.05)
     try:
         reactor.start_distributor("127.0.0.1", 0)
-        first = reactor.start_node("w1", registry=registry())
+        first = reactor.start_node("w1", registry=noop_registry())
         with caplog.at_level(logging.INFO, logger="jobreactor"):
-            second = reactor.start_node("w1", registry=registry(), wait=False)
+            second = reactor.start_node("w1", registry=noop_registry(), wait=False)
             wait_until(
                 lambda: (
                     bool(messages(caplog, logging.ERROR, "refused node 'w1'"))
@@ -146,12 +147,8 @@ def test_wrong_secret_is_logged_on_both_sides_blaming_the_right_one(
     try:
         reactor.start_distributor("127.0.0.1", 0, secret="right")
         with caplog.at_level(logging.INFO, logger="jobreactor"):
-            reactor.start_node("w1", registry=registry(), secret="wrong", wait=False)
-            wait_until(
-                lambda: bool(messages(caplog, logging.ERROR, "refused our proof")),
-                timeout=10,
-                what="the node's error",
-            )
+            reactor.start_node("w1", registry=noop_registry(), secret="wrong", wait=False)
+            wait_for_error(caplog, "refused our proof")
         dist_side = messages(caplog, logging.WARNING, "bad secret")
         assert dist_side
         assert "'w1'" in dist_side[0]
@@ -172,12 +169,8 @@ def test_a_node_with_a_secret_is_refused_by_a_distributor_without_one(
     try:
         reactor.start_distributor("127.0.0.1", 0)
         with caplog.at_level(logging.INFO, logger="jobreactor"):
-            reactor.start_node("w1", registry=registry(), secret="s3cret", wait=False)
-            wait_until(
-                lambda: bool(messages(caplog, logging.ERROR, "has no secret but the node has")),
-                timeout=10,
-                what="the node's error",
-            )
+            reactor.start_node("w1", registry=noop_registry(), secret="s3cret", wait=False)
+            wait_for_error(caplog, "has no secret but the node has")
         assert not messages(caplog, logging.INFO, "ready to work")
         assert reactor.nodes() == []
     finally:
@@ -190,14 +183,10 @@ def test_bad_secret_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) 
         reactor.start_distributor("127.0.0.1", 0, secret="right")
         with caplog.at_level(logging.WARNING, logger="jobreactor.distributor"):
             nodes = [
-                reactor.start_node(f"w{i}", registry=registry(), secret="wrong", wait=False)
+                reactor.start_node(f"w{i}", registry=noop_registry(), secret="wrong", wait=False)
                 for i in range(20)
             ]
-            wait_until(
-                lambda: len(messages(caplog, logging.ERROR, "refused our proof")) >= 20,
-                timeout=15,
-                what="every node refused",
-            )
+            wait_for_error(caplog, "refused our proof", count=20, timeout=15)
         dist_side = [
             r for r in caplog.records if r.name == "jobreactor.distributor" and "secret" in r.msg
         ]
@@ -212,12 +201,8 @@ def test_refused_handshakes_do_not_reset_the_backoff(caplog: pytest.LogCaptureFi
     try:
         reactor.start_distributor("127.0.0.1", 0, secret="right")
         with caplog.at_level(logging.ERROR, logger="jobreactor.node"):
-            reactor.start_node("w1", registry=registry(), secret="wrong", wait=False)
-            wait_until(
-                lambda: len(messages(caplog, logging.ERROR, "refused our proof")) >= 5,
-                timeout=15,
-                what="five refusals",
-            )
+            reactor.start_node("w1", registry=noop_registry(), secret="wrong", wait=False)
+            wait_for_error(caplog, "refused our proof", count=5, timeout=15)
         times = [r.created for r in caplog.records if "refused our proof" in r.getMessage()][:5]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         # 0.05, 0.1, 0.2, 0.4 s: each gap about twice the one before (a reset would keep 0.05).
@@ -229,14 +214,10 @@ def test_refused_handshakes_do_not_reset_the_backoff(caplog: pytest.LogCaptureFi
 def test_node_ready_to_work_is_not_logged_by_refused_nodes(
     reactor: Reactor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    reactor.start_node("w1", registry=registry())
+    reactor.start_node("w1", registry=noop_registry())
     with caplog.at_level(logging.INFO, logger="jobreactor"):
-        reactor.start_node("w1", registry=registry(), wait=False)
-        wait_until(
-            lambda: bool(messages(caplog, logging.ERROR, "duplicate node name")),
-            timeout=10,
-            what="the refusal",
-        )
+        reactor.start_node("w1", registry=noop_registry(), wait=False)
+        wait_for_error(caplog, "duplicate node name")
     assert not messages(caplog, logging.INFO, "ready to work")
 
 

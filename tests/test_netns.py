@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,33 +16,16 @@ import pytest
 
 from jobreactor import Registry
 from tests.conftest import Recorder, in_flight, make_test_reactor, wait_until
+from tests.netns import Host, ip, netns_refusal
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
-
-
-class Link:
+class Link(Host):
     """The root namespace (distributor) <-> namespace `ns` (node), over veth `outer`/`inner`."""
 
     def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        octet = int(tag[:2], 16)
-        self.ns = f"jr-{tag}"
-        self.outer, self.inner = f"jro{tag}", f"jri{tag}"
-        self.outer_ip, self.inner_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
-
-    def create(self) -> None:
-        ip("netns", "add", self.ns)
-        ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
-        ip("link", "set", self.inner, "netns", self.ns)
-        ip("addr", "add", f"{self.outer_ip}/30", "dev", self.outer)
-        ip("link", "set", self.outer, "up")
-        ip("-n", self.ns, "addr", "add", f"{self.inner_ip}/30", "dev", self.inner)
-        ip("-n", self.ns, "link", "set", self.inner, "up")
-        ip("-n", self.ns, "link", "set", "lo", "up")
+        super().__init__(index=0)
 
     def cut(self) -> None:
         ip("link", "set", self.outer, "down")
@@ -53,17 +33,13 @@ class Link:
     def heal(self) -> None:
         ip("link", "set", self.outer, "up")
 
-    def remove(self) -> None:
-        for args in (("link", "del", self.outer), ("netns", "del", self.ns)):
-            subprocess.run(["ip", *args], capture_output=True, timeout=10, check=False)
-
 
 @pytest.fixture
 def link() -> Iterator[Link]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        reason = "network namespaces need root and iproute2 (`ip`)"
-        print(f"SKIP test_netns: {reason}")
-        pytest.skip(reason)
+    refused = netns_refusal()
+    if refused is not None:
+        print(f"SKIP test_netns: {refused}")
+        pytest.skip(refused)
     made = Link()
     try:
         made.create()

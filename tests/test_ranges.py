@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from jobreactor import InvalidArgs, InvalidOptions, JobCancelled, Reactor, Registry
+from jobreactor import InvalidArgs, InvalidOptions, JobCancelled, Reactor
 from jobreactor.handle import JobHandle
 from jobreactor.job import build_record
 from jobreactor.protocol import (
@@ -22,17 +22,7 @@ from jobreactor.protocol import (
     decode_body,
     encode,
 )
-from tests.conftest import in_flight, wait_until
-
-
-def registry() -> Registry:
-    made = Registry()
-
-    @made.job("noop")
-    def noop(args: dict[str, Any]) -> None:
-        pass
-
-    return made
+from tests.conftest import in_flight, noop_registry, wait_until
 
 
 @pytest.mark.parametrize(
@@ -64,7 +54,7 @@ def test_out_of_range_integers_in_args_are_refused_at_enqueue(reactor: Reactor, 
 
 
 def test_extreme_but_encodable_values_still_run(reactor: Reactor) -> None:
-    reactor.start_node("w1", registry=registry())
+    reactor.start_node("w1", registry=noop_registry())
     handle = reactor.enqueue(
         "noop",
         {"big": 2**64 - 1, "small": -(2**63)},
@@ -76,7 +66,7 @@ def test_extreme_but_encodable_values_still_run(reactor: Reactor) -> None:
 
 def test_a_job_that_cannot_be_encoded_fails_alone(reactor: Reactor) -> None:
     """Before: the whole chunk of up to 512 jobs vanished and in_flight stayed up forever."""
-    reactor.start_node("w1", registry=registry())
+    reactor.start_node("w1", registry=noop_registry())
     distributor = reactor.distributor
     good = [reactor.enqueue("noop", {"i": i}) for i in range(5)]
     bad_record = build_record("bad-1", "noop", {}, {}, now_epoch_s=0.0)
@@ -140,7 +130,7 @@ def test_a_poisoned_reports_frame_closes_only_that_connection(reactor: Reactor) 
             closed += chunk
         assert b"first_seq" in closed  # the Bye says why
     wait_until(lambda: not reactor.nodes(), timeout=10, what="the rogue gone")
-    reactor.start_node("w1", registry=registry())
+    reactor.start_node("w1", registry=noop_registry())
     handle = reactor.enqueue("noop", {})
     assert handle is not None
     handle.result(timeout=10)

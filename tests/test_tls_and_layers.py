@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from jobreactor.config import ReactorConfig, client_ssl_context, server_ssl_cont
 
 PACKAGE = Path(__file__).resolve().parent.parent / "jobreactor"
 PURE_MODULES = [
-    "protocol.py",
+    *(f"protocol/{path.name}" for path in sorted((PACKAGE / "protocol").glob("*.py"))),
     "job.py",
     "definitions.py",
     "errors.py",
@@ -40,13 +41,47 @@ def test_pure_modules_do_no_io(module: str) -> None:
     assert imported_top_level_modules(PACKAGE / module).isdisjoint(IO_MODULES)
 
 
+def source_lines(pattern: str) -> list[tuple[str, str]]:
+    """(file:line, text) of every line of the package's Python files that matches `pattern`."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(pattern, line):
+                found.append((f"{path.relative_to(PACKAGE).as_posix()}:{number}", line.strip()))
+    return found
+
+
+def test_comments_point_only_at_documents_the_repository_ships() -> None:
+    """The project's notes (SPEC.md, DESIGN.md, STYLE.md, research) are not in the repository:
+    code never cites them."""
+    assert source_lines(r"\b(SPEC|DESIGN|STYLE)\b|\bpractice \d|\bresearch §") == []
+
+
+def test_cited_sections_exist() -> None:
+    """Every `docs/semantics.md §N`, `docs/decisions.md "Title"` and `README "Title"` the code
+    cites is there."""
+    root = PACKAGE.parent
+    sections = set(re.findall(r"^## (\d+)\.", (root / "docs/semantics.md").read_text(), re.M))
+    for where, line in source_lines(r"docs/semantics\.md"):
+        for number in re.findall(r"§(\d+)", line.split("docs/semantics.md", 1)[1]):
+            assert number in sections, f"{where}: no section {number} in docs/semantics.md"
+    for document in ("docs/decisions.md", "README"):
+        text = (root / ("README.md" if document == "README" else document)).read_text()
+        headings = re.findall(r"^#+ (.+)$", text, re.M)
+        for where, line in source_lines(f'{re.escape(document)} "'):
+            title = line.split(f'{document} "', 1)[1].split('"', 1)[0]
+            assert any(h.startswith(title) for h in headings), f"{where}: no {title!r} there"
+
+
 def test_only_storage_and_the_tools_import_redis() -> None:
     # discovery/ is Redis by nature; distributors and nodes import it only with discovery_url.
     discovery = {"discovery/registry.py", "discovery/watch.py", "discovery/journals.py"}
     allowed = {
         "storage/redis.py",
         "storage/connect.py",
+        "storage/wakeups.py",
         "batch.py",
+        "batch_stores.py",
         "monitor.py",
         "cli.py",
     } | discovery

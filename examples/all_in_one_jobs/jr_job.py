@@ -37,7 +37,7 @@ def second_callback(args: dict[str, Any]) -> None:
 
 @job_errback("test_job", "first_errback")
 def first_errback(args: dict[str, Any]) -> None:
-    # `result` was added by the failed attempt, so it is not here (SPEC 1.8: errbacks see the
+    # `result` was added by the failed attempt, so it is not here (errbacks see the
     # args from before the attempt, plus `error`).
     print(f"  [node] first errback of job {args['n']}: error={args['error']!r}")
     args["err"] = "seen by first_errback"

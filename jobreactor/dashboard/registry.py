@@ -17,14 +17,16 @@ import asyncio
 import time
 from typing import Any
 
-from jobreactor.dashboard.sources import Chain, Snapshot, View, job_view
+from jobreactor.dashboard.sources import NoLiveSource, Snapshot, View, job_view
 from jobreactor.discovery import Member, live_members
 from jobreactor.discovery.registry import REDIS_ERRORS, connect
 from jobreactor.errors import StorageUnavailable
 from jobreactor.storage.redis import redact_url
 
 
-class RegistrySource:
+class RegistrySource(NoLiveSource):
+    """Live members' figures; what they don't publish is empty, as with no live source."""
+
     def __init__(self, discovery_url: str, group: str | None = None, prefix: str = "jr") -> None:
         self.url = discovery_url
         self.group = group or "default"
@@ -73,30 +75,12 @@ class RegistrySource:
             out.append(stats)
         return out
 
-    def scheduled(self, limit: int) -> list[View]:
-        return []
-
-    def failed(self, limit: int) -> list[View]:
-        return []
-
     def job(self, job_id: str) -> View | None:
         distributors, _ = self._members()
         for member in distributors:
             for job in member.stats.get("pending_jobs") or []:
                 if job.get("id") == job_id:
                     return job_view(job, where="pending", distributor=member.address)
-        return None
-
-    def retry(self, job_id: str) -> bool:
-        return False
-
-    def delete(self, job_id: str) -> bool:
-        return False
-
-    def cancel(self, job_id: str) -> bool | None:
-        return None
-
-    def chain(self, name: str) -> Chain | None:
         return None
 
 

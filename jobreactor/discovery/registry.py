@@ -1,4 +1,4 @@
-"""The registry: who is alive in a group, refreshed by a heartbeat (DESIGN "Discovery").
+"""The registry: who is alive in a group, refreshed by a heartbeat (README "Discovery").
 
 A member (a distributor, or a node that uses discovery) beats every `registry_beat` seconds
 (±10 % jitter): one Lua call sets its deadline in the group's zset (Redis `TIME` + TTL, never

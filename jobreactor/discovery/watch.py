@@ -19,7 +19,7 @@ import redis.asyncio as aredis
 
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Member, live_members
-from jobreactor.storage.redis import _listen
+from jobreactor.storage.wakeups import pubsub_events
 
 logger = logging.getLogger("jobreactor.discovery")
 
@@ -102,7 +102,7 @@ class Watcher:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.events)
-                async with contextlib.aclosing(_listen(pubsub)) as events:
+                async with contextlib.aclosing(pubsub_events(pubsub)) as events:
                     async for _ in events:
                         # A message, or a (re)subscription after which nothing is missed.
                         delay = _BACKOFF_MIN_S

@@ -1,17 +1,17 @@
 """The dispatch policy, pure: pending jobs, node credits, and who gets which job.
 
-Rules (SPEC 1.5.2 generalised by DESIGN "Dispatch and flow control"):
-- Pending jobs leave by `priority` (lower first), then FIFO (SPEC D11).
+Rules (docs/semantics.md §2; docs/decisions.md "Dispatch"):
+- Pending jobs leave by `priority` (lower first), then FIFO.
 - A node takes a job only while it has credit; among eligible nodes the one with the most free
   credit wins (least loaded; the first connected on a tie), not the first connected. Nodes sit
   in heaps by free credit (one per set of declared names, one over all), so the choice costs
   O(log nodes), not a scan: 1,000 connected nodes cost what 10 do.
 - Jobs go to nodes that declared the job name; if no connected node declared it, any node may
-  take it, so an unknown name fails fast with NoSuchJob there (SPEC D13) instead of waiting.
+  take it, so an unknown name fails fast with NoSuchJob there instead of waiting.
 - `not_node` is always honoured. `node` is a preference, unless `strict_node`
   (always_use_specified_node), in which case the job waits for that node.
 The shell calls these methods on events and sends whatever `assign()` returns; nothing here
-awaits or touches a socket (practice 3).
+awaits or touches a socket.
 """
 
 from __future__ import annotations

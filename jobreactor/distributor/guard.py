@@ -1,4 +1,4 @@
-"""Who may reach a distributor and join it (DESIGN, "Secure by default", "Node identity"):
+"""Who may reach a distributor and join it (README "Security"):
 where it may listen without a secret, how many anonymous connections it keeps, and which of two
 nodes claiming one name is refused.
 

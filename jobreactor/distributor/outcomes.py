@@ -1,8 +1,8 @@
 """Outcomes: how a job's end reaches the app, and the gems' app-side parts.
 
 Feedback callables (closures or names registered with `JR.register_feedback`) are called once
-per report, the final one exactly once; an exception in one is logged and contained (SPEC
-D19). Unique enqueues (dj_one's `enqueue_id`, resque-lock's `loner`) take their keys here, at
+per report, the final one exactly once; an exception in one is logged and contained.
+Unique enqueues (dj_one's `enqueue_id`, resque-lock's `loner`) take their keys here, at
 enqueue, and give them back when the job starts or ends; the app hears the final outcome only
 after that. A batch's `on_complete` runs here when the part that completes it reports.
 Distributor (distributor.py) mixes this in.
@@ -202,7 +202,7 @@ class Outcomes:
         try:
             result = feedback(args)
         except Exception:
-            # SPEC D19: a failing feedback is the app's bug; log it and keep serving.
+            # A failing feedback is the app's bug; log it and keep serving.
             logger.exception("feedback for job %s raised; continuing", job_id)
             return
         if inspect.isawaitable(result):

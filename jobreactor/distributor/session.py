@@ -1,6 +1,6 @@
 """NodeSession: the distributor's side of one node connection.
 
-What is legal now is one table (practice 2): Hello first, then Auth when a secret is set, then
+What is legal now is one table: Hello first, then Auth when a secret is set, then
 the working messages. Anything else is a protocol violation that closes this connection only.
 """
 

@@ -1,4 +1,4 @@
-"""In-flight tracking, pure: every job sent until its final report (DESIGN "Ownership").
+"""In-flight tracking, pure: every job sent until its final report (docs/semantics.md §6).
 
 Each send issues a fresh lease. A report counts only if it names the job's current lease and
 comes from the connection (or, for a durable node, the node name) that holds it; anything else
@@ -164,7 +164,7 @@ class Tracker:
     def detach(self, conn: int, *, keep_acked: bool) -> list[InFlight]:
         """`conn` closed. Return the entries to requeue (and forget them).
 
-        Unacknowledged jobs always come back (SPEC D7). Acknowledged ones come back too unless
+        Unacknowledged jobs always come back. Acknowledged ones come back too unless
         `keep_acked` (a durable node owns them while it is away; see `orphans_of`).
         """
         requeue: list[InFlight] = []

@@ -1,4 +1,4 @@
-"""Attempts: what a node does with a job once it is due (SPEC 1.6.4–1.6.8, 1.8, 1.9).
+"""Attempts: what a node does with a job once it is due (docs/semantics.md §3–§5).
 
 One attempt of a held job: its state change, the callback chain (inline, as a task, or in the
 thread pool: runner.py), then success, retry, final failure or cancel, each reported to the
@@ -73,11 +73,19 @@ class Attempts:
         def _persist(self, record: JobRecord) -> None: ...
         def _flush_soon(self) -> None: ...
         def _kick(self) -> None: ...
-        def _spawn(self, coro: Any) -> None: ...
-        def _task_done(self, task: asyncio.Task[Any]) -> None: ...
         def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None: ...
 
-    # --- attempts (SPEC 1.6.4) --------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("node %s: internal task failed", self.name, exc_info=task.exception())
+
+    # --- attempts -------------------------------------------------------------------------------
 
     def _claim_slot(self, held: Held) -> None:
         held.running = True
@@ -85,7 +93,7 @@ class Attempts:
         self._idle.clear()
 
     def start_attempt(self, held: Held) -> None:
-        """Run one attempt of `held`, whose run slot is taken (SPEC 1.6.4)."""
+        """Run one attempt of `held`, whose run slot is taken (docs/semantics.md §3)."""
         record = held.record
         record.status = JobStatus.IN_PROGRESS
         record.attempt += 1
@@ -173,7 +181,7 @@ class Attempts:
         record.status = JobStatus.ERROR
         if self._log_jobs:
             log_job(logger, "error", record)
-        record.args["error"] = exc  # SPEC 1.6.6: merged into the pre-attempt args, in place
+        record.args["error"] = exc  # merged into the pre-attempt args, in place
         errback_args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
             errback_args["job_itself"] = self._job_itself(record)
@@ -231,7 +239,7 @@ class Attempts:
         if periodic and not held.dropped:
             args.pop("job_itself", None)
             record.args = args
-            record.attempt = 0  # SPEC D12: a successful periodic run resets the count
+            record.attempt = 0  # a successful periodic run resets the count
             record.status = JobStatus.QUEUED
             record.run_at_ts = next_periodic_due(record.run_at_ts, record.period, time.time())
             record.make_after = record.period  # the Ruby record's "wait before the next run"
@@ -249,7 +257,7 @@ class Attempts:
         self._forget(held, destroy=self.settings.remove_done_jobs)
 
     def _on_rescue(self, held: Held, exc: BaseException) -> None:
-        """SPEC 1.6.6 complete_rescue: retry while attempts remain, else fail for good."""
+        """Retry while attempts remain, else fail for good (docs/semantics.md §4)."""
         record = held.record
         limit = record.max_attempt or self.settings.max_attempt
         retry = (
@@ -281,7 +289,7 @@ class Attempts:
         self._forget(held, destroy=self.settings.remove_failed_jobs)
 
     def _on_cancel(self, held: Held, *, error: bool) -> None:
-        """SPEC 1.6.8: CancelJob from the chain (success feedback) or an errback (error)."""
+        """CancelJob from a callback (success feedback) or errback (error): docs/semantics.md §3."""
         record = held.record
         args = plain_args(record.args)
         record.args = args
@@ -386,7 +394,7 @@ class Attempts:
             return
         link = held.link
         if link is None:
-            # SPEC D14: no link to that distributor: log and drop, never crash.
+            # No link to that distributor: log and drop, never crash.
             logger.warning(
                 "job %s: no link to distributor %r; %s report dropped",
                 held.record.id,

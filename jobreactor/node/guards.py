@@ -1,4 +1,4 @@
-"""The gems' per-attempt checks, around an attempt (SPEC §3, §4, §5, §7.2–7.4).
+"""The gems' per-attempt checks, around an attempt (docs/semantics.md §7).
 
 Before an attempt: a stopped batch skips the job; `perform_id` (dj_one) postpones it by
 `duplicate_delay` while another job with that id runs, without using an attempt; `lock`

@@ -3,7 +3,7 @@
 It dials, proves the secret (if any), re-offers the jobs the node still holds from this
 distributor, and then carries acknowledgements, credits and reports, coalesced once per loop
 tick. Reports survive reconnects: they stay queued until the distributor acknowledges them
-(SPEC D15: the Ruby report lock got stuck after a disconnect; ours is reset and flushed).
+(the Ruby gem's report lock got stuck after a disconnect; ours is reset and flushed).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import secrets
 import ssl
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.node import commands
+from jobreactor.node.reports import Reporting
 from jobreactor.protocol import (
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
@@ -39,14 +40,11 @@ from jobreactor.protocol import (
     Ping,
     Pong,
     ReportItem,
-    Reports,
     ReportsAck,
     Return,
     Welcome,
     encode,
-    encode_split,
     handshake_proof,
-    pack_args,
     proof_matches,
 )
 
@@ -56,8 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.node")
 
 _MAX_BACKOFF_S = 30.0
-# Reports per frame: keeps frames well under max_frame_bytes for ordinary args.
-_REPORTS_PER_FRAME = 512
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
 # Held jobs per Held frame: ~40 bytes each, so a node holding a million jobs still fits every
@@ -70,41 +66,13 @@ _HELD_IN_HELLO = 500
 _PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
 
-def _reports_frame(chunk: list[tuple[int, ReportItem]]) -> Reports:
-    return Reports(chunk[0][0], [item for _, item in chunk])
-
-
-def _too_large(entry: tuple[int, ReportItem]) -> tuple[int, ReportItem]:
-    """A job grew its args past max_frame_bytes: report that instead of args nobody can read."""
-    seq, item = entry
-    logger.warning(
-        "job %s: its final args exceed max_frame_bytes; reported without them", item.job_id
-    )
-    args = {
-        "error": {
-            "class": "ReportTooLarge",
-            "message": "the job's final args exceed max_frame_bytes; store big results "
-            "elsewhere and return a reference",
-        }
-    }
-    return seq, ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
-
-
-def _wire_safe(value: Any) -> Any:
-    try:
-        pack_args({"v": value})
-    except TypeError:
-        return repr(value)
-    return value
-
-
 class LinkPhase(Enum):
     DOWN = "down"
     AWAIT_WELCOME = "await welcome"
     READY = "ready"
 
 
-class DistributorLink:
+class DistributorLink(Reporting):
     def __init__(self, node: Node, host: str, port: int, ssl_context: ssl.SSLContext | None):
         self.node = node
         self.host = host
@@ -140,9 +108,6 @@ class DistributorLink:
     @property
     def is_ready(self) -> bool:
         return self.phase is LinkPhase.READY
-
-    def unacked_report_ids(self) -> list[tuple[str, int]]:
-        return [(item.job_id, item.lease) for _, item in self._reports]
 
     # --- the dial loop --------------------------------------------------------------------------
 
@@ -373,38 +338,7 @@ class DistributorLink:
         for nack in self._nacks:
             conn.send_frame(encode(nack))
         self._nacks.clear()
-        reports = self._reports
-        while self._unsent_from < len(reports):
-            start = self._unsent_from
-            chunk = [
-                reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))
-            ]
-            self._unsent_from += len(chunk)
-            for frame in self._encode_reports(chunk):
-                conn.send_frame(frame)
-
-    def _encode_reports(self, chunk: list[tuple[int, ReportItem]]) -> list[bytes]:
-        try:
-            return encode_split(
-                chunk, _reports_frame, self.node.settings.max_frame_bytes, _too_large
-            )
-        except LocalProtocolError:
-            pass
-        # Some job put a value msgpack can't carry into its args: send that report with the
-        # values as text rather than let one bad report block every report after it.
-        fixed: list[tuple[int, ReportItem]] = []
-        for seq, item in chunk:
-            try:
-                encode(Reports(seq, [item]))
-            except LocalProtocolError:
-                logger.warning(
-                    "job %s: its final args hold values msgpack can't carry; sent as text",
-                    item.job_id,
-                )
-                args = {k: _wire_safe(v) for k, v in item.args.items()}
-                item = ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
-            fixed.append((seq, item))
-        return encode_split(fixed, _reports_frame, self.node.settings.max_frame_bytes, _too_large)
+        self._send_reports(conn)
 
     # --- what the node sends --------------------------------------------------------------------
 
@@ -429,14 +363,6 @@ class DistributorLink:
         self._nacks.append(Nack(lease, reason))
         self._flush_soon()
 
-    def report(
-        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
-    ) -> None:
-        self._seq += 1
-        self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
-        self._reports_drained.clear()
-        self._flush_soon()
-
     def pause(self) -> None:
         """Take no more jobs for now: the distributor sets our credit to 0 (a `Return`)."""
         self._credits = 0
@@ -447,19 +373,6 @@ class DistributorLink:
         if self.conn is not None and self.is_ready and job_ids:
             self.conn.send(Return(job_ids))
 
-    def take_reports(self) -> list[tuple[int, ReportItem]]:
-        """Every unacknowledged report, removed from this link (to send them elsewhere)."""
-        taken = list(self._reports)
-        self._reports.clear()
-        self._unsent_from = 0
-        self._reports_drained.set()
-        return taken
-
-    def adopt_reports(self, reports: list[tuple[int, ReportItem]]) -> None:
-        """Send reports taken from another link, after ours, in their order."""
-        for _, item in reports:
-            self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
-
     def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
         """Tell the distributor these are all the jobs we hold (or have unacknowledged reports
         of) from instance `origin`, re-routed to it; it answers `Dropped`. Sent even when empty:
@@ -469,38 +382,3 @@ class DistributorLink:
         for start in range(0, max(1, len(held)), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(held)
             self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last, origin))
-
-    def drop_reports_for(self, job_ids: set[str]) -> None:
-        kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]
-        self._reports = deque(kept)
-        self._unsent_from = min(self._unsent_from, len(self._reports))
-        if not kept:
-            self._reports_drained.set()
-
-    def _on_reports_ack(self, upto_seq: int) -> None:
-        reports = self._reports
-        while reports and reports[0][0] <= upto_seq:
-            reports.popleft()
-            self._unsent_from = max(0, self._unsent_from - 1)
-        if not reports:
-            self._reports_drained.set()
-
-    @property
-    def unacked_reports(self) -> int:
-        return len(self._reports)
-
-    async def wait_reports_acked(self, timeout: float) -> bool:
-        """Until every report is acknowledged, the link drops, or `timeout` passes."""
-        conn = self.conn
-        if conn is None or not self.is_ready:
-            return not self._reports
-        waiters = [
-            asyncio.ensure_future(self._reports_drained.wait()),
-            asyncio.ensure_future(conn.closed.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not self._reports

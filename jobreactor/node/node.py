@@ -1,6 +1,6 @@
-"""Node: receives jobs, stores them, runs them on timers, reports back (SPEC 1.6).
+"""Node: receives jobs, stores them, runs them on timers, reports back (docs/semantics.md §2, §6).
 
-Life of a job here: `receive_jobs` → stored (acknowledged only then, SPEC D6) → due now: the
+Life of a job here: `receive_jobs` → stored (acknowledged only then) → due now: the
 ready queue; later: the timer heap (one loop timer for the earliest) → an attempt (runner.py)
 → success / retry / failure / cancel, each reported to the distributor it came from.
 State changes are written behind, batched once per tick, so storage costs no round trip per job.
@@ -21,7 +21,6 @@ from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
     JobRecord,
-    JobStatus,
 )
 from jobreactor.metrics import METRICS
 from jobreactor.node import guards
@@ -29,6 +28,7 @@ from jobreactor.node.attempts import Held
 from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
+from jobreactor.node.persistence import Persistence
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.storage.base import Storage
@@ -50,7 +50,7 @@ _DRAIN_BUDGET = 512
 _PACK_AFTER_S = 2.0
 
 
-class Node(Membership):
+class Node(Membership, Persistence):
     def __init__(  # noqa: PLR0913 (the keyword-only options of start_node)
         self,
         name: str,
@@ -425,108 +425,6 @@ class Node(Membership):
                 self.start_attempt(held)
         if len(self._ready) and self._running < self._concurrency:
             self._kick()
-
-    # --- storage write-behind ---------------------------------------------------------------------
-
-    def _persist(self, record: JobRecord) -> None:
-        if not self._write_behind:
-            return  # memory storage holds this very object: nothing to write
-        self._doomed.discard(record.id)
-        self._dirty[record.id] = record
-        self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            self._spawn(self._flush_storage())
-
-    async def _flush_storage(self) -> None:
-        try:
-            while self._dirty or self._doomed:
-                dirty = list(self._dirty.values())
-                doomed = list(self._doomed)
-                self._dirty.clear()
-                self._doomed.clear()
-                try:
-                    if dirty:
-                        await self.storage.save_many(self.name, dirty)
-                    if doomed:
-                        await self.storage.destroy_many(self.name, doomed)
-                except StorageError as exc:
-                    logger.error("%s: storage write failed (%s); will retry", self.name, exc)
-                    for record in dirty:
-                        self._dirty.setdefault(record.id, record)
-                    self._doomed.update(doomed)
-                    await asyncio.sleep(self.settings.reconnect_interval)
-        finally:
-            self._flushing = False
-
-    async def _recover(self) -> None:
-        """SPEC 1.15 with the intended filter: resume this node's unfinished jobs."""
-        jobs = await self.storage.jobs_for(self.name, unfinished_only=True)
-        now = time.time()
-        known = {link.configured for link in self.links}
-        for record in jobs:
-            record.args["retrying"] = True
-            held = Held(record, None)
-            self._jobs[record.id] = held
-            due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
-            if record.distributor in known:
-                # Wait for that distributor's welcome: it may have given the job to another
-                # node while we were away (node_grace), and then we must not run it too.
-                self._parked[record.id] = due
-            else:
-                self._schedule_at_epoch(held, due)  # nobody to ask: run it
-        if jobs:
-            logger.info(
-                "%s resumed %d stored job(s), %d waiting for their distributor",
-                self.name,
-                len(jobs),
-                len(self._parked),
-            )
-
-    async def _listen(self) -> None:
-        """Wake-ups pushed through Redis (`jobreactor jobs retry`): no polling, ever."""
-        commands = self.storage.commands  # type: ignore[attr-defined]
-        async for job_id in commands(self.name, resync=True):
-            try:
-                if job_id:
-                    await self._wake(job_id)
-                else:  # resubscribed: messages sent meanwhile are lost, so look again
-                    for record in await self.storage.jobs_for(self.name, unfinished_only=True):
-                        if not self._holds(record.id):
-                            await self._wake(record.id)
-            except StorageError as exc:
-                logger.warning("%s: could not act on a wake-up: %s", self.name, exc)
-
-    async def _wake(self, job_id: str) -> None:
-        """(Re)schedule a stored job of ours from its record, e.g. a failed job to retry."""
-        record = await self.storage.load(self.name, job_id)
-        held = self._held(job_id)
-        if record is None or record.is_finished or (held is not None and held.running):
-            return
-        link = next(
-            (li for li in self.links if record.distributor in (li.address, li.configured)), None
-        )
-        if held is None:
-            held = Held(record, link)
-            self._jobs[job_id] = held
-        else:
-            held.record = record
-        self._timers.cancel(job_id)
-        self._ready.remove(job_id)
-        logger.info("%s: job %s (%r) woken up from storage", self.name, job_id, record.name)
-        self._schedule_at_epoch(held, record.run_at_ts)
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("node %s: internal task failed", self.name, exc_info=task.exception())
 
     # --- introspection ----------------------------------------------------------------------------
 

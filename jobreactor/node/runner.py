@@ -1,11 +1,11 @@
 """One attempt of one job: the callback chain, then (on failure) the errback chain.
 
-SPEC 1.8 in code: callbacks run in definition order on one shared args dict; the first raise
+docs/semantics.md §3: callbacks run in definition order on one shared args dict; the first raise
 skips the rest and starts the errbacks, which see the args as they were *before* this attempt
 plus `error`; an errback that raises skips the remaining errbacks and adds `errback_error`;
 `CancelJob` anywhere stops the job for good. The chain runs inline on the loop for plain
 functions (no task per job), as a task when a step is `async def`, and in the thread pool for
-`defer` jobs (SPEC D8). What to *do* with the outcome is the node's business (`Outcome`).
+`defer` jobs. What to *do* with the outcome is the node's business (`Outcome`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ async def run_steps(
 
 
 def plain_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Args fit for the wire and storage: live exceptions become error values (SPEC 1.4.3)."""
+    """Args fit for the wire and storage: live exceptions become error values (job.error_value)."""
     if not any(isinstance(v, BaseException) for v in args.values()):
         return args
     return {k: error_value(v) if isinstance(v, BaseException) else v for k, v in args.items()}

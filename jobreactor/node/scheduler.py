@@ -1,7 +1,7 @@
-"""Time on a node, pure: one heap of due times, one ready queue (DESIGN "Scheduling").
+"""Time on a node, pure: one heap of due times, one ready queue (docs/semantics.md §2).
 
 A million delayed jobs are a million small heap entries, not a million asyncio handles: the
-node arms a single loop timer for `next_deadline()`. Time is a parameter (practice 4): callers
+node arms a single loop timer for `next_deadline()`. Time is a parameter: callers
 pass `now` in loop-clock seconds, so tests use plain numbers and never sleep.
 
 Entries are never removed from the middle: each carries a token, and an entry whose token is

@@ -6,9 +6,9 @@ job. Every backend error surfaces as `StorageError` (`StorageUnavailable` when t
 can't be reached), never as a redis-py exception.
 
 Four families:
-- jobs a node holds (`save_many` … `claim`), partitioned by node name (SPEC 1.13, D16);
+- jobs a node holds (`save_many` … `claim`), partitioned by node name;
 - a distributor's durable queue (`queue_*`): jobs accepted but not finished, so they survive
-  a distributor restart (DESIGN "Ownership");
+  a distributor restart (docs/semantics.md §6);
 - unique keys (`acquire` / `release` / `holder`): dj_one's enqueue_id and perform_id, loner;
 - locks with owner tokens and expiry (`lock` / `unlock` / `lock_holder`): resque-lock(-timeout).
 """

@@ -1,6 +1,6 @@
-"""The Redis record codec: a JobRecord as hash fields readable by any tool (SPEC 1.13).
+"""The Redis record codec: a JobRecord as hash fields readable by any tool.
 
-Shared by RedisStorage and RedisMonitor: SPEC 1.13 field names (+ every other non-default
+Shared by RedisStorage and RedisMonitor: the Ruby record's field names (+ every other non-default
 JobRecord field), args and extras as JSON, numbers as text, bools "true"/"false"; a None field
 is absent.
 """
@@ -22,7 +22,7 @@ import msgpack
 from jobreactor.errors import StorageError
 from jobreactor.job import FINISHED_STATUSES, JobRecord
 
-# SPEC 1.13 ATTRS that are always written, default or not, so external tools find them.
+# Fields of the Ruby record that are always written, default or not, so external tools find them.
 _ALWAYS: Final = frozenset(
     {"id", "name", "args", "attempt", "period", "make_after", "status", "distributor", "defer"}
 )
@@ -90,7 +90,7 @@ _VALUES: Final = operator.attrgetter(*(name for name, _, _, _ in _FIELDS))
 
 
 def encode_job(job: JobRecord) -> dict[str, str]:
-    """The hash fields of one job: SPEC 1.13 names, every non-default field, extras as JSON.
+    """The hash fields of one job: the Ruby names, every non-default field, extras as JSON.
 
     A field that is None is left out (absent means None), so `""` and None stay distinct.
     """

@@ -3,7 +3,7 @@
 `INFO cluster` says which (`cluster_enabled:1`): a cluster is served through redis-py's
 `RedisCluster` (async for storage, sync for the monitor and batches), which follows the slot
 map and MOVED/ASK replies, so the url may name any of its nodes. Errors are translated into
-ours here, once (STYLE 11).
+ours here, once (errors.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 
 @contextlib.contextmanager
 def redis_errors(operation: str, where: str) -> Iterator[None]:
-    """Translate redis-py errors into ours at the boundary (STYLE 11)."""
+    """Translate redis-py errors into ours at the boundary."""
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:

@@ -3,7 +3,7 @@
 Redis Cluster puts a key in the slot of its hash tag (the text between the first `{` and the
 next `}`), and a Lua script or MULTI may only touch keys of one slot. So each owner of data has
 its own tag, and every script touches the keys of one owner only; different owners spread over
-the cluster's slots (DESIGN "Production topologies"):
+the cluster's slots:
 
     {<p>:n:<node>}:job:<id>      hash    one job of <node> (codec in storage/redis.py)
     {<p>:n:<node>}:jobs          set     ids of the jobs stored for <node> (its index)

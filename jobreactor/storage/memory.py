@@ -1,4 +1,4 @@
-"""MemoryStorage: best effort, dies with the process (DESIGN: memory storage says so).
+"""MemoryStorage: best effort, dies with the process (docs/semantics.md §6).
 
 Same semantics as RedisStorage within one process (the contract suite runs both), with
 expiries on `time.monotonic()`. Expired unique keys and locks are dropped lazily, when touched,

@@ -29,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
+from jobreactor.enqueue import ON_LOOP_ADMISSION, check_batchable, needs_admission, refused
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.node import guards
@@ -138,11 +139,8 @@ class EagerMode:
         """Run job `name` now, with its retries; feedbacks are called before this returns."""
         record, waiting = self._prepare(name, args, opts, success, error)
         if self._on_loop():
-            if record.enqueue_id is not None or record.loner:
-                raise RuntimeError(
-                    "enqueue with enqueue_id/loner waits for the storage; on the reactor's "
-                    "loop use `await JR.aenqueue(...)`"
-                )
+            if needs_admission(record):
+                raise RuntimeError(ON_LOOP_ADMISSION)
             return self._queue(record, waiting)  # the run under way takes it
         return self._run(self._enqueue_and_run(record, waiting))
 
@@ -169,8 +167,7 @@ class EagerMode:
         error: Feedback | str | None = None,
     ) -> list[JobHandle]:
         prepared = [self._prepare(name, args, opts, success, error) for name, args, opts in jobs]
-        if any(r.enqueue_id is not None or r.loner for r, _ in prepared):
-            raise ValueError("enqueue_many takes no enqueue_id/loner jobs; use enqueue")
+        check_batchable(record for record, _ in prepared)
         handles = [self._queue(record, waiting) for record, waiting in prepared]
         if not self._on_loop():
             self._run(self._drive())
@@ -248,11 +245,7 @@ class EagerMode:
 
     async def _admit_and_queue(self, record: JobRecord, waiting: Waiting) -> JobHandle | None:
         if not await self._app.admit(record):
-            definition = self.registry.get(record.name)
-            if record.loner and definition is not None and definition.loner_enqueue_failed:
-                await guards.call_hook(
-                    definition.loner_enqueue_failed, record.args, "loner_enqueue_failed"
-                )
+            await refused(self.registry, record)
             return None
         return self._queue(record, waiting)
 

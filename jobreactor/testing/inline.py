@@ -20,7 +20,7 @@ from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, Outcomes
 from jobreactor.job import JobRecord
 from jobreactor.node.attempts import Attempts, Held
-from jobreactor.node.link import _wire_safe
+from jobreactor.node.reports import wire_safe
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import ReportItem, pack_args
 from jobreactor.storage import MemoryStorage
@@ -33,7 +33,7 @@ def _as_on_the_wire(args: dict[str, Any]) -> dict[str, Any]:
     try:
         packed = pack_args(args)
     except TypeError:
-        packed = pack_args({k: _wire_safe(v) for k, v in args.items()})
+        packed = pack_args({k: wire_safe(v) for k, v in args.items()})
     return cast(dict[str, Any], msgpack.unpackb(packed, raw=False, strict_map_key=False))
 
 
@@ -115,16 +115,6 @@ class EagerNode(Attempts):
 
     def _kick(self) -> None:
         return None  # the driver starts the next due job itself
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("eager node: internal task failed", exc_info=task.exception())
 
     def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
         self._timers.schedule(held.record.id, due_epoch)

@@ -7,7 +7,8 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -52,6 +53,22 @@ def adopted_by(reactor: Reactor) -> list[str]:
     presence = reactor.distributor.presence
     assert presence is not None
     return list(presence.adopted)
+
+
+@contextmanager
+def stalled(owner: Producer) -> Iterator[None]:
+    """`owner` stopped (SIGSTOP: a loop blocked past the TTL, no beats) inside the block; once
+    resumed, it must see that it was adopted."""
+    owner.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        owner.proc.send_signal(signal.SIGCONT)
+    wait_until(
+        lambda: "was adopted by another distributor" in owner.log.read_text(),
+        timeout=10,
+        what="the stalled owner to see it was fenced",
+    )
 
 
 def test_concurrent_adopters_exactly_one_wins(group: dict[str, Any]) -> None:
@@ -124,24 +141,16 @@ def test_a_stalled_owner_is_fenced_and_the_adopter_runs_its_jobs_once(
 ) -> None:
     fed = Recorder()
     live = adopter(reactors, group, fed)
-    stalled = producers(group, 10, "redis")
-    iid = stalled.ready()["iid"]
-    wait_until(lambda: bool(stalled.lines("enqueued")), timeout=20, what="jobs stored")
-    stalled.proc.send_signal(signal.SIGSTOP)  # a loop blocked past the TTL: no beats
-    try:
+    owner = producers(group, 10, "redis")
+    iid = owner.ready()["iid"]
+    wait_until(lambda: bool(owner.lines("enqueued")), timeout=20, what="jobs stored")
+    with stalled(owner):
         wait_until(lambda: adopted_by(live) == [iid], timeout=20, what="adoption")
-    finally:
-        stalled.proc.send_signal(signal.SIGCONT)
-    wait_until(
-        lambda: "was adopted by another distributor" in stalled.log.read_text(),
-        timeout=10,
-        what="the stalled owner to see it was fenced",
-    )
     runs = Recorder()
     slow_node(reactors(**group, prefetch=0), runs)
     wait_until(lambda: len(fed) == 10, timeout=30, what="every feedback in the adopter")
     assert sorted(Counter(runs.items).values()) == [1] * 10
-    assert stalled.lines("fed") == []  # the stalled one dispatched nothing it had lost
+    assert owner.lines("fed") == []  # the stalled one dispatched nothing it had lost
     assert len({i for _, i in fed.items}) == 10
 
 
@@ -150,13 +159,12 @@ def test_a_stalled_owner_sends_a_waiting_node_nothing_it_lost(
 ) -> None:
     fed = Recorder()
     live = adopter(reactors, group, fed)
-    stalled = producers(group, 10, "redis")
-    ready = stalled.ready()
+    owner = producers(group, 10, "redis")
+    ready = owner.ready()
     host, port = ready["address"].rsplit(":", 1)
-    wait_until(lambda: bool(stalled.lines("enqueued")), timeout=20, what="jobs stored")
+    wait_until(lambda: bool(owner.lines("enqueued")), timeout=20, what="jobs stored")
     runs = Recorder()
-    stalled.proc.send_signal(signal.SIGSTOP)
-    try:
+    with stalled(owner):
         wait_until(lambda: adopted_by(live) == [ready["iid"]], timeout=20, what="adoption")
         # A node that also dials the stalled process: its Hello waits in that process's
         # socket, and is the first thing it handles when it resumes.
@@ -167,13 +175,6 @@ def test_a_stalled_owner_sends_a_waiting_node_nothing_it_lost(
             wait=False,
         )
         wait_until(lambda: len(fed) == 10, timeout=30, what="the adopter to run them all")
-    finally:
-        stalled.proc.send_signal(signal.SIGCONT)
-    wait_until(
-        lambda: "was adopted by another distributor" in stalled.log.read_text(),
-        timeout=10,
-        what="the stalled owner to see it was fenced",
-    )
     link = next(li for li in node.links if li.configured == ready["address"])
     wait_until(lambda: link.is_ready and link.instance != ready["iid"], 20, "its new instance")
     wait_until(lambda: node.held_count == 0, timeout=20, what="the node to be idle")

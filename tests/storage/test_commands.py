@@ -211,7 +211,7 @@ async def test_commands_wait_for_redis_that_is_down_at_start(
 async def test_an_idle_subscription_pings_and_stays(
     redis_storage: RedisStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("jobreactor.storage.redis._COMMANDS_IDLE_S", 0.05)
+    monkeypatch.setattr("jobreactor.storage.wakeups._COMMANDS_IDLE_S", 0.05)
     caplog.set_level(logging.WARNING, logger="jobreactor.storage.redis")
     async with listening(redis_storage, "w1", resync=True) as listener:
         await until_subscribed(redis_storage, "w1", "one")
@@ -229,7 +229,7 @@ async def test_a_frozen_redis_is_noticed_by_ping(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A link that goes silent without a reset (SIGSTOP: no RST) is dropped and redialled."""
-    monkeypatch.setattr("jobreactor.storage.redis._COMMANDS_IDLE_S", 0.05)
+    monkeypatch.setattr("jobreactor.storage.wakeups._COMMANDS_IDLE_S", 0.05)
     caplog.set_level(logging.WARNING, logger="jobreactor.storage.redis")
     store = RedisStorage(own_redis_server.url, prefix=prefix, socket_timeout=0.5)
     assert own_redis_server.proc is not None

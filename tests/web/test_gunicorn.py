@@ -27,6 +27,25 @@ def check_every_job_ran_once_and_fed_back_home(
     feedbacks = read_jsonl(out / "feedback.jsonl")
     assert sorted(row["n"] for row in feedbacks) == sorted(answers)
     assert all(row["pid"] == row["enqueued_by"] == answers[row["n"]]["pid"] for row in feedbacks)
+
+
+def every_worker_serves_and_feeds_home(
+    server: WebServer,
+    nodes: Callable[..., list[WebNode]],
+    *,
+    workers: int,
+    node_count: int,
+    requests: int,
+) -> None:
+    """`requests` requests are answered by all `workers` workers, each job runs once and feeds
+    back home; then the server stops cleanly."""
+    pids = server.wait_workers(workers)
+    nodes(node_count, server.out)
+    answers, failed = request_all(server.url, range(requests))
+    assert failed == []
+    assert {answer["pid"] for answer in answers.values()} == pids
+    check_every_job_ran_once_and_fed_back_home(server.out, answers)
+    assert server.stop() == 0, server.log_text()[-4000:]
     ids = [answer["id"] for answer in answers.values()]
     assert len(set(ids)) == len(ids)
 
@@ -36,13 +55,7 @@ def test_preload_four_workers_2000_requests(
     web: Callable[..., WebServer], nodes: Callable[..., list[WebNode]]
 ) -> None:
     server = web(*GUNICORN, "-w", "4", "--preload", "flask_app:app")
-    workers = server.wait_workers(4)
-    nodes(2, server.out)
-    answers, failed = request_all(server.url, range(2000))
-    assert failed == []
-    assert {answer["pid"] for answer in answers.values()} == workers
-    check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0, server.log_text()[-4000:]
+    every_worker_serves_and_feeds_home(server, nodes, workers=4, node_count=2, requests=2000)
     assert "Traceback" not in server.log_text()
 
 
@@ -51,13 +64,7 @@ def test_gthread_workers_without_preload(
     web: Callable[..., WebServer], nodes: Callable[..., list[WebNode]], app: str
 ) -> None:
     server = web(*GUNICORN, "-w", "2", "-k", "gthread", "--threads", "4", app)
-    workers = server.wait_workers(2)
-    nodes(1, server.out)
-    answers, failed = request_all(server.url, range(300))
-    assert failed == []
-    assert {answer["pid"] for answer in answers.values()} == workers
-    check_every_job_ran_once_and_fed_back_home(server.out, answers)
-    assert server.stop() == 0, server.log_text()[-4000:]
+    every_worker_serves_and_feeds_home(server, nodes, workers=2, node_count=1, requests=300)
 
 
 def test_a_reactor_started_in_the_master_fails_loudly_in_workers(

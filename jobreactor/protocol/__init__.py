@@ -1,0 +1,116 @@
+"""The wire protocol, sans I/O: bytes in, messages out.
+
+A frame is a 4-byte big-endian length followed by one msgpack array whose first item is the
+message tag. The length is checked against `max_frame_bytes` (much smaller before the handshake)
+*before* the body is buffered; the tag is read before unpacking, so a kind not allowed yet is
+refused unread; msgpack is unpacked with limits per message kind, no ext types are trusted, and
+every field is type- and range-checked here, so nothing malformed reaches the distributor or the
+node. Nothing is ever unpickled or evaluated.
+
+Conversation (the node dials; one connection per node/distributor pair, full duplex):
+
+    node                                   distributor
+    Hello(version, name, jobs, credits, nonce, held, instance, wants_auth) ->
+                                        <- Challenge(nonce, proof)     only with a secret
+    Auth(proof) ->                                                     only with a secret
+                                        <- Welcome(address, drop, instance)
+    Held(more held, last, origin) ->       (the held list outgrew the Hello; or, with
+                                            origin, jobs handed over from an adopted instance)
+                                        <- Dropped(drop, last)
+                                        <- Jobs([(lease, record), ...])
+    Ack(leases, credits) ->                (jobs stored; credits granted back)
+    Nack(lease, reason) ->                 (could not store: the distributor requeues)
+    Reports(first_seq, [(job_id, lease, outcome, final, args), ...]) ->
+                                        <- ReportsAck(upto_seq)  (a journaling distributor:
+                                                once the reports' removals are stored)
+                                        <- Cancel(job_id)
+    Return(job_ids) ->                     (not started, handed back at shutdown)
+    Ping / Pong either way; Bye(reason) either way before closing.
+                                        <- Command(id, op, arg)      JR.release_lock / JR.retry
+    CommandResult(id, found, job, error) ->
+
+With a secret, each side proves it knows it by an HMAC-SHA256 over both fresh nonces, the
+node's name and its own role label, so a proof can be neither replayed nor reflected.
+
+The package: `messages` (the message kinds and the constants they obey), `decoding` (per-kind
+limits and field checks), `framing` (length prefix, `encode`, `FrameDecoder`) and `auth` (the
+handshake proofs). None of them does I/O. Import from `jobreactor.protocol`.
+"""
+
+from __future__ import annotations
+
+from jobreactor.protocol.auth import handshake_proof, proof_matches
+from jobreactor.protocol.decoding import ARGS_KINDS, decode_body, peek_tag
+from jobreactor.protocol.framing import FrameDecoder, encode, encode_split, pack_args
+from jobreactor.protocol.messages import (
+    BATCH_COMPLETE_KEY,
+    COMMAND_OPS,
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_WIRE_INT,
+    NONCE_BYTES,
+    OUTCOMES,
+    PRE_AUTH_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Bye,
+    Cancel,
+    Challenge,
+    Command,
+    CommandResult,
+    Dropped,
+    Held,
+    Hello,
+    Jobs,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    Record,
+    ReportItem,
+    Reports,
+    ReportsAck,
+    Return,
+    Welcome,
+)
+
+__all__ = [
+    "ARGS_KINDS",
+    "BATCH_COMPLETE_KEY",
+    "COMMAND_OPS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_WIRE_INT",
+    "NONCE_BYTES",
+    "OUTCOMES",
+    "PRE_AUTH_MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Auth",
+    "Bye",
+    "Cancel",
+    "Challenge",
+    "Command",
+    "CommandResult",
+    "Dropped",
+    "FrameDecoder",
+    "Held",
+    "Hello",
+    "Jobs",
+    "Message",
+    "Nack",
+    "Ping",
+    "Pong",
+    "Record",
+    "ReportItem",
+    "Reports",
+    "ReportsAck",
+    "Return",
+    "Welcome",
+    "decode_body",
+    "encode",
+    "encode_split",
+    "handshake_proof",
+    "pack_args",
+    "peek_tag",
+    "proof_matches",
+]

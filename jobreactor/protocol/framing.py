@@ -1,0 +1,111 @@
+"""Framing, sans I/O: a frame is a 4-byte big-endian length, then one msgpack body.
+
+The length is checked against `max_frame_bytes` (much smaller before the handshake) *before*
+the body is buffered. `FrameDecoder` never reads from anything itself: bytes in, messages out.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from typing import Final, TypeVar
+
+import msgpack
+
+from jobreactor.errors import FrameTooLarge, InvalidArgs, LocalProtocolError
+from jobreactor.protocol.decoding import decode_body
+from jobreactor.protocol.messages import DEFAULT_MAX_FRAME_BYTES, Message, Record
+
+_LENGTH: Final = struct.Struct(">I")
+T = TypeVar("T")
+
+
+def encode(message: Message) -> bytes:
+    """One frame: length header + msgpack body."""
+    try:
+        body: bytes = msgpack.packb([message.TAG, *message.fields()], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
+    return _LENGTH.pack(len(body)) + body
+
+
+def encode_split(
+    items: list[T],
+    build: Callable[[list[T]], Message],
+    limit: int,
+    shrink: Callable[[T], T] | None = None,
+) -> list[bytes]:
+    """Frames carrying `items`, halved until each body fits `limit` (the peer's max_frame_bytes).
+
+    One item too big on its own is passed through `shrink` (or is a LocalProtocolError): a
+    frame the peer must refuse would only close the connection and come back forever.
+    """
+    frame = encode(build(items))
+    if len(frame) - _LENGTH.size <= limit:
+        return [frame]
+    if len(items) == 1:
+        if shrink is None:
+            raise LocalProtocolError(f"one item needs {len(frame)} bytes, over {limit}")
+        return [encode(build([shrink(items[0])]))]
+    middle = len(items) // 2
+    return encode_split(items[:middle], build, limit, shrink) + encode_split(
+        items[middle:], build, limit, shrink
+    )
+
+
+def pack_args(args: Record) -> bytes:
+    """Check that `args` can cross the wire; raise InvalidArgs (a TypeError) naming the problem."""
+    try:
+        return msgpack.packb(args, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgs(
+            "job args must be plain data (dict, list, str, int in -2**63..2**64-1, float, bool, "
+            f"None, bytes): {exc}"
+        ) from None
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages.
+
+    Feed it whatever the socket returned, in pieces of any size, then drain `messages()`.
+    It never reads from anything itself. After it raised, the stream is unusable: close it.
+    """
+
+    def __init__(
+        self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, allowed: frozenset[int] | None = None
+    ) -> None:
+        self._buffer = bytearray()
+        self._max_frame_bytes = max_frame_bytes
+        self._allowed = allowed
+
+    def restrict(self, max_frame_bytes: int, allowed: frozenset[int] | None) -> None:
+        """From the next frame on: this size limit and only these tags (None: any)."""
+        self._max_frame_bytes = max_frame_bytes
+        self._allowed = allowed
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def messages(self) -> Iterator[Message]:
+        """Yield every complete message buffered so far; keep the remainder."""
+        buffer = self._buffer
+        start = 0
+        try:
+            # The limits are re-read per frame: a message (Welcome, Auth) may lift them.
+            while len(buffer) - start >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(buffer, start)
+                if size > self._max_frame_bytes:  # checked before the body arrives
+                    raise FrameTooLarge(size, self._max_frame_bytes)
+                end = start + _LENGTH.size + size
+                if len(buffer) < end:
+                    break
+                body = bytes(buffer[start + _LENGTH.size : end])
+                start = end
+                yield decode_body(body, self._allowed)
+        finally:
+            if start:
+                del buffer[:start]
