@@ -77,7 +77,7 @@ class Sessions(Recovery):
         takeover = self._takeovers.pop(hello.node_name, None)
         if takeover is not None:
             takeover.cancel()
-        if self.tracker.orphans_of(hello.node_name):  # not claimed (yet): node_grace to do so
+        if self.tracker.orphan_count(hello.node_name):  # not claimed (yet): node_grace to do so
             self._arm_takeover(hello.node_name)
         held_now = self.tracker.count_on(session.key)
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
@@ -141,7 +141,7 @@ class Sessions(Recovery):
         durable = bool(session.hello and session.hello.storage == "redis")
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
-            kept = len(self.tracker.orphans_of(session.node_name)) if durable else 0
+            kept = self.tracker.orphan_count(session.node_name) if durable else 0
             logger.info(
                 "%s disconnected (%s); %d job(s) back to the queue, %d kept for it for %.0fs",
                 session.node_name,

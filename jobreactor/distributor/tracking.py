@@ -60,6 +60,9 @@ class Tracker:
         # Lease -> job id until the node acknowledges (acks and nacks name leases; reports name
         # the job): a job waiting on a node for a week keeps no entry here.
         self._by_lease: dict[int, str] = {}
+        # Jobs per durable node that is away (conn None), counted: a node's every connect asks
+        # whether it has any, and that must not scan a million tracked jobs.
+        self._orphans: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -112,6 +115,7 @@ class Tracker:
         self._jobs[job.id] = InFlight(
             job.id, job.name, packed, lease, None, node, seq, True, False, job.is_periodic, origin
         )
+        self._orphans[node] = self._orphans.get(node, 0) + 1
 
     def ack(self, conn: int, lease: int) -> InFlight | None:
         job_id = self._by_lease.get(lease)
@@ -140,8 +144,17 @@ class Tracker:
             return None
         if not entry.acked:
             self._by_lease.pop(entry.lease, None)
+        if entry.conn is None:
+            self._unorphan(entry.node)
         self._uncount(entry.conn)
         return entry
+
+    def _unorphan(self, node: str) -> None:
+        left = self._orphans.get(node, 0) - 1
+        if left > 0:
+            self._orphans[node] = left
+        else:
+            self._orphans.pop(node, None)
 
     def _uncount(self, conn: int | None) -> None:
         if conn is not None:
@@ -156,6 +169,8 @@ class Tracker:
         entry = self._jobs.get(job_id)
         if entry is None:
             return None
+        if entry.conn is None:
+            self._unorphan(entry.node)
         self._uncount(entry.conn)
         entry.conn = conn
         self._on_conn[conn] = self._on_conn.get(conn, 0) + 1
@@ -171,6 +186,7 @@ class Tracker:
         for entry in self.jobs_on(conn):
             if keep_acked and entry.acked:
                 entry.conn = None
+                self._orphans[entry.node] = self._orphans.get(entry.node, 0) + 1
             else:
                 self.forget(entry.job_id)
                 requeue.append(entry)
@@ -178,8 +194,13 @@ class Tracker:
         return requeue
 
     def orphans_of(self, node: str) -> list[InFlight]:
-        """Jobs of durable node `node` held while it is away."""
+        """Jobs of durable node `node` held while it is away (a scan, only if it has any)."""
+        if node not in self._orphans:
+            return []
         return [e for e in self._jobs.values() if e.conn is None and e.node == node]
+
+    def orphan_count(self, node: str) -> int:
+        return self._orphans.get(node, 0)
 
     def orphans_of_all(self) -> list[InFlight]:
         return [e for e in self._jobs.values() if e.conn is None]

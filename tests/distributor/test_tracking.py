@@ -275,3 +275,41 @@ def test_new_leases_never_collide_with_an_adopted_one() -> None:
     assert entry is not None
     assert entry.job.id == "held"
     assert all(tracker.by_lease(CONN2, lease).job_id != "held" for lease in fresh)  # type: ignore[union-attr]
+
+
+def test_orphan_counts_match_the_entries_through_every_transition() -> None:
+    # The count answers "does this node have jobs waiting for it?" on every connect without a
+    # scan; it must agree with the entries whatever happens to them.
+    import random
+
+    rng = random.Random(7)
+    tracker = Tracker()
+    nodes = ["w1", "w2", "w3"]
+    conns = {name: 100 + i for i, name in enumerate(nodes)}
+    for step in range(2_000):
+        name = rng.choice(nodes)
+        job_id = f"j{rng.randrange(60)}"
+        match rng.randrange(6):
+            case 0:
+                lease = tracker.issue(job(job_id), conns[name], name, seq=step)
+                if rng.random() < 0.7:
+                    tracker.ack(conns[name], lease)
+            case 1:
+                tracker.detach(conns[name], keep_acked=rng.random() < 0.8)
+                conns[name] += 10  # the node reconnects on a new connection
+            case 2:
+                tracker.rebind(job_id, conns[name])
+            case 3:
+                tracker.forget(job_id)
+            case 4:
+                tracker.adopt_orphan(job(job_id), name, lease=rng.randrange(1, 10**6), seq=step)
+            case _:
+                entry = tracker.get(job_id)
+                if entry is not None and entry.conn is None:
+                    tracker.issue(entry.job, conns[name], name, seq=step)
+        for node in nodes:
+            assert (
+                tracker.orphan_count(node)
+                == len(tracker.orphans_of(node))
+                == sum(1 for e in tracker.peek(10**6) if e.conn is None and e.node == node)
+            )
