@@ -195,6 +195,10 @@ class Registration:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")
 
+    def unreachable(self) -> None:
+        """The caller logged that Redis is away: the beat loop logs only its return."""
+        self._failing = True
+
     async def _run(self) -> None:
         while not self._closing.is_set():
             try:

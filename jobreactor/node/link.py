@@ -99,6 +99,7 @@ class DistributorLink(Reporting):
         self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
+        self.tried = False  # its first dial and handshake are over, welcomed or not
         self._reports_drained = asyncio.Event()
         self._reports_drained.set()
 
@@ -128,6 +129,9 @@ class DistributorLink(Reporting):
                 )
             except LocalProtocolError as exc:  # our Hello can't be sent: say so, keep trying
                 logger.error("%s; retrying in %.1fs", exc, backoff)
+            if not self.tried:
+                self.tried = True
+                self.node.link_tried(self)
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
