@@ -98,8 +98,8 @@ class Discovered:
         """Dial each live address we have no link to, unless its instance already has one."""
         static = [link for link in self.node.links if link not in self.links.values()]
         if any(not link.tried for link in static):
-            return  # a static address may be one of these: dial once it answered (or not)
-        configured = {link.configured for link in static}
+            return  # a static address may be one of these: dial once it connected (or not)
+        configured = {link.configured for link in static} | {link.peer for link in static}
         served = {link.instance for link in self.node.links if link.instance}
         for address, member in live.items():
             if address in self.links or address in configured or member.iid in served:
@@ -167,7 +167,8 @@ class Discovered:
             self.watcher.refresh()
 
     def link_tried(self, link: DistributorLink) -> None:
-        """A static link's first attempt ended: new addresses may be dialled now."""
+        """A static link's first dial ended: new addresses may be dialled now (not the one it
+        reached: `localhost:P` and `127.0.0.1:P` are one distributor)."""
         if link not in self.links.values():
             self.watcher.refresh()
 
@@ -206,7 +207,21 @@ class Discovered:
             del self._routes[old]
             self._rerouted.add(old)
             self._retired_at.pop(old, None)
-            self.node.reroute(old, self.retired.pop(old, None), target)
+            self.node.reroute(old, self.retired.pop(old, None) or self._adopted_link(old), target)
+
+    def _adopted_link(self, old: str) -> DistributorLink | None:
+        """A link still open to instance `old`, which was adopted: it stalled past adopt_grace
+        and is fenced when it resumes, so what the link holds goes to the adopter. A found
+        link is given up (its address is listed again under the instance's next id)."""
+        for address, link in list(self.links.items()):
+            if link.instance == old:
+                del self.links[address]
+                self.node.remove_link(link)
+                logger.info(
+                    "%s: distributor %s was adopted; not dialled again", self.node.name, address
+                )
+                return link
+        return next((li for li in self.node.links if li.instance == old), None)
 
     async def stop(self) -> None:
         await self.watcher.stop()

@@ -247,12 +247,9 @@ class Node(Membership, Persistence):
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link  # recovered from storage: now we know where to report
         self.jobs_dropped(link, drop, settled=settled)
-        first, link.tried = not link.tried, True
         if self.discovered is not None:
             self.discovered.welcomed(link)
             self.discovered.reroute()
-            if first:
-                self.discovered.link_tried(link)
 
     def jobs_dropped(self, link: DistributorLink, drop: list[str], *, settled: bool) -> None:
         """Forget jobs the distributor gave to another node. `settled`: its last answer."""
@@ -279,7 +276,7 @@ class Node(Membership, Persistence):
             self.discovered.link_down(link)
 
     def link_tried(self, link: DistributorLink) -> None:
-        """`link`'s first attempt ended (welcomed or not)."""
+        """`link`'s first dial ended (connected or not)."""
         if self.discovered is not None:
             self.discovered.link_tried(link)
 

@@ -173,9 +173,16 @@ def test_a_distributor_found_before_its_static_address_answers_keeps_one_link(
     with caplog.at_level(logging.INFO, logger="jobreactor.node"):
         # The static address answers nothing yet; the distributor then comes up there and is
         # found by discovery first; the static link's redial meets the same instance.
-        node = fast_node(reactors(**group), runs, distributors=[("localhost", port)], wait=False)
+        # (A slow redial, so that discovery finds it first.)
+        node = fast_node(
+            reactors(**group, reconnect_interval=3.0),
+            runs,
+            distributors=[("localhost", port)],
+            wait=False,
+        )
         distributor = reactors(**group)
         distributor.start_distributor("127.0.0.1", port)
+        wait_until(lambda: linked(node) == [f"127.0.0.1:{port}"], 20, "the distributor found")
         wait_until(lambda: linked(node) == [f"localhost:{port}"], 20, "the static link kept")
         started = time.monotonic()
         run_all(node, lambda i: distributor.enqueue("work", {"i": i}), 300, runs)
