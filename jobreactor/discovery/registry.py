@@ -204,7 +204,12 @@ class Registration:
             try:
                 joined = await self.beat()
                 if self._failing:
-                    logger.info("registry %s reachable again", self.keys.group)
+                    logger.info(
+                        "registry of group %s reachable again; %s %s registered",
+                        self.keys.group,
+                        self.kind,
+                        self.address,
+                    )
                     self._failing = False
                 if joined and self.beats > 1:
                     logger.warning(

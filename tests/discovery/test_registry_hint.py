@@ -144,10 +144,10 @@ def run_all(node: Node, enqueue: Callable[[int], Any], count: int, runs: Recorde
     assert links_seen == {1}
 
 
-def fast_node(reactor: Reactor, runs: Recorder, **kw: Any) -> Node:
+def fast_node(reactor: Reactor, runs: Recorder, name: str = "n1", **kw: Any) -> Node:
     registry = Registry()
     registry.job("work")(lambda args: runs(args["i"]))
-    return reactor.start_node("n1", "memory", registry=registry, **kw)
+    return reactor.start_node(name, "memory", registry=registry, **kw)
 
 
 def test_static_and_discovered_addresses_of_one_distributor_make_one_link(
@@ -189,3 +189,30 @@ def test_a_distributor_found_before_its_static_address_answers_keeps_one_link(
     logger.info("300 jobs in %.2fs over one link", time.monotonic() - started)
     assert f"lead to one distributor (instance {distributor.distributor.iid})" in caplog.text
     assert linked(node) == [f"localhost:{port}"]
+
+
+def test_a_distributor_starts_with_discovery_redis_down_and_registers_when_it_is_back(
+    reactors: Callable[..., Reactor], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    discovery = RedisServer(tmp_path / "discovery").start()
+    discovery.stop()  # down from the start; its port stays ours to start it on later
+    try:
+        config = {"discovery_url": discovery.url, "redis_prefix": unique_prefix(), **FAST}
+        # Made first: a reactor sets its log level (logger_method) when it is made.
+        distributor, static, later = reactors(**config), reactors(), reactors(**config)
+        with caplog.at_level(logging.INFO, logger="jobreactor"):
+            _, port = distributor.start_distributor("127.0.0.1", 0)  # returns: no raise
+            fast_node(static, Recorder(), distributors=[("127.0.0.1", port)])  # static: works
+            handle = distributor.enqueue("work", {"i": "during"})
+            assert handle is not None
+            assert handle.result(10) == {"i": "during"}  # enqueues work during the outage
+            discovery.start()
+            iid = distributor.distributor.iid
+            wait_until(lambda: listed(config, iid), timeout=20, what="the registration")
+            found = fast_node(later, Recorder(), "n2", wait=False)
+            wait_until(lambda: linked(found) == [f"127.0.0.1:{port}"], 20, "the node to find it")
+        messages = [r.getMessage() for r in caplog.records]
+        assert len([m for m in messages if "registers in group" in m]) == 1
+        assert len([m for m in messages if "reachable again; distributor" in m]) == 1
+    finally:
+        discovery.stop()
