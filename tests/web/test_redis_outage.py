@@ -115,3 +115,25 @@ def test_uvicorn_starts_while_discovery_redis_is_down(
         assert server.stop() == 0, server.log_text()[-4000:]
     finally:
         discovery.stop()
+
+
+def test_gunicorn_workers_with_redis_storage_boot_while_redis_is_down(
+    web: Callable[..., WebServer], nodes: Callable[..., list[WebNode]], tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    redis.stop()  # down from the start: storage and discovery both
+    try:
+        urls = {"discovery_url": redis.url, "hiredis_url": redis.url, "redis_url": redis.url}
+        server = web(*GUNICORN, "-w", "2", "flask_app:app", storage="redis", **urls)
+        server.wait_serving()  # the workers booted: the master did not exit
+        assert "jobreactor distributor not started" in server.log_text()
+        redis.start()
+        server.wait_workers(2)  # each worker's distributor started once Redis answered
+        nodes(1, server.out, **urls)
+        answers, failed = request_all(server.url, range(100))
+        assert failed == []
+        wait_until(lambda: ran_once_and_fed_home(server.out, answers), 60, "jobs after Redis")
+        assert "Worker failed to boot" not in server.log_text()
+        assert server.stop() == 0, server.log_text()[-4000:]
+    finally:
+        redis.stop()
