@@ -84,11 +84,16 @@ FAULTS: dict[str, Callable[[RedisServer, dict[str, Any], str], None]] = {
 }
 
 
-@pytest.mark.parametrize("storage", ["memory", "redis"])
+@pytest.mark.parametrize(
+    ("storage", "distributor_storage"),
+    [("memory", "memory"), ("redis", "memory"), ("memory", "redis")],
+    ids=["memory-node", "redis-node", "redis-distributor"],
+)
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_registry_fault_while_jobs_run_loses_and_repeats_nothing(
     fault: str,
     storage: str,
+    distributor_storage: str,
     reactors: Callable[..., Reactor],
     producers: Callable[..., Producer],
     redis_server: RedisServer,
@@ -100,7 +105,8 @@ def test_a_registry_fault_while_jobs_run_loses_and_repeats_nothing(
         config = {"discovery_url": discovery.url, "redis_prefix": unique_prefix(), **FAST}
         runs = Recorder()
         node = slow_node(reactors(**config), runs, storage, redis_server.url)
-        producer = producers(config, JOBS)
+        # A redis-backed distributor keeps its journal in another Redis than the registry.
+        producer = producers(config, JOBS, distributor_storage, hiredis_url=redis_server.url)
         iid = producer.ready()["iid"]
         wait_until(lambda: len(runs) >= 10, timeout=30, what="the first jobs to run")
         with caplog.at_level(logging.INFO, logger="jobreactor.node"):
