@@ -8,29 +8,10 @@ their keyword arguments, which win. The port is 0 unless set: every worker needs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from jobreactor.config import load_distributor_config
 from jobreactor.reactor import Reactor
-
-# A worker whose distributor could not start (its redis storage was away) tries again with
-# this backoff; the worker serves requests meanwhile (enqueue raises until it is up).
-_RETRY_FIRST_S = 0.5
-_RETRY_MAX_S = 10.0
-
-NOT_STARTED = (
-    "jobreactor distributor not started: %s; this worker serves requests anyway (enqueue "
-    "raises ReactorClosed meanwhile) and starts it once redis answers"
-)
-
-
-def retry_delays() -> Iterator[float]:
-    """Seconds to wait before each new attempt to start a distributor."""
-    delay = _RETRY_FIRST_S
-    while True:
-        yield delay
-        delay = min(delay * 2, _RETRY_MAX_S)
 
 
 def configure(reactor: Reactor, options: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from jobreactor.contrib import NOT_STARTED, configure, retry_delays
-from jobreactor.errors import StorageError
+from jobreactor.contrib import configure
 from jobreactor.reactor import JR, Reactor, Setup
-
-logger = logging.getLogger("jobreactor.contrib")
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
@@ -49,30 +45,10 @@ def lifespan(
             target, {"host": host, "port": port, **distributor_options}
         )
         target.attach(asyncio.get_running_loop(), setup)
-        later: asyncio.Task[None] | None = None
         try:
-            try:
-                await target.astart_distributor(bind_host, bind_port, **options)
-            except StorageError as exc:  # never "Application startup failed" for an outage
-                logger.error(NOT_STARTED, exc)
-                later = asyncio.create_task(_start_later(target, bind_host, bind_port, options))
+            await target.astart_distributor(bind_host, bind_port, **options)
             yield
         finally:
-            if later is not None:
-                later.cancel()
-                await asyncio.wait([later])
             await target.astop()
 
     return span
-
-
-async def _start_later(reactor: Reactor, host: str, port: int, options: dict[str, Any]) -> None:
-    """Retry `astart_distributor` with backoff until it works (cancelled at shutdown)."""
-    for delay in retry_delays():
-        await asyncio.sleep(delay)
-        try:
-            bound = await reactor.astart_distributor(host, port, **options)
-        except StorageError:
-            continue
-        logger.info("jobreactor distributor listening on %s:%d", *bound)
-        return

@@ -17,13 +17,11 @@ or at import under `--preload`: that runs in the master, before the fork.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from jobreactor.contrib import NOT_STARTED, configure, retry_delays
-from jobreactor.errors import ReactorClosed, StorageError
+from jobreactor.contrib import configure
 from jobreactor.reactor import JR, Reactor, Setup
 
 WorkerInit = Callable[[Any], None]
@@ -54,19 +52,7 @@ def hooks(
             target, {"host": host, "port": port, **distributor_options}
         )
         target.run(setup, loop_nice=loop_nice)
-        try:
-            bound = target.start_distributor(bind_host, bind_port, **options)
-        except StorageError as exc:
-            # Raising here would make gunicorn's master exit ("Worker failed to boot"): the
-            # whole site down for a Redis outage. Serve, and start once Redis answers.
-            worker.log.error(NOT_STARTED, exc)
-            threading.Thread(
-                target=_start_later,
-                args=(target, worker, bind_host, bind_port, options),
-                name="jobreactor-start",
-                daemon=True,
-            ).start()
-            return
+        bound = target.start_distributor(bind_host, bind_port, **options)
         worker.log.info("jobreactor distributor listening on %s:%d", *bound)
 
     def worker_exit(server: Any, worker: Any) -> None:
@@ -76,19 +62,3 @@ def hooks(
         worker.log.info("jobreactor stopped in %.1fs", time.monotonic() - start)
 
     return post_worker_init, worker_exit
-
-
-def _start_later(
-    reactor: Reactor, worker: Any, host: str, port: int, options: dict[str, Any]
-) -> None:
-    """Retry `start_distributor` with backoff until it works or the reactor stops."""
-    for delay in retry_delays():
-        time.sleep(delay)
-        try:
-            bound = reactor.start_distributor(host, port, **options)
-        except StorageError:
-            continue
-        except ReactorClosed:
-            return  # the worker is stopping
-        worker.log.info("jobreactor distributor listening on %s:%d", *bound)
-        return

@@ -28,6 +28,7 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.sessions import Sessions
+from jobreactor.distributor.startup import Startup
 from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
@@ -77,6 +78,7 @@ class Distributor(Sessions):
         self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.presence: Presence | None = None  # with discovery_url: from start()
+        self.startup = Startup(self)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -165,9 +167,7 @@ class Distributor(Sessions):
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
             self.presence = Presence(self, self.discovery_url, self.group)
-            await self.presence.start()  # owns the journal first: it may pick another one
-        if self.journal is not None:
-            await self._restore()
+        await self.startup.run()  # join, own and read back the journal: now or once Redis is back
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
 
@@ -176,6 +176,7 @@ class Distributor(Sessions):
         if self.closed:
             return
         self.closed = True
+        await self.startup.stop()
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
@@ -218,6 +219,13 @@ class Distributor(Sessions):
             await self.journal.durable(timeout=2.0)
         for session in list(self._sessions.values()):
             session.goodbye("distributor stopping")
+
+    def started_late(self) -> None:
+        """The journal was read back after start (Startup): nodes that connected meanwhile
+        connect again, so that their Hello claims the jobs it says they hold."""
+        for session in list(self._sessions.values()):
+            session.conn.close("journal read back: connect again", notify=True)
+        self._dispatch()
 
     def unfinished(self) -> int:
         """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
@@ -373,6 +381,8 @@ class Distributor(Sessions):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        if self.startup.pending:
+            return  # the journal is not read back yet (Redis away at start)
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
         metrics = self._metrics

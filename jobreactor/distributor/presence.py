@@ -64,7 +64,8 @@ class Presence:
         Without a journal (memory storage) an unreachable Redis does not stop the start: the
         distributor listens, static nodes work, and the beat loop registers it once Redis
         answers (logged once now, once then). With a journal (redis storage) the journal must
-        be owned before anything runs: StorageUnavailable if Redis is away.
+        be owned before anything runs: StorageUnavailable if Redis is away (`Startup` tries
+        again later).
         """
         try:
             if self.claims is not None:
@@ -72,7 +73,6 @@ class Presence:
             await self.registration.beat()
         except REDIS_ERRORS as exc:
             if self.claims is not None:
-                await self.client.aclose()
                 raise StorageUnavailable(
                     f"discovery: redis unreachable at {redact_url(self.url)} ({exc}); "
                     "check discovery_url and that redis-server runs"

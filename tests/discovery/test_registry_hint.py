@@ -23,6 +23,7 @@ import redis
 from jobreactor import Reactor, Registry
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import connect, live_members
+from jobreactor.errors import JobReactorError
 from jobreactor.node.node import Node
 from tests.conftest import Recorder, wait_until
 from tests.discovery.conftest import FAST, Producer
@@ -222,3 +223,33 @@ def test_a_distributor_starts_with_discovery_redis_down_and_registers_when_it_is
         assert len([m for m in messages if "reachable again; distributor" in m]) == 1
     finally:
         discovery.stop()
+
+
+def stored(reactor: Reactor, args: dict[str, Any]) -> None:
+    handle = reactor.enqueue("work", args)
+    assert handle is not None
+    handle.accepted(30)
+
+
+def test_a_redis_backed_distributor_starts_with_redis_down_and_reads_its_journal_later(
+    reactors: Callable[..., Reactor], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    server.stop()  # storage and discovery both away from the start
+    try:
+        config = {"discovery_url": server.url, "redis_prefix": unique_prefix(), **FAST}
+        distributor, nodes = reactors(**config, hiredis_url=server.url), reactors()
+        with caplog.at_level(logging.INFO, logger="jobreactor.distributor"):
+            _, port = distributor.start_distributor("127.0.0.1", 0, storage="redis")
+            runs = Recorder()
+            node = fast_node(nodes, runs, distributors=[("127.0.0.1", port)])
+            with pytest.raises(JobReactorError):  # told: the journal can't store it
+                stored(distributor, {"i": "refused"})
+            server.start()
+            wait_until(lambda: "journal read back" in caplog.text, 30, "the journal read")
+            handles = [distributor.enqueue("work", {"i": i}) for i in range(20)]
+            assert [h.result(30) if h else None for h in handles] == [{"i": i} for i in range(20)]
+        assert sorted(runs.items) == list(range(20))  # once each; the refused one never
+        assert linked(node) == [f"127.0.0.1:{port}"]  # connected again after the read
+    finally:
+        server.stop()

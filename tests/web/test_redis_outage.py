@@ -125,14 +125,16 @@ def test_gunicorn_workers_with_redis_storage_boot_while_redis_is_down(
     try:
         urls = {"discovery_url": redis.url, "hiredis_url": redis.url, "redis_url": redis.url}
         server = web(*GUNICORN, "-w", "2", "flask_app:app", storage="redis", **urls)
-        server.wait_serving()  # the workers booted: the master did not exit
-        assert "jobreactor distributor not started" in server.log_text()
+        server.wait_workers(2)  # booted, distributors listening: the master did not exit
+        assert "until its journal is read back" in server.log_text()
+        refused, failed = request_all(server.url, range(-20, 0))
+        assert (refused, sorted(failed)) == ({}, list(range(-20, 0)))  # told: no false 200
         redis.start()
-        server.wait_workers(2)  # each worker's distributor started once Redis answered
         nodes(1, server.out, **urls)
         answers, failed = request_all(server.url, range(100))
         assert failed == []
         wait_until(lambda: ran_once_and_fed_home(server.out, answers), 60, "jobs after Redis")
+        assert not [row for row in read_jsonl(server.out / "runs.jsonl") if row["n"] < 0]
         assert "Worker failed to boot" not in server.log_text()
         assert server.stop() == 0, server.log_text()[-4000:]
     finally:
