@@ -193,7 +193,10 @@ class Registration:
         return joined
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")
+        """Beat on a loop timer until `stop()` (again: no second loop)."""
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"beat {self.iid}")
 
     def unreachable(self) -> None:
         """The caller logged that Redis is away: the beat loop logs only its return."""
