@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -247,6 +248,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
         redis_prefix=args.prefix,
         token=args.token or None,
     )
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler it
+    # found: with this no-op one there, a clean stop exits 0 like every jobreactor command.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
