@@ -171,6 +171,10 @@ def running(
     assert status == 0, f"{where}: `{command}` stopped with {status}:\n{log.read_text()}"
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def _child_env(redis: RedisServer, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBREACTOR_")}
     env["PYTHONPATH"] = str(ROOT)  # this checkout, as the editable install has it
