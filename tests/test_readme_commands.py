@@ -279,13 +279,9 @@ def test_web_example_commands_run_as_written(tmp_path: Path, redis_server: Redis
                     )
                     assert answer.returncode == 0, answer.stderr
                     assert '"id"' in answer.stdout
-                feedbacks = out / "feedback.jsonl"
                 expected = (i + 1) * len(requests)
                 wait_until(
-                    lambda expected=expected: (
-                        feedbacks.exists()  # type: ignore[misc]
-                        and len(feedbacks.read_text().splitlines()) >= expected
-                    ),
+                    lambda expected=expected: _lines(out / "feedback.jsonl") >= expected,  # type: ignore[misc]
                     timeout=60,
                     what=f"the feedback of `{command}`'s request",
                 )
