@@ -51,7 +51,7 @@ return 1
 
 
 def _configured_url() -> str:
-    """The Ruby monitor's Redis: `redis_host`/`redis_port` of `JR.config` (SPEC 1.12)."""
+    """The Ruby gem's monitor Redis: `redis_host`/`redis_port` of `JR.config` (README, config)."""
     from jobreactor.reactor import JR
 
     return f"redis://{JR.config['redis_host']}:{JR.config['redis_port']}"
