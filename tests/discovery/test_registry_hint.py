@@ -187,10 +187,15 @@ def test_a_distributor_found_before_its_static_address_answers_keeps_one_link(
             distributors=[("localhost", port)],
             wait=False,
         )
+        wait_until(lambda: node.links[0].tried, 20, "the static address to refuse")
         distributor = reactors(**group)
         distributor.start_distributor("127.0.0.1", port)
         wait_until(lambda: linked(node) == [f"127.0.0.1:{port}"], 20, "the distributor found")
-        wait_until(lambda: linked(node) == [f"localhost:{port}"], 20, "the static link kept")
+        wait_until(
+            lambda: [li.configured for li in node.links] == linked(node) == [f"localhost:{port}"],
+            20,
+            "the static link kept, the found one gone",
+        )
         started = time.monotonic()
         run_all(node, lambda i: distributor.enqueue("work", {"i": i}), 300, runs)
     logger.info("300 jobs in %.2fs over one link", time.monotonic() - started)
