@@ -67,6 +67,7 @@ class Discovered:
                 self.node.name,
                 exc,
             )
+            self.registration.unreachable()  # logged: the beat loop says only when it is back
         self.registration.start()
         self.watcher.start()
 
