@@ -44,7 +44,8 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
     """The opt-in `metrics_port`: /metrics of this process and /health (the loop answers)."""
     if port is None:
         return
-    from jobreactor.metrics import METRICS, Gauge, MetricsServer, member_gauges
+    from jobreactor.metrics import METRICS, Gauge, member_gauges
+    from jobreactor.metrics_server import MetricsServer
 
     def alive() -> bool:
         async def ping() -> bool:

@@ -60,6 +60,11 @@ class ReactorConfig(_Strict):
     log_format: Literal["text", "json"] = "text"
     # Per-job counters and histograms (jobreactor/metrics.py); False skips even the increments.
     metrics: bool = True
+    # Seconds a due job may wait with no connected node allowed to run it before a distributor
+    # logs it (once) and /health says "degraded" (0: never).
+    warn_no_node_after: float = Field(default=10.0, ge=0)
+    # /health says "degraded" when a job has waited (since due) this long for a node.
+    health_max_pending_age: float = Field(default=300.0, gt=0)
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
+from jobreactor.distributor.backlog import BacklogWatch
 from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
@@ -110,6 +111,7 @@ class Distributor(Sessions):
         self.closed = False
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        self.backlog_watch = BacklogWatch(self)
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +178,7 @@ class Distributor(Sessions):
         if self.closed:
             return
         self.closed = True
+        self.backlog_watch.close()
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
@@ -278,7 +281,8 @@ class Distributor(Sessions):
         for job, success, error, handle in items:
             job.distributor = address
             if metrics is not None:
-                metrics.enqueued[job.name] += 1
+                name = job.name
+                metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
             if success is not None:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
@@ -378,7 +382,8 @@ class Distributor(Sessions):
         metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
-                metrics.dispatched[job.name] += 1
+                name = job.name
+                metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
             try:
@@ -393,6 +398,8 @@ class Distributor(Sessions):
             session.queue_job(lease, record)
         if not len(self.dispatcher):
             self._idle.set()
+        elif self.backlog_watch.idle:
+            self.backlog_watch.arm()  # jobs wait: check for ones no node may run (backlog.py)
 
     def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
         if result.job:
@@ -441,6 +448,8 @@ class Distributor(Sessions):
             self.tracker.forget(item.job_id)
             if self.journal is not None:
                 self.journal.remove(item.job_id)
+        if self._metrics is not None:  # outcomes are counted here, once (metrics.py)
+            self._metrics.count_report(entry.name, item.outcome, item.final, item.args)
         self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()

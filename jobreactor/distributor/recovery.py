@@ -172,5 +172,6 @@ class Recovery(Outcomes):
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
             "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            **self.backlog_watch.read().stats(),
             "metrics": METRICS.snapshot(),
         }

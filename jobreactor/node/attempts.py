@@ -98,11 +98,17 @@ class Attempts:
         record.status = JobStatus.IN_PROGRESS
         record.attempt += 1
         record.run_at = time.time()
-        if self._metrics is not None:
-            self._metrics.started[record.name] += 1
-            self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
+        metrics = self._metrics
+        if metrics is not None:
+            name = record.name if record.name in metrics.known else metrics.label(record.name)
+            metrics.started[name] += 1
+            metrics.wait.observe(name, record.run_at - record.run_at_ts)
         self._persist(record)
-        if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
+        if record.attempt != 1:
+            # A retry: the distributor counts it (metrics: one source per figure). Wire-wise
+            # a plain "started" report, which distributors before this ignore.
+            self._report(held, "started", False, {"attempt": record.attempt})
+        elif record.enqueue_id is not None or record.loner:
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
         definition = self.registry.get(record.name)
         if definition is None:
@@ -231,8 +237,6 @@ class Attempts:
     def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
-        if self._metrics is not None:
-            self._metrics.succeeded[record.name] += 1
         if not record.is_periodic:
             self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
         self._report(held, "success", not record.is_periodic, args)
@@ -270,8 +274,6 @@ class Attempts:
         if held.cancel_requested:
             self._cancel_now(held)
             return
-        if self._metrics is not None:
-            (self._metrics.retried if retry else self._metrics.failed)[record.name] += 1
         if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
             if record.is_periodic:
@@ -293,16 +295,12 @@ class Attempts:
         record = held.record
         args = plain_args(record.args)
         record.args = args
-        if self._metrics is not None:
-            self._metrics.cancelled[record.name] += 1
         self._end_attempt(held)
         self._report(held, "error" if error else "success", True, args)
         record.status = JobStatus.CANCELLED
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
     def _cancel_now(self, held: Held) -> None:
-        if self._metrics is not None:
-            self._metrics.cancelled[held.record.name] += 1
         held.record.status = JobStatus.CANCELLED
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
@@ -331,8 +329,10 @@ class Attempts:
             held.releasing.add_done_callback(self._task_done)
         held.running = False
         self._running -= 1
-        if self._metrics is not None and held.record.run_at is not None:
-            self._metrics.run.observe(held.record.name, time.time() - held.record.run_at)
+        metrics, record = self._metrics, held.record
+        if metrics is not None and record.run_at is not None:
+            name = record.name if record.name in metrics.known else metrics.label(record.name)
+            metrics.run.observe(name, time.time() - record.run_at)
         if held.holds_credit:
             held.holds_credit = False
             if held.link is not None:
