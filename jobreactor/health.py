@@ -46,7 +46,8 @@ def backlog_checks(
     distributors: Iterable[dict[str, Any]], max_pending_age: float, no_node_after: float
 ) -> dict[str, Check]:
     """The two backlog checks from distributors' `stats()` dicts (live or from the registry)."""
-    oldest, stuck, stuck_s, names = 0.0, 0, 0.0, set()
+    oldest, stuck, stuck_s = 0.0, 0, 0.0
+    names: set[str] = set()
     for d in distributors:
         oldest = max(oldest, float(d.get("oldest_pending_s", 0.0) or 0.0))
         if float(d.get("no_node_s", 0.0) or 0.0) >= no_node_after > 0:
@@ -88,7 +89,8 @@ def reactor_health(reactor: Reactor) -> Verdict:
 
     async def read() -> dict[str, Check]:
         distributors = list(reactor._distributors)
-        storages = {id(m.storage): m.storage for m in [*distributors, *reactor._nodes]}
+        members: list[Any] = [*distributors, *reactor._nodes]
+        storages = {id(m.storage): m.storage for m in members}
         checks: dict[str, Check] = {"loop": {"ok": True}}
         checks["storage"] = await _storage_check(list(storages.values()))
         checks.update(

@@ -51,10 +51,10 @@ __all__ = [
     "EVENTS",
     "METRICS",
     "UNKNOWN",
-    "JobCounts",
-    "JobStats",
     "Histogram",
+    "JobCounts",
     "JobMetrics",
+    "JobStats",
     "JobsCollector",
     "job_stats",
     "metrics_registry",
@@ -283,7 +283,7 @@ def job_stats(metrics: JobMetrics, distributors: Iterable[dict[str, Any]]) -> Jo
 
     for event in ("succeeded", "failed", "retried", "enqueued"):
         for name, count in getattr(metrics, event).items():
-            row(name)[event] += int(count)  # type: ignore[literal-required]
+            row(name)[event] += int(count)
     for d in distributors:
         for name, count in (d.get("pending_by_name") or {}).items():
             row(name)["pending"] += int(count)
@@ -295,7 +295,7 @@ def job_stats(metrics: JobMetrics, distributors: Iterable[dict[str, Any]]) -> Jo
     total = _counts()
     for counts in per_name.values():
         for key in ("succeeded", "failed", "retried", "enqueued", "pending", "in_flight"):
-            total[key] += counts[key]  # type: ignore[literal-required]
+            total[key] += counts[key]
         total["oldest_pending_s"] = max(total["oldest_pending_s"], counts["oldest_pending_s"])
     return JobStats(**total, jobs=dict(sorted(per_name.items())))
 
@@ -391,7 +391,10 @@ class JobsCollector(Collector):
         yield _histogram("job_wait_seconds", "Due (enqueued) to start", metrics.wait, "job_name")
         yield _histogram("job_run_seconds", "One attempt, start to end", metrics.run, "job_name")
         yield _histogram(
-            "timer_lateness_seconds", "Node timer fired after its deadline", metrics.lateness, "node"
+            "timer_lateness_seconds",
+            "Node timer fired after its deadline",
+            metrics.lateness,
+            "node",
         )
         by_name: dict[str, GaugeMetricFamily] = {}
         for name, labels, value in self._read_gauges():
