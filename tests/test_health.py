@@ -60,14 +60,15 @@ def test_health_degraded_and_one_warning_when_no_node_may_run_a_job(
             reactor.enqueue("nobody_runs_this", {"i": i})
 
         def degraded() -> bool:
-            return _health(reactor)[1]["status"] == "degraded"
+            return bool(_health(reactor)[1]["status"] == "degraded")
 
         wait_until(degraded, 20, "/health to say degraded")
         code, body = _health(reactor)
         assert code == 503
         stuck = body["checks"]["no_eligible_node"]
         assert (stuck["ok"], stuck["jobs"]) == (False, 3)
-        assert body["checks"]["storage"]["ok"] and body["checks"]["loop"]["ok"]
+        assert body["checks"]["storage"]["ok"]
+        assert body["checks"]["loop"]["ok"]
 
         def warned() -> list[str]:
             return [r.getMessage() for r in caplog.records if "no connected node" in r.message]
@@ -99,7 +100,7 @@ def test_health_degraded_when_the_oldest_pending_job_is_too_old() -> None:
         reactor.enqueue("waits_long", {})
 
         def degraded() -> bool:
-            return _health(reactor)[1]["status"] == "degraded"
+            return bool(_health(reactor)[1]["status"] == "degraded")
 
         wait_until(degraded, 20, "/health to say degraded")
         body = _health(reactor)[1]
