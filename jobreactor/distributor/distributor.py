@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from jobreactor import otel
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
+
+MAX_TRACED = 100_000  # traced jobs whose feedback span we can parent (beyond: not parented)
 
 
 def advertised(advertise: str | None, host: str, port: int) -> str:
@@ -112,6 +115,7 @@ class Distributor(Sessions):
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
         self.backlog_watch = BacklogWatch(self)
+        self._traces: dict[str, str] = {}  # traced jobs' traceparent until their final report
 
     def __repr__(self) -> str:
         return (
@@ -288,6 +292,8 @@ class Distributor(Sessions):
             if error is not None:
                 job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = awaited(success, error, handle)
+            if job.trace is not None and len(self._traces) < MAX_TRACED:
+                self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
@@ -450,7 +456,12 @@ class Distributor(Sessions):
                 self.journal.remove(item.job_id)
         if self._metrics is not None:  # outcomes are counted here, once (metrics.py)
             self._metrics.count_report(entry.name, item.outcome, item.final, item.args)
-        self.settle_report(item, entry.name)
+        if self._traces and item.final and item.job_id in self._traces:
+            trace = self._traces.pop(item.job_id)
+            with otel.feedback_span(trace, item.job_id, entry.name, item.outcome):
+                self.settle_report(item, entry.name)
+        else:
+            self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
 

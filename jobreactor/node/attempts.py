@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jobreactor import otel
 from jobreactor.batch import Batch, open_batch
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
@@ -44,6 +45,7 @@ class Held:
     lock_token: str | None = None  # owns its `lock` for the running attempt
     releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
     origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
+    span: Any = None  # the running attempt's OpenTelemetry span (a traced job: otel.py)
 
 
 class Attempts:
@@ -110,6 +112,17 @@ class Attempts:
             self._report(held, "started", False, {"attempt": record.attempt})
         elif record.enqueue_id is not None or record.loner:
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
+        if record.trace is not None:
+            held.span = otel.run_span(
+                record.trace, record.id, record.name, record.attempt, self.name
+            )
+            with otel.use_span(held.span):
+                self._run_body(held)
+            return
+        self._run_body(held)
+
+    def _run_body(self, held: Held) -> None:
+        record = held.record
         definition = self.registry.get(record.name)
         if definition is None:
             self._on_failure(held, None, NoSuchJob(record.name))
@@ -237,6 +250,8 @@ class Attempts:
     def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
+        if held.span is not None:
+            otel.end_run(held, "success")
         if not record.is_periodic:
             self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
         self._report(held, "success", not record.is_periodic, args)
@@ -271,6 +286,9 @@ class Attempts:
             and not held.cancel_requested
         )
         self._end_attempt(held, retrying=retry)
+        if held.span is not None:
+            outcome = "cancelled" if held.cancel_requested else "retry" if retry else "failed"
+            otel.end_run(held, outcome, exc)
         if held.cancel_requested:
             self._cancel_now(held)
             return
@@ -295,12 +313,16 @@ class Attempts:
         record = held.record
         args = plain_args(record.args)
         record.args = args
+        if held.span is not None:
+            otel.end_run(held, "cancelled")
         self._end_attempt(held)
         self._report(held, "error" if error else "success", True, args)
         record.status = JobStatus.CANCELLED
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
     def _cancel_now(self, held: Held) -> None:
+        if held.span is not None:
+            otel.end_run(held, "cancelled")
         held.record.status = JobStatus.CANCELLED
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
