@@ -19,6 +19,7 @@ Spans go to whatever tracer provider the process configured (opentelemetry-sdk, 
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 try:  # the `otel` extra
     from opentelemetry import context as _context
     from opentelemetry import trace as _trace
+    from opentelemetry.trace import propagation as _propagation
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - the extra is installed in dev
     _trace = None  # type: ignore[assignment]
@@ -37,12 +39,28 @@ _PROPAGATOR: Any = TraceContextTextMapPropagator() if ENABLED else None
 _TRACER = "jobreactor"
 
 
+def _context_reader() -> Any:
+    """The fastest way to the current OpenTelemetry context: the runtime's ContextVar
+    (about 0.1 µs, what every enqueue pays with the extra installed), else the public API
+    (several times that)."""
+    if not ENABLED:
+        return None
+    var = getattr(getattr(_context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(var, contextvars.ContextVar):
+        return var.get
+    return _context.get_current
+
+
+_current_context = _context_reader()
+_SPAN_KEY: Any = _propagation._SPAN_KEY if ENABLED else None
+
+
 def traceparent() -> str | None:
     """The caller's active span as a W3C traceparent, or None (no span, or no otel)."""
     if not ENABLED:
         return None
-    span = _trace.get_current_span()
-    if not span.get_span_context().is_valid:
+    span = _current_context().get(_SPAN_KEY)  # the usual case, no span: one dict lookup
+    if span is None or not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
