@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.distributor")
 
 STUCK_NAMES_SHOWN = 10  # names listed in stats and in the warning
+FRESH_S = 1.0  # a backlog read is reused this long
 
 
 @dataclass(slots=True)
@@ -72,19 +73,27 @@ def read_backlog(
     jobs: Iterable[Any], in_flight_names: Iterable[str], nodes: list[NodeSlot], strict_node: bool
 ) -> Backlog:
     now = time.time()
-    due: dict[BucketKey, float] = {}  # earliest due time per (name, node, not_node)
+    # Keyed by (label, node, not_node): names no node declared are all `unknown` (a node's
+    # names are registered), so 100k made-up names make one key, and the same rule decides
+    # whether a node may take any of them.
+    due: dict[BucketKey, float] = {}  # earliest due time per key
     count: collections.Counter[BucketKey] = collections.Counter()
+    labels: dict[str, str] = {}
+    label = METRICS.label
     for job in jobs:
-        key = (job.name, job.node, job.not_node)
+        name = job.name
+        named = labels.get(name)
+        if named is None:
+            named = labels[name] = label(name)
+        key = (named, job.node, job.not_node)
         count[key] += 1
         at = due.get(key)
         if at is None or job.run_at_ts < at:
             due[key] = job.run_at_ts
-    label = METRICS.label
     out = Backlog()
     stuck: list[str] = []
     for key, at in due.items():
-        name, age = label(key[0]), max(0.0, now - at)
+        name, age = key[0], max(0.0, now - at)
         out.pending_by_name[name] = out.pending_by_name.get(name, 0) + count[key]
         out.oldest_by_name[name] = max(out.oldest_by_name.get(name, 0.0), age)
         out.oldest_s = max(out.oldest_s, age)
@@ -109,6 +118,7 @@ class BacklogWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._warned: set[str] = set()
         self._log = RateLimitedLog(logger, logging.WARNING, 60.0)
+        self._last: tuple[float, Backlog] | None = None
 
     @property
     def idle(self) -> bool:
@@ -116,13 +126,20 @@ class BacklogWatch:
         return self._timer is None
 
     def read(self) -> Backlog:
+        """The backlog now; a read less than `FRESH_S` old is reused (a scrape, a beat and
+        /health in the same second walk the pending jobs once)."""
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < FRESH_S:
+            return self._last[1]
         d = self._d
-        return read_backlog(
+        backlog = read_backlog(
             d.dispatcher.pending_jobs(),
             (entry.name for entry in d.tracker._jobs.values()),
             d.dispatcher.nodes,
             d.settings.always_use_specified_node,
         )
+        self._last = (now, backlog)
+        return backlog
 
     def arm(self) -> None:
         if self._after > 0 and self._timer is None and not self._d.closed:
