@@ -108,3 +108,24 @@ def test_health_degraded_when_the_oldest_pending_job_is_too_old() -> None:
         assert body["checks"]["no_eligible_node"]["ok"]  # warn_no_node_after = 0: off
     finally:
         reactor.stop(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_registry_dashboard_health_follows_the_registry(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "registry").start()
+    app = create_app(discovery_url=server.url, group="health")
+    transport = httpx.ASGITransport(app=app)
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/health")
+
+    try:
+        ok = asyncio.run(get())
+        assert (ok.status_code, ok.json()["status"]) == (200, "ok")
+        server.kill()
+        down = asyncio.run(get())
+        assert (down.status_code, down.json()["status"]) == (503, "down")
+        assert "registry" in down.json()["checks"]["storage"]["error"]
+    finally:
+        server.stop()
