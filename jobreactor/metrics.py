@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import secrets
 import time
 import weakref
@@ -230,6 +231,10 @@ class JobMetrics:
             if isinstance(snapshot.get(name), dict):
                 getattr(self, name).merge(snapshot[name])
 
+    def job_stats(self, distributors: Iterable[dict[str, Any]]) -> JobStats:
+        """`job_stats(self, distributors)`: the `/api/stats` figures (see there)."""
+        return job_stats(self, distributors)
+
     def reset(self) -> None:
         """Forget every figure (tests; a forked child starting afresh)."""
         members, known = self.members, self.known
@@ -238,6 +243,13 @@ class JobMetrics:
 
 
 METRICS = JobMetrics()
+
+
+def _after_fork_in_child() -> None:
+    METRICS.reset()  # a forked worker counts its own jobs, under a process id of its own
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def totals(metrics: JobMetrics) -> dict[str, int]:

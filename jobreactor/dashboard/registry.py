@@ -61,7 +61,7 @@ class RegistrySource(NoLiveSource):
         for member in [*distributors, *nodes]:
             metrics = member.stats.get("metrics")
             if isinstance(metrics, dict):
-                key = str(metrics.get("process") or f"{member.host}:{member.pid}")
+                key = f"{member.host}:{member.pid}:{metrics.get('process', '')}"
                 by_process[key] = metrics
         parts, at = self.totals.update(by_process)
         return {
