@@ -31,6 +31,7 @@ class NodeSlot:
     name: str
     job_names: frozenset[str]
     credits: int
+    window: int = 0  # the most free credit counted for it (0: no bound)
 
 
 # A node heap entry: (-credits when pushed, key). Most credit first, then the first connected.
@@ -181,9 +182,12 @@ class Dispatcher:
         self._buckets.clear()
         return [entry[2] for entry in entries]
 
-    def add_node(self, key: int, name: str, job_names: list[str], credits: int) -> None:
+    def add_node(
+        self, key: int, name: str, job_names: list[str], credits: int, window: int = 0
+    ) -> None:
         self.remove_node(key)
-        slot = NodeSlot(key, name, frozenset(job_names), max(0, credits))
+        credits = max(0, credits)
+        slot = NodeSlot(key, name, frozenset(job_names), credits, window)
         self._nodes[key] = slot
         self._by_name.setdefault(name, []).append(slot)
         group = self._groups.get(slot.job_names)
@@ -218,6 +222,8 @@ class Dispatcher:
         slot = self._nodes.get(key)
         if slot is not None:
             slot.credits += credits
+            if slot.window and slot.credits > slot.window:  # more than it can ever take
+                slot.credits = slot.window
             self._granted(slot)
 
     def set_credits(self, key: int, credits: int) -> None:

@@ -22,6 +22,10 @@ from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtoco
 from jobreactor.node import commands
 from jobreactor.node.reports import Reporting
 from jobreactor.protocol import (
+    DISTRIBUTOR_TO_NODE,
+    MAX_HELD_IN_HELLO,
+    MAX_ITEMS_PER_FRAME,
+    NODE_TO_DISTRIBUTOR,
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -32,6 +36,8 @@ from jobreactor.protocol import (
     Challenge,
     Command,
     Dropped,
+    FrameOpener,
+    FrameSealer,
     Held,
     Hello,
     Jobs,
@@ -46,6 +52,7 @@ from jobreactor.protocol import (
     encode,
     handshake_proof,
     proof_matches,
+    session_key,
 )
 
 if TYPE_CHECKING:
@@ -54,16 +61,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.node")
 
 _MAX_BACKOFF_S = 30.0
+# A distributor that refused us as "busy" (its anonymous slots were full) is dialled again
+# after about this long, not after the growing backoff: we are legitimate, just unlucky.
+_BUSY_RETRY_S = 0.1
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
-# Held jobs per Held frame: ~40 bytes each, so a node holding a million jobs still fits every
-# frame well under max_frame_bytes.
-_HELD_PER_FRAME = 50_000
+# Held jobs per Held frame (and leases per Ack, ids per Return): what the distributor accepts
+# in one frame, a bounded amount of work for its loop.
+_HELD_PER_FRAME = MAX_ITEMS_PER_FRAME
 # Held jobs listed in the Hello itself: it must fit PRE_AUTH_MAX_FRAME_BYTES with the job names;
 # the rest follow in Held frames once we are authenticated.
-_HELD_IN_HELLO = 500
+_HELD_IN_HELLO = MAX_HELD_IN_HELLO
 # What the distributor may send before it welcomed us.
 _PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
+
+
+def busy_retry_delay() -> float:
+    """About _BUSY_RETRY_S, jittered so refused nodes don't come back in lockstep."""
+    return _BUSY_RETRY_S * (0.5 + secrets.randbelow(1000) / 1000)
 
 
 class LinkPhase(Enum):
@@ -96,6 +111,7 @@ class DistributorLink(Reporting):
         self._stop = asyncio.Event()
         self._challenged = False
         self._was_welcomed = False
+        self._busy = False  # the last refusal was "busy": dial again soon
         self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
@@ -130,9 +146,11 @@ class DistributorLink(Reporting):
                 logger.error("%s; retrying in %.1fs", exc, backoff)
             if self._stop.is_set():
                 return
+            wait = busy_retry_delay() if self._busy else backoff
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                await asyncio.wait_for(self._stop.wait(), wait)
+            if not self._busy:
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +166,7 @@ class DistributorLink(Reporting):
 
         self._was_welcomed = False
         self._challenged = False
+        self._busy = False
         async with asyncio.timeout(settings.handshake_timeout * 2):
             _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
@@ -187,6 +206,7 @@ class DistributorLink(Reporting):
                     held[:in_hello],
                     self.node.instance,
                     self.node.secret is not None,
+                    self.node.settings.concurrency + self.node.settings.prefetch,
                 )
             )
             if len(frame) <= PRE_AUTH_MAX_FRAME_BYTES:
@@ -251,6 +271,14 @@ class DistributorLink(Reporting):
         self.conn.send(
             Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
         )
+        # From here on both directions carry MACs (protocol/mac.py). With a failed proof we
+        # still strip its tags unchecked, to read why it refuses us; we never trust it.
+        keys = [
+            session_key(secret, self.node.name, self._nonce, challenge.nonce, direction)
+            for direction in (NODE_TO_DISTRIBUTOR, DISTRIBUTOR_TO_NODE)
+        ]
+        self.conn.seal_from_now(FrameSealer(keys[0]))
+        self.conn.open_from_now(FrameOpener(keys[1] if self._challenged else None))
 
     def _on_welcome(self, welcome: Welcome) -> None:
         if self.node.secret is not None and not self._challenged:
@@ -260,6 +288,11 @@ class DistributorLink(Reporting):
                 "secret"
             )
         self._challenged = False
+        if welcome.version != PROTOCOL_VERSION:
+            raise HandshakeFailed(
+                f"distributor {self.configured} speaks protocol {welcome.version}, we speak "
+                f"{PROTOCOL_VERSION}: upgrade the older side"
+            )
         expected = self.expected_instance
         if expected is not None and welcome.instance != expected:
             self.node.instance_mismatch()
@@ -295,6 +328,17 @@ class DistributorLink(Reporting):
     def _refused(self, reason: str) -> None:
         """The distributor said Bye during the handshake: it refused us. Say why, loudly; the
         dial loop keeps backing off (the rate of these lines is bounded by it)."""
+        if reason.startswith("busy"):
+            self._busy = True
+            logger.warning(
+                "distributor %s is busy with other handshakes (maybe a flood of anonymous "
+                "connections) and turned node %r away; retrying in a moment",
+                self.configured,
+                self.node.name,
+            )
+            if self.conn is not None:
+                self.conn.close("refused by the distributor: busy")
+            return
         if reason.startswith("bad secret"):
             reason = "the distributor refused our proof: check that both sides have the same secret"
         logger.error(
@@ -332,7 +376,11 @@ class DistributorLink(Reporting):
         if conn is None or not self.is_ready:
             return
         if self._acks or self._credits:
-            conn.send_frame(encode(Ack(self._acks, self._credits)))
+            acks = self._acks
+            chunks = [acks[i : i + _HELD_PER_FRAME] for i in range(0, len(acks), _HELD_PER_FRAME)]
+            for chunk in chunks[:-1]:
+                conn.send_frame(encode(Ack(chunk, 0)))
+            conn.send_frame(encode(Ack(chunks[-1] if chunks else [], self._credits)))
             self._acks = []
             self._credits = 0
         for nack in self._nacks:
@@ -371,7 +419,8 @@ class DistributorLink(Reporting):
 
     def hand_back(self, job_ids: list[str]) -> None:
         if self.conn is not None and self.is_ready and job_ids:
-            self.conn.send(Return(job_ids))
+            for start in range(0, len(job_ids), _HELD_PER_FRAME):
+                self.conn.send(Return(job_ids[start : start + _HELD_PER_FRAME]))
 
     def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
         """Tell the distributor these are all the jobs we hold (or have unacknowledged reports
