@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.admission import Admission
@@ -84,7 +85,7 @@ class Distributor(Sessions):
         self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.address = advertise or ""
         self._advertise = advertise
         self.loop = asyncio.get_running_loop()

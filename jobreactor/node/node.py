@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
@@ -72,7 +73,7 @@ class Node(Membership, Persistence):
         self.registry = registry
         self.storage = storage
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
         self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
