@@ -79,7 +79,8 @@ class Registry:
         unknown = set(options) - ENQUEUE_OPTIONS
         if unknown:
             raise InvalidOptions(f"@job({name!r}): unknown default option(s) {sorted(unknown)}")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+        untrusted: object = name  # callers from untyped code pass anything
+        if not isinstance(untrusted, str) or not untrusted or len(untrusted) > MAX_NAME_CHARS:
             raise InvalidOptions(
                 f"@job({str(name)[:60]!r}): a job name is a non-empty string of at most "
                 f"{MAX_NAME_CHARS} characters"

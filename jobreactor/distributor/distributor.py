@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
-from jobreactor.protocol.auth import secret_bytes
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.admission import Admission
@@ -42,6 +41,7 @@ from jobreactor.protocol import (
     ReportItem,
     Reports,
 )
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
 

@@ -183,9 +183,7 @@ class NodeSession:
 
     def evict(self) -> None:
         """Make room for a newer anonymous connection: tell this one to retry soon."""
-        self.conn.close(
-            "busy: too many handshakes under way here; retry in a moment", notify=True
-        )
+        self.conn.close("busy: too many handshakes under way here; retry in a moment", notify=True)
 
     def _on_hello(self, hello: Hello) -> None:
         self.heard_hello = True
@@ -222,7 +220,8 @@ class NodeSession:
         self.conn.seal_from_now(FrameSealer(self._session_key(DISTRIBUTOR_TO_NODE)))
 
     def _session_key(self, direction: bytes) -> bytes:
-        assert self.hello is not None and self.distributor.secret is not None
+        assert self.hello is not None
+        assert self.distributor.secret is not None
         return session_key(
             self.distributor.secret, self.hello.node_name, self.hello.nonce, self._nonce, direction
         )

@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
-from jobreactor.protocol.auth import secret_bytes
 from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
@@ -32,6 +31,7 @@ from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.storage.base import Storage
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ the body is buffered. `FrameDecoder` never reads from anything itself: bytes in,
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Final, TypeVar
 
 import msgpack
@@ -124,7 +124,7 @@ class FrameDecoder:
             raise MalformedFrame(f"a frame of kind {tag} may not exceed {bound} bytes ({size})")
         return True
 
-    def messages(self) -> Iterator[Message]:
+    def messages(self) -> Generator[Message, None, None]:
         """Yield every complete message buffered so far; keep the remainder."""
         buffer = self._buffer
         start = 0

@@ -71,9 +71,7 @@ def hello(name: str = "w1", nonce: bytes | None = None) -> Hello:
     )
 
 
-async def read_message(
-    reader: asyncio.StreamReader, opener: FrameOpener | None = None
-) -> Message:
+async def read_message(reader: asyncio.StreamReader, opener: FrameOpener | None = None) -> Message:
     decoder = FrameDecoder()
     if opener is not None:
         decoder.authenticate(opener)
