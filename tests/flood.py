@@ -5,6 +5,7 @@ how many connections it made. Used by tests/test_hostile_round2.py and bench/att
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 
@@ -16,10 +17,8 @@ async def _one(port: int, stop: asyncio.Event, made: list[int]) -> None:
             await asyncio.sleep(0.001)
             continue
         made[0] += 1
-        try:
-            await asyncio.wait_for(reader.read(1 << 16), 0.2)  # held until closed, or 0.2 s
-        except (OSError, TimeoutError):
-            pass
+        with contextlib.suppress(OSError, TimeoutError):  # held until closed, or 0.2 s
+            await asyncio.wait_for(reader.read(1 << 16), 0.2)
         writer.close()
 
 

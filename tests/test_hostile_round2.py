@@ -4,6 +4,7 @@ after the handshake, job names that can't grow the dispatcher's work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -67,10 +68,8 @@ class RawNode:
             self.decoder.feed(data)
 
     def send(self, frame: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed under us: what is read next says why
             self.sock.sendall(frame)
-        except OSError:
-            pass  # closed under us: what the test reads next says why
 
     def closed_with_bye(self) -> str | None:
         """Read until closed; the Bye's reason (None: closed without one)."""
