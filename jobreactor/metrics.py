@@ -25,7 +25,7 @@ import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,6 +36,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from jobreactor.http_bounded import BoundedHTTPServer
 
 __all__ = [
     "EVENTS",
@@ -316,7 +318,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None  # scrapes every few seconds would flood the log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = BoundedHTTPServer((host, port), Handler)  # timeouts, bounded threads
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(

@@ -357,3 +357,40 @@ def test_long_job_names_are_refused() -> None:
             Registry().job("y" * 201)
     finally:
         reactor.stop(timeout=10)
+
+
+# --- the node's metrics port -------------------------------------------------------------------
+
+
+def test_the_metrics_port_bounds_threads_and_times_out_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import urllib.request
+
+    from jobreactor import http_bounded
+    from jobreactor.metrics import MetricsServer
+
+    monkeypatch.setattr(http_bounded, "REQUEST_TIMEOUT_S", 0.5)
+    server = MetricsServer("127.0.0.1", 0).start()
+    before = threading.active_count()
+    half_sent = []
+    try:
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /health HTTP/1.1\r\n")  # and never the rest
+            half_sent.append(sock)
+        assert threading.active_count() - before <= http_bounded.MAX_THREADS
+
+        def answers() -> bool:
+            try:
+                url = f"http://127.0.0.1:{server.port}/health"
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    return bool(reply.status == 200)
+            except OSError:
+                return False
+
+        wait_until(answers, what="a scrape once the silent requests timed out")
+    finally:
+        for sock in half_sent:
+            sock.close()
+        server.close()
