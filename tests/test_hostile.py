@@ -16,6 +16,7 @@ import pytest
 
 from jobreactor import ConfigError, InsecureBind, Reactor, Registry
 from jobreactor.errors import MalformedFrame
+from jobreactor.node.handshake import hello_frame
 from jobreactor.protocol import (
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
@@ -136,14 +137,13 @@ def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) ->
     link = node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
     node.held_from = lambda link: held  # type: ignore[method-assign]
-    link._nonce = b"n" * NONCE_BYTES
-    frame = link._hello_frame()
+    frame, more_held = hello_frame(link, b"n" * NONCE_BYTES)
     assert len(frame) <= PRE_AUTH_MAX_FRAME_BYTES
     decoder = FrameDecoder(PRE_AUTH_MAX_FRAME_BYTES)
     decoder.feed(frame)
     (hello,) = list(decoder.messages())
     assert isinstance(hello, Hello)
-    assert hello.held + link._more_held == held
+    assert hello.held + more_held == held
 
 
 def test_unauthenticated_connections_are_capped(caplog: pytest.LogCaptureFixture) -> None:

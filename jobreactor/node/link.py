@@ -20,26 +20,20 @@ from typing import TYPE_CHECKING
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.node import commands
+from jobreactor.node.handshake import answer_challenge, busy_retry_delay, hello_frame
 from jobreactor.node.reports import Reporting
 from jobreactor.protocol import (
-    DISTRIBUTOR_TO_NODE,
-    MAX_HELD_IN_HELLO,
     MAX_ITEMS_PER_FRAME,
-    NODE_TO_DISTRIBUTOR,
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
-    Auth,
     Bye,
     Cancel,
     Challenge,
     Command,
     Dropped,
-    FrameOpener,
-    FrameSealer,
     Held,
-    Hello,
     Jobs,
     Message,
     Nack,
@@ -50,9 +44,6 @@ from jobreactor.protocol import (
     Return,
     Welcome,
     encode,
-    handshake_proof,
-    proof_matches,
-    session_key,
 )
 
 if TYPE_CHECKING:
@@ -61,24 +52,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobreactor.node")
 
 _MAX_BACKOFF_S = 30.0
-# A distributor that refused us as "busy" (its anonymous slots were full) is dialled again
-# after about this long, not after the growing backoff: we are legitimate, just unlucky.
-_BUSY_RETRY_S = 0.1
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
 # Held jobs per Held frame (and leases per Ack, ids per Return): what the distributor accepts
 # in one frame, a bounded amount of work for its loop.
 _HELD_PER_FRAME = MAX_ITEMS_PER_FRAME
-# Held jobs listed in the Hello itself: it must fit PRE_AUTH_MAX_FRAME_BYTES with the job names;
-# the rest follow in Held frames once we are authenticated.
-_HELD_IN_HELLO = MAX_HELD_IN_HELLO
 # What the distributor may send before it welcomed us.
 _PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
-
-
-def busy_retry_delay() -> float:
-    """About _BUSY_RETRY_S, jittered so refused nodes don't come back in lockstep."""
-    return _BUSY_RETRY_S * (0.5 + secrets.randbelow(1000) / 1000)
 
 
 class LinkPhase(Enum):
@@ -173,7 +153,8 @@ class DistributorLink(Reporting):
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
         try:
-            conn.send_frame(self._hello_frame())
+            frame, self._more_held = hello_frame(self, self._nonce)
+            conn.send_frame(frame)
         except LocalProtocolError:
             conn.close("our Hello does not fit")
             raise
@@ -189,33 +170,6 @@ class DistributorLink(Reporting):
     def _attach(self, conn: FramedConnection) -> DistributorLink:
         conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)
         return self
-
-    def _hello_frame(self) -> bytes:
-        """Our Hello, small enough for a distributor that doesn't know us yet."""
-        held = self.node.held_from(self) + self.unacked_report_ids()
-        for in_hello in (_HELD_IN_HELLO, 0):
-            self._more_held = held[in_hello:]
-            frame = encode(
-                Hello(
-                    PROTOCOL_VERSION,
-                    self.node.name,
-                    self.node.registry.names(),
-                    self.node.free_credits(self),
-                    self.node.storage.kind,
-                    self._nonce,
-                    held[:in_hello],
-                    self.node.instance,
-                    self.node.secret is not None,
-                    self.node.settings.concurrency + self.node.settings.prefetch,
-                )
-            )
-            if len(frame) <= PRE_AUTH_MAX_FRAME_BYTES:
-                return frame
-        raise LocalProtocolError(
-            f"node {self.node.name!r}: its Hello needs {len(frame)} bytes, over the "
-            f"{PRE_AUTH_MAX_FRAME_BYTES} a distributor accepts before the handshake "
-            "(too many or too long job names)"
-        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -261,24 +215,10 @@ class DistributorLink(Reporting):
             raise HandshakeFailed(
                 f"distributor {self.configured} requires a secret; set `secret` on this node"
             )
-        expected = handshake_proof(
-            secret, "distributor", self.node.name, self._nonce, challenge.nonce
-        )
-        # A distributor whose proof doesn't match has another secret: it will refuse our proof
-        # too, and say so (so both sides log the cause); we answer, but never accept its Welcome.
-        self._challenged = proof_matches(expected, challenge.proof)
         assert self.conn is not None
-        self.conn.send(
-            Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
+        self._challenged = answer_challenge(
+            self.conn, secret, self.node.name, self._nonce, challenge
         )
-        # From here on both directions carry MACs (protocol/mac.py). With a failed proof we
-        # still strip its tags unchecked, to read why it refuses us; we never trust it.
-        keys = [
-            session_key(secret, self.node.name, self._nonce, challenge.nonce, direction)
-            for direction in (NODE_TO_DISTRIBUTOR, DISTRIBUTOR_TO_NODE)
-        ]
-        self.conn.seal_from_now(FrameSealer(keys[0]))
-        self.conn.open_from_now(FrameOpener(keys[1] if self._challenged else None))
 
     def _on_welcome(self, welcome: Welcome) -> None:
         if self.node.secret is not None and not self._challenged:
