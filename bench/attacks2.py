@@ -67,7 +67,9 @@ def target(secret: str | None) -> None:
             count, names, known = int(rest[0]), int(rest[1]), rest[2] == "known"
             prefix = "noop" if known else "unknown"
             started = time.perf_counter()
-            handles = [reactor.enqueue(f"{prefix}{i % names}", {}) for i in range(count)]
+            handles = reactor.enqueue_many(
+                [(f"{prefix}{i % names}", {}, None) for i in range(count)]
+            )
             for handle in handles:
                 assert handle is not None
                 with contextlib.suppress(Exception):  # unknown names fail: that is the point
@@ -92,7 +94,8 @@ class Target:
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join([str(code)] * (code is not None) + [str(ROOT)])
         self._log = log.open("wb")
-        args = [sys.executable, "-m", "bench.attacks2", "--target"]
+        # By path, not `-m bench.attacks2`: DIR (first on the path) may have a `bench` too.
+        args = [sys.executable, str(Path(__file__).resolve()), "--target"]
         args += ["--secret", secret] if secret else []
         self.proc = subprocess.Popen(
             args,

@@ -244,19 +244,24 @@ class Dispatcher:
                     del self._knowers[job_name]
                     self._unblock(self._blocked.pop(job_name, {}))  # now anyone may take it
 
-    def grant(self, key: int, credits: int) -> None:
+    def grant(self, key: int, credits: int) -> bool:
+        """Add free credit; False if nothing changed (no credit, or the window was full)."""
         slot = self._nodes.get(key)
-        if slot is not None:
-            self.set_credits(key, slot.credits + credits)
+        return slot is not None and self.set_credits(key, slot.credits + credits)
 
-    def set_credits(self, key: int, credits: int) -> None:
+    def set_credits(self, key: int, credits: int) -> bool:
+        """Set a node's free credit (clamped to its window); False if nothing changed."""
         slot = self._nodes.get(key)
-        if slot is not None:
-            if slot.window and credits > slot.window:  # more than it can ever take
-                credits = slot.window
-            self._credit += credits - slot.credits
-            slot.credits = credits
-            self._granted(slot)
+        if slot is None:
+            return False
+        if slot.window and credits > slot.window:  # more than it can ever take
+            credits = slot.window
+        if credits == slot.credits:
+            return False  # a flood of acks granting nothing new costs no dispatch round
+        self._credit += credits - slot.credits
+        slot.credits = credits
+        self._granted(slot)
+        return True
 
     def _granted(self, slot: NodeSlot) -> None:
         """Credit went up (or was set): a fresh heap entry (a drop needs none, see _NodeHeap),

@@ -203,7 +203,9 @@ class Sessions(Recovery):
             case Ack():
                 for lease in message.leases:
                     self.tracker.ack(session.key, lease)
-                self.dispatcher.grant(session.key, message.credits)
+                if not self.dispatcher.grant(session.key, message.credits):
+                    return  # nothing changed: no dispatch round
+
             case Nack():
                 entry = self.tracker.by_lease(session.key, message.lease)
                 if entry is not None:
