@@ -314,10 +314,44 @@ class Dispatcher:
 
         The best bucket comes off the ready heap; one no node with credit may serve is set
         aside until a grant could change that, so a turn costs O(jobs sent × log buckets).
+        While a bucket stays the best, its next job is taken without touching the heap.
         """
         out: list[tuple[int, JobRecord, int]] = []
         pending, ready = self._pending, self._ready
-        while pending and ready and self._credit > 0:
+        head: _Entry | None = None  # carried over: the best bucket's next job
+        bucket: _Bucket | None = None
+        while pending and self._credit > 0:
+            if head is None or bucket is None:
+                bucket, head = self._next_ready()
+                if bucket is None or head is None:
+                    break
+            slot = self._choose(bucket.key)
+            if slot is None:
+                self._block(bucket)
+                head = None
+                continue
+            heapq.heappop(bucket.heap)
+            job = head[2]
+            del pending[job.id]
+            slot.credits -= 1
+            self._credit -= 1
+            out.append((slot.key, job, head[1]))
+            head = bucket.head(pending)
+            if head is None:
+                del self._buckets[bucket.key]
+            elif ready and ready[0][:2] < head[:2]:
+                self._queue(bucket, head)  # another bucket is better now
+                head = None
+            else:
+                bucket.queued = (head[0], head[1])
+        if head is not None and bucket is not None:  # carried but not sent: back in the heap
+            self._queue(bucket, head)
+        return out
+
+    def _next_ready(self) -> tuple[_Bucket | None, _Entry | None]:
+        """The best queued bucket and its head, dropping stale heap entries on the way."""
+        ready, pending = self._ready, self._pending
+        while ready:
             priority, seq, key = heapq.heappop(ready)
             bucket = self._buckets.get(key)
             if bucket is None or bucket.queued != (priority, seq):
@@ -325,26 +359,11 @@ class Dispatcher:
             head = bucket.head(pending)
             if head is None:
                 del self._buckets[key]
-                continue
-            if head[:2] != (priority, seq):  # its head was taken out: queue the new one
+            elif head[:2] != (priority, seq):  # its head was taken out: queue the new one
                 self._queue(bucket, head)
-                continue
-            slot = self._choose(key)
-            if slot is None:
-                self._block(bucket)
-                continue
-            heapq.heappop(bucket.heap)
-            job = head[2]
-            del pending[job.id]
-            slot.credits -= 1
-            self._credit -= 1
-            out.append((slot.key, job, seq))
-            following = bucket.head(pending)
-            if following is None:
-                del self._buckets[key]
             else:
-                self._queue(bucket, following)
-        return out
+                return bucket, head
+        return None, None
 
     def _choose(self, key: BucketKey) -> NodeSlot | None:
         name, node, not_node = key
