@@ -34,7 +34,7 @@ _SILENT_INTERVALS = 3
 # One peer's input is handled for at most this long per loop turn; the rest waits (reading
 # paused) until the other callbacks and peers had theirs (issue 18: valid frames in a flood
 # held the distributor's loop for seconds).
-_SLICE_S: Final = 0.002
+_SLICE_S: Final = 0.001
 
 
 class ConnectionOwner(Protocol):
