@@ -108,6 +108,8 @@ BEYOND = {
     # more items in one frame than any node sends
     "held": encode(Held([(f"j{i}", i) for i in range(MAX_ITEMS_PER_FRAME + 1)], True)),
     "ack-count": encode(Ack(list(range(MAX_ITEMS_PER_FRAME + 1)), 0)),
+    # a stream of acknowledgements that acknowledge nothing and grant nothing
+    "idle-acks": encode(Ack([], 0)) * 1002,
 }
 
 

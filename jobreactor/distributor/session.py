@@ -55,6 +55,8 @@ logger = logging.getLogger("jobreactor.distributor")
 # Jobs per Jobs frame: big enough to amortise packing, small enough to stay far below
 # max_frame_bytes for ordinary jobs and to let the node start work on the first ones early.
 _JOBS_PER_FRAME: Final = 512
+# Acknowledgements in a row that change nothing before the node is closed as a flood.
+_IDLE_ACKS: Final = 1000
 
 
 class Phase(Enum):
@@ -99,6 +101,7 @@ class NodeSession:
         self.phase = Phase.AWAIT_HELLO
         self.hello: Hello | None = None
         self.heard_hello = False  # anonymous peers that sent nothing are evicted first
+        self._idle_acks = 0  # acknowledgements in a row that acknowledged and granted nothing
         self._nonce = b""
         self._outbox: list[tuple[int, Record]] = []
         self._report_ack: int | None = None
@@ -180,6 +183,16 @@ class NodeSession:
                 self.distributor.settings.handshake_timeout,
             )
             self.conn.close("handshake timeout", notify=True)
+
+    def count_idle_ack(self, useful: bool) -> None:
+        """A node acknowledges jobs or grants credit it has; a stream of acks that do neither
+        is a flood (a real node sends one only when it over-grants, now and then)."""
+        self._idle_acks = 0 if useful else self._idle_acks + 1
+        if self._idle_acks > _IDLE_ACKS:
+            raise RemoteProtocolError(
+                f"node {self.node_name!r} sent {_IDLE_ACKS} acknowledgements in a row that "
+                "acknowledged nothing and granted no credit (a flood)"
+            )
 
     def evict(self) -> None:
         """Make room for a newer anonymous connection: tell this one to retry soon."""

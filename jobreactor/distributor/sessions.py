@@ -203,8 +203,10 @@ class Sessions(Recovery):
             case Ack():
                 for lease in message.leases:
                     self.tracker.ack(session.key, lease)
-                if not self.dispatcher.grant(session.key, message.credits):
-                    return  # nothing changed: no dispatch round
+                changed = self.dispatcher.grant(session.key, message.credits)
+                session.count_idle_ack(changed or bool(message.leases))
+                if not changed:
+                    return  # no credit gained: no dispatch round
 
             case Nack():
                 entry = self.tracker.by_lease(session.key, message.lease)
