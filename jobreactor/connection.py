@@ -127,6 +127,7 @@ class FramedConnection(asyncio.Protocol):
     def _handle_input(self) -> None:
         """Handle buffered frames for at most _SLICE_S; then pause reading and go on next turn."""
         self._resume_scheduled = False
+        self._heard_since_beat = True  # its frames wait here while reading is paused: it is alive
         deadline = time.perf_counter() + _SLICE_S
         messages = self._decoder.messages()
         try:
