@@ -84,13 +84,15 @@ class Starting:
         insecure: bool | None = None,
     ) -> tuple[str, int]:
         settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
+        storage_options: dict[str, Any] = {"prefix": settings.redis_prefix}
+        if storage in {"redis", "redis_storage"}:
+            storage_options["socket_timeout"] = settings.redis_timeout
+            storage_options["socket_connect_timeout"] = settings.redis_timeout
         distributor = Distributor(
             settings,
             secret=secret,
             advertise=advertise,
-            storage=open_storage(
-                storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
-            ),
+            storage=open_storage(storage, redis_url or settings.hiredis_url, **storage_options),
             discovery_url=discovery_url,
             group=group,
         )

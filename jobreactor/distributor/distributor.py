@@ -45,8 +45,28 @@ from jobreactor.storage import MemoryStorage, Storage
 
 if TYPE_CHECKING:
     from jobreactor.distributor.presence import Presence
+    from jobreactor.storage.queue_sync import SyncQueueWriter
 
 logger = logging.getLogger("jobreactor.distributor")
+
+
+def label(
+    job: JobRecord, address: str, success: Feedback | str | None, error: Feedback | str | None
+) -> None:
+    """Stamp the distributor and the feedback names a job's record is stored and sent with."""
+    job.distributor = address
+    if success is not None:
+        job.on_success = success if isinstance(success, str) else job.id
+    if error is not None:
+        job.on_error = error if isinstance(error, str) else job.id
+
+
+def send_assigned(jobs: list[tuple[NodeSession, int, dict[str, Any]]]) -> None:
+    """Send jobs whose assignment is stored, to the sessions still open (a closed one's jobs
+    were queued again when it closed)."""
+    for session, lease, record in jobs:
+        if session.conn.is_open:
+            session.queue_job(lease, record)
 
 
 def advertised(advertise: str | None, host: str, port: int) -> str:
@@ -80,6 +100,8 @@ class Distributor(Sessions):
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
+        # With redis storage: writes the journal from the enqueuing thread (storage/queue_sync).
+        self.sync_writer: SyncQueueWriter | None = None
         self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
@@ -161,6 +183,9 @@ class Distributor(Sessions):
                 self._admitted,
                 self._refused,
             )
+            make_writer = getattr(self.storage, "sync_writer", None)
+            if make_writer is not None:
+                self.sync_writer = make_writer(self.settings.enqueue_timeout)
         if self.discovery_url:
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
@@ -209,6 +234,8 @@ class Distributor(Sessions):
             await server.wait_closed()
         if self.journal is not None:
             await self.journal.aclose()
+        if self.sync_writer is not None:
+            self.sync_writer.close()
         await self.storage.aclose()
 
     async def _leave_and_close(self, *, journal_empty: bool) -> None:
@@ -276,22 +303,23 @@ class Distributor(Sessions):
     ) -> None:
         address, journal, metrics = self.address, self.journal, self._metrics
         for job, success, error, handle in items:
-            job.distributor = address
+            label(job, address, success, error)
             if metrics is not None:
                 metrics.enqueued[job.name] += 1
-            if success is not None:
-                job.on_success = success if isinstance(success, str) else job.id
-            if error is not None:
-                job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = awaited(success, error, handle)
-            if journal is not None:
+            if journal is not None and (handle is None or handle._durable is not True):
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
             if handle is not None and handle._durable is None:
                 handle._stored()  # memory: held here, best effort
             self.dispatcher.add(job)
-        if journal is None:
-            self._dispatch()
+        self._dispatch()
+
+    def withdraw(self, job_ids: list[str]) -> None:
+        """Jobs whose enqueue failed or timed out in the app's thread (`sync_writer`): the
+        write may still land, so the journal refuses it (they were never queued here)."""
+        if self.journal is not None:
+            self.journal.withdraw(job_ids)
 
     def _admitted(self, jobs: list[JobRecord]) -> None:
         for job in jobs:
@@ -375,7 +403,8 @@ class Distributor(Sessions):
     def _dispatch(self) -> None:
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
-        metrics = self._metrics
+        metrics, journal = self._metrics, self.journal
+        held_back: list[tuple[NodeSession, int, dict[str, Any]]] = []
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
                 metrics.dispatched[job.name] += 1
@@ -388,9 +417,15 @@ class Distributor(Sessions):
                 self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
                 continue
             lease = self.tracker.issue(job, key, session.node_name, seq, packed=packed)
-            if self.journal is not None:
-                self.journal.assigned(job, session.node_name, lease)
-            session.queue_job(lease, record)
+            if journal is None:
+                session.queue_job(lease, record)
+                continue
+            journal.assigned(job, session.node_name, lease)
+            held_back.append((session, lease, record))
+        if held_back:
+            # Sent once the assignment is stored: a distributor killed before that restarts
+            # with the job unsent (and sends it once), never unsent-but-running (issue 16).
+            journal.when_durable(lambda: send_assigned(held_back))  # type: ignore[union-attr]
         if not len(self.dispatcher):
             self._idle.set()
 

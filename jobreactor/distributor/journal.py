@@ -50,6 +50,7 @@ class Journal:
         self._admit: list[tuple[JobRecord, JobHandle | None]] = []
         self._save: dict[str, JobRecord] = {}
         self._remove: set[str] = set()
+        self._withdraw: set[str] = set()
         self._durable: list[Callable[[], None]] = []  # run once everything before is stored
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +89,14 @@ class Journal:
         self._remove.add(job_id)
         self._flush_soon()
 
+    def withdraw(self, job_ids: list[str]) -> None:
+        """Forget jobs whose enqueue timed out, and refuse their write if it lands later."""
+        for job_id in job_ids:
+            self._save.pop(job_id, None)
+            self._remove.discard(job_id)
+            self._withdraw.add(job_id)
+        self._flush_soon()
+
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call `callback` once every change made so far is stored (after the next write)."""
         self._durable.append(callback)
@@ -116,7 +125,7 @@ class Journal:
 
     async def flush(self) -> None:
         try:
-            while self._admit or self._save or self._remove or self._durable:
+            while self._admit or self._save or self._remove or self._withdraw or self._durable:
                 await self._flush_once()
         finally:
             self._flushing = False
@@ -125,6 +134,7 @@ class Journal:
         admit, self._admit = self._admit, []
         save, self._save = self._save, {}
         remove, self._remove = self._remove, set()
+        withdraw, self._withdraw = self._withdraw, set()
         durable, self._durable = self._durable, []
         try:
             if _TEST_DELAY and remove:
@@ -134,18 +144,35 @@ class Journal:
                 await self.storage.queue_save(self.queue, records)
             if remove:
                 await self.storage.queue_remove(self.queue, list(remove))
+            if withdraw:
+                await self.storage.queue_withdraw(self.queue, list(withdraw))
         except StorageError as exc:
             self._failed(exc, admit, save, remove)
+            self._withdraw |= withdraw
             self._durable[:0] = durable  # acknowledged after the retry stores it
             await asyncio.sleep(self._retry_interval)
             return
-        for _, handle in admit:
-            if handle is not None:
-                handle._stored()
-        if admit:
-            self._on_admitted([job for job, _ in admit])
+        self._settle_admitted(admit)
         for callback in durable:
             callback()
+
+    def _settle_admitted(self, admit: list[tuple[JobRecord, JobHandle | None]]) -> None:
+        """The write landed: dispatch the jobs whose caller still waits; a job whose enqueue
+        timed out meanwhile was withdrawn (its caller was told it won't run): delete it."""
+        accepted: list[JobRecord] = []
+        withdrawn: list[JobRecord] = []
+        for job, handle in admit:
+            (accepted if handle is None or handle._stored() else withdrawn).append(job)
+        if withdrawn:
+            logger.warning(
+                "%d job(s) stored after their enqueue timed out (first: %s): deleted, not run",
+                len(withdrawn),
+                withdrawn[0].id,
+            )
+            self.withdraw([job.id for job in withdrawn])
+            self._on_refused(withdrawn)
+        if accepted:
+            self._on_admitted(accepted)
 
     def _failed(
         self,
