@@ -465,6 +465,8 @@ class Distributor(Sessions):
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)
         if entry is None:
+            entry = self._orphan_reported(session, item)
+        if entry is None:
             logger.debug(
                 "stale report for job %s (lease %d) from %s rejected",
                 item.job_id,
@@ -479,6 +481,19 @@ class Distributor(Sessions):
         self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
+
+    def _orphan_reported(self, session: NodeSession, item: ReportItem) -> InFlight | None:
+        """A report for a job restored from the journal as out on this node (a restart or an
+        adoption), under the lease it holds: the job finished before the node listed what it
+        holds, so only its report says so. It is that node's: settle it, don't take it over
+        after node_grace and run it again (issue 16: kill -9 during enqueue_many)."""
+        entry = self.tracker.get(item.job_id)
+        if entry is None or entry.conn is not None:
+            return None
+        if entry.node != session.node_name or entry.lease != item.lease:
+            return None
+        self.tracker.rebind(item.job_id, session.key)
+        return entry
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
