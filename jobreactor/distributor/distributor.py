@@ -325,6 +325,8 @@ class Distributor(Sessions):
         for job in jobs:
             if job.id in self._waiting:  # not cancelled while it was being stored
                 self.dispatcher.add(job)
+            elif self.journal is not None:
+                self.journal.remove(job.id)  # its removal may have landed before its store
         self._dispatch()
 
     def _refused(self, jobs: list[JobRecord]) -> None:
