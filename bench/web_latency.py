@@ -61,8 +61,7 @@ def _serve(app: str, env: dict[str, str], workdir: Path) -> tuple[Any, str]:
     port = free_port()
     conf = workdir / "latency_gunicorn.py"
     conf.write_text(
-        "from jobreactor.contrib.gunicorn import hooks\n"
-        "post_worker_init, worker_exit = hooks()\n"
+        "from jobreactor.contrib.gunicorn import hooks\npost_worker_init, worker_exit = hooks()\n"
     )
     argv = [a.format(conf=conf, port=port) for a in SERVERS[app]]
     log = (workdir / f"{app}.log").open("ab")
