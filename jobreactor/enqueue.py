@@ -23,7 +23,13 @@ from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.distributor import label
 from jobreactor.distributor.outcomes import Feedback
-from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed, StorageError
+from jobreactor.errors import (
+    EnqueueTimeout,
+    InvalidOptions,
+    QueueFull,
+    ReactorClosed,
+    StorageError,
+)
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, build_record
 from jobreactor.node.guards import call_hook
@@ -61,6 +67,28 @@ def store_here(
         distributor.sync_writer.save(distributor.journal.queue, records)
     except StorageError:
         loop.call_soon_threadsafe(distributor.withdraw, [record.id for record in records])
+        raise
+
+
+async def store_on_loop(
+    distributor: Distributor,
+    record: JobRecord,
+    success: Feedback | str | None,
+    error: Feedback | str | None,
+    timeout_s: float,
+) -> None:
+    """`aenqueue` on the reactor's loop: write the job to the journal here, one round trip (no
+    task, no hand-off). A failed or timed-out write is withdrawn, and the error raised."""
+    assert distributor.journal is not None
+    label(record, distributor.address, success, error)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await distributor.storage.queue_save(distributor.journal.queue, [record])
+    except TimeoutError:
+        distributor.withdraw([record.id])
+        raise EnqueueTimeout(record.id, timeout_s) from None
+    except StorageError:
+        distributor.withdraw([record.id])
         raise
 
 
@@ -230,14 +258,22 @@ class Enqueuing:
         runs. `durable=False` returns before the store (the `durable` setting for every call).
         """
         loop, distributor, record = self._prepare(name, args, opts)
-        submit = self._admit_and_submit(
-            distributor, record, self._feedback(success), self._feedback(error)
-        )
-        if self._in_loop_thread():
+        success, error = self._feedback(success), self._feedback(error)
+        on_loop, wait = self._in_loop_thread(), self._wants_durable(distributor, durable)
+        if on_loop and wait and not needs_admission(record):
+            timeout = self.config.current.enqueue_timeout
+            await store_on_loop(distributor, record, success, error, timeout)
+            self._drain_inbox()  # keep FIFO with jobs enqueued just before
+            stored = JobHandle(record.id)
+            stored._durable = True  # stored above: dispatched without another write
+            distributor.submit(record, success, error, stored)
+            return stored
+        submit = self._admit_and_submit(distributor, record, success, error)
+        if on_loop:
             handle = await submit
         else:
             handle = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(submit, loop))
-        if handle is not None and self._wants_durable(distributor, durable):
+        if handle is not None and wait:
             await handle.aaccepted(self.config.current.enqueue_timeout)
         return handle
 

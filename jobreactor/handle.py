@@ -71,7 +71,10 @@ class JobHandle:
         future: asyncio.Future[None] = loop.create_future()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(_set_if_pending, future)
+            if _running_loop() is loop:  # stored on this very loop (an attached reactor)
+                _set_if_pending(future)
+            else:
+                loop.call_soon_threadsafe(_set_if_pending, future)
 
         with _LOCK:
             if self._durable is None:
@@ -182,6 +185,13 @@ class JobHandle:
 
     def _cancel(self, reason: str = "cancelled") -> None:
         self._resolve(_FAILED, JobCancelled(f"job {self.id} {reason}"))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _set_if_pending(future: asyncio.Future[None]) -> None:
