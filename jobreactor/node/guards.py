@@ -43,7 +43,7 @@ def needs_guard(held: Held) -> bool:
 async def record_gone(node: Attempts, held: Held) -> bool:
     """A periodic run on a durable node whose stored record was deleted (RedisMonitor.destroy,
     `jobreactor jobs destroy`, a plain DEL) is skipped and the job ends: deleting the record
-    is the seed's external way to cancel it (SPEC 1.14). One read per periodic run."""
+    is the Ruby gem's external way to cancel it (README "Inspecting jobs"). One read per run."""
     record = held.record
     if not (record.period > 0 and node.storage.durable):
         return False
