@@ -32,11 +32,14 @@ _CHUNK: Final = 1000
 class SyncQueueWriter:
     """`save(queue, jobs)`: store accepted jobs in a journal, or raise; thread-safe."""
 
-    def __init__(self, url: str, keys: Keys, timeout_s: float) -> None:
+    def __init__(
+        self, url: str, keys: Keys, timeout_s: float, connect_timeout_s: float | None = None
+    ) -> None:
         self._url = url
         self._where = redact_url(url)
         self._keys = keys
         self._timeout_s = timeout_s
+        self._connect_timeout_s = min(timeout_s, connect_timeout_s or timeout_s)
         self._client: Any = None
         self._script: Any = None
         self._lock = threading.Lock()
@@ -48,7 +51,7 @@ class SyncQueueWriter:
                     options: dict[str, Any] = {
                         "decode_responses": True,
                         "socket_timeout": self._timeout_s,
-                        "socket_connect_timeout": self._timeout_s,
+                        "socket_connect_timeout": self._connect_timeout_s,
                         # A stale pooled connection (Redis restarted) is retried at once; a
                         # timeout is not: the command may be waiting in Redis (paused).
                         "retry": Retry(

@@ -269,8 +269,10 @@ class RedisStorage(WakeUps):
 
     def sync_writer(self, timeout_s: float) -> SyncQueueWriter:
         """A blocking writer of this storage's journals, for the enqueuing thread (one round
-        trip, no hop through the loop); calls on it time out after `timeout_s`."""
-        return SyncQueueWriter(self._url, self.keys, timeout_s)
+        trip, no hop through the loop); calls on it time out after `timeout_s`, connecting
+        after this storage's own `socket_connect_timeout` at most."""
+        connect = self._options.get("socket_connect_timeout")
+        return SyncQueueWriter(self._url, self.keys, timeout_s, connect)
 
     async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
         jobs_key, order_key, _ = self.keys.queue(queue)
