@@ -12,6 +12,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -162,16 +163,26 @@ class Distributor(Sessions):
 
         sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
         try:
-            for sock in sockets:
-                self._servers.append(
-                    await self.loop.create_server(factory, sock=sock, ssl=ssl_context)
-                )
+            bound = await self._prepare_then_serve(host, sockets, factory, ssl_context)
         except BaseException:
             for server in self._servers:
                 server.close()
             for sock in sockets:
                 sock.close()
             raise
+        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        return bound
+
+    async def _prepare_then_serve(
+        self,
+        host: str,
+        sockets: list[socket.socket],
+        factory: Callable[[], FramedConnection],
+        ssl_context: ssl.SSLContext | None,
+    ) -> tuple[str, int]:
+        """Journal and presence first, accepting nodes last: a node that connects before the
+        journal is read back would report jobs we don't know yet, and those reports would be
+        lost (issue 16). Until then connections wait in the listen backlog."""
         sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
         self.address = advertised(self._advertise, host, bound[1])
@@ -193,7 +204,8 @@ class Distributor(Sessions):
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
             await self._restore()
-        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        for sock in sockets:
+            self._servers.append(await self.loop.create_server(factory, sock=sock, ssl=ssl_context))
         return bound
 
     async def stop(self, timeout: float | None = None) -> None:
