@@ -21,7 +21,7 @@ import msgpack
 from jobreactor.config import Config
 from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
-from jobreactor.distributor.distributor import label
+from jobreactor.distributor.handoff import label
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.errors import (
     EnqueueTimeout,

@@ -25,6 +25,7 @@ from jobreactor.distributor.binding import listen_sockets
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
+from jobreactor.distributor.handoff import label, send_assigned
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
@@ -49,25 +50,6 @@ if TYPE_CHECKING:
     from jobreactor.storage.queue_sync import SyncQueueWriter
 
 logger = logging.getLogger("jobreactor.distributor")
-
-
-def label(
-    job: JobRecord, address: str, success: Feedback | str | None, error: Feedback | str | None
-) -> None:
-    """Stamp the distributor and the feedback names a job's record is stored and sent with."""
-    job.distributor = address
-    if success is not None:
-        job.on_success = success if isinstance(success, str) else job.id
-    if error is not None:
-        job.on_error = error if isinstance(error, str) else job.id
-
-
-def send_assigned(jobs: list[tuple[NodeSession, int, dict[str, Any]]]) -> None:
-    """Send jobs whose assignment is stored, to the sessions still open (a closed one's jobs
-    were queued again when it closed)."""
-    for session, lease, record in jobs:
-        if session.conn.is_open:
-            session.queue_job(lease, record)
 
 
 def advertised(advertise: str | None, host: str, port: int) -> str:
@@ -478,8 +460,9 @@ class Distributor(Sessions):
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)
-        if entry is None:
-            entry = self._orphan_reported(session, item)
+        if entry is None:  # restored as out on this node, finished before it said so
+            name = session.node_name
+            entry = self.tracker.claim_reported(item.job_id, name, item.lease, session.key)
         if entry is None:
             logger.debug(
                 "stale report for job %s (lease %d) from %s rejected",
@@ -495,19 +478,6 @@ class Distributor(Sessions):
         self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
-
-    def _orphan_reported(self, session: NodeSession, item: ReportItem) -> InFlight | None:
-        """A report for a job restored from the journal as out on this node (a restart or an
-        adoption), under the lease it holds: the job finished before the node listed what it
-        holds, so only its report says so. It is that node's: settle it, don't take it over
-        after node_grace and run it again (issue 16: kill -9 during enqueue_many)."""
-        entry = self.tracker.get(item.job_id)
-        if entry is None or entry.conn is not None:
-            return None
-        if entry.node != session.node_name or entry.lease != item.lease:
-            return None
-        self.tracker.rebind(item.job_id, session.key)
-        return entry
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
