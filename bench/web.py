@@ -169,11 +169,12 @@ def main() -> None:
     )
     parser.add_argument("--trees", default=".", help="--latency: jobreactor trees, comma-separated")
     parser.add_argument("--requests", type=int, default=1000, help="--latency: per figure")
+    parser.add_argument("--only", default="", help='--latency: e.g. "redis,flask"')
     opts = parser.parse_args()
     if opts.latency:
         from bench.web_latency import main as latency
 
-        latency(opts.trees, opts.requests)
+        latency(opts.trees, opts.requests, opts.only, opts.loop_nice)
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     redis = RedisServer(workdir)

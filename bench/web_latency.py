@@ -57,11 +57,12 @@ def _env(tree: Path, redis_url: str, storage: str) -> dict[str, str]:
     return env
 
 
-def _serve(app: str, env: dict[str, str], workdir: Path) -> tuple[Any, str]:
+def _serve(app: str, env: dict[str, str], workdir: Path, loop_nice: int) -> tuple[Any, str]:
     port = free_port()
     conf = workdir / "latency_gunicorn.py"
     conf.write_text(
-        "from jobreactor.contrib.gunicorn import hooks\npost_worker_init, worker_exit = hooks()\n"
+        "from jobreactor.contrib.gunicorn import hooks\n"
+        f"post_worker_init, worker_exit = hooks(loop_nice={loop_nice})\n"
     )
     argv = [a.format(conf=conf, port=port) for a in SERVERS[app]]
     log = (workdir / f"{app}.log").open("ab")
@@ -135,11 +136,17 @@ def _sample(url: str, path: str, requests: int, connections: int) -> dict[str, f
 
 
 def _one_server(
-    tree: Path, storage: str, app: str, redis: RedisServer, workdir: Path, requests: int
+    tree: Path,
+    storage: str,
+    app: str,
+    redis: RedisServer,
+    workdir: Path,
+    requests: int,
+    loop_nice: int,
 ) -> dict[str, Any]:
     env = _env(tree, redis.url(), storage)
     node = _node(env, workdir)
-    server, url = _serve(app, env, workdir)
+    server, url = _serve(app, env, workdir, loop_nice)
     rows: dict[str, Any] = {}
     try:
         _sample(url, "/enqueue/{n}", 200, 4)  # warm-up: every worker connected
@@ -152,16 +159,20 @@ def _one_server(
     return rows
 
 
-def run(trees: list[Path], requests: int) -> dict[str, Any]:
+def run(
+    trees: list[Path], requests: int, storages: list[str], apps: list[str], loop_nice: int
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     redis = RedisServer(workdir)
     results: dict[str, Any] = {}
     try:
-        for storage in ("redis", "memory"):
-            for app in ("flask", "fastapi"):
+        for storage in storages:
+            for app in apps:
                 for tree in trees:
                     label = f"{tree.name} {storage} {app}"
-                    results[label] = _one_server(tree, storage, app, redis, workdir, requests)
+                    results[label] = _one_server(
+                        tree, storage, app, redis, workdir, requests, loop_nice
+                    )
                     print(label, json.dumps(results[label]), flush=True)
     finally:
         REGISTRY.stop_all()
@@ -169,7 +180,11 @@ def run(trees: list[Path], requests: int) -> dict[str, Any]:
     return results
 
 
-def main(trees: str, requests: int) -> None:
+def main(trees: str, requests: int, only: str = "", loop_nice: int = 10) -> None:
+    """`only`: e.g. "redis,flask" to run just those storages/apps."""
     chosen = [Path(t).resolve() for t in trees.split(",")]
-    results = run(chosen, requests)
+    picked = set(only.split(",")) if only else set()
+    storages = [s for s in ("redis", "memory") if not picked or s in picked] or ["redis", "memory"]
+    apps = [a for a in ("flask", "fastapi") if not picked or a in picked] or ["flask", "fastapi"]
+    results = run(chosen, requests, storages, apps, loop_nice)
     print(json.dumps(results, indent=2))
