@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.errors import StorageError
+from jobreactor.job import JobStatus
 
 if TYPE_CHECKING:
     from jobreactor.definitions import Step
@@ -31,7 +32,33 @@ def perform_key(perform_id: str) -> str:
 
 def needs_guard(held: Held) -> bool:
     record = held.record
-    return record.perform_id is not None or record.lock is not None or record.batch is not None
+    return (
+        record.perform_id is not None
+        or record.lock is not None
+        or record.batch is not None
+        or record.period > 0
+    )
+
+
+async def record_gone(node: Attempts, held: Held) -> bool:
+    """A periodic run on a durable node whose stored record was deleted (RedisMonitor.destroy,
+    `jobreactor jobs destroy`, a plain DEL) is skipped and the job ends: deleting the record
+    is the Ruby gem's external way to cancel it (README "Inspecting jobs"). One read per run."""
+    record = held.record
+    if not (record.period > 0 and node.storage.durable):
+        return False
+    if await node.storage.load(node.name, record.id) is not None:
+        return False
+    logger.warning(
+        "periodic job %s (%r): its stored record is gone (deleted); run skipped, job ended",
+        record.id,
+        record.name,
+    )
+    node._end_attempt(held, retrying=True)
+    record.status = JobStatus.CANCELLED
+    node._report(held, "cancelled", True, record.args)
+    node._forget(held, destroy=True)
+    return True
 
 
 async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
@@ -53,6 +80,8 @@ async def enter(node: Attempts, held: Held) -> None:
     if held.releasing is not None:
         await held.releasing  # the previous attempt's lock must be gone before we ask again
     try:
+        if await record_gone(node, held):
+            return
         if record.batch is not None and await node.batch_stopped(record.batch):
             node.skip(held, "its batch was stopped")
             return

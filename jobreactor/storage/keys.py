@@ -13,6 +13,8 @@ the cluster's slots:
     {<p>:q:<queue>}:jobs         hash    id -> JSON record (a distributor's journal)
     {<p>:q:<queue>}:order        zset    ids by sequence number, oldest first
     {<p>:q:<queue>}:seq          string  that sequence
+    {<p>:q:<queue>}:withdrawn    zset    ids whose enqueue timed out, by time (a late save of
+                                         one is refused; entries are dropped after a day)
     {<p>:u:<key>}                string  owner of a unique key (dj_one, loner), with a TTL
     {<p>:l:<key>}                string  "<token>:<expiry ms>" of a lock
 
@@ -63,6 +65,9 @@ class Keys:
     def queue(self, queue: str) -> tuple[str, str, str]:
         stem = f"{{{self.prefix}:q:{queue}}}"
         return f"{stem}:jobs", f"{stem}:order", f"{stem}:seq"
+
+    def withdrawn(self, queue: str) -> str:
+        return f"{{{self.prefix}:q:{queue}}}:withdrawn"
 
     def uniq(self, key: str) -> str:
         return f"{{{self.prefix}:u:{key}}}"
