@@ -14,13 +14,14 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from jobreactor.errors import ConfigError, InvalidOptions, NoSuchJob
 from jobreactor.job import ENQUEUE_OPTIONS
+from jobreactor.limits import Limit, check_limits
 
 logger = logging.getLogger("jobreactor.definitions")
 
@@ -40,6 +41,8 @@ class JobDefinition:
     lock_failed: Step | None = None
     lock_expired: Step | None = None
     loner_enqueue_failed: Step | None = None
+    # Flow control (README "Limits"): concurrency ones first, then rates.
+    limits: tuple[Limit, ...] = ()
     # True if any step of either chain is a coroutine function (then the attempt is a task).
     # Kept up to date by the registry, so the hot path reads a bool instead of inspecting.
     is_async: bool = False
@@ -73,8 +76,13 @@ class Registry:
     def get(self, name: str) -> JobDefinition | None:
         return self._definitions.get(name)
 
-    def job(self, name: str, **options: Any) -> Callable[[F], F]:
-        """Register the decorated function as job `name`; `options` are its enqueue defaults."""
+    def job(self, name: str, *, limits: Sequence[Limit] = (), **options: Any) -> Callable[[F], F]:
+        """Register the decorated function as job `name`; `options` are its enqueue defaults.
+
+        `limits`: `Limit`s every attempt of it waits for (README "Limits").
+        Raises InvalidOptions for an unknown option or a malformed limit.
+        """
+        checked = check_limits(name, limits)
         unknown = set(options) - ENQUEUE_OPTIONS
         if unknown:
             raise InvalidOptions(f"@job({name!r}): unknown default option(s) {sorted(unknown)}")
@@ -83,7 +91,7 @@ class Registry:
             if name in self._definitions:
                 # As in the Ruby gem: defining a job again replaces it, callbacks included.
                 logger.warning("job %r defined again; the new definition replaces it", name)
-            definition = JobDefinition(name, fn, options=dict(options))
+            definition = JobDefinition(name, fn, options=dict(options), limits=checked)
             definition.refresh()
             self._definitions[name] = definition
             return fn
@@ -178,9 +186,10 @@ def loading_into(registry: Registry) -> Iterator[Registry]:
         _loading.reset(token)
 
 
-def job(name: str, **options: Any) -> Callable[[F], F]:
-    """`@job("name")`: define a job. Optional enqueue defaults as keywords."""
-    return current_registry().job(name, **options)
+def job(name: str, *, limits: Sequence[Limit] = (), **options: Any) -> Callable[[F], F]:
+    """`@job("name")`: define a job. Optional enqueue defaults as keywords; `limits=[Limit(...)]`
+    for flow control (README "Limits")."""
+    return current_registry().job(name, limits=limits, **options)
 
 
 def job_callback(name: str, callback_name: str = "noname") -> Callable[[F], F]:

@@ -37,6 +37,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from jobreactor.limits import limit_gauges
+
 __all__ = [
     "EVENTS",
     "METRICS",
@@ -192,10 +194,12 @@ def stats_gauges(
         out.append(("distributor_pending", labels, float(d.get("pending", 0))))
         out.append(("distributor_in_flight", labels, float(d.get("in_flight", 0))))
         out.append(("distributor_connected_nodes", labels, float(len(d.get("nodes", [])))))
+    nodes = list(nodes)
     for n in nodes:
         labels = {"node": str(n.get("name", ""))}
         for key in ("held", "running", "scheduled", "free_credit"):
             out.append((f"node_{key}", labels, float(n.get(key, 0))))
+    out += limit_gauges(nodes)
     return out
 
 
@@ -218,6 +222,7 @@ GAUGE_HELP = {
     "node_running": "Attempts running on a node",
     "node_scheduled": "Jobs waiting on a node's timers (delayed, periodic, retries)",
     "node_free_credit": "Jobs a node would take now (its credit window minus what it holds)",
+    "limit_waiting": "Jobs waiting on a node for a limit's slot, per job and key (README Limits)",
 }
 
 

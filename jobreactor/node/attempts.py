@@ -20,6 +20,7 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
 from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
+from jobreactor.limits import LimitKeyError, SlotRef
 from jobreactor.logs import log_job
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
@@ -28,6 +29,9 @@ from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync,
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.limits import NodeLimits
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -44,12 +48,14 @@ class Held:
     lock_token: str | None = None  # owns its `lock` for the running attempt
     releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
     origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
+    limit_slots: list[SlotRef] | None = None  # concurrency slots it holds (node/limits.py)
 
 
 class Attempts:
     """The attempt half of Node. The attributes below are Node's (node.py sets them)."""
 
     _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
+    limits: NodeLimits | None = None  # a Node's gates for its definitions' `limits`
 
     if TYPE_CHECKING:
         name: str
@@ -262,7 +268,7 @@ class Attempts:
         limit = record.max_attempt or self.settings.max_attempt
         retry = (
             record.attempt < limit
-            and not isinstance(exc, NoSuchJob)
+            and not isinstance(exc, NoSuchJob | LimitKeyError)
             and not held.dropped
             and not held.cancel_requested
         )
@@ -323,7 +329,7 @@ class Attempts:
     def _end_attempt(self, held: Held, *, retrying: bool = False) -> None:
         if not held.running:
             return
-        if held.lock_token is not None or (held.perform_held and not retrying):
+        if held.lock_token is not None or (held.perform_held and not retrying) or held.limit_slots:
             held.releasing = self.loop.create_task(
                 guards.release(self, held, release_perform=not retrying)
             )
@@ -377,6 +383,8 @@ class Attempts:
         job_id = held.record.id
         self._timers.cancel(job_id)
         self._ready.remove(job_id)
+        if self.limits is not None:
+            self.limits.forget(job_id)
         if held.holds_credit and not held.running:
             held.holds_credit = False
             if held.link is not None and not held.dropped:

@@ -1,12 +1,14 @@
 """The gems' per-attempt checks, around an attempt (docs/semantics.md §7).
 
-Before an attempt: a stopped batch skips the job; `perform_id` (dj_one) postpones it by
+Before an attempt: a stopped batch skips the job; its definition's `limits` make it wait
+(without a run slot) until a slot is free (node/limits.py); `perform_id` (dj_one) postpones it by
 `duplicate_delay` while another job with that id runs, without using an attempt; `lock`
 (resque-lock-timeout) drops it, calling its `lock_failed` hook, while the lock is held.
 After: the lock is released only by its owner token, and if it expired first the
 `lock_expired` hook runs instead (someone else may hold it now); the perform id is released
 unless the job waits for a retry (dj_one keeps it then). All of it goes through the node's
-storage, so with Redis it holds across nodes, with memory within one node process.
+storage, so with Redis it holds across nodes, with memory within one node process. After
+an attempt its concurrency slots are released first.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.errors import StorageError
+from jobreactor.limits import LimitKeyError
 
 if TYPE_CHECKING:
-    from jobreactor.definitions import Step
+    from jobreactor.definitions import JobDefinition, Registry, Step
     from jobreactor.node.attempts import Attempts, Held
 
 logger = logging.getLogger("jobreactor.node")
@@ -29,9 +32,12 @@ def perform_key(perform_id: str) -> str:
     return f"perform:{perform_id}"
 
 
-def needs_guard(held: Held) -> bool:
+def needs_guard(held: Held, registry: Registry) -> bool:
     record = held.record
-    return record.perform_id is not None or record.lock is not None or record.batch is not None
+    if record.perform_id is not None or record.lock is not None or record.batch is not None:
+        return True
+    definition = registry.get(record.name)
+    return definition is not None and bool(definition.limits)
 
 
 async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
@@ -55,6 +61,12 @@ async def enter(node: Attempts, held: Held) -> None:
     try:
         if record.batch is not None and await node.batch_stopped(record.batch):
             node.skip(held, "its batch was stopped")
+            return
+        if (
+            definition is not None
+            and definition.limits
+            and not await _take_limits(node, held, definition)
+        ):
             return
         if record.perform_id is not None and not held.perform_held:
             ttl = record.max_run_time or settings.max_run_time or settings.unique_ttl
@@ -86,9 +98,25 @@ async def enter(node: Attempts, held: Held) -> None:
     node.start_attempt(held)
 
 
+async def _take_limits(node: Attempts, held: Held, definition: JobDefinition) -> bool:
+    """True: its limits' slots are taken. False: it waits (or failed: a key's arg is missing)."""
+    assert node.limits is not None
+    try:
+        slots = node.limits.slots(held, definition)
+    except LimitKeyError as exc:
+        logger.error("job %s (%r) cannot run: %s", held.record.id, held.record.name, exc)
+        held.record.attempt += 1
+        node._on_failure(held, None, exc)  # no retry: the args will not grow the field
+        return False
+    return await node.limits.acquire(held, slots)
+
+
 async def release(node: Attempts, held: Held, *, release_perform: bool) -> None:
-    """After an attempt: unlock (owner only), and free the perform id unless retrying."""
+    """After an attempt: free its limit slots, unlock (owner only), and free the perform id
+    unless retrying."""
     record = held.record
+    if held.limit_slots and node.limits is not None:
+        await node.limits.release(held)  # never raises StorageError: a slot is a lease
     try:
         token, held.lock_token = held.lock_token, None
         if token is not None and record.lock is not None:

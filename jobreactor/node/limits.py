@@ -1,0 +1,342 @@
+"""A node's side of limits: who may take a slot now, who waits, and who wakes them.
+
+Per slot name a *gate* keeps one *probe* (the job asking the store now, or sleeping until a
+wake or a timer) and a FIFO queue of jobs waiting behind it. A waiting job holds no run slot
+and no distributor credit (other work runs meanwhile); it is still held by the node. It is
+woken, never polled for:
+- a release of that slot (on this node at once; on another node sharing Redis through the
+  storage's pub/sub commands, `WAKE_PREFIX + slot`);
+- a timer on the node's heap for the instant the store named: the end of the rate window, or
+  of the earliest holder's lease (so a dead holder's slot is noticed when its lease ends).
+Granted concurrency slots are leases, renewed every third of `limit_lease` while held.
+The attempt path calls `acquire` (guards.enter), `release` (guards.release) and `forget`
+(Attempts._forget); nothing else here is called from outside but `wake` (a command arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from jobreactor.errors import StorageError
+from jobreactor.limits import MAX_LABELLED_KEYS, SlotRef, slots_for
+from jobreactor.storage.limits import LimitStore, limit_store_for
+
+if TYPE_CHECKING:
+    from jobreactor.definitions import JobDefinition
+    from jobreactor.node.attempts import Held
+    from jobreactor.node.node import Node
+
+__all__ = ["WAKE_PREFIX", "NodeLimits"]
+
+logger = logging.getLogger("jobreactor.node")
+
+# Sent on a node's commands channel to wake the jobs waiting on one slot. Job ids never
+# start with "~" (they are `<prefix><hex>`), so the listener tells the two apart.
+WAKE_PREFIX: Final = "~limit:"
+
+
+@dataclass(slots=True)
+class _Gate:
+    slot: SlotRef
+    queue: deque[str] = field(default_factory=deque)
+    probe: str | None = None
+    sleeping: bool = False  # the probe waits for a wake or a timer (not asking the store)
+    rewake: bool = False  # a wake came while the probe was asking: ask again at once
+
+    def blocks(self, job_id: str) -> bool:
+        return (self.probe is not None and self.probe != job_id) or (
+            self.probe is None and bool(self.queue)
+        )
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue) + (1 if self.sleeping else 0)
+
+
+class NodeLimits:
+    """Gates of one node, over a LimitStore (memory: per node; Redis: across nodes)."""
+
+    def __init__(self, node: Node, lease_s: float, store: LimitStore | None = None) -> None:
+        self._node = node
+        self._store = store if store is not None else limit_store_for(node.storage)
+        self._lease_s = lease_s
+        self._gates: dict[str, _Gate] = {}
+        self._where: dict[str, set[str]] = {}  # job id -> gates it is probe of or queued in
+        self._holding: dict[str, set[str]] = {}  # slot name -> members this node holds
+        self._renewal: asyncio.TimerHandle | None = None
+
+    # --- the attempt path -----------------------------------------------------------------------
+
+    @staticmethod
+    def slots(held: Held, definition: JobDefinition) -> list[SlotRef]:
+        """The slots this attempt needs. Raises LimitKeyError (an arg the key names is missing)."""
+        return slots_for(held.record.name, definition.limits, held.record.args)
+
+    async def acquire(self, held: Held, slots: list[SlotRef]) -> bool:
+        """Take every slot (its run slot is taken): True to start; False: it waits (no run slot).
+
+        Raises StorageError (nothing is held then; the caller postpones the job).
+        """
+        job_id = held.record.id
+        for slot in slots:
+            gate = self._gates.get(slot.name)
+            if gate is not None and gate.blocks(job_id):
+                self._queue(held, gate)
+                return False
+        for slot in slots:
+            self._become_probe(job_id, slot)
+        taken: list[SlotRef] = []
+        try:
+            for slot in slots:
+                wait_s = await self._store.acquire(
+                    slot, self._member(held, slot), self._node.name, self._lease_s
+                )
+                if wait_s is not None:
+                    await self._give_back(held, taken)
+                    self._sleep(held, slot, wait_s)
+                    return False
+                taken.append(slot)
+        except StorageError:
+            await self._give_back(held, taken)
+            self._leave_all(job_id)
+            raise
+        concurrency = [slot for slot in taken if slot.limit.kind == "c"]
+        for slot in concurrency:
+            self._hold(slot.name, job_id)
+        held.limit_slots = concurrency or None
+        self._leave_all(job_id)
+        return True
+
+    async def release(self, held: Held) -> None:
+        """The attempt ended: free its concurrency slots and wake who waits on them."""
+        slots, held.limit_slots = held.limit_slots or [], None
+        for slot in slots:
+            self._unhold(slot.name, held.record.id)
+        await self._give_back(held, slots)
+
+    def forget(self, job_id: str) -> None:
+        """The job left the node (done, cancelled, handed back, dropped) while maybe waiting."""
+        for name in self._where.pop(job_id, ()):
+            gate = self._gates.get(name)
+            if gate is None:
+                continue
+            if gate.probe == job_id:
+                self._clear_probe(gate)
+            else:
+                with contextlib.suppress(ValueError):
+                    gate.queue.remove(job_id)
+                self._drop_if_idle(gate)
+
+    def is_waiting(self, job_id: str) -> bool:
+        """Waiting for a slot (queued, or a sleeping probe): due, but not in the ready queue."""
+        return any(
+            (gate := self._gates.get(name)) is not None and (gate.probe != job_id or gate.sleeping)
+            for name in self._where.get(job_id, ())
+        )
+
+    def waiting_ids(self) -> list[str]:
+        return [job_id for job_id in self._where if self.is_waiting(job_id)]
+
+    # --- wake-ups -------------------------------------------------------------------------------
+
+    def wake(self, name: str) -> None:
+        """A slot of `name` freed up (or may have): let its next job ask."""
+        gate = self._gates.get(name)
+        if gate is None:
+            return
+        if gate.probe is None:
+            self._promote(gate)
+        elif gate.sleeping:
+            gate.sleeping = False
+            held = self._node._jobs.get(gate.probe)
+            if held is None:
+                self._clear_probe(gate)
+                return
+            self._node._timers.cancel(gate.probe)
+            self._make_ready(held)
+        else:
+            gate.rewake = True
+
+    def wake_all(self) -> None:
+        """After a pub/sub resubscription (wake-ups may have been lost): every gate asks again."""
+        for name in list(self._gates):
+            self.wake(name)
+
+    # --- introspection ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Waiting jobs per (job, key), the busiest first; beyond MAX_LABELLED_KEYS: "other"."""
+        rows = sorted(
+            ((gate.waiting, gate.slot) for gate in self._gates.values() if gate.waiting),
+            key=lambda row: -row[0],
+        )
+        out = [
+            {"job_name": slot.job, "limit_key": slot.label, "waiting": n}
+            for n, slot in rows[:MAX_LABELLED_KEYS]
+        ]
+        rest: dict[str, int] = {}
+        for n, slot in rows[MAX_LABELLED_KEYS:]:
+            rest[slot.job] = rest.get(slot.job, 0) + n
+        out += [{"job_name": job, "limit_key": "other", "waiting": n} for job, n in rest.items()]
+        holding = sum(len(members) for members in self._holding.values())
+        return {"waiting": out, "holding": holding, "shared": self._store.shared}
+
+    def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+
+    # --- gates ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _member(held: Held, slot: SlotRef) -> str:
+        # A concurrency slot is the job's (a resumed job finds its own slot again); a rate
+        # start is one attempt's.
+        job_id = held.record.id
+        return job_id if slot.limit.kind == "c" else f"{job_id}:{held.record.attempt + 1}"
+
+    def _become_probe(self, job_id: str, slot: SlotRef) -> None:
+        gate = self._gates.get(slot.name)
+        if gate is None:
+            gate = self._gates[slot.name] = _Gate(slot)
+        gate.probe, gate.sleeping, gate.rewake = job_id, False, False
+        self._where.setdefault(job_id, set()).add(slot.name)
+
+    def _queue(self, held: Held, gate: _Gate) -> None:
+        job_id = held.record.id
+        self._leave_all(job_id)
+        gate.queue.append(job_id)
+        self._where.setdefault(job_id, set()).add(gate.slot.name)
+        self._park(held)
+
+    def _sleep(self, held: Held, denied: SlotRef, wait_s: float) -> None:
+        job_id = held.record.id
+        for name in list(self._where.get(job_id, ())):
+            if name != denied.name:
+                self._leave(job_id, name)
+        gate = self._gates.get(denied.name)
+        rewake = True
+        if gate is not None and gate.probe == job_id:
+            rewake, gate.rewake = gate.rewake, False
+            gate.sleeping = not rewake
+        self._park(held)
+        if self._node._jobs.get(job_id) is not held:
+            return  # cancelled while it asked: forgotten already
+        if rewake:
+            self._make_ready(held)
+        elif not math.isinf(wait_s):
+            self._node.sleep_until(held, time.monotonic() + wait_s)
+
+    def _park(self, held: Held) -> None:
+        """Give back the run slot (and credit) it took to ask; a cancelled one ends here."""
+        self._node._end_attempt(held, retrying=True)
+        if held.cancel_requested:
+            held.cancel_requested = False
+            self._node._cancel_now(held)
+
+    def _leave_all(self, job_id: str) -> None:
+        for name in list(self._where.get(job_id, ())):
+            self._leave(job_id, name)
+
+    def _leave(self, job_id: str, name: str) -> None:
+        names = self._where.get(job_id)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._where[job_id]
+        gate = self._gates.get(name)
+        if gate is not None and gate.probe == job_id:
+            self._clear_probe(gate)
+
+    def _clear_probe(self, gate: _Gate) -> None:
+        gate.probe, gate.sleeping, gate.rewake = None, False, False
+        self._promote(gate)
+
+    def _promote(self, gate: _Gate) -> None:
+        """The next queued job becomes the gate's probe and goes to the ready queue."""
+        while gate.queue:
+            job_id = gate.queue.popleft()
+            held = self._node._jobs.get(job_id)
+            if held is None or held.running:
+                self._leave(job_id, gate.slot.name)
+                continue
+            gate.probe = job_id
+            self._make_ready(held)
+            return
+        self._drop_if_idle(gate)
+
+    def _drop_if_idle(self, gate: _Gate) -> None:
+        if gate.probe is None and not gate.queue:
+            self._gates.pop(gate.slot.name, None)
+
+    def _make_ready(self, held: Held) -> None:
+        self._node._ready.push(held.record.id, held.record.priority)
+        self._node._kick()
+
+    # --- holding, releasing, renewing -------------------------------------------------------------
+
+    async def _give_back(self, held: Held, slots: list[SlotRef]) -> None:
+        for slot in slots:
+            try:
+                waiters = await self._store.release(slot, self._member(held, slot))
+            except StorageError as exc:
+                # A concurrency slot is a lease: it lapses by itself; waiters' timers see that.
+                logger.warning(
+                    "job %s: could not release limit %s: %s", held.record.id, slot.name, exc
+                )
+                waiters = []
+            self.wake(slot.name)
+            for other in set(waiters) - {self._node.name}:
+                await self._send_wake(other, slot.name)
+
+    async def _send_wake(self, node: str, name: str) -> None:
+        send = getattr(self._node.storage, "send_command", None)
+        if send is None:
+            return
+        try:
+            await send(node, WAKE_PREFIX + name)
+        except StorageError as exc:
+            logger.warning("could not wake node %s for limit %s: %s", node, name, exc)
+
+    def _hold(self, name: str, member: str) -> None:
+        self._holding.setdefault(name, set()).add(member)
+        if self._store.shared and self._renewal is None:
+            self._renewal = self._node.loop.call_later(self._lease_s / 3, self._renew_due)
+
+    def _unhold(self, name: str, member: str) -> None:
+        members = self._holding.get(name)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self._holding[name]
+
+    def _renew_due(self) -> None:
+        self._renewal = None
+        if self._holding:
+            self._node._spawn(self._renew())
+            self._renewal = self._node.loop.call_later(self._lease_s / 3, self._renew_due)
+
+    async def _renew(self) -> None:
+        for name, members in list(self._holding.items()):
+            try:
+                lost = await self._store.renew(name, sorted(members), self._lease_s)
+            except StorageError as exc:
+                logger.warning(
+                    "could not renew limit %s (lease %.1fs): %s", name, self._lease_s, exc
+                )
+                continue
+            if lost:
+                logger.warning(
+                    "limit %s: lease of job(s) %s ran out before renewal (node stalled longer "
+                    "than limit_lease=%.1fs?); another job may have taken the slot",
+                    name,
+                    ", ".join(lost),
+                    self._lease_s,
+                )
