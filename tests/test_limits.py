@@ -136,7 +136,7 @@ def test_a_refused_rate_start_names_the_instant_the_window_allows() -> None:
 
 
 def test_gauges_come_from_node_stats() -> None:
-    stats = [
+    stats: list[dict[str, Any]] = [
         {
             "name": "w1",
             "limits": {"waiting": [{"job_name": "j", "limit_key": "rate:m", "waiting": 3}]},
