@@ -329,6 +329,8 @@ class Attempts:
     def _end_attempt(self, held: Held, *, retrying: bool = False) -> None:
         if not held.running:
             return
+        if held.limit_slots and self.limits is not None and self.limits.local:
+            self.limits.release_now(held)  # memory: no task, no deferred report
         if held.lock_token is not None or (held.perform_held and not retrying) or held.limit_slots:
             held.releasing = self.loop.create_task(
                 guards.release(self, held, release_perform=not retrying)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobreactor.errors import StorageError
 from jobreactor.limits import LimitKeyError
+from jobreactor.node.limits import run_now
 
 if TYPE_CHECKING:
     from jobreactor.definitions import JobDefinition, Registry, Step
@@ -38,6 +39,22 @@ def needs_guard(held: Held, registry: Registry) -> bool:
         return True
     definition = registry.get(record.name)
     return definition is not None and bool(definition.limits)
+
+
+def enter_now(node: Attempts, held: Held) -> bool:
+    """Limits alone, on a node-local store: decided here without a task. False: not this case."""
+    record = held.record
+    limits = node.limits
+    if record.perform_id is not None or record.lock is not None or record.batch is not None:
+        return False
+    if limits is None or not limits.local:
+        return False
+    definition = node.registry.get(record.name)
+    if definition is None or not definition.limits:
+        return False
+    if run_now(_take_limits(node, held, definition)):
+        node.start_attempt(held)
+    return True
 
 
 async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:

@@ -1,9 +1,10 @@
 """A node's side of limits: who may take a slot now, who waits, and who wakes them.
 
-Per slot name a *gate* keeps one *probe* (the job asking the store now, or sleeping until a
-wake or a timer) and a FIFO queue of jobs waiting behind it. A waiting job holds no run slot
-and no distributor credit (other work runs meanwhile); it is still held by the node. It is
-woken, never polled for:
+Per slot name a *gate*: while no job of it was refused, any number ask the store at once.
+A refused one becomes the gate's *probe* (sleeping until a wake or a timer); jobs that come
+after line up behind it in a FIFO queue and ask one at a time as slots free up. A waiting
+job holds no run slot and no distributor credit (other work runs meanwhile); it is still
+held by the node. It is woken, never polled for:
 - a release of that slot (on this node at once; on another node sharing Redis through the
   storage's pub/sub commands, `WAKE_PREFIX + slot`);
 - a timer on the node's heap for the instant the store named: the end of the rate window, or
@@ -21,8 +22,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from jobreactor.errors import StorageError
 from jobreactor.limits import MAX_LABELLED_KEYS, SlotRef, slots_for
@@ -33,9 +35,11 @@ if TYPE_CHECKING:
     from jobreactor.node.attempts import Held
     from jobreactor.node.node import Node
 
-__all__ = ["WAKE_PREFIX", "NodeLimits"]
+__all__ = ["WAKE_PREFIX", "NodeLimits", "run_now"]
 
 logger = logging.getLogger("jobreactor.node")
+
+T = TypeVar("T")
 
 # Sent on a node's commands channel to wake the jobs waiting on one slot. Job ids never
 # start with "~" (they are `<prefix><hex>`), so the listener tells the two apart.
@@ -46,9 +50,10 @@ WAKE_PREFIX: Final = "~limit:"
 class _Gate:
     slot: SlotRef
     queue: deque[str] = field(default_factory=deque)
-    probe: str | None = None
+    probe: str | None = None  # the job first in line (refused, or promoted from the queue)
     sleeping: bool = False  # the probe waits for a wake or a timer (not asking the store)
-    rewake: bool = False  # a wake came while the probe was asking: ask again at once
+    rewake: bool = False  # a wake came while jobs were asking: a refused one asks again
+    inflight: int = 0  # jobs asking the store for this slot now
 
     def blocks(self, job_id: str) -> bool:
         return (self.probe is not None and self.probe != job_id) or (
@@ -82,6 +87,8 @@ class NodeLimits:
     async def acquire(self, held: Held, slots: list[SlotRef]) -> bool:
         """Take every slot (its run slot is taken): True to start; False: it waits (no run slot).
 
+        While nobody waits on a slot, any number of jobs ask at once; once one is refused, the
+        others line up behind it (FIFO) and ask one at a time, as slots free up.
         Raises StorageError (nothing is held then; the caller postpones the job).
         """
         job_id = held.record.id
@@ -90,29 +97,48 @@ class NodeLimits:
             if gate is not None and gate.blocks(job_id):
                 self._queue(held, gate)
                 return False
-        for slot in slots:
-            self._become_probe(job_id, slot)
+        gates = [self._gate(slot) for slot in slots]
         taken: list[SlotRef] = []
+        refused: tuple[_Gate, float] | None = None
         try:
-            for slot in slots:
-                wait_s = await self._store.acquire(
-                    slot, self._member(held, slot), self._node.name, self._lease_s
-                )
+            for slot, gate in zip(slots, gates, strict=True):
+                gate.inflight += 1
+                try:
+                    wait_s = await self._store.acquire(
+                        slot, self._member(held, slot), self._node.name, self._lease_s
+                    )
+                finally:
+                    gate.inflight -= 1
                 if wait_s is not None:
-                    await self._give_back(held, taken)
-                    self._sleep(held, slot, wait_s)
-                    return False
+                    refused = (gate, wait_s)
+                    break
                 taken.append(slot)
         except StorageError:
-            await self._give_back(held, taken)
             self._leave_all(job_id)
+            await self._give_back(held, taken)
             raise
+        finally:
+            for gate in gates:
+                self._drop_if_idle(gate)
+        if refused is not None:
+            self._refused(held, *refused)  # before any await: a wake now must find it waiting
+            await self._give_back(held, taken)
+            return False
         concurrency = [slot for slot in taken if slot.limit.kind == "c"]
         for slot in concurrency:
             self._hold(slot.name, job_id)
         held.limit_slots = concurrency or None
         self._leave_all(job_id)
         return True
+
+    @property
+    def local(self) -> bool:
+        """The store is this node's memory: `acquire` and `release` never suspend."""
+        return not self._store.shared
+
+    def release_now(self, held: Held) -> None:
+        """`release` without a task, for a local store (the attempt path's fast path)."""
+        run_now(self.release(held))
 
     async def release(self, held: Held) -> None:
         """The attempt ended: free its concurrency slots and wake who waits on them."""
@@ -152,6 +178,8 @@ class NodeLimits:
         if gate is None:
             return
         if gate.probe is None:
+            if gate.inflight:
+                gate.rewake = True
             self._promote(gate)
         elif gate.sleeping:
             gate.sleeping = False
@@ -202,12 +230,11 @@ class NodeLimits:
         job_id = held.record.id
         return job_id if slot.limit.kind == "c" else f"{job_id}:{held.record.attempt + 1}"
 
-    def _become_probe(self, job_id: str, slot: SlotRef) -> None:
+    def _gate(self, slot: SlotRef) -> _Gate:
         gate = self._gates.get(slot.name)
         if gate is None:
             gate = self._gates[slot.name] = _Gate(slot)
-        gate.probe, gate.sleeping, gate.rewake = job_id, False, False
-        self._where.setdefault(job_id, set()).add(slot.name)
+        return gate
 
     def _queue(self, held: Held, gate: _Gate) -> None:
         job_id = held.record.id
@@ -216,21 +243,25 @@ class NodeLimits:
         self._where.setdefault(job_id, set()).add(gate.slot.name)
         self._park(held)
 
-    def _sleep(self, held: Held, denied: SlotRef, wait_s: float) -> None:
+    def _refused(self, held: Held, gate: _Gate, wait_s: float) -> None:
+        """Refused a slot of `gate`: its probe sleeps until a wake or `wait_s`; others queue."""
         job_id = held.record.id
         for name in list(self._where.get(job_id, ())):
-            if name != denied.name:
+            if name != gate.slot.name:
                 self._leave(job_id, name)
-        gate = self._gates.get(denied.name)
-        rewake = True
-        if gate is not None and gate.probe == job_id:
-            rewake, gate.rewake = gate.rewake, False
-            gate.sleeping = not rewake
+        if gate.probe not in (None, job_id):
+            self._queue(held, gate)  # another refused job is the probe already: line up
+            return
+        self._gates[gate.slot.name] = gate
+        gate.probe = job_id
+        self._where.setdefault(job_id, set()).add(gate.slot.name)
+        rewake, gate.rewake = gate.rewake, False
+        gate.sleeping = not rewake
         self._park(held)
         if self._node._jobs.get(job_id) is not held:
             return  # cancelled while it asked: forgotten already
         if rewake:
-            self._make_ready(held)
+            self._make_ready(held)  # a slot freed while it asked: ask again now
         elif not math.isinf(wait_s):
             self._node.sleep_until(held, time.monotonic() + wait_s)
 
@@ -273,7 +304,7 @@ class NodeLimits:
         self._drop_if_idle(gate)
 
     def _drop_if_idle(self, gate: _Gate) -> None:
-        if gate.probe is None and not gate.queue:
+        if gate.probe is None and not gate.queue and not gate.inflight:
             self._gates.pop(gate.slot.name, None)
 
     def _make_ready(self, held: Held) -> None:
@@ -332,6 +363,7 @@ class NodeLimits:
                     "could not renew limit %s (lease %.1fs): %s", name, self._lease_s, exc
                 )
                 continue
+            lost = [m for m in lost if m in self._holding.get(name, ())]  # not released since
             if lost:
                 logger.warning(
                     "limit %s: lease of job(s) %s ran out before renewal (node stalled longer "
@@ -340,3 +372,13 @@ class NodeLimits:
                     ", ".join(lost),
                     self._lease_s,
                 )
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (a local store's) to its end, here and now."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast("T", done.value)
+    coro.close()
+    raise RuntimeError("run_now: the coroutine suspended; use it with a local store only")

@@ -435,7 +435,8 @@ class Node(Membership, Persistence):
             budget -= 1
             self._claim_slot(held)
             if guards.needs_guard(held, self.registry):
-                self._spawn(guards.enter(self, held))
+                if not guards.enter_now(self, held):
+                    self._spawn(guards.enter(self, held))
             else:
                 self.start_attempt(held)
         if len(self._ready) and self._running < self._concurrency:

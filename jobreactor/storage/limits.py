@@ -10,11 +10,15 @@ the holder renews it (`renew`), and a dead holder's slot lapses when its lease e
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from redis.exceptions import NoScriptError
+
+from jobreactor.errors import StorageError
 from jobreactor.limits import RateLog, SlotRef, SlotTable
 
 if TYPE_CHECKING:
@@ -25,6 +29,12 @@ __all__ = ["LimitStore", "MemoryLimits", "RedisLimits", "limit_store_for"]
 # A waiter's registration outlives the lease it may have to wait for: a waiting node probes
 # again when the earliest holder's lease ends, and registers afresh then.
 _WAITER_LEASES: Final = 2
+
+# Calls per pipeline (one loop turn's worth is split into pipelines this long).
+_BATCH: Final = 500
+
+# (script name, keys, args, the caller's future)
+_Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 
 # Shared prelude: `now` in ms on Redis's clock.
 _NOW = """
@@ -161,22 +171,73 @@ class MemoryLimits:
 
 
 class RedisLimits:
-    """On the node's RedisStorage: its client, key prefix and error mapping."""
+    """On the node's RedisStorage: its client, key prefix and error mapping.
+
+    Calls made in one loop turn go out together, in one pipeline (EVALSHA each): a thousand
+    jobs starting at once cost a few round trips, not a thousand (nor a thousand connections).
+    """
 
     shared = True
 
     def __init__(self, storage: RedisStorage) -> None:
         self._storage = storage
-        self._scripts: dict[str, Any] = {}
+        self._shas: dict[str, str] = {}
         self._client: Any = None
+        self._batch: list[_Call] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _run(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
-        with self._storage._errors(f"limit {name.lower()}"):
-            client = await self._storage._redis()
-            if client is not self._client:  # first use, or reconnected as a new client
-                self._scripts = {n: client.register_script(text) for n, text in _SCRIPTS.items()}
-                self._client = client
-            return await self._scripts[name](keys=keys, args=list(args))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((name, keys, list(args), future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._send_soon)
+        return await future
+
+    def _send_soon(self) -> None:
+        batch, self._batch = self._batch, []
+        for start in range(0, len(batch), _BATCH):
+            task = asyncio.get_running_loop().create_task(self._send(batch[start : start + _BATCH]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            with self._storage._errors("limits"):
+                client = await self._storage._redis()
+                if client is not self._client:  # first use, or a new client: load the scripts
+                    await self._load(client)
+                results = await self._pipeline(client, batch)
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if missing:  # the server restarted empty: load them again, redo those calls
+                    await self._load(client)
+                    again = await self._pipeline(client, [batch[i] for i in missing])
+                    for i, result in zip(missing, again, strict=True):
+                        results[i] = result
+        except Exception as exc:  # noqa: BLE001 (StorageError, mapped above, or a bug: all hear it)
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (name, _, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(StorageError(f"redis refused limit {name.lower()}: {result}"))
+            else:
+                future.set_result(result)
+
+    async def _load(self, client: Any) -> None:
+        # SCRIPT LOAD goes to every primary of a cluster.
+        self._shas = {name: await client.script_load(text) for name, text in _SCRIPTS.items()}
+        self._client = client
+
+    async def _pipeline(self, client: Any, batch: list[_Call]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for name, keys, args, _ in batch:
+                pipe.evalsha(self._shas[name], len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def acquire(
         self, slot: SlotRef, member: str, waiter: str, lease_s: float

@@ -1,0 +1,206 @@
+"""Limits across node processes sharing one Redis (issue 21): real `jobreactor node` processes.
+
+Jobs write their start and end times (and node) to a file; the checks run on those records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobreactor import Reactor
+from tests.conftest import make_test_reactor, wait_until
+from tests.redis_server import RedisServer, unique_prefix
+
+pytestmark = pytest.mark.timeout(180)
+
+JOBS = textwrap.dedent(
+    """
+    import asyncio, json, os, time
+    from jobreactor import Limit, job
+
+    def _log(args, **fields):
+        with open(args["out"], "a") as f:
+            f.write(json.dumps({"node": os.environ["NODE"], "i": args["i"], **fields}) + "\\n")
+
+    @job("export", limits=[Limit(concurrency=2, key="{customer}")])
+    async def export(args):
+        start = time.time()
+        _log(args, what="start", customer=args["customer"], t=start)
+        await asyncio.sleep(args["s"])
+        _log(args, what="end", customer=args["customer"], start=start, end=time.time())
+
+    @job("hold", limits=[Limit(concurrency=1, key="{k}")])
+    async def hold(args):
+        _log(args, what="start", t=time.time())
+        await asyncio.sleep(args["s"])
+
+    @job("charge", limits=[Limit(rate="4/s", key="{merchant}")])
+    def charge(args):
+        _log(args, what="start", merchant=args["merchant"], t=time.time())
+    """
+)
+
+
+class NodeProcess:
+    """`python -m jobreactor node --config <toml>` with the jobs above."""
+
+    def __init__(self, tmp: Path, name: str, distributor: int, redis_url: str, prefix: str) -> None:
+        jobs = tmp / "limit_jobs"
+        jobs.mkdir(exist_ok=True)
+        (jobs / "jobs.py").write_text(JOBS)
+        config = tmp / f"{name}.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    f'name = "{name}"',
+                    'storage = "redis"',
+                    f'redis_url = "{redis_url}"',
+                    f'redis_prefix = "{prefix}"',
+                    f'distributors = [["127.0.0.1", {distributor}]]',
+                    f'job_directory = "{jobs}"',
+                    "limit_lease = 2.0",
+                    "reconnect_interval = 0.1",
+                    "shutdown_timeout = 5.0",
+                    'logger_method = "INFO"',
+                    "log_job_processing = false",
+                ]
+            )
+            + "\n"
+        )
+        self.log = tmp / f"{name}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobreactor", "node", "--config", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "NODE": name},
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Callable[..., tuple[Reactor, list[NodeProcess]]]]:
+    made: list[tuple[Reactor, list[NodeProcess]]] = []
+
+    def build(redis_url: str, nodes: int = 2) -> tuple[Reactor, list[NodeProcess]]:
+        reactor = make_test_reactor(max_attempt=1)
+        port = reactor.start_distributor("127.0.0.1", 0)[1]
+        prefix = unique_prefix()
+        procs = [NodeProcess(tmp_path, f"n{i}", port, redis_url, prefix) for i in range(nodes)]
+        made.append((reactor, procs))
+        wait_until(lambda: len(reactor.nodes()) == nodes, 60, "the nodes to connect")
+        return reactor, procs
+
+    yield build
+    for reactor, procs in made:
+        for proc in procs:
+            proc.stop()
+        reactor.stop(timeout=15)
+
+
+def records(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [line for line in lines if line["what"] == what]
+
+
+def most_at_once(spans: list[dict[str, Any]]) -> int:
+    events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+    level = most = 0
+    for _, step in events:  # an end at the instant of a start counts first (-1 < 1)
+        level += step
+        most = max(most, level)
+    return most
+
+
+def test_concurrency_per_key_holds_across_two_nodes(
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], any_redis_url: str, tmp_path: Path
+) -> None:
+    reactor, _ = fleet(any_redis_url)
+    out = tmp_path / "spans.jsonl"
+    counter = itertools.count()
+    handles = [
+        reactor.enqueue("export", {"customer": c, "s": 0.3, "out": str(out), "i": next(counter)})
+        for c in ["a"] * 8 + ["b"] * 4
+    ]
+    for handle in handles:
+        handle.result(90)  # type: ignore[union-attr]
+    ends = records(out, "end")
+    assert len(ends) == 12
+    assert most_at_once([s for s in ends if s["customer"] == "a"]) <= 2
+    assert most_at_once([s for s in ends if s["customer"] == "b"]) <= 2
+    assert {s["node"] for s in ends if s["customer"] == "a"} == {"n0", "n1"}  # one limit, 2 nodes
+    assert most_at_once(ends) >= 3  # b ran beside a's two: other keys are not held up
+
+
+def test_a_killed_node_frees_its_slots_when_its_lease_ends(
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    reactor, procs = fleet(redis_server.url)
+    out = tmp_path / "hold.jsonl"
+    reactor.enqueue("hold", {"k": "x", "s": 600, "out": str(out), "i": 0}, {"node": "n0"})
+    wait_until(lambda: len(records(out, "start")) == 1, 60, "n0 to take the slot")
+    waiting = reactor.enqueue("hold", {"k": "x", "s": 0, "out": str(out), "i": 1}, {"node": "n1"})
+    # n1 asked and was refused (its waiter registration is in Redis): only then kill n0.
+    wait_until(lambda: _waiters(redis_server, "hold:c:x") == ["n1"], 60, "n1 to wait")
+    assert len(records(out, "start")) == 1
+    procs[0].proc.kill()
+    killed_at = time.time()
+    procs[0].proc.wait(10)
+    waiting.result(60)  # type: ignore[union-attr]
+    second = [r for r in records(out, "start") if r["i"] == 1]
+    assert second[0]["node"] == "n1"
+    assert second[0]["t"] >= killed_at  # never beside the killed node's job
+
+
+def _waiters(server: RedisServer, slot: str) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        keys = [k for k in client.scan_iter(match=f"*:lim:{slot}}}:w") if isinstance(k, str)]
+        return sorted(m for key in keys for m in client.zrange(key, 0, -1))
+    finally:
+        client.close()
+
+
+def test_rate_per_key_holds_across_two_nodes(
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    reactor, _ = fleet(redis_server.url)
+    out = tmp_path / "starts.jsonl"
+    counter = itertools.count()
+    handles = [
+        reactor.enqueue("charge", {"merchant": m, "out": str(out), "i": next(counter)})
+        for m in ["m1"] * 12 + ["m2"] * 4
+    ]
+    for handle in handles:
+        handle.result(90)  # type: ignore[union-attr]
+    m1 = [r for r in records(out, "start") if r["merchant"] == "m1"]
+    assert {r["node"] for r in m1} == {"n0", "n1"}
+    times = sorted(r["t"] for r in m1)
+    # Starts are logged a little after Redis granted them (a reply, a loop turn): 0.15 s slack.
+    for early, late in zip(times, times[4:], strict=False):
+        assert late - early >= 1.0 - 0.15, "a 1 s window held a fifth start"
+    assert times[-1] - times[0] >= (12 / 4 - 1) - 0.15  # 12 at 4/s: never faster than the rate
