@@ -155,7 +155,9 @@ def test_concurrency_per_key_holds_across_two_nodes(
 
 
 def test_a_killed_node_frees_its_slots_when_its_lease_ends(
-    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], redis_server: RedisServer, tmp_path: Path
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]],
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     reactor, procs = fleet(redis_server.url)
     out = tmp_path / "hold.jsonl"
@@ -186,7 +188,9 @@ def _waiters(server: RedisServer, slot: str) -> list[str]:
 
 
 def test_rate_per_key_holds_across_two_nodes(
-    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], redis_server: RedisServer, tmp_path: Path
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]],
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     reactor, _ = fleet(redis_server.url)
     out = tmp_path / "starts.jsonl"
