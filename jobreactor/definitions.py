@@ -14,7 +14,7 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,13 +76,14 @@ class Registry:
     def get(self, name: str) -> JobDefinition | None:
         return self._definitions.get(name)
 
-    def job(self, name: str, *, limits: Sequence[Limit] = (), **options: Any) -> Callable[[F], F]:
+    def job(self, name: str, **options: Any) -> Callable[[F], F]:
         """Register the decorated function as job `name`; `options` are its enqueue defaults.
 
-        `limits`: `Limit`s every attempt of it waits for (README "Limits").
+        `limits=[Limit(...)]`: what every attempt of it waits for (README "Limits"); kept in
+        `**options` so a `**dict` of enqueue defaults still type-checks.
         Raises InvalidOptions for an unknown option or a malformed limit.
         """
-        checked = check_limits(name, limits)
+        checked = check_limits(name, options.pop("limits", ()))
         unknown = set(options) - ENQUEUE_OPTIONS
         if unknown:
             raise InvalidOptions(f"@job({name!r}): unknown default option(s) {sorted(unknown)}")
@@ -186,10 +187,10 @@ def loading_into(registry: Registry) -> Iterator[Registry]:
         _loading.reset(token)
 
 
-def job(name: str, *, limits: Sequence[Limit] = (), **options: Any) -> Callable[[F], F]:
+def job(name: str, **options: Any) -> Callable[[F], F]:
     """`@job("name")`: define a job. Optional enqueue defaults as keywords; `limits=[Limit(...)]`
     for flow control (README "Limits")."""
-    return current_registry().job(name, limits=limits, **options)
+    return current_registry().job(name, **options)
 
 
 def job_callback(name: str, callback_name: str = "noname") -> Callable[[F], F]:

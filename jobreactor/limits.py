@@ -147,6 +147,8 @@ def _escape(text: str) -> str:
 
 def check_limits(name: str, limits: Iterable[Any]) -> tuple[Limit, ...]:
     """A definition's `limits=[...]`: Limits only, no two of one kind on one key template."""
+    if isinstance(limits, Limit | str) or not isinstance(limits, Iterable):
+        raise InvalidOptions(f"@job({name!r}): limits takes a list of Limit, got {limits!r}")
     out = tuple(limits)
     seen: set[tuple[str, str]] = set()
     for limit in out:

@@ -82,7 +82,9 @@ def test_a_definition_checks_its_limits_and_orders_concurrency_first() -> None:
     assert [slot.name for slot in slots] == ["j:c:3", "j:r:3"]
     assert [slot.label for slot in slots] == ["concurrency:3", "rate:3"]
     with pytest.raises(InvalidOptions, match="Limit objects"):
-        registry.job("k", limits=["2/s"])  # type: ignore[list-item]
+        registry.job("k", limits=["2/s"])
+    with pytest.raises(InvalidOptions, match="a list of Limit"):
+        registry.job("k", limits=Limit(concurrency=1))
     with pytest.raises(InvalidOptions, match="two limits of one kind"):
         registry.job("k", limits=[Limit(concurrency=1), Limit(concurrency=2)])
 

@@ -125,7 +125,13 @@ async def _take_limits(node: Attempts, held: Held, definition: JobDefinition) ->
         held.record.attempt += 1
         node._on_failure(held, None, exc)  # no retry: the args will not grow the field
         return False
-    return await node.limits.acquire(held, slots)
+    if not await node.limits.acquire(held, slots):
+        return False
+    if held.cancel_requested:  # JR.cancel while it asked: it ends here, its slots go back
+        node._end_attempt(held, retrying=True)
+        node._cancel_now(held)
+        return False
+    return True
 
 
 async def release(node: Attempts, held: Held, *, release_perform: bool) -> None:
