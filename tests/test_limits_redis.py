@@ -5,6 +5,7 @@ Jobs write their start and end times (and node) to a file; the checks run on tho
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -19,7 +20,10 @@ from typing import Any
 
 import pytest
 
-from jobreactor import Reactor
+from jobreactor import Limit, Reactor
+from jobreactor.limits import slots_for
+from jobreactor.storage.limits import RedisLimits
+from jobreactor.storage.redis import RedisStorage
 from tests.conftest import make_test_reactor, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
@@ -208,3 +212,43 @@ def test_rate_per_key_holds_across_two_nodes(
     for early, late in zip(times, times[4:], strict=False):
         assert late - early >= 1.0 - 0.15, "a 1 s window held a fifth start"
     assert times[-1] - times[0] >= (12 / 4 - 1) - 0.15  # 12 at 4/s: never faster than the rate
+
+
+# --- the Redis store itself (Lua on a real server) -----------------------------------------------
+
+
+async def test_redis_store_grants_refuses_wakes_and_renews(any_redis_url: str) -> None:
+    storage = RedisStorage(any_redis_url, prefix=unique_prefix())
+    store = RedisLimits(storage)
+    (slot,) = slots_for("j", [Limit(concurrency=2, key="{c}")], {"c": 1})
+    try:
+        # Three at once (one loop turn: one script call): two granted, the third refused.
+        answers = await asyncio.gather(*(store.acquire(slot, m, "n1", 5.0) for m in "abc"))
+        assert answers[:2] == [None, None]
+        assert answers[2] is not None
+        assert 0 < answers[2] <= 5.0
+        assert await store.acquire(slot, "a", "n1", 5.0) is None  # a holder asks again: kept
+        assert await store.renew(slot.name, ["a", "gone"], 5.0) == ["gone"]
+        assert await store.release(slot, "a") == ["n1"]  # who waited, once
+        assert await store.release(slot, "b") == []
+        assert await store.acquire(slot, "c", "n1", 5.0) is None
+    finally:
+        await storage.aclose()
+
+
+async def test_redis_store_rate_window_and_a_flushed_script_cache(any_redis_url: str) -> None:
+    storage = RedisStorage(any_redis_url, prefix=unique_prefix())
+    store = RedisLimits(storage)
+    (slot,) = slots_for("j", [Limit(rate="2/h")], {})
+    try:
+        assert await store.acquire(slot, "a:1", "n1", 5.0) is None
+        assert await store.acquire(slot, "b:1", "n1", 5.0) is None
+        wait_s = await store.acquire(slot, "c:1", "n1", 5.0)
+        assert wait_s is not None
+        assert 3590 < wait_s <= 3600
+        assert await store.release(slot, "b:1") == ["n1"]  # a start taken back
+        client = await storage._redis()
+        await client.script_flush()  # as after a Redis restart: loaded again on NOSCRIPT
+        assert await store.acquire(slot, "c:1", "n1", 5.0) is None
+    finally:
+        await storage.aclose()
