@@ -296,3 +296,25 @@ def test_a_retry_waits_for_its_slot_again(reactor: Reactor) -> None:
     for handle in handles:
         handle.result(20)  # type: ignore[union-attr]
     assert sorted(runs.items) == [0, 0, 1, 2]
+
+
+def test_a_stopping_node_hands_its_waiting_jobs_to_another(reactor: Reactor) -> None:
+    registry1, registry2, where = Registry(), Registry(), Recorder()
+
+    @registry1.job("export", limits=[Limit(concurrency=1)])
+    async def slow(args: dict[str, Any]) -> None:
+        where(("w1", args["i"]))
+        await asyncio.sleep(0.5)
+
+    registry2.job("export", limits=[Limit(concurrency=1)])(lambda args: where(("w2", args["i"])))
+    w1 = start(reactor, registry1)
+    handles = [reactor.enqueue("export", {"i": i}) for i in range(3)]
+    wait_until(lambda: waiting_of(reactor, w1).get("concurrency:*") == 2, 20, "2 waiting")
+    reactor.start_node(
+        "w2", "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry2
+    )
+    reactor.call(w1.stop, timeout=30)
+    for handle in handles:
+        handle.result(20)  # type: ignore[union-attr]
+    assert sorted(i for _, i in where.items) == [0, 1, 2]  # each once
+    assert sorted(node for node, _ in where.items) == ["w1", "w2", "w2"]
