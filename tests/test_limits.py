@@ -25,6 +25,7 @@ from jobreactor import (
 )
 from jobreactor.limits import RateLog, SlotTable, limit_gauges, slots_for
 from jobreactor.node.node import Node
+from jobreactor.testing import EagerMode
 from tests.conftest import Recorder, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -318,3 +319,16 @@ def test_a_stopping_node_hands_its_waiting_jobs_to_another(reactor: Reactor) -> 
         handle.result(20)  # type: ignore[union-attr]
     assert sorted(i for _, i in where.items) == [0, 1, 2]  # each once
     assert sorted(node for node, _ in where.items) == ["w1", "w2", "w2"]
+
+
+def test_eager_mode_runs_limited_jobs_at_once_and_still_checks_their_keys() -> None:
+    reactor = Reactor(logger_method="WARNING", log_job_processing=False)
+    reactor.registry = Registry()
+    runs = Recorder()
+    reactor.registry.job("charge", limits=[Limit(rate="1/h", key="{merchant}")])(runs)
+    with EagerMode(reactor):
+        for _ in range(3):  # time is skipped in eager mode: limits are not waited for either
+            assert reactor.enqueue("charge", {"merchant": "m"}) is not None
+        with pytest.raises(LimitKeyError):
+            reactor.enqueue("charge", {})
+    assert len(runs) == 3

@@ -82,6 +82,7 @@ async def enter(node: Attempts, held: Held) -> None:
         if (
             definition is not None
             and definition.limits
+            and node.limits is not None  # eager mode has none: one job at a time, time skipped
             and not await _take_limits(node, held, definition)
         ):
             return
