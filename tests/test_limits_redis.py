@@ -60,7 +60,9 @@ JOBS = textwrap.dedent(
 class NodeProcess:
     """`python -m jobreactor node --config <toml>` with the jobs above."""
 
-    def __init__(self, tmp: Path, name: str, distributor: int, redis_url: str, prefix: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str, distributor: int, redis_url: str, prefix: str, lease_s: float
+    ) -> None:
         jobs = tmp / "limit_jobs"
         jobs.mkdir(exist_ok=True)
         (jobs / "jobs.py").write_text(JOBS)
@@ -74,7 +76,7 @@ class NodeProcess:
                     f'redis_prefix = "{prefix}"',
                     f'distributors = [["127.0.0.1", {distributor}]]',
                     f'job_directory = "{jobs}"',
-                    "limit_lease = 2.0",
+                    f"limit_lease = {lease_s}",
                     "reconnect_interval = 0.1",
                     "shutdown_timeout = 5.0",
                     'logger_method = "INFO"',
@@ -106,11 +108,15 @@ class NodeProcess:
 def fleet(tmp_path: Path) -> Iterator[Callable[..., tuple[Reactor, list[NodeProcess]]]]:
     made: list[tuple[Reactor, list[NodeProcess]]] = []
 
-    def build(redis_url: str, nodes: int = 2) -> tuple[Reactor, list[NodeProcess]]:
+    def build(
+        redis_url: str, nodes: int = 2, lease_s: float = 2.0
+    ) -> tuple[Reactor, list[NodeProcess]]:
         reactor = make_test_reactor(max_attempt=1)
         port = reactor.start_distributor("127.0.0.1", 0)[1]
         prefix = unique_prefix()
-        procs = [NodeProcess(tmp_path, f"n{i}", port, redis_url, prefix) for i in range(nodes)]
+        procs = [
+            NodeProcess(tmp_path, f"n{i}", port, redis_url, prefix, lease_s) for i in range(nodes)
+        ]
         made.append((reactor, procs))
         wait_until(lambda: len(reactor.nodes()) == nodes, 60, "the nodes to connect")
         return reactor, procs
@@ -141,7 +147,9 @@ def most_at_once(spans: list[dict[str, Any]]) -> int:
 def test_concurrency_per_key_holds_across_two_nodes(
     fleet: Callable[..., tuple[Reactor, list[NodeProcess]]], any_redis_url: str, tmp_path: Path
 ) -> None:
-    reactor, _ = fleet(any_redis_url)
+    # A long lease: a job refused on one node starts when the other's release wakes it (pub/sub),
+    # not when a lease ends (the jobs would then take far longer than result() waits).
+    reactor, _ = fleet(any_redis_url, lease_s=60.0)
     out = tmp_path / "spans.jsonl"
     counter = itertools.count()
     handles = [
