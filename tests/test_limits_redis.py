@@ -47,8 +47,10 @@ JOBS = textwrap.dedent(
 
     @job("hold", limits=[Limit(concurrency=1, key="{k}")])
     async def hold(args):
-        _log(args, what="start", t=time.time())
+        start = time.time()
+        _log(args, what="start", t=start)
         await asyncio.sleep(args["s"])
+        _log(args, what="end", start=start, end=time.time())
 
     @job("charge", limits=[Limit(rate="4/s", key="{merchant}")])
     def charge(args):
@@ -85,6 +87,7 @@ class NodeProcess:
             )
             + "\n"
         )
+        self.prefix = prefix
         self.log = tmp / f"{name}.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -186,6 +189,31 @@ def test_a_killed_node_frees_its_slots_when_its_lease_ends(
     second = [r for r in records(out, "start") if r["i"] == 1]
     assert second[0]["node"] == "n1"
     assert second[0]["t"] >= killed_at  # never beside the killed node's job
+
+
+def test_a_restarted_node_resumes_its_job_in_the_slot_it_held(
+    fleet: Callable[..., tuple[Reactor, list[NodeProcess]]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # A long lease: the stale slot of the killed run can't lapse while n0 restarts.
+    reactor, procs = fleet(redis_server.url, lease_s=60.0)
+    out = tmp_path / "hold.jsonl"
+    first = reactor.enqueue("hold", {"k": "y", "s": 1.0, "out": str(out), "i": 0}, {"node": "n0"})
+    wait_until(lambda: len(records(out, "start")) == 1, 60, "n0 to take the slot")
+    other = reactor.enqueue("hold", {"k": "y", "s": 0, "out": str(out), "i": 1}, {"node": "n1"})
+    wait_until(lambda: _waiters(redis_server, "hold:c:y") == ["n1"], 60, "n1 to wait")
+    procs[0].proc.kill()
+    procs[0].proc.wait(10)
+    procs[0] = NodeProcess(
+        tmp_path, "n0", reactor.distributor.address_port(), redis_server.url, procs[1].prefix, 60.0
+    )
+    first.result(90)  # type: ignore[union-attr]
+    other.result(90)  # type: ignore[union-attr]
+    starts = records(out, "start")
+    ends = {r["i"]: r for r in records(out, "end")}
+    assert [r["i"] for r in starts] == [0, 0, 1]  # resumed first: its slot was still its own
+    assert starts[2]["t"] >= ends[0]["end"]  # and the other waited for its release
 
 
 def _waiters(server: RedisServer, slot: str) -> list[str]:
