@@ -238,9 +238,12 @@ class NodeLimits:
 
     def _queue(self, held: Held, gate: _Gate) -> None:
         job_id = held.record.id
-        self._leave_all(job_id)
-        gate.queue.append(job_id)
-        self._where.setdefault(job_id, set()).add(gate.slot.name)
+        name = gate.slot.name
+        queued = name in self._where.get(job_id, ()) and gate.probe != job_id
+        if not queued:  # (a job woken from storage may come back while it is queued)
+            self._leave_all(job_id)
+            gate.queue.append(job_id)
+            self._where.setdefault(job_id, set()).add(name)
         self._park(held)
 
     def _refused(self, held: Held, gate: _Gate, wait_s: float) -> None:
