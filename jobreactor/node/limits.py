@@ -167,9 +167,6 @@ class NodeLimits:
             for name in self._where.get(job_id, ())
         )
 
-    def waiting_ids(self) -> list[str]:
-        return [job_id for job_id in self._where if self.is_waiting(job_id)]
-
     # --- wake-ups -------------------------------------------------------------------------------
 
     def wake(self, name: str) -> None:
