@@ -22,8 +22,9 @@ from bench.harness import RedisServer
 from jobreactor import Limit, Reactor, Registry
 from jobreactor.limits import slots_for
 from jobreactor.node.limits import run_now
-from jobreactor.storage.limits import MemoryLimits, RedisLimits
+from jobreactor.storage.limits import MemoryLimits
 from jobreactor.storage.redis import RedisStorage
+from jobreactor.storage.redis_limits import RedisLimits
 
 CASES: dict[str, list[Limit]] = {
     "no limit": [],

@@ -22,8 +22,8 @@ import pytest
 
 from jobreactor import Limit, Reactor
 from jobreactor.limits import slots_for
-from jobreactor.storage.limits import RedisLimits
 from jobreactor.storage.redis import RedisStorage
+from jobreactor.storage.redis_limits import RedisLimits
 from tests.conftest import make_test_reactor, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 

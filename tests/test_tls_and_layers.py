@@ -80,6 +80,7 @@ def test_only_storage_and_the_tools_import_redis() -> None:
         "storage/redis.py",
         "storage/connect.py",
         "storage/wakeups.py",
+        "storage/redis_limits.py",
         "batch.py",
         "batch_stores.py",
         "monitor.py",
