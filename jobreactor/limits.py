@@ -200,9 +200,10 @@ class SlotTable:
         """Take a slot: None if granted (or already held by `member`), else the seconds until
         the earliest holder's lease ends (`math.inf`: only a release frees one)."""
         holders = self._held.setdefault(slot, {})
-        for other, expiry in list(holders.items()):
-            if expiry <= now:
-                del holders[other]
+        if member not in holders and len(holders) >= limit:  # full: drop lapsed leases first
+            for other, expiry in list(holders.items()):
+                if expiry <= now:
+                    del holders[other]
         if member in holders or len(holders) < limit:
             holders[member] = math.inf if lease_s is None else now + lease_s
             return None
