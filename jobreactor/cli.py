@@ -44,19 +44,11 @@ def _reactor_for(settings: Any) -> Reactor:
 
 
 def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
-    """The opt-in `metrics_port`: /metrics of this process and /health (the loop answers)."""
+    """The opt-in `metrics_port`: /metrics of this process and /health (health.py)."""
     if port is None:
         return
-    from jobreactor.metrics import METRICS, Gauge, MetricsServer, member_gauges
-
-    def alive() -> bool:
-        async def ping() -> bool:
-            return True
-
-        try:
-            return reactor.ready() and reactor.call(ping, timeout=2.0)
-        except Exception:  # noqa: BLE001 -- any failure to answer is "not alive"
-            return False
+    from jobreactor.metrics import METRICS, Gauge, member_gauges
+    from jobreactor.metrics_server import MetricsServer
 
     def gauges() -> list[Gauge]:
         async def read() -> list[Gauge]:
@@ -64,7 +56,12 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
 
         return reactor.call(read, timeout=5.0)
 
-    server = MetricsServer(host, port, alive, gauges).start()
+    from jobreactor.health import reactor_health
+
+    def health() -> tuple[int, dict[str, Any]]:
+        return reactor_health(reactor)  # storage, loop, backlog (jobreactor/health.py)
+
+    server = MetricsServer(host, port, gauge_reader=gauges, health=health).start()
     logging.getLogger("jobreactor").info("metrics on http://%s:%d/metrics", host, server.port)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jobreactor.job import JobRecord
@@ -173,6 +174,10 @@ class Dispatcher:
         """Up to `limit` pending jobs, the longest queued first (dashboards). O(limit): not
         the exact dispatch order, which would mean sorting millions on the loop."""
         return [entry[2] for entry in itertools.islice(self._pending.values(), limit)]
+
+    def pending_jobs(self) -> Iterator[JobRecord]:
+        """Every pending job, in arrival order (backlog.py reads them for metrics/health)."""
+        return (entry[2] for entry in self._pending.values())
 
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""

@@ -110,6 +110,7 @@ class Node(Membership, Persistence):
         self._metrics = METRICS if settings.metrics else None
         self.limits = NodeLimits(self, settings.limit_lease)
         METRICS.track(self)
+        METRICS.register(registry.names())
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.discovered: Discovered | None = None
