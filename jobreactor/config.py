@@ -95,6 +95,9 @@ class ReactorConfig(_Strict):
     unique_ttl: float = Field(default=86_400.0, gt=0)
     duplicate_delay: float = Field(default=30.0, ge=0)
     lock_timeout: float = Field(default=3600.0, ge=0)
+    # A concurrency slot of a limit is a lease the holding node renews (every third of it);
+    # a node that dies frees its slots when their lease ends (README "Limits").
+    limit_lease: float = Field(default=30.0, gt=0)
     # With redis storage on the distributor, enqueue waits until the job is stored, this long;
     # past it the job is withdrawn (EnqueueTimeout: it never runs).
     enqueue_timeout: float = Field(default=5.0, gt=0)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.limits import WAKE_PREFIX
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -89,9 +90,13 @@ class Persistence(Attempts):
         commands = self.storage.commands  # type: ignore[attr-defined]
         async for job_id in commands(self.name, resync=True):
             try:
-                if job_id:
+                if job_id.startswith(WAKE_PREFIX) and self.limits is not None:
+                    self.limits.wake(job_id[len(WAKE_PREFIX) :])  # a limit's slot freed up
+                elif job_id:
                     await self._wake(job_id)
                 else:  # resubscribed: messages sent meanwhile are lost, so look again
+                    if self.limits is not None:
+                        self.limits.wake_all()
                     for record in await self.storage.jobs_for(self.name, unfinished_only=True):
                         if not self._holds(record.id):
                             await self._wake(record.id)
