@@ -19,7 +19,7 @@ from jobreactor.batch import Batch, open_batch
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
-from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
+from jobreactor.job import JobRecord, JobStatus, error_text, next_due, retry_delay
 from jobreactor.logs import log_job
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
@@ -102,7 +102,11 @@ class Attempts:
             self._metrics.started[record.name] += 1
             self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
         self._persist(record)
-        if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
+        if (
+            record.attempt == 1
+            and (record.enqueue_id is not None or record.loner)
+            and record.cron is None  # a schedule holds its enqueue_id while it lives
+        ):
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
         definition = self.registry.get(record.name)
         if definition is None:
@@ -241,8 +245,10 @@ class Attempts:
             record.args = args
             record.attempt = 0  # a successful periodic run resets the count
             record.status = JobStatus.QUEUED
-            record.run_at_ts = next_periodic_due(record.run_at_ts, record.period, time.time())
-            record.make_after = record.period  # the Ruby record's "wait before the next run"
+            now = time.time()
+            record.run_at_ts = next_due(record, now)  # its period grid or its cron schedule
+            # the Ruby record's "wait before the next run"
+            record.make_after = record.period or record.run_at_ts - now
             self._persist(record)
             self._end_attempt(held)
             self._schedule_at_epoch(held, record.run_at_ts)
@@ -274,8 +280,8 @@ class Attempts:
             (self._metrics.retried if retry else self._metrics.failed)[record.name] += 1
         if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
-            if record.is_periodic:
-                delay = record.period
+            if record.is_periodic:  # a failed run is retried at the next one
+                delay = record.period or next_due(record, time.time()) - time.time()
             else:
                 delay = retry_delay(record.attempt, strategy, self.settings.retry_multiplier)
             record.args.pop("job_itself", None)

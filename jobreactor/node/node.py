@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
+from jobreactor.cron import skip_missed_tick
 from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
@@ -355,6 +356,8 @@ class Node(Membership, Persistence):
         for held in batch:
             if held.dropped or held.link is None:
                 continue
+            if held.record.cron is not None:
+                skip_missed_tick(held.record, now_epoch, self.name)
             due = now_loop + (held.record.run_at_ts - now_epoch)
             instant = due <= now_loop
             held.holds_credit = instant
