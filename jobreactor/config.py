@@ -167,7 +167,22 @@ class NodeConfig(_Strict):
     # Opt-in: serve /metrics (Prometheus) and /health on this port (0: a free one).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # A node per core (README "A node per core"): a supervisor runs `processes` node processes
+    # named <name>-1 … <name>-N; each is recycled (drained, then replaced) after
+    # `max_jobs_per_process` attempts or above `max_memory_mb` of resident memory.
+    processes: int = Field(default=1, ge=1, le=1024)
+    max_jobs_per_process: int | None = Field(default=None, ge=1)
+    max_memory_mb: float | None = Field(default=None, gt=0)
     settings: ReactorConfig = ReactorConfig()
+
+    @property
+    def supervised(self) -> bool:
+        """True when `jobreactor node` runs a supervisor rather than one node."""
+        return (
+            self.processes > 1
+            or self.max_jobs_per_process is not None
+            or self.max_memory_mb is not None
+        )
 
     @field_validator("distributors", mode="before")
     @classmethod

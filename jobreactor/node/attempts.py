@@ -26,6 +26,7 @@ from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.node.supervisor import Recycler
 from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
 
@@ -50,6 +51,7 @@ class Attempts:
     """The attempt half of Node. The attributes below are Node's (node.py sets them)."""
 
     _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
+    recycler: Recycler | None = None  # a supervised child's job/memory budget (supervisor.py)
 
     if TYPE_CHECKING:
         name: str
@@ -102,6 +104,8 @@ class Attempts:
             self._metrics.started[record.name] += 1
             self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
         self._persist(record)
+        if self.recycler is not None:
+            self.recycler.attempt_started(time.monotonic())
         if (
             record.attempt == 1
             and (record.enqueue_id is not None or record.loner)
