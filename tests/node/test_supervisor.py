@@ -120,7 +120,7 @@ def test_a_child_past_its_job_budget_drains_before_its_replacement_starts(
     spans = sorted(
         (min(r["start"] for r in rs), max(r["end"] for r in rs)) for rs in by_pid.values()
     )
-    for (_, end), (start_next, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start_next, _) in itertools.pairwise(spans):
         assert end <= start_next  # the old one finished its jobs before the fresh one took any
     assert "recycles: it started 4 jobs" in node.log_text()
     node.signal(signal.SIGTERM)
