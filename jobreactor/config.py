@@ -63,6 +63,8 @@ class ReactorConfig(_Strict):
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
+    # defer="process" (node/process_pool.py): worker processes; None: one per core.
+    process_pool_size: int | None = Field(default=None, ge=1)
     reconnect_interval: float = Field(default=1.0, gt=0)
     retry_strategy: Literal["linear", "exponential"] = "linear"
     default_priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)

@@ -387,12 +387,18 @@ def next_periodic_due(previous_due: float, period: float, now: float) -> float:
 def error_value(exc: BaseException) -> dict[str, str]:
     """How an exception crosses the wire and sits in storage (docs/semantics.md §3)."""
     return {
-        "class": type(exc).__name__,
+        "class": _class_name(exc),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc, limit=20))[-4000:],
+        "traceback": getattr(exc, "traceback_text", "")
+        or "".join(traceback.format_exception(exc, limit=20))[-4000:],
     }
+
+
+def _class_name(exc: BaseException) -> str:
+    """The exception's class name; for an error raised in the process pool, the original's."""
+    return getattr(exc, "error_class", None) or type(exc).__name__
 
 
 def error_text(exc: BaseException) -> str:
     """`last_error` as the Ruby record stores it: "Class: message"."""
-    return f"{type(exc).__name__}: {exc}"
+    return f"{_class_name(exc)}: {exc}"

@@ -24,6 +24,7 @@ from jobreactor.logs import log_job
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
+from jobreactor.node.process_pool import ProcessPool
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.node.supervisor import Recycler
@@ -52,6 +53,7 @@ class Attempts:
 
     _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
     recycler: Recycler | None = None  # a supervised child's job/memory budget (supervisor.py)
+    _processes: ProcessPool | None = None  # defer="process" (process_pool.py), made when used
 
     if TYPE_CHECKING:
         name: str
@@ -128,6 +130,13 @@ class Attempts:
             return
         self._spawn(self._attempt(held, definition, args, timeout))
 
+    def _process_pool(self) -> ProcessPool:
+        if self._processes is None:
+            self._processes = ProcessPool(
+                self.settings.process_pool_size, self.settings.job_directory
+            )
+        return self._processes
+
     def _pool_for(
         self, record: JobRecord, definition: JobDefinition, timeout: float | None
     ) -> concurrent.futures.ThreadPoolExecutor | None:
@@ -140,14 +149,17 @@ class Attempts:
         self, held: Held, definition: JobDefinition, args: dict[str, Any], timeout: float | None
     ) -> None:
         record = held.record
-        raised = await run_steps(
-            steps_of(definition),
-            args,
-            is_async=definition.is_async,
-            pool=self._pool_for(record, definition, timeout),
-            timeout_s=timeout,
-            job_name=record.name,
-        )
+        if record.defer_process:
+            raised = await self._process_pool().run(definition, args, timeout)
+        else:
+            raised = await run_steps(
+                steps_of(definition),
+                args,
+                is_async=definition.is_async,
+                pool=self._pool_for(record, definition, timeout),
+                timeout_s=timeout,
+                job_name=record.name,
+            )
         if raised is None or isinstance(raised, CancelJob):
             self._after_callbacks(held, definition, args, raised)
             return

@@ -185,6 +185,8 @@ class Node(Membership, Persistence):
         if self._timer is not None:
             self._timer.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown()
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
 
