@@ -102,6 +102,7 @@ class Node(Membership, Persistence):
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self.intake_closed = False  # close_intake(): no credit granted any more
         self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
@@ -231,8 +232,14 @@ class Node(Membership, Persistence):
 
     # --- links ----------------------------------------------------------------------------------
 
+    def close_intake(self) -> None:
+        """Take no more jobs (credit 0 on every link); held ones go on (a recycling child)."""
+        self.intake_closed = True
+        for link in self.links:
+            link.pause()
+
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping or self._probing:
+        if self._stopping or self._probing or self.intake_closed:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)
@@ -279,7 +286,7 @@ class Node(Membership, Persistence):
     def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None:
         for lease, data in jobs:
             job_id = data["id"]
-            if self._stopping:
+            if self._stopping or self.intake_closed:
                 link.hand_back([job_id])
                 continue
             existing = self._held(job_id)

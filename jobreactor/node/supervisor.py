@@ -205,7 +205,12 @@ async def supervised_child(node: Node, config: NodeConfig, supervisor_pid: int) 
     """In a child, on its loop: follow the supervisor's life, and recycle past the limits."""
     watch_supervisor(asyncio.get_running_loop(), supervisor_pid)
     if config.max_jobs_per_process is not None or config.max_memory_mb is not None:
-        node.recycler = Recycler(config.max_jobs_per_process, config.max_memory_mb)
+
+        def recycle() -> None:
+            node.close_intake()  # at once: no job may slip in before the stop begins
+            stop_self()
+
+        node.recycler = Recycler(config.max_jobs_per_process, config.max_memory_mb, recycle)
 
 
 def stop_self() -> None:
