@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 from jobreactor.node.supervisor import run_supervisor
 
                 argv_now = sys.argv[1:] if argv is None else argv
-                return run_supervisor(node_config.name, node_config.processes, argv_now)
+                return run_supervisor(node_config, argv_now)
             run_node(node_config, child_of=args.child_of)
         elif args.command == "jobs":
             return run_jobs(args)

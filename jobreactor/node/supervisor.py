@@ -15,6 +15,7 @@ it). `{hostname}`/`{pid}` in the name are expanded by each child, so `w-{hostnam
   `max_memory_mb` resident memory it stops itself through the node's own graceful stop (it takes
   no more jobs, hands back what it hasn't started, finishes what runs, exits 0); a child that
   exits 0 while the supervisor isn't stopping is replaced at once.
+- `metrics_port = P` gives child i the port P + i - 1 (through JOBREACTOR_METRICS_PORT).
 - Signals: SIGTERM and SIGINT are forwarded to every child (the first drains, a second stops
   now, as for a single node); the supervisor then waits for them and exits 0 if every child
   stopped cleanly. Children run in their own process group, so a terminal's Ctrl-C reaches them
@@ -100,10 +101,13 @@ class _Child:
 class Supervisor:
     """Starts, watches and replaces N node processes; see the module docstring."""
 
-    def __init__(self, name: str, processes: int, argv: list[str]) -> None:
+    def __init__(
+        self, name: str, processes: int, argv: list[str], metrics_port: int | None = None
+    ) -> None:
         self.name = name
         self.processes = processes
         self.argv = argv  # the `jobreactor` arguments, e.g. ["node", "--config", "node.toml"]
+        self.metrics_port = metrics_port
         self.children = [_Child(i, child_name(name, i)) for i in range(1, processes + 1)]
         self._stopping = asyncio.Event()
         self._signals = 0
@@ -183,8 +187,12 @@ class Supervisor:
     async def _start(self, child: _Child) -> None:
         argv = child_argv(self.argv, self.name, child.index, os.getpid())
         # stdin is a pipe the child watches: when we vanish, it closes and the child drains.
+        env = None
+        if self.metrics_port:  # one port per child: metrics_port, +1, … (0 stays "any free")
+            port = str(self.metrics_port + child.index - 1)
+            env = {**os.environ, "JOBREACTOR_METRICS_PORT": port}
         child.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.PIPE, process_group=0
+            *argv, stdin=subprocess.PIPE, process_group=0, env=env
         )
         child.started_at = time.monotonic()
         logger.info("node process %s started (pid %d)", child.name, child.proc.pid)
@@ -193,9 +201,10 @@ class Supervisor:
             child.proc.send_signal(signal.SIGTERM)
 
 
-def run_supervisor(name: str, processes: int, argv: list[str]) -> int:
+def run_supervisor(config: NodeConfig, argv: list[str]) -> int:
     """`jobreactor node` with `processes > 1` (or a recycling limit): supervise; exit code."""
-    return asyncio.run(Supervisor(name, processes, argv).run())
+    supervisor = Supervisor(config.name, config.processes, argv, config.metrics_port)
+    return asyncio.run(supervisor.run())
 
 
 # --- the child's side ----------------------------------------------------------------------------
