@@ -127,10 +127,9 @@ def settle_missed(
     """The due time to schedule: `due_epoch_s`, unless that tick was missed (module docstring)."""
     if now_epoch_s - due_epoch_s <= MISSED_TICK_GRACE_S:
         return due_epoch_s
-    schedule = CronSchedule(expression, tz or DEFAULT_TZ)
     if catch_up:
         return now_epoch_s  # the last missed tick runs once, now
-    return schedule.next_after(now_epoch_s)
+    return next_cron_due(expression, tz, now_epoch_s)
 
 
 def skip_missed_tick(record: JobRecord, now_epoch_s: float, node_name: str) -> None:
