@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor
+from jobreactor.node.identity import expand_node_name
 from jobreactor.node.supervisor import Recycler, child_argv
 from tests.conftest import CliNode, wait_until
 
@@ -154,3 +155,10 @@ def test_child_argv_names_each_child_and_keeps_the_rest() -> None:
     assert argv[3:] == [
         "node", "--config", "n.toml", "--processes", "1", "--name", "w-2", "--child-of", "77"
     ]  # fmt: skip
+
+
+def test_placeholders_in_the_name_are_left_for_each_child_to_expand() -> None:
+    argv = child_argv(["node"], "w-{hostname}-{pid}", 3, 77)
+    name = argv[argv.index("--name") + 1]
+    assert name == "w-{hostname}-{pid}-3"
+    assert expand_node_name(name).endswith(f"-{os.getpid()}-3")
