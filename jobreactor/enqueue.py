@@ -321,6 +321,10 @@ class Enqueuing:
         definition = self.registry.get(name)
         if definition is not None and definition.options:
             opts = {**definition.options, **opts}
+        if definition is not None and definition.limits:
+            for limit in definition.limits:
+                limit.key_for(args)  # LimitKeyError now, when this process knows the job
+
         record = build_record(
             f"{self._id_prefix}{next(self._id_counter):08x}",
             name,

@@ -81,6 +81,7 @@ def test_only_storage_and_the_tools_import_redis() -> None:
         "storage/connect.py",
         "storage/queue_sync.py",
         "storage/wakeups.py",
+        "storage/redis_limits.py",
         "batch.py",
         "batch_stores.py",
         "monitor.py",

@@ -350,11 +350,13 @@ class DistributorLink(Reporting):
 
     def ack(self, lease: int, credit: bool) -> None:
         self._acks.append(lease)
-        if credit:
+        if credit and not self.node.intake_closed:
             self._credits += 1
         self._flush_soon()
 
     def grant(self, credits: int = 1) -> None:
+        if self.node.intake_closed:
+            return  # recycling: the node drains what it holds and takes nothing new
         self._credits += credits
         self._flush_soon()
 

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
+from jobreactor.cron import skip_missed_tick
 from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
@@ -26,6 +27,7 @@ from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
 from jobreactor.node.identity import expand_node_name, new_instance_id
+from jobreactor.node.limits import NodeLimits
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
@@ -102,12 +104,14 @@ class Node(Membership, Persistence):
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self.intake_closed = False  # close_intake(): no credit granted any more
         self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         self._metrics = METRICS if settings.metrics else None
+        self.limits = NodeLimits(self, settings.limit_lease)
         METRICS.track(self)
         METRICS.register(registry.names())
         url = discovery_url if discovery_url is not None else settings.discovery_url
@@ -183,11 +187,19 @@ class Node(Membership, Persistence):
         for task in self._link_tasks:
             task.cancel()
         await asyncio.gather(*self._link_tasks, return_exceptions=True)
-        if self._timer is not None:
-            self._timer.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._release_resources()
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
+
+    def _release_resources(self) -> None:
+        """The timer, the limit gates and both pools: the last step of a stop."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.limits is not None:
+            self.limits.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown()
 
     async def _wait_running(self, grace: float) -> None:
         if not self._running:
@@ -208,10 +220,15 @@ class Node(Membership, Persistence):
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
         by_link: dict[DistributorLink, list[str]] = {}
+        limits = self.limits
         for job_id, held in list(self._jobs.items()):
             if held.running or held.link is None or not held.link.is_ready:
                 continue
-            if self.storage.durable and job_id not in self._ready:
+            # Durable storage keeps scheduled jobs; due ones (ready, or waiting for a limit's
+            # slot) go back, to run elsewhere now.
+            if self.storage.durable and not (
+                job_id in self._ready or (limits is not None and limits.is_waiting(job_id))
+            ):
                 continue
             by_link.setdefault(held.link, []).append(job_id)
         if not self.storage.durable:  # packed jobs are never due now: durable storage keeps them
@@ -230,8 +247,14 @@ class Node(Membership, Persistence):
 
     # --- links ----------------------------------------------------------------------------------
 
+    def close_intake(self) -> None:
+        """Take no more jobs (credit 0 on every link); held ones go on (a recycling child)."""
+        self.intake_closed = True
+        for link in self.links:
+            link.pause()
+
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping or self._probing:
+        if self._stopping or self._probing or self.intake_closed:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)
@@ -287,7 +310,7 @@ class Node(Membership, Persistence):
     def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None:
         for lease, data in jobs:
             job_id = data["id"]
-            if self._stopping:
+            if self._stopping or self.intake_closed:
                 link.hand_back([job_id])
                 continue
             existing = self._held(job_id)
@@ -366,6 +389,8 @@ class Node(Membership, Persistence):
         for held in batch:
             if held.dropped or held.link is None:
                 continue
+            if held.record.cron is not None:
+                skip_missed_tick(held.record, now_epoch, self.name)
             due = now_loop + (held.record.run_at_ts - now_epoch)
             instant = due <= now_loop
             held.holds_credit = instant
@@ -382,6 +407,12 @@ class Node(Membership, Persistence):
             return
         if due - now <= _PACK_AFTER_S or not self._pack(held, job_id, due):
             self._timers.schedule(job_id, due)
+        if self._timer_when is None or due < self._timer_when:
+            self._arm_timer()
+
+    def sleep_until(self, held: Held, due: float) -> None:
+        """On the timer heap, unpacked, until `due` (a job waiting for a limit's window)."""
+        self._timers.schedule(held.record.id, due)
         if self._timer_when is None or due < self._timer_when:
             self._arm_timer()
 
@@ -430,8 +461,9 @@ class Node(Membership, Persistence):
                 continue
             budget -= 1
             self._claim_slot(held)
-            if guards.needs_guard(held):
-                self._spawn(guards.enter(self, held))
+            if guards.needs_guard(held, self.registry):
+                if not guards.enter_now(self, held):
+                    self._spawn(guards.enter(self, held))
             else:
                 self.start_attempt(held)
         if len(self._ready) and self._running < self._concurrency:

@@ -10,9 +10,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from jobreactor.cron import skip_missed_tick
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.limits import WAKE_PREFIX
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -69,6 +71,8 @@ class Persistence(Attempts):
             record.args["retrying"] = True
             held = Held(record, None)
             self._jobs[record.id] = held
+            if record.cron is not None and record.status != JobStatus.IN_PROGRESS:
+                skip_missed_tick(record, now, self.name)
             due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
             if record.distributor in known:
                 # Wait for that distributor's welcome: it may have given the job to another
@@ -89,9 +93,13 @@ class Persistence(Attempts):
         commands = self.storage.commands  # type: ignore[attr-defined]
         async for job_id in commands(self.name, resync=True):
             try:
-                if job_id:
+                if job_id.startswith(WAKE_PREFIX) and self.limits is not None:
+                    self.limits.wake(job_id[len(WAKE_PREFIX) :])  # a limit's slot freed up
+                elif job_id:
                     await self._wake(job_id)
                 else:  # resubscribed: messages sent meanwhile are lost, so look again
+                    if self.limits is not None:
+                        self.limits.wake_all()
                     for record in await self.storage.jobs_for(self.name, unfinished_only=True):
                         if not self._holds(record.id):
                             await self._wake(record.id)

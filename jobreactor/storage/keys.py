@@ -17,6 +17,9 @@ the cluster's slots:
                                          one is refused; entries are dropped after a day)
     {<p>:u:<key>}                string  owner of a unique key (dj_one, loner), with a TTL
     {<p>:l:<key>}                string  "<token>:<expiry ms>" of a lock
+    {<p>:lim:<slot>}:h           zset    a limit's holders (concurrency: lease expiry ms;
+                                         rate: start ms), storage/limits.py
+    {<p>:lim:<slot>}:w           zset    nodes waiting on that limit (registration expiry ms)
 
 Batches keep the Ruby gem's layout (`[ns:]distributed_jobs:<token>:parts|state`) on a single
 server, so Ruby and Python workers share them; on a cluster the gem's keys would sit in two
@@ -74,6 +77,11 @@ class Keys:
 
     def lock(self, key: str) -> str:
         return f"{{{self.prefix}:l:{key}}}"
+
+    def limit(self, slot: str) -> tuple[str, str]:
+        """(holders zset, waiters zset) of one limit slot `<job>:<c|r>:<key>` (one tag)."""
+        stem = f"{{{self.prefix}:lim:{slot}}}"
+        return f"{stem}:h", f"{stem}:w"
 
 
 class LegacyKeys:
