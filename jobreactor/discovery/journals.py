@@ -5,9 +5,11 @@ registry records the owner's iid and a fencing epoch for each journal, and when 
 beat. A journal whose owner stopped beating for `adopt_grace` (longer than the registry TTL)
 and whose member entry is gone may be adopted by a live distributor of the group: one Lua
 call checks all that and makes it the owner (epoch + 1), so two adopters never both win. The
-adopter moves the jobs into its own journal, then deletes the record (`finish`). An owner that
-was only paused finds on its next beat that it no longer owns its journal (`fenced`) and stops
-using it.
+adopter moves the jobs into its own journal, then finishes the record (`finish`: it stays a
+day as a tombstone). An owner that was only paused finds on its next beat that it no longer
+owns its journal (`fenced`) and stops using it. A record that is simply gone (the registry
+was flushed, evicted or restarted empty) is written again by its owner's next beat: a
+registry fault is not an adoption.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if owner ~= '' and redis.call('HGET', KEYS[2], 'adopting') == '1'
    and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '0')
+redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return epoch
 """
@@ -43,9 +46,15 @@ _TOUCH = (
     _NOW
     + """
 -- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id, ARGV[3] epoch.
--- 1: still ours (seen now); 0: fenced (adopted, or claimed by a later owner).
-if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1]
-   or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+-- 1: still ours (seen now); 0: fenced (adopted, or claimed by a later owner). No record at
+-- all is not an adoption (that leaves a tombstone, see _FINISH): the registry was flushed,
+-- evicted or restarted empty; the record is written again and we go on owning it.
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if not owner then
+  redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'epoch', ARGV[3], 'adopting', '0')
+elseif owner ~= ARGV[1] or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then
+  return 0
+end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return 1
 """
@@ -62,18 +71,27 @@ local seen = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if seen and tonumber(seen) > now - tonumber(ARGV[4]) then return 0 end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '1')
+redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return epoch
 """
 )
 
 _FINISH = """
--- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id.
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id,
+-- ARGV[3] tombstone ms. The record stays a while as a tombstone (owner: us, not adopting, out
+-- of the zset), so that an owner that stalled and was adopted still sees it lost the journal
+-- (_TOUCH tells a missing record, a flushed registry, from an adopted one).
 if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'adopting', '0')
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[1], ARGV[2])
 return 1
 """
+
+# How long a finished journal's record stays (see _FINISH): longer than any stall we expect a
+# process to come back from.
+_TOMBSTONE_MS = 86_400_000
 
 
 class JournalClaims:
@@ -128,4 +146,5 @@ class JournalClaims:
 
     async def finish(self, journal_id: str, iid: str) -> bool:
         """Forget the record of a journal we own and emptied."""
-        return bool(await self._finish(keys=self._keys(journal_id), args=[iid, journal_id]))
+        args = [iid, journal_id, str(_TOMBSTONE_MS)]
+        return bool(await self._finish(keys=self._keys(journal_id), args=args))

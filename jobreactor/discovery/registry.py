@@ -222,14 +222,26 @@ class Registration:
         return {"expires": str(expires), "sig": sig}
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")
+        """Beat on a loop timer until `stop()` (again: no second loop)."""
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"beat {self.iid}")
+
+    def unreachable(self) -> None:
+        """The caller logged that Redis is away: the beat loop logs only its return."""
+        self._failing = True
 
     async def _run(self) -> None:
         while not self._closing.is_set():
             try:
                 joined = await self.beat()
                 if self._failing:
-                    logger.info("registry %s reachable again", self.keys.group)
+                    logger.info(
+                        "registry of group %s reachable again; %s %s registered",
+                        self.keys.group,
+                        self.kind,
+                        self.address,
+                    )
                     self._failing = False
                 if joined and self.beats > 1:
                     logger.warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -33,6 +34,7 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.sessions import Sessions
+from jobreactor.distributor.startup import Startup
 from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
@@ -86,6 +88,8 @@ class Distributor(Sessions):
         self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.presence: Presence | None = None  # with discovery_url: from start()
+        self.startup = Startup(self)
+        self._unserved: list[socket.socket] = []  # listening, not accepting yet (startup.py)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
@@ -197,18 +201,33 @@ class Distributor(Sessions):
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
             self.presence = Presence(self, self.discovery_url, self.group)
-            await self.presence.start()  # owns the journal first: it may pick another one
-        if self.journal is not None:
-            await self._restore()
+        # Join, own and read back the journal, then accept nodes: now, or once Redis is back.
+        self._unserved = sockets
+        await self.startup.run(functools.partial(self._serve, sockets, factory, ssl_context))
+        return bound
+
+    async def _serve(
+        self,
+        sockets: list[socket.socket],
+        factory: Callable[[], FramedConnection],
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
         for sock in sockets:
             self._servers.append(await self.loop.create_server(factory, sock=sock, ssl=ssl_context))
-        return bound
+        self._unserved = []
+
+    async def _stop_startup(self) -> None:
+        await self.startup.stop()
+        for sock in self._unserved:  # Redis away since start: these never served
+            sock.close()
+        self._unserved = []
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
         if self.closed:
             return
         self.closed = True
+        await self._stop_startup()
         self.backlog_watch.close()
         for handle in self._takeovers.values():
             handle.cancel()
@@ -254,6 +273,10 @@ class Distributor(Sessions):
             await self.journal.durable(timeout=2.0)
         for session in list(self._sessions.values()):
             session.goodbye("distributor stopping")
+
+    def started_late(self) -> None:
+        """The journal was read back after start (Startup) and nodes are accepted: dispatch."""
+        self._dispatch()
 
     def unfinished(self) -> int:
         """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
@@ -417,6 +440,8 @@ class Distributor(Sessions):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        if self.startup.pending:
+            return  # the journal is not read back yet (Redis away at start)
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
         metrics, journal = self._metrics, self.journal

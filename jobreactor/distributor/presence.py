@@ -60,17 +60,33 @@ class Presence:
         self._held = False
 
     async def start(self) -> None:
-        """Own our journal, then join (first beat). StorageUnavailable if Redis is away."""
+        """Own our journal, then join (first beat).
+
+        Without a journal (memory storage) an unreachable Redis does not stop the start: the
+        distributor listens, static nodes work, and the beat loop registers it once Redis
+        answers (logged once now, once then). With a journal (redis storage) the journal must
+        be owned before anything runs: StorageUnavailable if Redis is away (`Startup` tries
+        again later).
+        """
         try:
             if self.claims is not None:
                 await self._claim_journal()
             await self.registration.beat()
         except REDIS_ERRORS as exc:
-            await self.client.aclose()
-            raise StorageUnavailable(
-                f"discovery: redis unreachable at {redact_url(self.url)} ({exc}); "
-                "check discovery_url and that redis-server runs"
-            ) from exc
+            if self.claims is not None:
+                raise StorageUnavailable(
+                    f"discovery: redis unreachable at {redact_url(self.url)} ({exc}); "
+                    "check discovery_url and that redis-server runs"
+                ) from exc
+            logger.warning(
+                "discovery: redis unreachable at %s (%s); distributor %s works with the nodes "
+                "that list it and registers in group %s once redis answers",
+                redact_url(self.url),
+                exc,
+                self.distributor.address,
+                self.keys.group,
+            )
+            self.registration.unreachable()
         self.registration.start()
 
     def hold_dispatch(self) -> bool:

@@ -64,7 +64,8 @@ class Recovery(Outcomes):
     async def _restore(self) -> None:
         """Read back the journal of a previous run at this address (redis storage)."""
         assert self.journal is not None
-        jobs = await self.journal.load()
+        # Skip what this run already accepted (Redis came back before the read, see startup.py).
+        jobs = [job for job in await self.journal.load() if job.id not in self._waiting]
         out_on = self._take_jobs(jobs)
         if jobs:
             logger.info(

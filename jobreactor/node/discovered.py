@@ -2,14 +2,18 @@
 
 With a `discovery_url` a node registers itself (kind "node", `Node.stats()`), and a `Watcher`
 hands it the live distributors of its group on every join/leave/adopt hint and on each of its
-own beats. It dials each live address it has no link to (static `distributors` keep their
-own links), and retires the link of an address that left or expired: that link is closed and
-never redialled, and the jobs the node holds from it and its unacknowledged reports stay with
-it. When a live distributor lists that instance id in its `adopted` stats, the node re-routes
-them there: the jobs are re-announced in a `Held` frame (the adopter knows them from the
-journal it adopted, so it binds them to this connection) and the reports follow, so the
-feedbacks fire in the adopter. A distributor that is not redis-backed leaves no journal: its
-jobs run here and their reports are dropped with the node (memory semantics).
+own beats. It dials each live address it has no link to, unless a link (static or found) to
+that very instance already exists: one link per distributor instance, whatever the address.
+The registry is a hint, not the truth: a working link stays whatever a read says (a FLUSHDB,
+a Redis restarted empty, a member entry deleted or expired while its owner lives). A link is
+retired only once it is dead and its address is no longer listed (its instance left or died):
+it is closed and never redialled, and the jobs the node holds from it and its unacknowledged
+reports stay with it. A later link welcomed by that same instance takes them back. When a
+live distributor lists that instance id in its `adopted` stats, the node re-routes them there:
+the jobs are re-announced in a `Held` frame (the adopter knows them from the journal it
+adopted, so it binds them to this connection) and the reports follow, so the feedbacks fire in
+the adopter. A distributor that is not redis-backed leaves no journal: its jobs run here and
+their reports are dropped with the node (memory semantics).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Discovered:
         self._retired_at: dict[str, float] = {}
         self._routes: dict[str, str] = {}  # instance id -> address of the one that adopted it
         self._rerouted: set[str] = set()
+        self._pairs_told: set[str] = set()  # instances reached by two static links (logged)
 
     async def start(self) -> None:
         """Register and watch; if Redis is away now, both keep retrying (static links work)."""
@@ -65,6 +70,7 @@ class Discovered:
                 self.node.name,
                 exc,
             )
+            self.registration.unreachable()  # logged: the beat loop says only when it is back
         self.registration.start()
         self.watcher.start()
 
@@ -75,27 +81,100 @@ class Discovered:
         if self.node.stopping:
             return
         live = {m.address: m for m in members if m.address}
-        static = {link.configured for link in self.node.links if link not in self.links.values()}
-        for address in list(self.links):
-            if address not in live:
+        for address, link in list(self.links.items()):
+            # The registry is a hint: a link that works stays, whatever one read says (a
+            # FLUSHDB, a Redis restarted empty, a late beat). Only a dead one that the
+            # registry no longer lists is given up (its instance left, or died and expired).
+            if address not in live and not link.is_ready:
                 self._retire(address)
         self._forget_unadopted()
-        for address, member in live.items():
-            if address not in self.links and address not in static:
-                host, _, port = address.rpartition(":")
-                try:
-                    self.links[address] = self.node.add_link(host, int(port))
-                except ValueError:
-                    logger.warning("registry entry with a bad address %r ignored", address)
-                    continue
-                logger.info("%s: found distributor %s", self.node.name, address)
-            if address in self.links:  # its handshake must show this very instance
-                self.links[address].expected_instance = member.iid
+        for address, link in self.links.items():
+            if address in live:  # its handshake must show this very instance
+                link.expected_instance = live[address].iid
+        self._dial_new(live)
         for member in members:
             for old in member.stats.get("adopted", ()):
                 if isinstance(old, str) and old not in self._rerouted:
                     self._routes[old] = member.address
         self.reroute()
+
+    def _dial_new(self, live: dict[str, Member]) -> None:
+        """Dial each live address we have no link to, unless its instance already has one."""
+        static = [link for link in self.node.links if link not in self.links.values()]
+        if any(not link.tried for link in static):
+            return  # a static address may be one of these: dial once it connected (or not)
+        configured = {link.configured for link in static} | {link.peer for link in static}
+        served = {link.instance for link in self.node.links if link.instance}
+        for address, member in live.items():
+            if address in self.links or address in configured or member.iid in served:
+                continue  # one link per distributor instance, whatever address leads there
+            host, _, port = address.rpartition(":")
+            try:
+                link = self.node.add_link(host, int(port), member.iid)
+            except ValueError:
+                logger.warning("registry entry with a bad address %r ignored", address)
+                continue
+            self.links[address] = link
+            logger.info("%s: found distributor %s", self.node.name, address)
+
+    def welcomed(self, link: DistributorLink) -> None:
+        """`link` was welcomed: what is held for its instance goes there; one link per instance.
+
+        Jobs and reports kept from a retired link to that same instance move to it. Another
+        link to the same instance (the static `localhost:P` and the discovered `127.0.0.1:P`)
+        makes a pair: the discovered one of the two yields its jobs and reports, and stops.
+        """
+        iid = link.instance
+        self._retired_at.pop(iid, None)
+        bucket = self.retired.pop(iid, None)
+        if bucket is not None and bucket is not link:
+            self.node.rehome(bucket, link)
+        for other in list(self.node.links):
+            if other is link or other.instance != iid:
+                continue
+            found = set(self.links.values())
+            # Not from inside `link`'s Welcome: it finishes first (and a stopped link is done).
+            if other in found:
+                self.node.loop.call_soon(self._yield, other, link)
+            elif link in found:
+                self.node.loop.call_soon(self._yield, link, other)
+            elif iid not in self._pairs_told:
+                self._pairs_told.add(iid)
+                logger.warning(
+                    "%s: static distributors %s and %s are one distributor (instance %s): "
+                    "list it once",
+                    self.node.name,
+                    other.configured,
+                    link.configured,
+                    iid,
+                )
+
+    def _yield(self, duplicate: DistributorLink, keeper: DistributorLink) -> None:
+        address = next((a for a, li in self.links.items() if li is duplicate), None)
+        if address is None or keeper not in self.node.links:
+            return  # retired meanwhile
+        del self.links[address]
+        logger.info(
+            "%s: %s and %s lead to one distributor (instance %s); keeping %s",
+            self.node.name,
+            address,
+            keeper.configured,
+            keeper.instance,
+            keeper.configured,
+        )
+        self.node.remove_link(duplicate)
+        self.node.rehome(duplicate, keeper)
+
+    def link_down(self, link: DistributorLink) -> None:
+        """A discovered link died: look at the registry (gone for good, or redialled)."""
+        if link in self.links.values():
+            self.watcher.refresh()
+
+    def link_tried(self, link: DistributorLink) -> None:
+        """A static link's first dial ended: new addresses may be dialled now (not the one it
+        reached: `localhost:P` and `127.0.0.1:P` are one distributor)."""
+        if link not in self.links.values():
+            self.watcher.refresh()
 
     def _retire(self, address: str) -> None:
         link = self.links.pop(address)
@@ -132,7 +211,21 @@ class Discovered:
             del self._routes[old]
             self._rerouted.add(old)
             self._retired_at.pop(old, None)
-            self.node.reroute(old, self.retired.pop(old, None), target)
+            self.node.reroute(old, self.retired.pop(old, None) or self._adopted_link(old), target)
+
+    def _adopted_link(self, old: str) -> DistributorLink | None:
+        """A link still open to instance `old`, which was adopted: it stalled past adopt_grace
+        and is fenced when it resumes, so what the link holds goes to the adopter. A found
+        link is given up (its address is listed again under the instance's next id)."""
+        for address, link in list(self.links.items()):
+            if link.instance == old:
+                del self.links[address]
+                self.node.remove_link(link)
+                logger.info(
+                    "%s: distributor %s was adopted; not dialled again", self.node.name, address
+                )
+                return link
+        return next((li for li in self.node.links if li.instance == old), None)
 
     async def stop(self) -> None:
         await self.watcher.stop()

@@ -95,6 +95,8 @@ class DistributorLink(Reporting):
         self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
+        self.tried = False  # its first dial is over, connected or not
+        self.peer = ""  # "ip:port" its last connection reached
         self._reports_drained = asyncio.Event()
         self._reports_drained.set()
 
@@ -147,9 +149,13 @@ class DistributorLink(Reporting):
         self._was_welcomed = False
         self._challenged = False
         self._busy = False
-        async with asyncio.timeout(settings.handshake_timeout * 2):
-            _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
+        try:
+            async with asyncio.timeout(settings.handshake_timeout * 2):
+                _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
+        finally:
+            self._first_try_over()
         self.conn = conn
+        self.peer = conn.peer
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
         try:
@@ -166,6 +172,11 @@ class DistributorLink(Reporting):
                 logger.warning("distributor %s did not welcome us in time", self.configured)
                 conn.close("handshake timeout")
         await conn.closed.wait()
+
+    def _first_try_over(self) -> None:
+        if not self.tried:
+            self.tried = True
+            self.node.link_tried(self)
 
     def _attach(self, conn: FramedConnection) -> DistributorLink:
         conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)

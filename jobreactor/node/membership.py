@@ -11,9 +11,10 @@ import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 from jobreactor.metrics import METRICS
-from jobreactor.node.attempts import Attempts
+from jobreactor.node.attempts import Attempts, Held
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.packing import Packing
+from jobreactor.protocol import ReportItem
 
 if TYPE_CHECKING:
     from jobreactor.node.discovered import Discovered
@@ -49,9 +50,10 @@ class Membership(Packing, Attempts):
         if self.discovered is not None:
             self.discovered.watcher.refresh()
 
-    def add_link(self, host: str, port: int) -> DistributorLink:
-        """Dial one more distributor (found by discovery)."""
+    def add_link(self, host: str, port: int, expected_instance: str) -> DistributorLink:
+        """Dial one more distributor (found by discovery, listed as `expected_instance`)."""
         link = DistributorLink(cast("Node", self), host, port, self._ssl)
+        link.expected_instance = expected_instance
         self.links.append(link)
         self._run_link(link)
         return link
@@ -64,19 +66,7 @@ class Membership(Packing, Attempts):
 
     def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
         """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
-        for job_id, _, by, origin in self._packed_jobs():
-            if origin == old or (bucket is not None and by is bucket):
-                self._held(job_id)  # unpacked: its record changes below
-        moved = [
-            h
-            for h in self._jobs.values()
-            if not h.dropped and (h.origin == old or (bucket is not None and h.link is bucket))
-        ]
-        for held in moved:
-            held.link, held.origin = target, target.instance
-            held.record.distributor = target.configured
-            self._persist(held.record)
-        reports = bucket.take_reports() if bucket is not None else []
+        moved, reports = self._move(target, old, bucket)
         pairs = [(h.record.id, h.record.lease) for h in moved]
         ids = {job_id for job_id, _ in pairs}
         pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
@@ -92,6 +82,47 @@ class Membership(Packing, Attempts):
                 old,
                 target.address,
             )
+
+    def rehome(self, bucket: DistributorLink, target: DistributorLink) -> None:
+        """`bucket`'s jobs and reports go to `target`, a live link to the same instance.
+
+        The distributor learns it in a `Held` (no origin): it binds the jobs to `target`'s
+        connection, or answers `Dropped` for those it gave to another node meanwhile.
+        """
+        moved, reports = self._move(target, None, bucket)
+        pairs = [(h.record.id, h.record.lease) for h in moved]
+        ids = {job_id for job_id, _ in pairs}
+        pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
+        if not pairs:
+            return
+        target.send_held(pairs, "")
+        target.adopt_reports(reports)
+        logger.info(
+            "%s: %d job(s) and %d report(s) held for distributor %s move to its link %s",
+            self.name,
+            len(moved),
+            len(reports),
+            target.instance,
+            target.configured,
+        )
+
+    def _move(
+        self, target: DistributorLink, old: str | None, bucket: DistributorLink | None
+    ) -> tuple[list[Held], list[tuple[int, ReportItem]]]:
+        """Jobs from instance `old` or link `bucket` now held for `target`; `bucket`'s reports."""
+
+        def moves(link: DistributorLink | None, origin: str) -> bool:
+            return origin == old or (bucket is not None and link is bucket)
+
+        for job_id, _, by, origin in self._packed_jobs():
+            if moves(by, origin):
+                self._held(job_id)  # unpacked: its record changes below
+        moved = [h for h in self._jobs.values() if not h.dropped and moves(h.link, h.origin)]
+        for held in moved:
+            held.link, held.origin = target, target.instance
+            held.record.distributor = target.configured
+            self._persist(held.record)
+        return moved, bucket.take_reports() if bucket is not None else []
 
     @property
     def stopping(self) -> bool:

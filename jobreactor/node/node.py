@@ -273,6 +273,7 @@ class Node(Membership, Persistence):
                 held.link = link  # recovered from storage: now we know where to report
         self.jobs_dropped(link, drop, settled=settled)
         if self.discovered is not None:
+            self.discovered.welcomed(link)
             self.discovered.reroute()
 
     def jobs_dropped(self, link: DistributorLink, drop: list[str], *, settled: bool) -> None:
@@ -294,7 +295,15 @@ class Node(Membership, Persistence):
                 self._schedule_at_epoch(waiting, due)
 
     def link_down(self, link: DistributorLink) -> None:
-        return None  # held jobs go on; their reports wait in the link until it is back
+        """Held jobs go on; their reports wait in the link until it (or another link to the
+        same instance) is welcomed."""
+        if self.discovered is not None:
+            self.discovered.link_down(link)
+
+    def link_tried(self, link: DistributorLink) -> None:
+        """`link`'s first dial ended (connected or not)."""
+        if self.discovered is not None:
+            self.discovered.link_tried(link)
 
     # --- receiving ------------------------------------------------------------------------------
 
