@@ -29,7 +29,12 @@ class Persistence(Attempts):
 
     def _persist(self, record: JobRecord) -> None:
         if not self._write_behind:
-            return  # memory storage holds this very object: nothing to write
+            # Memory storage holds this very object: nothing to write, but its failed and
+            # retrying indexes (storage/status_index.py) follow the status.
+            note = getattr(self.storage, "note_status", None)
+            if note is not None:
+                note(self.name, record)
+            return
         self._doomed.discard(record.id)
         self._dirty[record.id] = record
         self._flush_soon()
