@@ -3,8 +3,6 @@ on memory, Redis and a Redis Cluster; rebuilt for a store written before they ex
 
 from __future__ import annotations
 
-import pytest
-
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.monitor import RedisMonitor
 from jobreactor.storage import Storage
