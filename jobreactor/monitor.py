@@ -37,7 +37,8 @@ _CHUNK = 1000
 Record = dict[str, Any]
 
 # KEYS[1] the job hash, KEYS[2..3] the node's failed and retrying indexes; ARGV: run_at_ts,
-# status field value "new", channel, job id, and PUBLISH or SPUBLISH (sharded, on a cluster: the channel shares the job's slot).
+# status field value "new", channel, job id, and PUBLISH or SPUBLISH (sharded, on a cluster:
+# the channel shares the job's slot).
 # Atomic, so a node finishing the job at the same moment can't be overwritten half-way.
 # `lease` goes back to its default (absent); last_error, failed_at and run_at stay: history.
 _RETRY = """
