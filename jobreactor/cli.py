@@ -82,6 +82,7 @@ def run_node(config: NodeConfig) -> None:
             ssl=ssl_context,
             wait=False,
         )
+        node.control.stop_hook = reactor._request_stop  # `drain` ends this process
         logging.getLogger("jobreactor").info(
             "node %s started (%s storage, jobs from %s%s)",
             node.name,

@@ -86,3 +86,27 @@ class Housekeeping:
             if not any(owner.storage is s for s in seen):
                 seen.append(owner.storage)
         return seen
+
+
+async def control_node(
+    distributors: list[Distributor],
+    nodes: list[Node],
+    name: str,
+    op: str,
+    who: str,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> tuple[str | None, str]:
+    """quiet / resume / drain node `name` (node/control.py): a node of this process, else
+    through the distributor it is connected to. (its state after, or None if no node of that
+    name is in reach; an error text, "" when it went through). Run on the reactor's loop."""
+    for node in nodes:
+        if node.name == name:
+            try:
+                return node.control.apply(op, who=who), ""
+            except ValueError as exc:
+                return node.control.state, str(exc)
+    for distributor in distributors:
+        answer = await distributor.command_node(name, op, f"{name}:{who}", timeout)
+        if answer is not None and answer.found:
+            return str(answer.job.get("state", "?")), answer.error
+    return None, f"node {name!r} is not connected to this app's distributors"

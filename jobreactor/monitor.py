@@ -26,6 +26,7 @@ from typing import Any
 
 from jobreactor.errors import StorageError
 from jobreactor.job import JobStatus
+from jobreactor.node.control import CONTROL_PREFIX, OPS
 from jobreactor.storage import status_index
 from jobreactor.storage.codec import decode_fields, is_unfinished, redact_url
 from jobreactor.storage.connect import DEFAULT_REDIS_URL, LazySync, is_cluster, redis_errors
@@ -180,6 +181,17 @@ class RedisMonitor:
             if done:
                 return True
         return False
+
+    def control(self, node: str, op: str, who: str = "cli") -> int:
+        """Send quiet / resume / drain to `node` on its commands channel (node/control.py);
+        how many listeners got it (0: the node is down, or has no Redis storage)."""
+        if op not in OPS:
+            raise ValueError(f"unknown node op {op!r} (one of {', '.join(OPS)})")
+        with redis_errors("control", self._where):
+            message = f"{CONTROL_PREFIX}{op}:{who}"
+            if is_cluster(self._redis):
+                return int(self._redis.spublish(self._keys.commands(node), message))
+            return int(self._redis.publish(self._keys.commands(node), message))
 
     def scan(self, node: str, cursor: int = 0, count: int = _CHUNK) -> tuple[int, list[Record]]:
         """One SSCAN step over `node`'s index: (next cursor, records); cursor 0 means done.

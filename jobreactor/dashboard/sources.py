@@ -12,12 +12,14 @@ Every method is synchronous and bounded (`limit`); the app calls them in a worke
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from jobreactor.dashboard import listing
+from jobreactor.dashboard.listing import Query
+from jobreactor.dashboard.readers import SCHEDULED_MAX, LocalLists, MonitorIndex
 from jobreactor.definitions import JobDefinition
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.metrics import METRICS
@@ -50,8 +52,9 @@ class Source(Protocol):
         """Jobs waiting on node timers (delayed, periodic, retries), soonest first."""
         ...
 
-    def failed(self, limit: int) -> list[View]:
-        """Jobs failed for good and kept (remove_failed_jobs off)."""
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        """One page of pending / retrying / scheduled / failed jobs (dashboard/listing.py);
+        None: this source doesn't see that kind of job."""
         ...
 
     def job(self, job_id: str) -> View | None:
@@ -64,6 +67,15 @@ class Source(Protocol):
 
     def cancel(self, job_id: str) -> bool | None:
         """None: this source cannot cancel (it sees no distributor it could ask)."""
+        ...
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether `cancel` can work here (the pages offer Cancel only then)."""
+        ...
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        """quiet / resume / drain node `name`: (its state after or None, an error or "")."""
         ...
 
     def chain(self, name: str) -> Chain | None:
@@ -119,6 +131,7 @@ class LocalSource:
     def __init__(self, reactor: Reactor) -> None:
         self.reactor = reactor
         self.label = "this process"
+        self._lists = LocalLists(self)
 
     def _distributors(self) -> list[Distributor]:
         return list(self.reactor._distributors)
@@ -142,6 +155,17 @@ class LocalSource:
             }
 
         return dict(self._on_loop(read))
+
+    def pending_figures(self) -> dict[str, dict[str, Any]]:
+        """Per distributor address: pending per job name and the oldest pending age
+        (api.pending_figures), from a copy of its queue taken on the loop."""
+        from jobreactor.dashboard.api import pending_figures
+
+        def read() -> list[tuple[str, list[Any]]]:
+            return [(d.address, d.dispatcher.entries()) for d in self._distributors()]
+
+        now = time.time()
+        return {address: pending_figures(entries, now) for address, entries in self._on_loop(read)}
 
     def queues(self, limit: int) -> list[View]:
         def read() -> list[View]:
@@ -171,18 +195,21 @@ class LocalSource:
 
         return list(self._on_loop(read))
 
-    def failed(self, limit: int) -> list[View]:
-        async def read() -> list[View]:
-            out: list[View] = []
-            for storage in self.reactor._storages():
-                for node in await storage.nodes():
-                    for record in await storage.jobs_for(node):
-                        if record.status == JobStatus.FAILED and len(out) < limit:
-                            out.append(job_view(record, node=node, stored=True))
-            out.sort(key=lambda view: -(view["failed_at"] or 0.0))
-            return out
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        return self._lists.list_jobs(query)
 
-        return list(self.reactor.call(read, timeout=10.0))
+    @property
+    def can_cancel(self) -> bool:
+        return bool(self._distributors())
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        from jobreactor.housekeeping import control_node
+
+        async def ask() -> tuple[str | None, str]:
+            return await control_node(self._distributors(), self._nodes(), name, op, who)
+
+        answer: tuple[str | None, str] = self.reactor.call(ask, timeout=30.0)
+        return answer
 
     def job(self, job_id: str) -> View | None:
         def live() -> View | None:
@@ -246,18 +273,22 @@ class LocalSource:
 class StoredJobs:
     """Failed jobs and stored records from Redis node storage (RedisMonitor), bounded scans."""
 
-    SCAN_BUDGET = 20_000  # records read at most per failed-jobs page
+    SCAN_BUDGET = 20_000  # records read at most by a scheduled-jobs page
 
     def __init__(self, monitor: RedisMonitor) -> None:
         self.monitor = monitor
+        self.index = MonitorIndex(monitor)
 
-    def failed(self, limit: int) -> list[View]:
-        found = itertools.islice(
-            self.monitor.iter_jobs(status=JobStatus.FAILED.value, budget=self.SCAN_BUDGET), limit
-        )
-        out = [job_view(record, node=node, stored=True) for node, record in found]
-        out.sort(key=lambda view: -(view["failed_at"] or 0.0))
-        return out
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        """Failed and retrying jobs from the indexes; scheduled ones by a bounded scan."""
+        if query.status == "failed":
+            return listing.indexed(self.index, "failed", query)
+        if query.status == "retrying":
+            return listing.indexed(self.index, "retrying", query)
+        if query.status == "scheduled":
+            views = self.scheduled(SCHEDULED_MAX)
+            return listing.page_of(query, views, partial=len(views) >= SCHEDULED_MAX)
+        return None
 
     def job(self, job_id: str) -> View | None:
         node = self.monitor.node_of(job_id)
@@ -278,6 +309,7 @@ class StoredJobs:
             status = record.get("status", JobStatus.NEW.value)
             due = float(record.get("run_at_ts") or 0.0)
             if status in (JobStatus.NEW.value, JobStatus.QUEUED.value) and due > now:
+                # (a retry due later has status "error": the retrying list has it)
                 out.append(job_view(record, node=node, stored=True))
                 if len(out) >= limit:
                     break
@@ -299,8 +331,15 @@ class NoLiveSource:
     def scheduled(self, limit: int) -> list[View]:
         return []
 
-    def failed(self, limit: int) -> list[View]:
-        return []
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def can_cancel(self) -> bool:
+        return False
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        return None, "this dashboard sees no distributor to reach the node through"
 
     def job(self, job_id: str) -> View | None:
         return None

@@ -351,11 +351,13 @@ class DistributorLink(Reporting):
 
     def ack(self, lease: int, credit: bool) -> None:
         self._acks.append(lease)
-        if credit:
+        if credit and not self.node.control.quiet:
             self._credits += 1
         self._flush_soon()
 
     def grant(self, credits: int = 1) -> None:
+        if self.node.control.quiet:
+            return  # an operator quieted the node (node/control.py): no credit goes out
         self._credits += credits
         self._flush_soon()
 

@@ -25,6 +25,7 @@ from jobreactor.job import (
 from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
+from jobreactor.node.control import NodeControl
 from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
@@ -101,6 +102,7 @@ class Node(Membership, Persistence):
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self.control = NodeControl(self)  # quiet / resume / drain (node/control.py)
         self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
@@ -229,7 +231,7 @@ class Node(Membership, Persistence):
     # --- links ----------------------------------------------------------------------------------
 
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping or self._probing:
+        if self._stopping or self._probing or self.control.quiet:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.control import CONTROL_PREFIX
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -94,7 +95,9 @@ class Persistence(Attempts):
         commands = self.storage.commands  # type: ignore[attr-defined]
         async for job_id in commands(self.name, resync=True):
             try:
-                if job_id:
+                if job_id.startswith(CONTROL_PREFIX):  # `jobreactor node quiet` and the like
+                    self._control_op(job_id[len(CONTROL_PREFIX) :])
+                elif job_id:
                     await self._wake(job_id)
                 else:  # resubscribed: messages sent meanwhile are lost, so look again
                     for record in await self.storage.jobs_for(self.name, unfinished_only=True):
@@ -102,6 +105,13 @@ class Persistence(Attempts):
                             await self._wake(record.id)
             except StorageError as exc:
                 logger.warning("%s: could not act on a wake-up: %s", self.name, exc)
+
+    def _control_op(self, message: str) -> None:
+        op, _, who = message.partition(":")
+        try:
+            self.control.apply(op, who=who or "redis")  # type: ignore[attr-defined]
+        except ValueError as exc:
+            logger.warning("%s: %s", self.name, exc)
 
     async def _wake(self, job_id: str) -> None:
         """(Re)schedule a stored job of ours from its record, e.g. a failed job to retry."""

@@ -20,7 +20,7 @@ remove the id from both, which costs nothing while the node has no such jobs).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from jobreactor.job import JobRecord, JobStatus
@@ -202,7 +202,7 @@ class MemoryIndex:
 
 
 def merge_pages(
-    pages: dict[str, Sequence[tuple[str, float]]], kind: IndexKind, start: int, count: int
+    pages: Mapping[str, Sequence[tuple[str, float]]], kind: IndexKind, start: int, count: int
 ) -> list[tuple[str, str, float]]:
     """(node, id, score) of one page over several nodes' pages (each already holding the top
     `start + count` of its node), in the index's order."""
