@@ -19,6 +19,9 @@ from jobreactor.storage import Storage
 
 T = TypeVar("T")
 
+# A node's state after each op went through (node/control.py; a refusal carries its reason).
+STATE_AFTER = {"quiet": "quiet", "resume": "running", "drain": "draining"}
+
 # How long a node gets to answer a command (it is one storage round trip or two).
 COMMAND_TIMEOUT_S = 5.0
 
@@ -108,5 +111,5 @@ async def control_node(
     for distributor in distributors:
         answer = await distributor.command_node(name, op, f"{name}:{who}", timeout)
         if answer is not None and answer.found:
-            return str(answer.job.get("state", "?")), answer.error
+            return (None if answer.error else STATE_AFTER[op]), answer.error
     return None, f"node {name!r} is not connected to this app's distributors"

@@ -69,10 +69,10 @@ def _control(node: Node, command: Command) -> CommandResult:
     if name != node.name:
         return CommandResult(command.command_id, False, {}, "")
     try:
-        state = node.control.apply(command.op, who=who or "the app")
+        node.control.apply(command.op, who=who or "the app")
     except ValueError as exc:
-        return CommandResult(command.command_id, True, {"state": node.control.state}, str(exc))
-    return CommandResult(command.command_id, True, {"state": state}, "")
+        return CommandResult(command.command_id, True, {}, str(exc))
+    return CommandResult(command.command_id, True, {}, "")
 
 
 def answer(node: Node, link: DistributorLink, command: Command) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 # Put into the success args of the part that completed its batch; the distributor takes it out.
 BATCH_COMPLETE_KEY: Final = "_jr_batch_complete"
 # 16 MiB: far above any sane job (args are meant to be ids and small values), far below what
@@ -238,8 +238,9 @@ class Dropped(Message):
         return [self.drop, self.last]
 
 
-# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry).
-COMMAND_OPS: Final = frozenset({"release_lock", "retry"})
+# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry), and an
+# operator's hold on the node (node/control.py: quiet, resume, drain; protocol version 2).
+COMMAND_OPS: Final = frozenset({"release_lock", "retry", "quiet", "resume", "drain"})
 
 
 @dataclass(frozen=True, slots=True)
