@@ -23,7 +23,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from jobreactor.dashboard import listing, views
+from jobreactor import joblists as listing
+from jobreactor.dashboard import views
 
 COUNTERS = ("succeeded", "failed", "retried", "enqueued")
 

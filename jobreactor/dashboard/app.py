@@ -26,7 +26,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobreactor.dashboard import actions, api, listing, views
+from jobreactor import joblists as listing
+from jobreactor.dashboard import actions, api, views
 from jobreactor.dashboard.actions import TOKEN_COOKIE
 from jobreactor.dashboard.batches import BatchReader
 from jobreactor.dashboard.sources import LocalSource, Source, StoredJobs

@@ -2,7 +2,7 @@
 
 - `LocalLists(reactor)`: pending jobs of this process's distributors in dispatch order; failed
   and retrying jobs from its storages' indexes; scheduled jobs from its nodes' timers.
-- `MonitorIndex(monitor)`: failed and retrying jobs from Redis node storage (RedisMonitor).
+(`joblists.MonitorIndex` reads failed and retrying jobs from Redis node storage.)
 
 The reactor's loop only ever copies (a page of a heap walk, a list of entries, an index
 page); sorting, filtering and rendering happen in the dashboard's worker thread.
@@ -12,45 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from jobreactor.dashboard import listing
-from jobreactor.dashboard.listing import Query, View
+from jobreactor import joblists as listing
 from jobreactor.job import JobStatus
+from jobreactor.joblists import Query, View, job_view
 from jobreactor.storage.status_index import IndexKind, StatusIndexReader
 
 if TYPE_CHECKING:
     from jobreactor.dashboard.sources import LocalSource
-    from jobreactor.monitor import RedisMonitor
 
 WALK_MAX: Final = 2_000  # pending jobs read by a heap walk on the loop; deeper pages copy
 SCHEDULED_MAX: Final = 5_000  # timers listed at most (a search looks at these)
 
 
-def _view(record: Any, **where: Any) -> View:
-    from jobreactor.dashboard.sources import job_view
-
-    return job_view(record, **where)
-
-
-class MonitorIndex:
-    """listing.IndexReader over RedisMonitor (one connection, synchronous)."""
-
-    def __init__(self, monitor: RedisMonitor) -> None:
-        self.monitor = monitor
-
-    def nodes(self) -> list[str]:
-        return self.monitor.nodes()
-
-    def index_count(self, node: str, kind: IndexKind) -> int:
-        return self.monitor.index_count(node, kind)
-
-    def index_page(
-        self, node: str, kind: IndexKind, start: int, count: int
-    ) -> list[tuple[str, float]]:
-        return self.monitor.index_page(node, kind, start, count)
-
-    def views(self, node: str, job_ids: list[str]) -> list[View]:
-        records = self.monitor.load_many(node, job_ids)
-        return [_view(record, node=node, stored=True) for record in records]
+_view = job_view
 
 
 class LocalIndex:

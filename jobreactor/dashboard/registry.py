@@ -17,12 +17,12 @@ import asyncio
 import time
 from typing import Any
 
-from jobreactor.dashboard import listing
-from jobreactor.dashboard.listing import Query
-from jobreactor.dashboard.sources import NoLiveSource, Snapshot, View, job_view
+from jobreactor import joblists as listing
+from jobreactor.dashboard.sources import NoLiveSource, Snapshot, View
 from jobreactor.discovery import Member, live_members
 from jobreactor.discovery.registry import REDIS_ERRORS, connect
 from jobreactor.errors import StorageUnavailable
+from jobreactor.joblists import Query, job_view
 from jobreactor.storage.codec import load_json
 from jobreactor.storage.keys import Keys
 from jobreactor.storage.redis import redact_url

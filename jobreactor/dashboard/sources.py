@@ -17,11 +17,11 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jobreactor.dashboard import listing
-from jobreactor.dashboard.listing import Query
-from jobreactor.dashboard.readers import SCHEDULED_MAX, LocalLists, MonitorIndex
+from jobreactor import joblists as listing
+from jobreactor.dashboard.readers import SCHEDULED_MAX, LocalLists
 from jobreactor.definitions import JobDefinition
-from jobreactor.job import JobRecord, JobStatus
+from jobreactor.job import JobStatus
+from jobreactor.joblists import MonitorIndex, Query, job_view
 from jobreactor.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -91,32 +91,6 @@ def chain_of(definition: JobDefinition | None) -> Chain | None:
         "steps": [body, *(name for name, _ in definition.callbacks)],
         "errbacks": [name for name, _ in definition.errbacks],
     }
-
-
-def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
-    """A job as the pages show it (a plain dict; templates escape every value)."""
-    data = record.to_dict() if isinstance(record, JobRecord) else dict(record)
-    view: View = {
-        "id": str(data.get("id", "")),
-        "name": str(data.get("name", "")),
-        "args": data.get("args"),  # None: not known here (registry stats carry no args)
-        "status": str(data.get("status", JobStatus.NEW)),
-        "attempt": int(data.get("attempt", 0) or 0),
-        "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),
-        "period": float(data.get("period", 0.0) or 0.0),
-        "priority": int(data.get("priority", 0) or 0),
-        "max_attempt": data.get("max_attempt"),
-        "node": data.get("node"),
-        "distributor": data.get("distributor") or "",
-        "on_success": data.get("on_success"),
-        "on_error": data.get("on_error"),
-        "run_at": data.get("run_at"),
-        "failed_at": data.get("failed_at"),
-        "last_error": data.get("last_error"),
-        "record": data,
-    }
-    view.update(where)
-    return view
 
 
 def _here(stats: dict[str, Any]) -> dict[str, Any]:

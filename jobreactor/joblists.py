@@ -1,4 +1,5 @@
-"""Job lists for the pages and `GET <mount>/api/jobs`: one query, one answer shape.
+"""Job lists for the dashboard's pages, `GET <mount>/api/jobs` and `jobreactor jobs failed`:
+one query, one answer shape (no web dependency: the CLI uses it without the dashboard extra).
 
     GET <mount>/api/jobs?status=pending|retrying|scheduled|failed&page=N
         [&per_page=50][&q=substring of id, name or args][&name=job name][&node=node name]
@@ -19,9 +20,13 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from jobreactor.job import JobRecord, JobStatus
 from jobreactor.storage.status_index import IndexKind, merge_pages
+
+if TYPE_CHECKING:
+    from jobreactor.monitor import RedisMonitor
 
 STATUSES: Final = ("pending", "retrying", "scheduled", "failed")
 PER_PAGE: Final = 50
@@ -131,6 +136,32 @@ def page_of(query: Query, views: Sequence[View], **extra: Any) -> dict[str, Any]
     )
 
 
+def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
+    """A job as the pages show it (a plain dict; templates escape every value)."""
+    data = record.to_dict() if isinstance(record, JobRecord) else dict(record)
+    view: View = {
+        "id": str(data.get("id", "")),
+        "name": str(data.get("name", "")),
+        "args": data.get("args"),  # None: not known here (registry stats carry no args)
+        "status": str(data.get("status", JobStatus.NEW)),
+        "attempt": int(data.get("attempt", 0) or 0),
+        "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),
+        "period": float(data.get("period", 0.0) or 0.0),
+        "priority": int(data.get("priority", 0) or 0),
+        "max_attempt": data.get("max_attempt"),
+        "node": data.get("node"),
+        "distributor": data.get("distributor") or "",
+        "on_success": data.get("on_success"),
+        "on_error": data.get("on_error"),
+        "run_at": data.get("run_at"),
+        "failed_at": data.get("failed_at"),
+        "last_error": data.get("last_error"),
+        "record": data,
+    }
+    view.update(where)
+    return view
+
+
 class IndexReader(Protocol):
     """A synchronous look at the status indexes (RedisMonitor, or LocalSource's storages)."""
 
@@ -210,3 +241,25 @@ def sorted_pending(
     """Pending entries (priority, seq, job) in dispatch order, as views (off the loop)."""
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return [to_view(entry[2]) for entry in entries]
+
+
+class MonitorIndex:
+    """IndexReader over RedisMonitor (one connection, synchronous)."""
+
+    def __init__(self, monitor: RedisMonitor) -> None:
+        self.monitor = monitor
+
+    def nodes(self) -> list[str]:
+        return self.monitor.nodes()
+
+    def index_count(self, node: str, kind: IndexKind) -> int:
+        return self.monitor.index_count(node, kind)
+
+    def index_page(
+        self, node: str, kind: IndexKind, start: int, count: int
+    ) -> list[tuple[str, float]]:
+        return self.monitor.index_page(node, kind, start, count)
+
+    def views(self, node: str, job_ids: list[str]) -> list[View]:
+        records = self.monitor.load_many(node, job_ids)
+        return [job_view(record, node=node, stored=True) for record in records]
