@@ -10,6 +10,7 @@ page); sorting, filtering and rendering happen in the dashboard's worker thread.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Final
 
 from jobreactor import joblists as listing
@@ -25,6 +26,7 @@ SCHEDULED_MAX: Final = 5_000  # timers listed at most (a search looks at these)
 
 
 _view = job_view
+_dispatch_order = operator.itemgetter(0, 1)  # (priority, seq) of a pending entry
 
 
 class LocalIndex:
@@ -113,15 +115,17 @@ class LocalLists:
             return out
 
         found = self.source._on_loop(read)
-        views: list[View] = []
+        totals = {address: count for address, count, _ in found}
+        ordered: list[tuple[str, Any]] = []
         for address, _, jobs in found:
             if not walk:
-                jobs = [entry[2] for entry in sorted(jobs, key=lambda e: (e[0], e[1]))]
-            views += [_view(job, where="pending", distributor=address) for job in jobs]
-        totals = {address: count for address, count, _ in found}
-        if walk:  # the walk read only as far as this page: the totals are the queues' sizes
-            jobs = views[query.start : query.start + query.per_page]
+                jobs = [entry[2] for entry in sorted(jobs, key=_dispatch_order)]
+            ordered += [(address, job) for job in jobs]
+        if not query.searching:  # views of this page only (a view costs a record's to_dict)
+            page = ordered[query.start : query.start + query.per_page]
+            jobs = [_view(job, where="pending", distributor=address) for address, job in page]
             return listing.answer(query, sum(totals.values()), jobs, by_distributor=totals)
+        views = [_view(job, where="pending", distributor=address) for address, job in ordered]
         return listing.page_of(query, views, by_distributor=totals)
 
     def scheduled(self, query: Query) -> dict[str, Any]:

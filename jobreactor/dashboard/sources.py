@@ -248,6 +248,7 @@ class StoredJobs:
     """Failed jobs and stored records from Redis node storage (RedisMonitor), bounded scans."""
 
     SCAN_BUDGET = 20_000  # records read at most by a scheduled-jobs page
+    SCAN_TIME_S = 0.5  # and for this long at most (in the worker thread, never on a loop)
 
     def __init__(self, monitor: RedisMonitor) -> None:
         self.monitor = monitor
@@ -260,8 +261,8 @@ class StoredJobs:
         if query.status == "retrying":
             return listing.indexed(self.index, "retrying", query)
         if query.status == "scheduled":
-            views = self.scheduled(SCHEDULED_MAX)
-            return listing.page_of(query, views, partial=len(views) >= SCHEDULED_MAX)
+            views, complete = self._scan_scheduled(SCHEDULED_MAX)
+            return listing.page_of(query, views, partial=not complete)
         return None
 
     def job(self, job_id: str) -> View | None:
@@ -276,19 +277,30 @@ class StoredJobs:
         return self.monitor.destroy(job_id)
 
     def scheduled(self, limit: int) -> list[View]:
-        """Stored jobs due later (delayed, periodic, retries), for nodes this process can't see."""
+        """Stored jobs due later (delayed, periodic), for nodes this process can't see."""
+        return self._scan_scheduled(limit)[0]
+
+    def _scan_scheduled(self, limit: int) -> tuple[list[View], bool]:
+        """(what a bounded scan found, whether it read every record)."""
         now = time.time()
+        deadline = time.monotonic() + self.SCAN_TIME_S
         out: list[View] = []
-        for node, record in self.monitor.iter_jobs(budget=self.SCAN_BUDGET):
+        complete = True
+        found = self.monitor.iter_jobs(budget=self.SCAN_BUDGET)
+        for read, (node, record) in enumerate(found, 1):
+            if time.monotonic() > deadline or read >= self.SCAN_BUDGET:
+                complete = False
+                break
             status = record.get("status", JobStatus.NEW.value)
             due = float(record.get("run_at_ts") or 0.0)
             if status in (JobStatus.NEW.value, JobStatus.QUEUED.value) and due > now:
                 # (a retry due later has status "error": the retrying list has it)
                 out.append(job_view(record, node=node, stored=True))
                 if len(out) >= limit:
+                    complete = False
                     break
         out.sort(key=lambda view: view["run_at_ts"])
-        return out
+        return out, complete
 
 
 class NoLiveSource:
