@@ -95,16 +95,20 @@ class Query:
         return bool(self.q or self.name)
 
     def matches(self, view: View) -> bool:
-        if self.name and view.get("name") != self.name:
+        return self.matches_fields(
+            view.get("id"), view.get("name"), view.get("node"), view.get("args")
+        )
+
+    def matches_fields(self, job_id: Any, name: Any, node: Any, args: Any) -> bool:
+        if self.name and name != self.name:
             return False
-        if self.node and view.get("node") not in (None, self.node):
+        if self.node and node not in (None, self.node):
             return False
         if not self.q:
             return True
         needle = self.q.lower()
-        if needle in str(view.get("id", "")).lower() or needle in str(view.get("name")).lower():
+        if needle in str(job_id or "").lower() or needle in str(name).lower():
             return True
-        args = view.get("args")
         text = args if isinstance(args, str) else json.dumps(args, default=repr)
         return needle in text.lower()
 

@@ -315,7 +315,7 @@ async def batch_page(request: Request) -> Response:
     token = request.path_params["token"]
     batch = None if d.batches is None else await run_in_threadpool(d.batches.read, token)
     lists = {}
-    for status in ("pending", "retrying", "failed"):
+    for status in ("pending", "scheduled", "retrying", "failed"):
         query = listing.Query(status=status, q=token, per_page=20)
         lists[status] = await d.list_jobs(query)
     return await d.render(

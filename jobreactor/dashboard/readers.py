@@ -121,12 +121,15 @@ class LocalLists:
             if not walk:
                 jobs = [entry[2] for entry in sorted(jobs, key=_dispatch_order)]
             ordered += [(address, job) for job in jobs]
-        if not query.searching:  # views of this page only (a view costs a record's to_dict)
-            page = ordered[query.start : query.start + query.per_page]
-            jobs = [_view(job, where="pending", distributor=address) for address, job in page]
-            return listing.answer(query, sum(totals.values()), jobs, by_distributor=totals)
-        views = [_view(job, where="pending", distributor=address) for address, job in ordered]
-        return listing.page_of(query, views, by_distributor=totals)
+        total = sum(totals.values())
+        if query.searching:  # matched on the records; views of this page only (to_dict costs)
+            ordered = [
+                (a, j) for a, j in ordered if query.matches_fields(j.id, j.name, None, j.args)
+            ]
+            total = len(ordered)
+        page = ordered[query.start : query.start + query.per_page]
+        jobs = [_view(job, where="pending", distributor=address) for address, job in page]
+        return listing.answer(query, total, jobs, by_distributor=totals)
 
     def scheduled(self, query: Query) -> dict[str, Any]:
         """Delayed and periodic jobs on this process's nodes' timers, soonest first (retries
