@@ -216,7 +216,12 @@ class LocalSource:
         return result
 
     def retry(self, job_id: str) -> bool:
-        return self.reactor.retry(job_id)
+        """A failed job runs again (JR.retry); a retrying one runs now ("retry now")."""
+
+        def now() -> bool:
+            return any(node.control.retry_now(job_id) for node in self._nodes())
+
+        return bool(self._on_loop(now)) or self.reactor.retry(job_id)
 
     def delete(self, job_id: str) -> bool:
         async def destroy() -> bool:

@@ -51,8 +51,8 @@ async def _release_lock(node: Node, command: Command) -> CommandResult:
 
 async def _retry(node: Node, link: DistributorLink, command: Command) -> CommandResult | None:
     taken = await take_failed(node.storage, command.arg)
-    if taken is None:
-        return CommandResult(command.command_id, False, {}, "")
+    if taken is None:  # not failed: maybe waiting for its next attempt here ("retry now")
+        return CommandResult(command.command_id, node.control.retry_now(command.arg), {}, "")
     owner, job = taken
     if link.conn is None or not link.is_ready:
         # The answer can't leave: put the job back as it was rather than lose it.

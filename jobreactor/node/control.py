@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
+
+from jobreactor.job import JobStatus
 
 if TYPE_CHECKING:
     from jobreactor.node.node import Node
@@ -65,6 +68,21 @@ class NodeControl:
                 self._stop()
         logger.info("node %s: %s requested by %s; now %s", node.name, op, who, self.state)
         return self.state
+
+    def retry_now(self, job_id: str) -> bool:
+        """A job of ours waiting for its next attempt (status `error`) runs now, keeping its
+        attempt count (the dashboard's "retry now"); False if we hold no such job."""
+        node = self._node
+        held = node._held(job_id)
+        if held is None or held.running or held.record.status != JobStatus.ERROR:
+            return False
+        node._timers.cancel(job_id)
+        node._ready.remove(job_id)
+        held.record.run_at_ts = time.time()
+        node._persist(held.record)
+        node._schedule_at_epoch(held, held.record.run_at_ts)
+        logger.info("node %s: job %s retried now at an operator's request", node.name, job_id)
+        return True
 
     def _stop(self) -> None:
         if self.stop_hook is not None:

@@ -97,6 +97,17 @@ def test_retrying_jobs_are_listed_with_next_attempt_and_error(
     page = api.get("/retrying")
     assert page.status_code == 200
     assert all(h is not None and h.id in page.text for h in handles)
+    # "Retry now": the next attempt runs at once (and fails again: attempt 2, retrying).
+    first = handles[0]
+    assert first is not None
+    headers = {"accept": "application/json", "x-jobreactor-token": "tok"}
+    assert api.post(f"/jobs/{first.id}/retry", headers=headers).json()["ok"] is True
+
+    def attempts() -> int:
+        jobs = _jobs(api, status="retrying", q=first.id)["jobs"]
+        return int(jobs[0]["attempt"]) if jobs else 0
+
+    wait_until(lambda: attempts() == 2, 20, "the retried attempt")
 
 
 def test_pending_in_dispatch_order_and_every_one_openable(
