@@ -57,6 +57,33 @@ async def _fill(url: str, prefix: str, count: int) -> str:
     return failed_id
 
 
+async def _save_cost(url: str, jobs: int) -> tuple[float, float]:
+    """µs per job of save_many then destroy_many of `jobs` new jobs (the indexes' hot-path
+    cost: compare with the tree before them)."""
+    from jobreactor.job import JobRecord
+    from jobreactor.storage.redis import RedisStorage
+
+    store = RedisStorage(url, prefix="savecost")
+    try:
+        records = [JobRecord(id=f"s{i:07d}", name="work", args={"i": i}) for i in range(jobs)]
+        await store.save_many("warm", records[:1000])
+        best_save = best_destroy = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for start in range(0, jobs, 500):  # a node's write-behind batches
+                await store.save_many("w", records[start : start + 500])
+            saved = time.perf_counter()
+            ids = [r.id for r in records]
+            for start in range(0, jobs, 500):
+                await store.destroy_many("w", ids[start : start + 500])
+            done = time.perf_counter()
+            best_save = min(best_save, (saved - started) / jobs * 1e6)
+            best_destroy = min(best_destroy, (done - saved) / jobs * 1e6)
+        return best_save, best_destroy
+    finally:
+        await store.aclose()
+
+
 def _serve(app: Any) -> tuple[uvicorn.Server, str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
@@ -94,6 +121,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp))
         prefix = "bench"
+        save_us, destroy_us = asyncio.run(_save_cost(redis.url(), 20_000))
+        print(f"save_many {save_us:.1f} µs/job, destroy_many {destroy_us:.1f} µs/job (best of 3)")
         started = time.perf_counter()
         failed_id = asyncio.run(_fill(redis.url(), prefix, args.stored))
         print(f"stored {args.stored} records in {time.perf_counter() - started:.1f}s")
