@@ -85,7 +85,7 @@ class MemoryStorage:
 
     def note_status(self, node: str, job: JobRecord) -> None:
         """A node changed a record this storage shares with it: follow its status."""
-        self._index.saved(node, (job,))
+        self._index.note(node, job)
 
     def keep(self, node: str, job_id: str, job: _Stored) -> None:
         """Hold `job` (the node's own record, or its packed bytes) for a job still stored:

@@ -27,6 +27,9 @@ from jobreactor.job import JobRecord, JobStatus
 from jobreactor.storage.scripts import CLAIM_LOG_MS
 
 IndexKind = Literal["failed", "retrying"]
+# Looked up once: an Enum member's attribute access costs more than the comparison.
+_FAILED: Final = JobStatus.FAILED
+_ERROR: Final = JobStatus.ERROR
 KINDS: Final[tuple[IndexKind, ...]] = ("failed", "retrying")
 
 
@@ -35,9 +38,9 @@ def index_key(node_tag: str, kind: IndexKind) -> str:
 
 
 def index_code(status: str, failed_at: float | None, run_at_ts: float) -> str:
-    if status == JobStatus.FAILED:
+    if status == _FAILED:
         return f"f{float(failed_at or 0.0)!r}"
-    if status == JobStatus.ERROR:
+    if status == _ERROR:
         return f"e{float(run_at_ts or 0.0)!r}"
     return ""
 
@@ -166,17 +169,27 @@ class MemoryIndex:
         failed, retrying = self.by_kind["failed"], self.by_kind["retrying"]
         for job in jobs:
             status = job.status
-            if status == JobStatus.FAILED:
+            if status == _FAILED:
                 failed.setdefault(node, {})[job.id] = float(job.failed_at or 0.0)
                 retrying.get(node, {}).pop(job.id, None)
                 self._any = True
-            elif status == JobStatus.ERROR:
+            elif status == _ERROR:
                 retrying.setdefault(node, {})[job.id] = float(job.run_at_ts or 0.0)
                 failed.get(node, {}).pop(job.id, None)
                 self._any = True
             elif self._any:
-                failed.get(node, {}).pop(job.id, None)
-                retrying.get(node, {}).pop(job.id, None)
+                failed_here, retrying_here = failed.get(node), retrying.get(node)
+                if failed_here:
+                    failed_here.pop(job.id, None)
+                if retrying_here:
+                    retrying_here.pop(job.id, None)
+
+    def note(self, node: str, job: JobRecord) -> None:
+        """One record's status changed in place (a node's write-behind-free memory storage):
+        the hot path, so a job that was never failed or retrying costs two comparisons."""
+        status = job.status
+        if self._any or status == _FAILED or status == _ERROR:
+            self.saved(node, (job,))
 
     def removed(self, node: str, job_ids: Iterable[str]) -> None:
         if not self._any:
