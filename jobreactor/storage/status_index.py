@@ -188,7 +188,7 @@ class MemoryIndex:
         """One record's status changed in place (a node's write-behind-free memory storage):
         the hot path, so a job that was never failed or retrying costs two comparisons."""
         status = job.status
-        if self._any or status == _FAILED or status == _ERROR:
+        if self._any or status in (_FAILED, _ERROR):
             self.saved(node, (job,))
 
     def removed(self, node: str, job_ids: Iterable[str]) -> None:
