@@ -40,12 +40,9 @@ class NodeControl:
     def __init__(self, node: Node) -> None:
         self._node = node
         self.state = "running"
+        self.quiet = False  # read per credit on the hot path: a plain attribute, not a property
         self.stop_hook: Callable[[], None] | None = None
         self._stopping: asyncio.Task[None] | None = None
-
-    @property
-    def quiet(self) -> bool:
-        return self.state != "running"
 
     def apply(self, op: str, who: str = "?") -> str:
         """Do `op`; the state after it. Raises ValueError for an op it doesn't know, or for
@@ -57,11 +54,11 @@ class NodeControl:
             if self.state == "draining":
                 raise ValueError(f"node {node.name} is draining: it can't resume")
             if self.state == "quiet":
-                self.state = "running"
+                self.state, self.quiet = "running", False
                 for link in node.links:
                     link.grant(node.free_credits(link))
         elif self.state == "running" or (op == "drain" and self.state == "quiet"):
-            self.state = "quiet" if op == "quiet" else "draining"
+            self.state, self.quiet = ("quiet" if op == "quiet" else "draining"), True
             for link in node.links:
                 link.pause()
             if op == "drain":
