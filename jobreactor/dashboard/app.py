@@ -281,11 +281,11 @@ async def job_detail(request: Request) -> Response:
 
 async def jump(request: Request) -> Response:
     """The header's job-id box without JavaScript: /jobs/?id=... → /jobs/<id>; an id that a
-    path segment can't carry (a "/") is shown right here."""
+    path segment can't carry as is (views.path_safe) is shown right here."""
     job_id = request.query_params.get("id", "").strip()
     if not job_id:
         return RedirectResponse(str(request.url_for("overview")), status_code=303)
-    if "/" in job_id:
+    if not views.path_safe(job_id):
         return await _job_page(request, job_id)
     return RedirectResponse(str(request.url_for("job", job_id=job_id)), status_code=303)
 

@@ -198,9 +198,14 @@ def test_bad_queries_are_4xx_not_500(api: httpx.Client) -> None:
     assert api.get("/api/jobs", params={"status": "failed", "per_page": 10**6}).status_code == 400
     assert api.get("/api/jobs", params={"status": "failed", "q": "x" * 500}).status_code == 400
     assert api.get("/failed", params={"page": "-1"}).status_code == 400
-    slash = api.get("/jobs/", params={"id": "a/b"})
-    assert slash.status_code == 404
-    assert "a/b" in slash.text
+    for odd in ("a/b", "a?b", "a#b", "a b", "a%2Fb", "é", "..", "<x>"):
+        answer = api.get("/jobs/", params={"id": odd})  # shown in place: never a 500 or a 405
+        assert answer.status_code == 404, odd
+        assert "<x>" not in answer.text
+    assert "a/b" in api.get("/jobs/", params={"id": "a/b"}).text
+    token = {"accept": "application/json", "x-jobreactor-token": "tok"}
+    action = api.post("/jobs/", params={"id": "a/b", "verb": "delete"}, headers=token)
+    assert action.json() == {"ok": False, "job_id": "a/b", "action": "delete"}
     big = api.post("/login", content=b"token=" + b"x" * 300_000,
                    headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert big.status_code == 413

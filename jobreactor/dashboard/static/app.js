@@ -48,7 +48,11 @@
     if (form.id === "jump") {
       event.preventDefault();
       var id = form.elements.id.value.trim();
-      if (id) { window.location.href = form.getAttribute("action") + encodeURIComponent(id); }
+      if (id) {  // ids a path segment can't carry as is go in the query (views.path_safe)
+        var safe = /^[A-Za-z0-9_.:@~-]{1,200}$/.test(id) && id !== "." && id !== "..";
+        window.location.href = form.getAttribute("action") +
+          (safe ? id : "?id=" + encodeURIComponent(id));
+      }
       return;
     }
     if (form.getAttribute("data-bulk")) { return bulk(event, form); }
