@@ -11,7 +11,7 @@ Mounted in a single-process app it reads the reactor (`JR` unless given another)
 heartbeat. `redis_url` adds failed jobs and stored records from Redis node storage.
 
 Job lists (pending, retrying, scheduled, failed) page through `GET <mount>/api/jobs`, the
-counters through `GET <mount>/api/stats` (api.py; README "Dashboard").
+counters through `GET <mount>/api/stats` (api.py; README "Seeing what it does").
 Actions (retry, delete, cancel, bulk retry/delete, node quiet/resume/drain) are OFF unless
 `auth` (a callable taking the Starlette request, returning a bool or an awaitable bool) or
 `token` is given; each is logged with who asked. Reading is not

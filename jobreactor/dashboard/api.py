@@ -1,4 +1,4 @@
-"""The dashboard's JSON API (pinned names, DESIGN.md "Wave 3"; README "Dashboard").
+"""The dashboard's JSON API (pinned names; README "Seeing what it does").
 
     GET <mount>/api/stats
       -> {"succeeded", "failed", "retried", "enqueued", "pending", "in_flight": int,
