@@ -9,13 +9,14 @@ Exit codes: 0 clean stop (or done), 1 `jobs`: no such job / `node --check`: a pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from jobreactor import __version__
+from jobreactor.apppath import prepare_app
 from jobreactor.cli_jobs import add_jobs_parser, run_jobs
 from jobreactor.config import (
     DistributorConfig,
@@ -25,6 +26,7 @@ from jobreactor.config import (
     load_node_config,
     server_ssl_context,
 )
+from jobreactor.environment import warn_unknown_variables
 from jobreactor.errors import ConfigError, StorageError
 from jobreactor.logs import setup_logging
 from jobreactor.reactor import Reactor
@@ -34,26 +36,19 @@ EXIT_CONFIG = 2
 
 def _setup_logging(settings: Any) -> None:
     setup_logging(settings.logger_method, settings.log_format)
+    warn_unknown_variables()
 
 
 def _reactor_for(settings: Any) -> Reactor:
-    return Reactor(**settings.model_dump())
+    return Reactor(**settings.model_dump(exclude_unset=True))
 
 
 def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
-    """The opt-in `metrics_port`: /metrics of this process and /health (the loop answers)."""
+    """The opt-in `metrics_port`: /metrics of this process and /health (health.py)."""
     if port is None:
         return
-    from jobreactor.metrics import METRICS, Gauge, MetricsServer, member_gauges
-
-    def alive() -> bool:
-        async def ping() -> bool:
-            return True
-
-        try:
-            return reactor.ready() and reactor.call(ping, timeout=2.0)
-        except Exception:  # noqa: BLE001 -- any failure to answer is "not alive"
-            return False
+    from jobreactor.metrics import METRICS, Gauge, member_gauges
+    from jobreactor.metrics_server import MetricsServer
 
     def gauges() -> list[Gauge]:
         async def read() -> list[Gauge]:
@@ -61,12 +56,18 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
 
         return reactor.call(read, timeout=5.0)
 
-    server = MetricsServer(host, port, alive, gauges).start()
+    from jobreactor.health import reactor_health
+
+    def health() -> tuple[int, dict[str, Any]]:
+        return reactor_health(reactor)  # storage, loop, backlog (jobreactor/health.py)
+
+    server = MetricsServer(host, port, gauge_reader=gauges, health=health).start()
     logging.getLogger("jobreactor").info("metrics on http://%s:%d/metrics", host, server.port)
 
 
 def run_node(config: NodeConfig) -> None:
     settings = config.settings
+    prepare_app(config.app_dir, config.imports)
     reactor = _reactor_for(settings)
     ssl_context = client_ssl_context(settings)
 
@@ -96,22 +97,12 @@ def run_node(config: NodeConfig) -> None:
     reactor.run_forever(setup)
 
 
-def _import_all(modules: tuple[str, ...]) -> None:
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `--import myapp.feedbacks` from the project's root
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"--import {module}: {exc}") from exc
-
-
 def run_distributor(config: DistributorConfig) -> None:
     """A distributor on `JR` (imported modules register their named feedbacks on it)."""
     from jobreactor.reactor import JR
 
-    JR.config.update(config.settings.model_dump())
-    _import_all(config.imports)
+    JR.config.update(config.settings.model_dump(exclude_unset=True))
+    prepare_app(None, config.imports)  # `--import myapp.feedbacks` from the project's root
 
     def setup() -> None:
         _serve_metrics(JR, config.metrics_host, config.metrics_port)
@@ -155,6 +146,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a distributor to connect to (repeatable; overrides the file)",
     )
     node.add_argument("--job-directory", help="where job definitions live")
+    node.add_argument(
+        "--app-dir",
+        help="your project's root, first on sys.path so job files can import your app "
+        "(default: the working directory)",
+    )
+    node.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE before the jobs load, e.g. jobreactor.contrib.django (repeatable)",
+    )
     node.add_argument("--discovery-url", help="redis where it finds its group's distributors")
     node.add_argument("--group", help="discovery group (default 'default')")
     node.add_argument(
@@ -243,6 +246,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
         redis_prefix=args.prefix,
         token=args.token or None,
     )
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler it
+    # found: with this no-op one there, a clean stop exits 0 like every jobreactor command.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 job_directory=args.job_directory,
                 discovery_url=args.discovery_url,
                 group=args.group,
+                app_dir=args.app_dir,
+                imports=args.imports,
             )
             if args.check:
                 from jobreactor.check import check_node

@@ -83,6 +83,8 @@ class JobRecord:
     part: str | None = None
     # The distributor's lease for the node holding it (node side only; kept across restarts).
     lease: int = 0
+    # W3C traceparent of the span that enqueued it (jobreactor/otel.py; None: not traced).
+    trace: str | None = None
     # Unknown keys from a newer peer, kept rather than trusted (None until there are some,
     # to save an empty dict per pending job).
     extra: dict[str, Any] | None = None

@@ -7,11 +7,9 @@
       -> {"total": int, "jobs": [{"id", "name", "args", "status", "node", ...}], ...}
       (listing.py: per_page, q, name, node)
 
-The counters are the metrics object's (`jobreactor.metrics`: the process's `METRICS`, or in
-registry mode the sum over live processes): whatever that source of truth counts, this reads.
-`pending`, `in_flight` and `oldest_pending_s` are the distributors' own figures; per job name
-they come from the distributors' stats when those carry them (`pending_by_name`,
-`oldest_pending_by_name`), else (this process's distributors) from their pending queues.
+The figures are `jobreactor.metrics.job_stats`: the counters of the process's `METRICS` (or,
+in registry mode, the sum over live processes) and the queue figures every distributor
+publishes (`pending_by_name`, `in_flight_by_name`, `oldest_by_name`: distributor/backlog.py).
 """
 
 from __future__ import annotations
@@ -26,57 +24,12 @@ from starlette.responses import JSONResponse, Response
 from jobreactor import joblists as listing
 from jobreactor.dashboard import views
 
-COUNTERS = ("succeeded", "failed", "retried", "enqueued")
-
 
 def stats_of(snap: dict[str, Any]) -> dict[str, Any]:
-    """/api/stats from a snapshot (views.merged_metrics: one process or the registry's sum)."""
-    metrics = views.merged_metrics(snap)
-    distributors = snap.get("distributors") or []
-    out: dict[str, Any] = {event: sum(getattr(metrics, event).values()) for event in COUNTERS}
-    out["pending"] = sum(int(d.get("pending") or 0) for d in distributors)
-    out["in_flight"] = sum(int(d.get("in_flight") or 0) for d in distributors)
-    out["oldest_pending_s"] = max(
-        [float(d.get("oldest_pending_s") or 0.0) for d in distributors] + [0.0]
-    )
-    by_name: dict[str, dict[str, Any]] = {}
-    names = {n for event in COUNTERS for n in getattr(metrics, event)}
-    for d in distributors:
-        names.update((d.get("pending_by_name") or {}).keys())
-    for name in sorted(names):
-        row: dict[str, Any] = {
-            event: int(getattr(metrics, event).get(name, 0)) for event in COUNTERS
-        }
-        row["pending"] = sum(
-            int((d.get("pending_by_name") or {}).get(name, 0)) for d in distributors
-        )
-        row["in_flight"] = sum(
-            int((d.get("in_flight_by_name") or {}).get(name, 0)) for d in distributors
-        )
-        row["oldest_pending_s"] = max(
-            [float((d.get("oldest_pending_by_name") or {}).get(name, 0.0)) for d in distributors]
-            + [0.0]
-        )
-        by_name[name] = row
-    out["jobs"] = by_name
-    return out
-
-
-def pending_figures(entries: list[tuple[int, int, Any]], now: float) -> dict[str, Any]:
-    """Per-name pending counts and oldest pending age from a distributor's pending entries
-    (a copy taken on the loop; computed here, off it). Age = now − due, for jobs already due."""
-    counts: dict[str, int] = {}
-    oldest: dict[str, float] = {}
-    for _, _, job in entries:
-        counts[job.name] = counts.get(job.name, 0) + 1
-        age = now - float(job.run_at_ts or now)
-        if age > oldest.get(job.name, 0.0):
-            oldest[job.name] = age
-    return {
-        "pending_by_name": counts,
-        "oldest_pending_by_name": oldest,
-        "oldest_pending_s": max([*oldest.values(), 0.0]),
-    }
+    """/api/stats from a snapshot: `JobMetrics.job_stats` (the metrics side's one source of
+    truth) over the snapshot's merged counters and its distributors' published figures."""
+    stats = views.merged_metrics(snap).job_stats(snap.get("distributors") or [])
+    return dict(stats)
 
 
 def dumps(value: Any) -> bytes:
@@ -92,7 +45,7 @@ class JSON(JSONResponse):
 
 async def api_stats(request: Request) -> Response:
     d = request.app.state.dashboard
-    snap = await d.snapshot(figures=True)
+    snap = await d.snapshot()
     return JSON(stats_of(snap))
 
 

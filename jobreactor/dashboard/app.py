@@ -30,8 +30,9 @@ from jobreactor import joblists as listing
 from jobreactor.dashboard import actions, api, views
 from jobreactor.dashboard.actions import TOKEN_COOKIE
 from jobreactor.dashboard.batches import BatchReader
-from jobreactor.dashboard.sources import LocalSource, Source, StoredJobs
+from jobreactor.dashboard.sources import Source, StoredJobs
 from jobreactor.errors import ReactorClosed, StorageError
+from jobreactor.health import source_health
 from jobreactor.metrics import metrics_registry
 
 logger = logging.getLogger("jobreactor.dashboard")
@@ -125,17 +126,12 @@ class Dashboard:
             return hmac.compare_digest(given.encode(), self.token.encode())
         return False
 
-    async def snapshot(self, figures: bool = False) -> dict[str, Any]:
-        """The source's snapshot; with `figures`, pending per name and the oldest pending age
-        filled in where the distributors' stats don't carry them (api.stats_of)."""
+    async def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = await run_in_threadpool(self.source.snapshot)
-        if figures and isinstance(self.source, LocalSource):
-            extra = await run_in_threadpool(self.source.pending_figures)
-            for d in snap.get("distributors", []):
-                for key, value in extra.get(d.get("address"), {}).items():
-                    d.setdefault(key, value)
         snap["totals"] = views.totals_of(snap)
-        self.history.add(time.time(), snap["totals"])
+        # The chart's clock is when the figures were taken (a registry beat), not when read:
+        # reads between two beats add no sample, so no 0 then a burst (metrics.py).
+        self.history.add(float(snap.get("metrics_at") or time.time()), snap["totals"])
         return snap
 
     def list_jobs_sync(self, query: listing.Query) -> dict[str, Any]:
@@ -202,7 +198,7 @@ def _dashboard(request: Request) -> Dashboard:
 
 async def overview(request: Request) -> Response:
     d = _dashboard(request)
-    snap = await d.snapshot(figures=True)
+    snap = await d.snapshot()
     return await d.render(
         request,
         "overview.html",
@@ -340,7 +336,9 @@ async def metrics(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"ok": True})
+    """jobreactor/health.py: storage, loop and backlog checks; 503 unless all pass."""
+    code, body = await run_in_threadpool(source_health, _dashboard(request).source)
+    return JSONResponse(body, code)
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:

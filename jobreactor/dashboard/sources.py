@@ -130,17 +130,6 @@ class LocalSource:
 
         return dict(self._on_loop(read))
 
-    def pending_figures(self) -> dict[str, dict[str, Any]]:
-        """Per distributor address: pending per job name and the oldest pending age
-        (api.pending_figures), from a copy of its queue taken on the loop."""
-        from jobreactor.dashboard.api import pending_figures
-
-        def read() -> list[tuple[str, list[Any]]]:
-            return [(d.address, d.dispatcher.entries()) for d in self._distributors()]
-
-        now = time.time()
-        return {address: pending_figures(entries, now) for address, entries in self._on_loop(read)}
-
     def queues(self, limit: int) -> list[View]:
         def read() -> list[View]:
             return [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jobreactor.job import JobRecord
@@ -194,6 +195,10 @@ class Dispatcher:
     def entries(self) -> list[tuple[int, int, JobRecord]]:
         """Every pending (priority, seq, job), unordered: a copy to sort off the loop."""
         return list(self._pending.values())
+
+    def pending_jobs(self) -> Iterator[JobRecord]:
+        """Every pending job, in arrival order (backlog.py reads them for metrics/health)."""
+        return (entry[2] for entry in self._pending.values())
 
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from jobreactor import otel
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
-from jobreactor.distributor.binding import listen_sockets
+from jobreactor.distributor.backlog import BacklogWatch
+from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
+
+MAX_TRACED = 100_000  # traced jobs whose feedback span we can parent (beyond: not parented)
 
 
 def advertised(advertise: str | None, host: str, port: int) -> str:
@@ -110,6 +114,8 @@ class Distributor(Sessions):
         self.closed = False
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        self.backlog_watch = BacklogWatch(self)
+        self._traces: dict[str, str] = {}  # traced jobs' traceparent until their final report
 
     def __repr__(self) -> str:
         return (
@@ -168,6 +174,12 @@ class Distributor(Sessions):
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
             await self._restore()
+        if port == 0 and not self.discovery_url and not self._advertise:
+            after = self.settings.warn_no_node_after
+            if after > 0:
+                warn_if_unfound(
+                    self.loop, after, self.address, lambda: bool(self._by_name), lambda: self.closed
+                )
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
 
@@ -176,6 +188,7 @@ class Distributor(Sessions):
         if self.closed:
             return
         self.closed = True
+        self.backlog_watch.close()
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
@@ -278,12 +291,15 @@ class Distributor(Sessions):
         for job, success, error, handle in items:
             job.distributor = address
             if metrics is not None:
-                metrics.enqueued[job.name] += 1
+                name = job.name
+                metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
             if success is not None:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
                 job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = awaited(success, error, handle)
+            if job.trace is not None and len(self._traces) < MAX_TRACED:
+                self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
@@ -388,7 +404,8 @@ class Distributor(Sessions):
         metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
-                metrics.dispatched[job.name] += 1
+                name = job.name
+                metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
             try:
@@ -403,6 +420,8 @@ class Distributor(Sessions):
             session.queue_job(lease, record)
         if not len(self.dispatcher):
             self._idle.set()
+        elif self.backlog_watch.idle:
+            self.backlog_watch.arm()  # jobs wait: check for ones no node may run (backlog.py)
 
     def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
         if result.job:
@@ -451,7 +470,19 @@ class Distributor(Sessions):
             self.tracker.forget(item.job_id)
             if self.journal is not None:
                 self.journal.remove(item.job_id)
-        self.settle_report(item, entry.name)
+        metrics = self._metrics
+        if metrics is not None:  # outcomes are counted here, once (metrics.py)
+            name = entry.name
+            if item.outcome == "success" and name in metrics.known:
+                metrics.succeeded[name] += 1  # the usual report, without a call
+            else:
+                metrics.count_report(name, item.outcome, item.final, item.args)
+        if self._traces and item.final and item.job_id in self._traces:
+            trace = self._traces.pop(item.job_id)
+            with otel.feedback_span(trace, item.job_id, entry.name, item.outcome):
+                self.settle_report(item, entry.name)
+        else:
+            self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
 

@@ -23,6 +23,7 @@ from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 
 if TYPE_CHECKING:
+    from jobreactor.distributor.backlog import BacklogWatch
     from jobreactor.distributor.dispatch import Dispatcher
     from jobreactor.distributor.presence import Presence
     from jobreactor.distributor.session import NodeSession
@@ -43,6 +44,7 @@ class Recovery(Outcomes):
         presence: Presence | None
         dispatcher: Dispatcher
         tracker: Tracker
+        backlog_watch: BacklogWatch
         _sessions: dict[int, NodeSession]
         _takeovers: dict[str, asyncio.TimerHandle]
 
@@ -174,5 +176,6 @@ class Recovery(Outcomes):
             "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
             # Where a dashboard finds any pending job of ours by id (Redis storage only).
             "journal": self.journal.queue if self.journal is not None else None,
+            **self.backlog_watch.read().stats(),
             "metrics": METRICS.snapshot(),
         }

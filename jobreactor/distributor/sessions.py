@@ -15,7 +15,7 @@ from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight
-from jobreactor.metrics import JobMetrics
+from jobreactor.metrics import METRICS, JobMetrics
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -81,6 +81,7 @@ class Sessions(Recovery):
             self._arm_takeover(hello.node_name)
         held_now = self.tracker.count_on(session.key)
         self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
+        METRICS.register(hello.job_names)  # these names get their own metric series
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
             "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
@@ -183,7 +184,7 @@ class Sessions(Recovery):
         )
         for entry in orphans:
             if self._metrics is not None:
-                self._metrics.taken_over[entry.name] += 1
+                self._metrics.taken_over[self._metrics.label(entry.name)] += 1
             self.tracker.forget(entry.job_id)
             self._give_away(entry)
             self._requeue(entry)

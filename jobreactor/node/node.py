@@ -110,6 +110,7 @@ class Node(Membership, Persistence):
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        METRICS.register(registry.names())
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.discovered: Discovered | None = None
