@@ -17,6 +17,12 @@ from typing import Any
 
 from jobreactor import __version__
 from jobreactor.apppath import prepare_app
+from jobreactor.cli_guard import (
+    check_distributor_config,
+    check_node_config,
+    load_config,
+    tcp_port,
+)
 from jobreactor.cli_jobs import add_jobs_parser, run_jobs
 from jobreactor.config import (
     DistributorConfig,
@@ -221,7 +227,7 @@ def _add_dashboard_parser(commands: Any) -> None:
     )
     dash.add_argument("--prefix", default=os.environ.get("JOBREACTOR_REDIS_PREFIX") or "jr")
     dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8181)
+    dash.add_argument("--port", type=tcp_port, default=8181)
     dash.add_argument(
         "--token",
         default=os.environ.get("JOBREACTOR_DASHBOARD_TOKEN"),
@@ -257,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "node":
-            node_config = load_node_config(
+            node_config = load_config(
+                load_node_config,
                 args.config,
                 name=args.name,
                 storage=args.storage,
@@ -268,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 app_dir=args.app_dir,
                 imports=args.imports,
             )
+            check_node_config(node_config)
             if args.check:
                 from jobreactor.check import check_node
 
@@ -280,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging("INFO")
             return run_dashboard(args)
         elif args.command == "distributor":
-            dist_config = load_distributor_config(
+            dist_config = load_config(
+                load_distributor_config,
                 args.config,
                 host=args.host,
                 port=args.port,
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 imports=args.imports,
                 insecure=args.insecure,
             )
+            check_distributor_config(dist_config)
             _setup_logging(dist_config.settings)
             run_distributor(dist_config)
         else:

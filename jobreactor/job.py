@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from jobreactor.errors import InvalidOptions
+from jobreactor.protocol.messages import MAX_NAME_CHARS
 
 JobArgs = dict[str, Any]
 JobOpts = dict[str, Any]
@@ -248,8 +249,11 @@ def build_record(
     Neither `args` nor `opts` is mutated.
     """
     untrusted: object = name  # callers from untyped code pass anything
-    if not isinstance(untrusted, str) or not untrusted:
-        raise InvalidOptions(f"job name must be a non-empty string, got {name!r}")
+    if not isinstance(untrusted, str) or not untrusted or len(untrusted) > MAX_NAME_CHARS:
+        raise InvalidOptions(
+            f"job name must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
+            f"got {str(name)[:60]!r}{'...' if len(str(name)) > 60 else ''}"
+        )
     if not opts:  # the common case, on the enqueue hot path: nothing to validate
         return JobRecord(
             id=job_id,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jobreactor.http_bounded import BoundedHTTPServer
 from jobreactor.metrics import GaugeReader, metrics_registry
 
 __all__ = ["MetricsServer"]
@@ -67,7 +68,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None  # scrapes every few seconds would flood the log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = BoundedHTTPServer((host, port), Handler)  # timeouts, bounded threads
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(

@@ -21,11 +21,12 @@ from jobreactor import otel
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
+from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.backlog import BacklogWatch
 from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
+from jobreactor.distributor.guard import check_bind_is_safe, evicted
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
@@ -42,6 +43,7 @@ from jobreactor.protocol import (
     ReportItem,
     Reports,
 )
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
 
@@ -87,7 +89,7 @@ class Distributor(Sessions):
         self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.address = advertise or ""
         self._advertise = advertise
         self.loop = asyncio.get_running_loop()
@@ -104,7 +106,7 @@ class Distributor(Sessions):
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
         # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
-        self._handshaking: set[int] = set()
+        self._handshaking = Admission(settings.max_unauthenticated)
         self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
@@ -385,12 +387,14 @@ class Distributor(Sessions):
     # --- node sessions (the rest: sessions.py) -------------------------------------------------
 
     def _new_session(self, conn: FramedConnection) -> NodeSession | None:
-        if len(self._handshaking) >= self.settings.max_unauthenticated:
-            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
-            return None
+        victim = self._handshaking.make_room(conn.peer)
+        if victim is not None:  # the newest is admitted; an older anonymous one goes
+            evicted(self.peer_log, victim.conn.peer, self.settings.max_unauthenticated)
+            self._handshaking.discard(victim.key)
+            victim.evict()
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
-        self._handshaking.add(session.key)
+        self._handshaking.add(session)
         return session
 
     # --- dispatch and feedback ------------------------------------------------------------------

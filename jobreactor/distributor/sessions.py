@@ -11,7 +11,9 @@ import itertools
 import logging
 from typing import TYPE_CHECKING
 
+from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.commands import NodeCommands
+from jobreactor.distributor.guard import check_bounds
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight
@@ -45,7 +47,7 @@ class Sessions(Recovery):
         peer_log: RateLimitedLog
         _by_name: dict[str, NodeSession]
         _keys: itertools.count[int]
-        _handshaking: set[int]
+        _handshaking: Admission
         _given_away: collections.OrderedDict[str, str]
         _node_joined: asyncio.Condition
         _idle: asyncio.Event
@@ -80,7 +82,13 @@ class Sessions(Recovery):
         if self.tracker.orphan_count(hello.node_name):  # not claimed (yet): node_grace to do so
             self._arm_takeover(hello.node_name)
         held_now = self.tracker.count_on(session.key)
-        self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
+        self.dispatcher.add_node(
+            session.key,
+            hello.node_name,
+            hello.job_names,
+            hello.credits,
+            max(hello.window, hello.credits, 1),  # its free credit is never counted above this
+        )
         METRICS.register(hello.job_names)  # these names get their own metric series
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
@@ -191,11 +199,16 @@ class Sessions(Recovery):
         self._dispatch()
 
     def on_node_message(self, session: NodeSession, message: Message) -> None:
+        check_bounds(session, message, self.tracker.count_on(session.key))
         match message:
             case Ack():
                 for lease in message.leases:
                     self.tracker.ack(session.key, lease)
-                self.dispatcher.grant(session.key, message.credits)
+                changed = self.dispatcher.grant(session.key, message.credits)
+                session.count_idle_ack(changed or bool(message.leases))
+                if not changed:
+                    return  # no credit gained: no dispatch round
+
             case Nack():
                 entry = self.tracker.by_lease(session.key, message.lease)
                 if entry is not None:

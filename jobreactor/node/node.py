@@ -32,6 +32,7 @@ from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class Node(Membership, Persistence):
         self.registry = registry
         self.storage = storage
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
         self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
