@@ -70,7 +70,7 @@ def busy() -> Iterator[State]:
     try:
         reactor.start_distributor("127.0.0.1", 0)
         address = ("127.0.0.1", reactor.distributor.address_port())
-        reactor.start_node("worker-1", "memory", [address], registry=registry)
+        node = reactor.start_node("worker-1", "memory", [address], registry=registry)
         done = Recorder()
         reactor.enqueue_many([("send_mail", {"to": f"u{i}@x"}, None) for i in range(SUCCEEDED)],
                              success=done)  # fmt: skip
@@ -78,7 +78,7 @@ def busy() -> Iterator[State]:
             [("charge", {"card": f"4242-{i:03d}"}, {"max_attempt": 1}) for i in range(FAILED)],
             error=done,
         )
-        done.wait(SUCCEEDED + FAILED, timeout=60)
+        done.wait(SUCCEEDED + FAILED, timeout=90)
         state.failed = [h.id for h in failed]
         retrying = reactor.enqueue_many([("sync", {"n": i}, None) for i in range(RETRYING)])
         state.retrying = [h.id for h in retrying]
@@ -94,8 +94,8 @@ def busy() -> Iterator[State]:
                             {"after": 900})  # fmt: skip
         for name in ("a.mp4", "b.mp4"):
             reactor.enqueue("transcode", {"file": name})
-        wait_until(lambda: reactor.nodes()[0]["in_flight"] == 2, 20, "both slots taken")
-        wait_until(lambda: len(reactor.distributor.dispatcher) == 0, 20, "the queue drained")
+        wait_until(lambda: node.running_count == 2, 60, "both slots taken")
+        wait_until(lambda: len(reactor.distributor.dispatcher) == 0, 60, "the queue drained")
         for start in range(0, PENDING, 10_000):
             handles = reactor.enqueue_many(
                 [("send_mail", {"to": f"bulk{start + i}@x"}, {"priority": 5})
