@@ -162,7 +162,20 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10, help="discovery latency rounds")
     parser.add_argument("--loop-nice", type=int, default=10, help="the recipe's default: 10")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="instead: time inside JR.enqueue / await JR.aenqueue vs a plain HSET (issue 16)",
+    )
+    parser.add_argument("--trees", default=".", help="--latency: jobreactor trees, comma-separated")
+    parser.add_argument("--requests", type=int, default=1000, help="--latency: per figure")
+    parser.add_argument("--only", default="", help='--latency: e.g. "redis,flask"')
     opts = parser.parse_args()
+    if opts.latency:
+        from bench.web_latency import main as latency
+
+        latency(opts.trees, opts.requests, opts.only, opts.loop_nice)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     redis = RedisServer(workdir)
     results: dict[str, Any] = {

@@ -39,6 +39,7 @@ from jobreactor.errors import (
     StorageUnavailable,
 )
 from jobreactor.handle import JobHandle
+from jobreactor.limits import Limit, LimitKeyError
 from jobreactor.monitor import RedisMonitor
 from jobreactor.reactor import JR, Reactor
 
@@ -62,6 +63,8 @@ __all__ = [
     "JobHandle",
     "JobReactorError",
     "JobTimeout",
+    "Limit",
+    "LimitKeyError",
     "NoSuchJob",
     "QueueFull",
     "Reactor",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobreactor.batch import Batch, open_batch
 from jobreactor.distributor import Distributor
+from jobreactor.errors import ReactorClosed
 from jobreactor.node import Node
 
 T = TypeVar("T")
@@ -88,6 +89,20 @@ class AppCalls:
     def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Block until a node (named `name`, or any) has joined the first distributor."""
         self._call(self.distributor.wait_for_node(name, timeout), timeout=timeout + 1)
+
+    async def await_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
+        """`wait_for_node` for coroutines, on any loop; TimeoutError after `timeout`."""
+        await self._hop(self.distributor.wait_for_node(name, timeout))
+
+    async def _hop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the reactor's loop from any loop (run it here if this is that loop)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            coro.close()
+            raise ReactorClosed("the reactor is not running: call JR.run() first")
+        if self._in_loop_thread():
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run an async function on the reactor's loop and return its result (for tools/tests)."""

@@ -95,8 +95,18 @@ class ReactorConfig(_Strict):
     unique_ttl: float = Field(default=86_400.0, gt=0)
     duplicate_delay: float = Field(default=30.0, ge=0)
     lock_timeout: float = Field(default=3600.0, ge=0)
-    # With redis storage on the distributor, enqueue waits until the job is stored, this long.
+    # A concurrency slot of a limit is a lease the holding node renews (every third of it);
+    # a node that dies frees its slots when their lease ends (README "Limits").
+    limit_lease: float = Field(default=30.0, gt=0)
+    # With redis storage on the distributor, enqueue waits until the job is stored, this long;
+    # past it the job is withdrawn (EnqueueTimeout: it never runs).
     enqueue_timeout: float = Field(default=5.0, gt=0)
+    # False: enqueue/aenqueue return before a redis-backed distributor has stored the job (a
+    # job lost to a crash or an outage in that window is lost silently). Per call: durable=.
+    durable: bool = True
+    # Connect/read timeout of a distributor's Redis storage: with Redis down, enqueue fails
+    # within this (StorageUnavailable), and works again when Redis is back.
+    redis_timeout: float = Field(default=5.0, gt=0)
     # Discovery (README "Discovery"): a Redis url where distributors register and
     # nodes find them, by group. None: no discovery (nodes use their static `distributors`).
     discovery_url: str | None = None

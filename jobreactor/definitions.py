@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from jobreactor.errors import ConfigError, InvalidOptions, NoSuchJob
 from jobreactor.job import ENQUEUE_OPTIONS
+from jobreactor.limits import Limit, check_limits
 from jobreactor.protocol.messages import MAX_NAME_CHARS
 
 logger = logging.getLogger("jobreactor.definitions")
@@ -41,6 +42,8 @@ class JobDefinition:
     lock_failed: Step | None = None
     lock_expired: Step | None = None
     loner_enqueue_failed: Step | None = None
+    # Flow control (README "Limits"): concurrency ones first, then rates.
+    limits: tuple[Limit, ...] = ()
     # True if any step of either chain is a coroutine function (then the attempt is a task).
     # Kept up to date by the registry, so the hot path reads a bool instead of inspecting.
     is_async: bool = False
@@ -75,7 +78,13 @@ class Registry:
         return self._definitions.get(name)
 
     def job(self, name: str, **options: Any) -> Callable[[F], F]:
-        """Register the decorated function as job `name`; `options` are its enqueue defaults."""
+        """Register the decorated function as job `name`; `options` are its enqueue defaults.
+
+        `limits=[Limit(...)]`: what every attempt of it waits for (README "Limits"); kept in
+        `**options` so a `**dict` of enqueue defaults still type-checks.
+        Raises InvalidOptions for an unknown option or a malformed limit.
+        """
+        checked = check_limits(name, options.pop("limits", ()))
         unknown = set(options) - ENQUEUE_OPTIONS
         if unknown:
             raise InvalidOptions(f"@job({name!r}): unknown default option(s) {sorted(unknown)}")
@@ -90,7 +99,7 @@ class Registry:
             if name in self._definitions:
                 # As in the Ruby gem: defining a job again replaces it, callbacks included.
                 logger.warning("job %r defined again; the new definition replaces it", name)
-            definition = JobDefinition(name, fn, options=dict(options))
+            definition = JobDefinition(name, fn, options=dict(options), limits=checked)
             definition.refresh()
             self._definitions[name] = definition
             return fn
@@ -186,7 +195,8 @@ def loading_into(registry: Registry) -> Iterator[Registry]:
 
 
 def job(name: str, **options: Any) -> Callable[[F], F]:
-    """`@job("name")`: define a job. Optional enqueue defaults as keywords."""
+    """`@job("name")`: define a job. Optional enqueue defaults as keywords; `limits=[Limit(...)]`
+    for flow control (README "Limits")."""
     return current_registry().job(name, **options)
 
 

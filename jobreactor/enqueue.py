@@ -22,8 +22,15 @@ from jobreactor import otel
 from jobreactor.config import Config
 from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
+from jobreactor.distributor.handoff import label
 from jobreactor.distributor.outcomes import Feedback
-from jobreactor.errors import InvalidOptions, QueueFull, ReactorClosed
+from jobreactor.errors import (
+    EnqueueTimeout,
+    InvalidOptions,
+    QueueFull,
+    ReactorClosed,
+    StorageError,
+)
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, build_record
 from jobreactor.node.guards import call_hook
@@ -39,6 +46,51 @@ ON_LOOP_ADMISSION = (
     "enqueue with enqueue_id/loner waits for the storage; on the reactor's loop use "
     "`await JR.aenqueue(...)`"
 )
+
+
+def store_here(
+    loop: asyncio.AbstractEventLoop,
+    distributor: Distributor,
+    records: list[JobRecord],
+    success: Feedback | str | None,
+    error: Feedback | str | None,
+) -> None:
+    """Write `records` to the distributor's journal from this (app) thread: one round trip.
+
+    On any failure the write may still land (a paused Redis runs it later): the journal is
+    told to withdraw the ids, so it refuses or deletes them, and the error goes to the caller.
+    """
+    assert distributor.sync_writer is not None
+    assert distributor.journal is not None
+    for record in records:
+        label(record, distributor.address, success, error)
+    try:
+        distributor.sync_writer.save(distributor.journal.queue, records)
+    except StorageError:
+        loop.call_soon_threadsafe(distributor.withdraw, [record.id for record in records])
+        raise
+
+
+async def store_on_loop(
+    distributor: Distributor,
+    record: JobRecord,
+    success: Feedback | str | None,
+    error: Feedback | str | None,
+    timeout_s: float,
+) -> None:
+    """`aenqueue` on the reactor's loop: write the job to the journal here, one round trip (no
+    task, no hand-off). A failed or timed-out write is withdrawn, and the error raised."""
+    assert distributor.journal is not None
+    label(record, distributor.address, success, error)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await distributor.storage.queue_save(distributor.journal.queue, [record])
+    except TimeoutError:
+        distributor.withdraw([record.id])
+        raise EnqueueTimeout(record.id, timeout_s) from None
+    except StorageError:
+        distributor.withdraw([record.id])
+        raise
 
 
 def needs_admission(record: JobRecord) -> bool:
@@ -75,6 +127,7 @@ class Enqueuing:
         def _in_loop_thread(self) -> bool: ...
         def _check_fork(self) -> None: ...
         def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
+        async def _hop(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
     # --- the app's calls --------------------------------------------------------------------------
 
@@ -85,27 +138,37 @@ class Enqueuing:
         opts: dict[str, Any] | None = None,
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
+        *,
+        durable: bool | None = None,
     ) -> JobHandle | None:
-        """Queue job `name` from any thread; return its handle.
+        """Queue job `name` from any thread; return its handle (docs/semantics.md §6).
 
-        Raises TypeError for args msgpack can't carry, InvalidOptions (a ValueError) for bad
-        options, QueueFull past `max_pending_jobs`, ReactorClosed if no distributor runs.
-        Nothing is sent when it raises. Returns None when `enqueue_id`/`loner` refuse the job
-        (those two options cost a round trip to the loop; every other enqueue does not wait).
+        Durable or told: with redis storage on the distributor it returns once the job is
+        stored (one Redis round trip, from this thread), else it raises and the job never
+        runs: StorageUnavailable (Redis down), EnqueueTimeout (not stored within
+        `enqueue_timeout`: withdrawn). Also TypeError for args msgpack can't carry,
+        InvalidOptions (a ValueError) for bad options, QueueFull past `max_pending_jobs`,
+        ReactorClosed if no distributor runs. Returns None when `enqueue_id`/`loner` refuse
+        the job. `durable=False` (or the `durable` setting) returns before the job is stored.
         """
         loop, distributor, record = self._prepare(name, args, opts)
         success, error = self._feedback(success), self._feedback(error)
         if needs_admission(record):
             if self._in_loop_thread():
                 raise RuntimeError(ON_LOOP_ADMISSION)
-            return self._call(self._admit_and_submit(distributor, record, success, error))
-        return self._queue(loop, distributor, [record], success, error)[0]
+            handle = self._call(self._admit_and_submit(distributor, record, success, error))
+            if handle is not None and self._wants_durable(distributor, durable):
+                handle.accepted(self.config.current.enqueue_timeout)
+            return handle
+        return self._queue(loop, distributor, [record], success, error, durable)[0]
 
     def enqueue_many(
         self,
         jobs: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
+        *,
+        durable: bool | None = None,
     ) -> list[JobHandle]:
         """Enqueue `(name, args, opts)` jobs in one go, with shared feedbacks; their handles.
 
@@ -121,8 +184,14 @@ class Enqueuing:
         if loop is None or distributor is None:
             return []
         return self._queue(
-            loop, distributor, records, self._feedback(success), self._feedback(error)
+            loop, distributor, records, self._feedback(success), self._feedback(error), durable
         )
+
+    def _wants_durable(self, distributor: Distributor, durable: bool | None) -> bool:
+        """Wait for the store: a redis-backed distributor, unless the call or config opts out."""
+        if distributor.journal is None:
+            return False
+        return self.config.current.durable if durable is None else durable
 
     def _queue(
         self,
@@ -131,21 +200,24 @@ class Enqueuing:
         records: list[JobRecord],
         success: Feedback | str | None,
         error: Feedback | str | None,
+        durable: bool | None,
     ) -> list[JobHandle]:
-        """Hand validated records to the loop: one wake-up, then (durable) wait for the store."""
-        durable = distributor.journal is not None
+        """Hand validated records to the loop: one wake-up; durable: stored first, or raise."""
+        wait = self._wants_durable(distributor, durable) and not self._in_loop_thread()
+        if wait and distributor.sync_writer is not None:
+            store_here(loop, distributor, records, success, error)
         handles = []
         for record in records:
             handle = JobHandle(record.id)
-            if not durable:
-                handle._durable = True  # memory: held as soon as it is queued (best effort)
+            if distributor.journal is None or (wait and distributor.sync_writer is not None):
+                handle._durable = True  # stored above (or memory: held once queued, best effort)
             self._inbox.append((record, success, error, handle))
             handles.append(handle)
         if not self._wake_pending:
             self._wake_pending = True
             loop.call_soon_threadsafe(self._drain_inbox)
-        if durable and not self._in_loop_thread():
-            # Durable distributor: "enqueued" means "stored"; raises if Redis refused it.
+        if wait and distributor.sync_writer is None:
+            # A durable storage without a blocking writer: wait for the loop's write.
             deadline = time.monotonic() + self.config.current.enqueue_timeout
             for handle in handles:
                 handle.accepted(max(0.0, deadline - time.monotonic()))
@@ -177,15 +249,34 @@ class Enqueuing:
         opts: dict[str, Any] | None = None,
         success: Feedback | str | None = None,
         error: Feedback | str | None = None,
+        *,
+        durable: bool | None = None,
     ) -> JobHandle | None:
-        """`enqueue` for coroutines: on the reactor's loop, or on another loop (it hops over)."""
+        """`enqueue` for coroutines: on the reactor's loop, or on another loop (it hops over).
+
+        Durable or told, as `enqueue`: with redis storage on the distributor it returns once
+        the job is stored, else raises (StorageUnavailable, EnqueueTimeout) and the job never
+        runs. `durable=False` returns before the store (the `durable` setting for every call).
+        """
         loop, distributor, record = self._prepare(name, args, opts)
-        submit = self._admit_and_submit(
-            distributor, record, self._feedback(success), self._feedback(error)
-        )
-        if self._in_loop_thread():
-            return await submit
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(submit, loop))
+        success, error = self._feedback(success), self._feedback(error)
+        on_loop, wait = self._in_loop_thread(), self._wants_durable(distributor, durable)
+        if on_loop and wait and not needs_admission(record):
+            timeout = self.config.current.enqueue_timeout
+            await store_on_loop(distributor, record, success, error, timeout)
+            self._drain_inbox()  # keep FIFO with jobs enqueued just before
+            stored = JobHandle(record.id)
+            stored._durable = True  # stored above: dispatched without another write
+            distributor.submit(record, success, error, stored)
+            return stored
+        submit = self._admit_and_submit(distributor, record, success, error)
+        if on_loop:
+            handle = await submit
+        else:
+            handle = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(submit, loop))
+        if handle is not None and wait:
+            await handle.aaccepted(self.config.current.enqueue_timeout)
+        return handle
 
     def _prepare(
         self, name: str, args: dict[str, Any] | None, opts: dict[str, Any] | None
@@ -230,6 +321,10 @@ class Enqueuing:
         definition = self.registry.get(name)
         if definition is not None and definition.options:
             opts = {**definition.options, **opts}
+        if definition is not None and definition.limits:
+            for limit in definition.limits:
+                limit.key_for(args)  # LimitKeyError now, when this process knows the job
+
         record = build_record(
             f"{self._id_prefix}{next(self._id_counter):08x}",
             name,
@@ -266,19 +361,20 @@ class Enqueuing:
         TimeoutError after `timeout` (a job waiting for a node that never comes, say).
         """
 
-        async def settle() -> None:
+        self._call(self._settled(timeout), timeout=None)
+
+    async def await_idle(self, timeout: float = 30.0) -> None:
+        """`wait_idle` for coroutines, on any loop; TimeoutError after `timeout`."""
+        await self._hop(self._settled(timeout))
+
+    async def _settled(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
             while True:
                 self._drain_inbox()
                 for distributor in self._distributors:
                     await distributor.wait_idle()
                 if not self._inbox:
                     return
-
-        async def bounded() -> None:
-            async with asyncio.timeout(timeout):
-                await settle()
-
-        self._call(bounded(), timeout=None)
 
     def _drain_inbox(self) -> None:
         self._wake_pending = False

@@ -80,6 +80,22 @@ class StorageUnavailable(StorageError):
     """The storage backend (Redis) cannot be reached; retry later."""
 
 
+class EnqueueTimeout(StorageError, TimeoutError):
+    """A job was not stored within `enqueue_timeout` (Redis slow or paused): it was withdrawn.
+
+    Told, not durable: the job will never run, even if the write lands later (the journal
+    refuses a withdrawn id). Enqueue it again once Redis answers.
+    """
+
+    def __init__(self, job_id: str, seconds: float | None) -> None:
+        waited = "in time" if seconds is None else f"within {seconds:g}s"
+        super().__init__(
+            f"job {job_id} was not stored {waited} (Redis slow or paused?): it was withdrawn "
+            "and will not run; enqueue it again, or raise enqueue_timeout"
+        )
+        self.job_id = job_id
+
+
 class ReactorClosed(JobReactorError):
     """The reactor is not running (never started, or stopped): start it with `JR.run()`."""
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from jobreactor.errors import JobCancelled, JobFailed
+from jobreactor.errors import EnqueueTimeout, JobCancelled, JobFailed
 
 _LOCK = threading.Lock()
 
@@ -51,8 +51,9 @@ class JobHandle:
 
         With redis storage on the distributor this means it survives a distributor restart;
         with memory storage it is true as soon as the distributor holds it (best effort).
-        Raises the storage error (e.g. StorageUnavailable) if the job could not be stored:
-        then it was not enqueued. Raises TimeoutError after `timeout`.
+        Raises the storage error (e.g. StorageUnavailable) if the job could not be stored, and
+        `EnqueueTimeout` after `timeout`: either way the job was not enqueued and never runs
+        (a timed-out job is withdrawn, even if its write lands later; docs/semantics.md §6).
         """
         event = threading.Event()
         with _LOCK:
@@ -61,19 +62,70 @@ class JobHandle:
                     self._durable_waiters = []
                 self._durable_waiters.append(event.set)
         if self._durable is None and not event.wait(timeout):
-            raise TimeoutError(f"job {self.id} was not stored within {timeout}s")
+            self._withdraw(EnqueueTimeout(self.id, timeout))
+        return self._stored_or_raise()
+
+    async def aaccepted(self, timeout: float | None = None) -> bool:
+        """`accepted` for coroutines, on any loop: True once stored; raises as `accepted`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if _running_loop() is loop:  # stored on this very loop (an attached reactor)
+                _set_if_pending(future)
+            else:
+                loop.call_soon_threadsafe(_set_if_pending, future)
+
+        with _LOCK:
+            if self._durable is None:
+                if self._durable_waiters is None:
+                    self._durable_waiters = []
+                self._durable_waiters.append(wake)
+            else:
+                future.set_result(None)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            self._withdraw(EnqueueTimeout(self.id, timeout))
+        return self._stored_or_raise()
+
+    def _stored_or_raise(self) -> bool:
         if isinstance(self._durable, BaseException):
             raise self._durable
         return True
 
-    def _stored(self, error: BaseException | None = None) -> None:
+    def _withdraw(self, error: BaseException) -> bool:
+        """Settle as not stored, unless the store won the race; True if withdrawn.
+
+        Under the lock shared with `_stored`, so exactly one of them decides: the journal asks
+        `_stored()` when the write lands and drops the job if this ran first.
+        """
         with _LOCK:
             if self._durable is not None:
-                return
+                return False
+            self._durable = error
+            waiters, self._durable_waiters = self._durable_waiters, None
+        for wake in waiters or ():
+            wake()
+        return True
+
+    def _stored(self, error: BaseException | None = None) -> bool:
+        """Settle as stored (or as failed with `error`); False if it was settled before
+        (withdrawn after a timeout: the caller was told it won't run, so it must not)."""
+        with _LOCK:
+            if self._durable is not None:
+                return self._durable is True
             self._durable = True if error is None else error
             waiters, self._durable_waiters = self._durable_waiters, None
         for wake in waiters or ():
             wake()
+        return error is None
+
+    @property
+    def withdrawn(self) -> bool:
+        """True if the job was not stored (timed out, or the storage refused it): never runs."""
+        return isinstance(self._durable, BaseException)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {'done' if self.done() else 'pending'}>"
@@ -133,6 +185,13 @@ class JobHandle:
 
     def _cancel(self, reason: str = "cancelled") -> None:
         self._resolve(_FAILED, JobCancelled(f"job {self.id} {reason}"))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _set_if_pending(future: asyncio.Future[None]) -> None:

@@ -37,20 +37,24 @@ class Housekeeping:
         def distributor(self) -> Distributor: ...
 
         def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
+        async def _hop(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
     def release_lock(self, key: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
         """Resque Lock's release by hand: delete lock `key` whoever holds it; True if held.
 
         Reaches the nodes' storage through the connected nodes, each given `timeout` seconds.
         """
+        return self._call(self._release_lock(key, timeout), timeout=self._bound(timeout))
 
-        async def release() -> bool:
-            for storage in self._storages():
-                if await storage.force_unlock(key):
-                    return True
-            return await self._ask_nodes("release_lock", key, timeout)
+    async def arelease_lock(self, key: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
+        """`release_lock` for coroutines, on any loop."""
+        return await self._hop(self._release_lock(key, timeout))
 
-        return self._call(release(), timeout=self._bound(timeout))
+    async def _release_lock(self, key: str, timeout: float) -> bool:
+        for storage in self._storages():
+            if await storage.force_unlock(key):
+                return True
+        return await self._ask_nodes("release_lock", key, timeout)
 
     def retry(self, job_id: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
         """Run a failed job (kept because remove_failed_jobs is off) again; True if found.
@@ -59,17 +63,20 @@ class Housekeeping:
         node's), its attempts reset, and enqueued again with the same id (delayed_job's retry
         of a failed job). No feedbacks are attached: the old ones fired already.
         """
+        return self._call(self._retry(job_id, timeout), timeout=self._bound(timeout))
 
-        async def retry() -> bool:
-            for storage in self._storages():
-                taken = await take_failed(storage, job_id)
-                if taken is not None:
-                    self.distributor.submit(taken[1], None, None, JobHandle(job_id))
-                    return True
-            # A node that has it hands it back; the distributor enqueues it again.
-            return await self._ask_nodes("retry", job_id, timeout)
+    async def aretry(self, job_id: str, timeout: float = COMMAND_TIMEOUT_S) -> bool:
+        """`retry` for coroutines, on any loop."""
+        return await self._hop(self._retry(job_id, timeout))
 
-        return self._call(retry(), timeout=self._bound(timeout))
+    async def _retry(self, job_id: str, timeout: float) -> bool:
+        for storage in self._storages():
+            taken = await take_failed(storage, job_id)
+            if taken is not None:
+                self.distributor.submit(taken[1], None, None, JobHandle(job_id))
+                return True
+        # A node that has it hands it back; the distributor enqueues it again.
+        return await self._ask_nodes("retry", job_id, timeout)
 
     async def _ask_nodes(self, command: str, argument: str, timeout: float) -> bool:
         """Send `command` to the nodes of every distributor here; True once one found it."""

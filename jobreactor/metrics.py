@@ -47,6 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from jobreactor.definitions import default_registry
+from jobreactor.limits import limit_gauges
 
 __all__ = [
     "EVENTS",
@@ -333,10 +334,12 @@ def stats_gauges(
             out.append(("oldest_pending_seconds", {**labels, "job_name": name}, float(age)))
         for name, count in sorted((d.get("pending_by_name") or {}).items()):
             out.append(("pending_jobs", {**labels, "job_name": name}, float(count)))
+    nodes = list(nodes)
     for n in nodes:
         labels = {"node": str(n.get("name", ""))}
         for key in ("held", "running", "scheduled", "free_credit"):
             out.append((f"node_{key}", labels, float(n.get(key, 0))))
+    out += limit_gauges(nodes)
     return out
 
 
@@ -359,6 +362,7 @@ GAUGE_HELP = {
     "node_running": "Attempts running on a node",
     "node_scheduled": "Jobs waiting on a node's timers (delayed, periodic, retries)",
     "node_free_credit": "Jobs a node would take now (its credit window minus what it holds)",
+    "limit_waiting": "Jobs waiting on a node for a limit's slot, per job and key (README Limits)",
     "oldest_pending_seconds": "Age (since due) of the oldest job waiting in a distributor for "
     "a node, per job name",
     "pending_jobs": "Jobs waiting in a distributor for a node, per job name",

@@ -30,10 +30,14 @@ def _redis_url(storage: str, redis_url: str | None, settings: ReactorConfig) -> 
     return redis_url_for(storage, redis_url, settings, "storage")
 
 
-def _open(storage: str, redis_url: str | None, settings: ReactorConfig, who: str) -> Storage:
-    """The storage `who` asked for; "redis" without a URL said anywhere is a ConfigError."""
+def _open(
+    storage: str, redis_url: str | None, settings: ReactorConfig, who: str, **options: Any
+) -> Storage:
+    """The storage `who` asked for; "redis" without a URL said anywhere is a ConfigError.
+    `options`: redis client options (a distributor's timeouts)."""
     if storage.startswith("redis"):
         redis_url = redis_url_for(storage, redis_url, settings, who)
+        return open_storage(storage, redis_url, prefix=settings.redis_prefix, **options)
     return open_storage(storage, redis_url, prefix=settings.redis_prefix)
 
 
@@ -100,11 +104,16 @@ class Starting:
         insecure: bool | None = None,
     ) -> tuple[str, int]:
         settings = self.config.snapshot(**({} if insecure is None else {"insecure": insecure}))
+        # With Redis down, enqueue fails within redis_timeout (issue 16).
+        timeouts = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+        }
         distributor = Distributor(
             settings,
             secret=secret,
             advertise=advertise,
-            storage=_open(storage, redis_url, settings, "start_distributor"),
+            storage=_open(storage, redis_url, settings, "start_distributor", **timeouts),
             discovery_url=discovery_url,
             group=group,
         )

@@ -79,7 +79,9 @@ def test_only_storage_and_the_tools_import_redis() -> None:
     allowed = {
         "storage/redis.py",
         "storage/connect.py",
+        "storage/queue_sync.py",
         "storage/wakeups.py",
+        "storage/redis_limits.py",
         "batch.py",
         "batch_stores.py",
         "monitor.py",

@@ -7,12 +7,20 @@ import os
 import time
 
 from common import enqueue, job_args
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from jobreactor import JR
 from jobreactor.contrib.asgi import lifespan
+from jobreactor.errors import JobReactorError
 
 app = FastAPI(lifespan=lifespan())  # settings: JOBREACTOR_* (see common.py)
+
+
+@app.exception_handler(JobReactorError)
+async def not_enqueued(request: Request, exc: JobReactorError) -> JSONResponse:
+    # Told, not durable: the job was not stored and will never run (Redis down or paused).
+    return JSONResponse({"error": str(exc)}, status_code=503)
 
 
 @app.get("/hello")

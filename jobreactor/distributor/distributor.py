@@ -12,6 +12,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, evicted
+from jobreactor.distributor.handoff import label, send_assigned
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
@@ -49,6 +51,7 @@ from jobreactor.storage import MemoryStorage, Storage
 
 if TYPE_CHECKING:
     from jobreactor.distributor.presence import Presence
+    from jobreactor.storage.queue_sync import SyncQueueWriter
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -86,6 +89,8 @@ class Distributor(Sessions):
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self._unique: dict[str, list[str]] = {}
         self.journal: Journal | None = None
+        # With redis storage: writes the journal from the enqueuing thread (storage/queue_sync).
+        self.sync_writer: SyncQueueWriter | None = None
         self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
@@ -148,16 +153,32 @@ class Distributor(Sessions):
 
         sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
         try:
-            for sock in sockets:
-                self._servers.append(
-                    await self.loop.create_server(factory, sock=sock, ssl=ssl_context)
-                )
+            bound = await self._prepare_then_serve(host, sockets, factory, ssl_context)
         except BaseException:
             for server in self._servers:
                 server.close()
             for sock in sockets:
                 sock.close()
             raise
+        if port == 0 and not self.discovery_url and not self._advertise:
+            after = self.settings.warn_no_node_after
+            if after > 0:
+                warn_if_unfound(
+                    self.loop, after, self.address, lambda: bool(self._by_name), lambda: self.closed
+                )
+        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        return bound
+
+    async def _prepare_then_serve(
+        self,
+        host: str,
+        sockets: list[socket.socket],
+        factory: Callable[[], FramedConnection],
+        ssl_context: ssl.SSLContext | None,
+    ) -> tuple[str, int]:
+        """Journal and presence first, accepting nodes last: a node that connects before the
+        journal is read back would report jobs we don't know yet, and those reports would be
+        lost (issue 16). Until then connections wait in the listen backlog."""
         sockname = sockets[0].getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
         self.address = advertised(self._advertise, host, bound[1])
@@ -169,6 +190,9 @@ class Distributor(Sessions):
                 self._admitted,
                 self._refused,
             )
+            make_writer = getattr(self.storage, "sync_writer", None)
+            if make_writer is not None:
+                self.sync_writer = make_writer(self.settings.enqueue_timeout)
         if self.discovery_url:
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
@@ -176,13 +200,8 @@ class Distributor(Sessions):
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
             await self._restore()
-        if port == 0 and not self.discovery_url and not self._advertise:
-            after = self.settings.warn_no_node_after
-            if after > 0:
-                warn_if_unfound(
-                    self.loop, after, self.address, lambda: bool(self._by_name), lambda: self.closed
-                )
-        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        for sock in sockets:
+            self._servers.append(await self.loop.create_server(factory, sock=sock, ssl=ssl_context))
         return bound
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -224,6 +243,8 @@ class Distributor(Sessions):
             await server.wait_closed()
         if self.journal is not None:
             await self.journal.aclose()
+        if self.sync_writer is not None:
+            self.sync_writer.close()
         await self.storage.aclose()
 
     async def _leave_and_close(self, *, journal_empty: bool) -> None:
@@ -291,30 +312,33 @@ class Distributor(Sessions):
     ) -> None:
         address, journal, metrics = self.address, self.journal, self._metrics
         for job, success, error, handle in items:
-            job.distributor = address
+            label(job, address, success, error)
             if metrics is not None:
                 name = job.name
                 metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
-            if success is not None:
-                job.on_success = success if isinstance(success, str) else job.id
-            if error is not None:
-                job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = awaited(success, error, handle)
             if job.trace is not None and len(self._traces) < MAX_TRACED:
                 self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
-            if journal is not None:
+            if journal is not None and (handle is None or handle._durable is not True):
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
             if handle is not None and handle._durable is None:
                 handle._stored()  # memory: held here, best effort
             self.dispatcher.add(job)
-        if journal is None:
-            self._dispatch()
+        self._dispatch()
+
+    def withdraw(self, job_ids: list[str]) -> None:
+        """Jobs whose enqueue failed or timed out in the app's thread (`sync_writer`): the
+        write may still land, so the journal refuses it (they were never queued here)."""
+        if self.journal is not None:
+            self.journal.withdraw(job_ids)
 
     def _admitted(self, jobs: list[JobRecord]) -> None:
         for job in jobs:
             if job.id in self._waiting:  # not cancelled while it was being stored
                 self.dispatcher.add(job)
+            elif self.journal is not None:
+                self.journal.remove(job.id)  # its removal may have landed before its store
         self._dispatch()
 
     def _refused(self, jobs: list[JobRecord]) -> None:
@@ -405,7 +429,8 @@ class Distributor(Sessions):
     def _dispatch(self) -> None:
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
-        metrics = self._metrics
+        metrics, journal = self._metrics, self.journal
+        held_back: list[tuple[NodeSession, int, dict[str, Any]]] = []
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
                 name = job.name
@@ -419,9 +444,15 @@ class Distributor(Sessions):
                 self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
                 continue
             lease = self.tracker.issue(job, key, session.node_name, seq, packed=packed)
-            if self.journal is not None:
-                self.journal.assigned(job, session.node_name, lease)
-            session.queue_job(lease, record)
+            if journal is None:
+                session.queue_job(lease, record)
+                continue
+            journal.assigned(job, session.node_name, lease)
+            held_back.append((session, lease, record))
+        if held_back:
+            # Sent once the assignment is stored: a distributor killed before that restarts
+            # with the job unsent (and sends it once), never unsent-but-running (issue 16).
+            journal.when_durable(lambda: send_assigned(held_back))  # type: ignore[union-attr]
         if not len(self.dispatcher):
             self._idle.set()
         elif self.backlog_watch.idle:
@@ -462,6 +493,9 @@ class Distributor(Sessions):
 
     def _on_report(self, session: NodeSession, item: ReportItem) -> None:
         entry = self.tracker.check_report(session.key, item.job_id, item.lease)
+        if entry is None:  # restored as out on this node, finished before it said so
+            name = session.node_name
+            entry = self.tracker.claim_reported(item.job_id, name, item.lease, session.key)
         if entry is None:
             logger.debug(
                 "stale report for job %s (lease %d) from %s rejected",

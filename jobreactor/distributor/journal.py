@@ -50,14 +50,35 @@ class Journal:
         self._admit: list[tuple[JobRecord, JobHandle | None]] = []
         self._save: dict[str, JobRecord] = {}
         self._remove: set[str] = set()
+        self._withdraw: set[str] = set()
         self._durable: list[Callable[[], None]] = []  # run once everything before is stored
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
+        # New jobs are written by a task of their own: an enqueue that waits for its store
+        # (aenqueue) waits for one round trip, not behind the updates and removals in flight.
+        # Safe to reorder: a job's updates and removal all follow its store (it is dispatched
+        # only once stored); a cancel while it is stored is removed again after (`_admitted`).
+        self._admitting: asyncio.Task[None] | None = None
 
     def admit(self, job: JobRecord, handle: JobHandle | None) -> None:
         """Store `job`, then hand it to `on_admitted`; refuse it if it can't be stored."""
         self._admit.append((job, handle))
-        self._flush_soon()
+        if self._admitting is None:
+            self._admitting = asyncio.get_running_loop().create_task(self._flush_admits())
+
+    async def _flush_admits(self) -> None:
+        try:
+            while self._admit:
+                admit, self._admit = self._admit, []
+                try:
+                    await self.storage.queue_save(self.queue, [job for job, _ in admit])
+                except StorageError as exc:
+                    self._refuse(exc, admit)
+                    await asyncio.sleep(self._retry_interval)
+                    continue
+                self._settle_admitted(admit)
+        finally:
+            self._admitting = None
 
     def assigned(self, job: JobRecord, node: str, lease: int) -> None:
         job.lease = lease
@@ -88,6 +109,14 @@ class Journal:
         self._remove.add(job_id)
         self._flush_soon()
 
+    def withdraw(self, job_ids: list[str]) -> None:
+        """Forget jobs whose enqueue timed out, and refuse their write if it lands later."""
+        for job_id in job_ids:
+            self._save.pop(job_id, None)
+            self._remove.discard(job_id)
+            self._withdraw.add(job_id)
+        self._flush_soon()
+
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call `callback` once every change made so far is stored (after the next write)."""
         self._durable.append(callback)
@@ -112,49 +141,77 @@ class Journal:
     def _flush_soon(self) -> None:
         if not self._flushing:
             self._flushing = True
-            self._task = asyncio.get_running_loop().create_task(self.flush())
+            self._task = asyncio.get_running_loop().create_task(self._flush_updates())
 
     async def flush(self) -> None:
+        """Write everything pending (new jobs first) until nothing is."""
+        while self._admit or self._admitting or self._pending_updates():
+            updating = self._task if self._flushing else None
+            if self._admitting is not None:
+                await asyncio.shield(self._admitting)
+            elif self._admit:
+                self._admitting = asyncio.get_running_loop().create_task(self._flush_admits())
+            elif updating is not None and not updating.done():
+                await asyncio.shield(updating)
+            else:
+                await self._flush_once()
+
+    async def _flush_updates(self) -> None:
         try:
-            while self._admit or self._save or self._remove or self._durable:
+            while self._pending_updates():
                 await self._flush_once()
         finally:
             self._flushing = False
 
+    def _pending_updates(self) -> bool:
+        return bool(self._save or self._remove or self._withdraw or self._durable)
+
     async def _flush_once(self) -> None:
-        admit, self._admit = self._admit, []
         save, self._save = self._save, {}
         remove, self._remove = self._remove, set()
+        withdraw, self._withdraw = self._withdraw, set()
         durable, self._durable = self._durable, []
         try:
             if _TEST_DELAY and remove:
                 await asyncio.sleep(_TEST_DELAY)
-            records = [job for job, _ in admit] + list(save.values())
-            if records:
-                await self.storage.queue_save(self.queue, records)
+            if save:
+                await self.storage.queue_save(self.queue, list(save.values()))
             if remove:
                 await self.storage.queue_remove(self.queue, list(remove))
+            if withdraw:
+                await self.storage.queue_withdraw(self.queue, list(withdraw))
         except StorageError as exc:
-            self._failed(exc, admit, save, remove)
+            logger.error("distributor journal update failed (%s); will retry", exc)
+            for job_id, job in save.items():
+                self._save.setdefault(job_id, job)
+            self._remove.update(remove - self._save.keys())
+            self._withdraw |= withdraw
             self._durable[:0] = durable  # acknowledged after the retry stores it
             await asyncio.sleep(self._retry_interval)
             return
-        for _, handle in admit:
-            if handle is not None:
-                handle._stored()
-        if admit:
-            self._on_admitted([job for job, _ in admit])
         for callback in durable:
             callback()
 
-    def _failed(
-        self,
-        exc: StorageError,
-        admit: list[tuple[JobRecord, JobHandle | None]],
-        save: dict[str, JobRecord],
-        remove: set[str],
-    ) -> None:
-        """A write failed: refuse the new jobs, keep the updates for the next try."""
+    def _settle_admitted(self, admit: list[tuple[JobRecord, JobHandle | None]]) -> None:
+        """The write landed: dispatch the jobs whose caller still waits; a job whose enqueue
+        timed out meanwhile was withdrawn (its caller was told it won't run): delete it."""
+        accepted: list[JobRecord] = []
+        withdrawn: list[JobRecord] = []
+        for job, handle in admit:
+            (accepted if handle is None or handle._stored() else withdrawn).append(job)
+        if withdrawn:
+            logger.warning(
+                "%d job(s) stored after their enqueue timed out (first: %s): deleted, not run",
+                len(withdrawn),
+                withdrawn[0].id,
+            )
+            self.withdraw([job.id for job in withdrawn])
+            self._on_refused(withdrawn)
+        if accepted:
+            self._on_admitted(accepted)
+
+    def _refuse(self, exc: StorageError, admit: list[tuple[JobRecord, JobHandle | None]]) -> None:
+        """New jobs could not be stored: refused (their callers get `exc`); never run."""
         logger.error(
             "distributor journal write failed (%s): %d new job(s) refused; "
             "check that Redis is reachable",
@@ -164,20 +221,17 @@ class Journal:
         for _, handle in admit:
             if handle is not None:
                 handle._stored(exc)
-        if admit:
-            self._on_refused([job for job, _ in admit])
-        for job_id, job in save.items():
-            self._save.setdefault(job_id, job)
-        self._remove.update(remove - self._save.keys())
+        self._on_refused([job for job, _ in admit])
 
     async def load(self) -> list[JobRecord]:
         return await self.storage.queue_load(self.queue)
 
     async def aclose(self) -> None:
-        if self._task is not None and not self._task.done():
+        tasks = [t for t in (self._task, self._admitting) if t is not None and not t.done()]
+        if tasks:
             try:
                 async with asyncio.timeout(2.0):
-                    await asyncio.shield(self._task)
+                    await asyncio.shield(asyncio.gather(*tasks))
             except TimeoutError:
                 logger.warning("distributor journal: its last writes did not finish in time")
 

@@ -27,6 +27,18 @@ from jobreactor.storage.base import Storage
 logger = logging.getLogger("jobreactor.distributor")
 
 Feedback = Callable[[dict[str, Any]], Any]
+# Extra record field: the enqueue-time keys (enqueue_id, loner) the distributor must release.
+UNIQUE_KEYS = "unique_keys"
+
+
+def unique_keys(job: JobRecord) -> list[str]:
+    """The enqueue-time keys a journaled job holds (read back at restart or adoption)."""
+    keys = (job.extra or {}).get(UNIQUE_KEYS)
+    if isinstance(keys, list) and all(isinstance(key, str) for key in keys):
+        return keys
+    return []
+
+
 # Sees every report delivered to the app, with its job's name (jobreactor.testing uses it).
 Observer = Callable[[str, ReportItem], None]
 
@@ -134,6 +146,8 @@ class Outcomes:
             raise
         if taken:
             self._unique[job.id] = taken
+            # Journaled with the job: a restarted or adopting distributor releases them too.
+            job.extra = {**(job.extra or {}), UNIQUE_KEYS: taken}
         return True
 
     def _release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:

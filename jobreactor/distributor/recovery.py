@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.journal import Journal, assignee
-from jobreactor.distributor.outcomes import Outcomes, Waiting
+from jobreactor.distributor.outcomes import Outcomes, Waiting, unique_keys
 from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 
@@ -92,6 +92,9 @@ class Recovery(Outcomes):
             success = job.on_success if job.on_success not in (None, job.id) else None
             error = job.on_error if job.on_error not in (None, job.id) else None
             self._waiting[job.id] = Waiting(success, error, None)
+            keys = unique_keys(job)
+            if keys:
+                self._unique[job.id] = keys  # released at its start or end, as before
             node = assignee(job)
             if isinstance(node, str) and job.lease:
                 seq = self.dispatcher.next_seq()

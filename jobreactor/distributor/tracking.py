@@ -164,6 +164,15 @@ class Tracker:
             else:
                 self._on_conn.pop(conn, None)
 
+    def claim_reported(self, job_id: str, node: str, lease: int, conn: int) -> InFlight | None:
+        """A report from `node` (on `conn`) for a job restored from the journal as out on it
+        under `lease`: the job finished before the node could list it among the jobs it holds,
+        so only its report says it is there. Rebind and return it; None if it is not that."""
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.conn is not None or entry.node != node or entry.lease != lease:
+            return None
+        return self.rebind(job_id, conn)
+
     def rebind(self, job_id: str, conn: int) -> InFlight | None:
         """A reconnecting node still holds this job: move it to the new connection."""
         entry = self._jobs.get(job_id)

@@ -21,6 +21,7 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
 from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
+from jobreactor.limits import LimitKeyError, SlotRef
 from jobreactor.logs import log_job, log_job_failed, log_job_retry
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
@@ -29,6 +30,9 @@ from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync,
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
+
+if TYPE_CHECKING:
+    from jobreactor.node.limits import NodeLimits
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -45,6 +49,7 @@ class Held:
     lock_token: str | None = None  # owns its `lock` for the running attempt
     releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
     origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
+    limit_slots: list[SlotRef] | None = None  # concurrency slots it holds (node/limits.py)
     span: Any = None  # the running attempt's OpenTelemetry span (a traced job: otel.py)
 
 
@@ -52,6 +57,7 @@ class Attempts:
     """The attempt half of Node. The attributes below are Node's (node.py sets them)."""
 
     _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
+    limits: NodeLimits | None = None  # a Node's gates for its definitions' `limits`
 
     if TYPE_CHECKING:
         name: str
@@ -279,7 +285,7 @@ class Attempts:
         limit = record.max_attempt or self.settings.max_attempt
         retry = (
             record.attempt < limit
-            and not isinstance(exc, NoSuchJob)
+            and not isinstance(exc, NoSuchJob | LimitKeyError)
             and not held.dropped
             and not held.cancel_requested
         )
@@ -345,7 +351,9 @@ class Attempts:
     def _end_attempt(self, held: Held, *, retrying: bool = False) -> None:
         if not held.running:
             return
-        if held.lock_token is not None or (held.perform_held and not retrying):
+        if held.limit_slots and self.limits is not None and self.limits.local:
+            self.limits.release_now(held)  # memory: no task, no deferred report
+        if held.lock_token is not None or (held.perform_held and not retrying) or held.limit_slots:
             held.releasing = self.loop.create_task(
                 guards.release(self, held, release_perform=not retrying)
             )
@@ -401,6 +409,8 @@ class Attempts:
         job_id = held.record.id
         self._timers.cancel(job_id)
         self._ready.remove(job_id)
+        if self.limits is not None:
+            self.limits.forget(job_id)
         if held.holds_credit and not held.running:
             held.holds_credit = False
             if held.link is not None and not held.dropped:

@@ -110,5 +110,6 @@ class Membership(Packing, Attempts):
             "distributors": [link.address for link in self.links if link.is_ready],
             "concurrency": self._concurrency,
             "state": self.control.state,  # type: ignore[attr-defined]
+            "limits": self.limits.stats() if self.limits is not None else {},
             "metrics": METRICS.snapshot(),
         }

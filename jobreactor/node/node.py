@@ -27,6 +27,7 @@ from jobreactor.node import guards
 from jobreactor.node.attempts import Held
 from jobreactor.node.control import NodeControl
 from jobreactor.node.identity import expand_node_name, new_instance_id
+from jobreactor.node.limits import NodeLimits
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
@@ -110,6 +111,7 @@ class Node(Membership, Persistence):
         )
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         self._metrics = METRICS if settings.metrics else None
+        self.limits = NodeLimits(self, settings.limit_lease)
         METRICS.track(self)
         METRICS.register(registry.names())
         url = discovery_url if discovery_url is not None else settings.discovery_url
@@ -187,6 +189,8 @@ class Node(Membership, Persistence):
         await asyncio.gather(*self._link_tasks, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
+        if self.limits is not None:
+            self.limits.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
@@ -210,10 +214,15 @@ class Node(Membership, Persistence):
     def _hand_back_unstarted(self) -> None:
         """Give jobs not started back to their distributor (memory: all; durable: due ones)."""
         by_link: dict[DistributorLink, list[str]] = {}
+        limits = self.limits
         for job_id, held in list(self._jobs.items()):
             if held.running or held.link is None or not held.link.is_ready:
                 continue
-            if self.storage.durable and job_id not in self._ready:
+            # Durable storage keeps scheduled jobs; due ones (ready, or waiting for a limit's
+            # slot) go back, to run elsewhere now.
+            if self.storage.durable and not (
+                job_id in self._ready or (limits is not None and limits.is_waiting(job_id))
+            ):
                 continue
             by_link.setdefault(held.link, []).append(job_id)
         if not self.storage.durable:  # packed jobs are never due now: durable storage keeps them
@@ -378,6 +387,12 @@ class Node(Membership, Persistence):
         if self._timer_when is None or due < self._timer_when:
             self._arm_timer()
 
+    def sleep_until(self, held: Held, due: float) -> None:
+        """On the timer heap, unpacked, until `due` (a job waiting for a limit's window)."""
+        self._timers.schedule(held.record.id, due)
+        if self._timer_when is None or due < self._timer_when:
+            self._arm_timer()
+
     def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
         now_loop = time.monotonic()
         self._schedule(held, now_loop + (due_epoch - time.time()), now_loop)
@@ -423,8 +438,9 @@ class Node(Membership, Persistence):
                 continue
             budget -= 1
             self._claim_slot(held)
-            if guards.needs_guard(held):
-                self._spawn(guards.enter(self, held))
+            if guards.needs_guard(held, self.registry):
+                if not guards.enter_now(self, held):
+                    self._spawn(guards.enter(self, held))
             else:
                 self.start_attempt(held)
         if len(self._ready) and self._running < self._concurrency:

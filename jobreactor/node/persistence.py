@@ -14,6 +14,7 @@ from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
 from jobreactor.node.control import CONTROL_PREFIX
+from jobreactor.node.limits import WAKE_PREFIX
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -97,9 +98,13 @@ class Persistence(Attempts):
             try:
                 if job_id.startswith(CONTROL_PREFIX):  # `jobreactor node quiet` and the like
                     self._control_op(job_id[len(CONTROL_PREFIX) :])
+                elif job_id.startswith(WAKE_PREFIX) and self.limits is not None:
+                    self.limits.wake(job_id[len(WAKE_PREFIX) :])  # a limit's slot freed up
                 elif job_id:
                     await self._wake(job_id)
                 else:  # resubscribed: messages sent meanwhile are lost, so look again
+                    if self.limits is not None:
+                        self.limits.wake_all()
                     for record in await self.storage.jobs_for(self.name, unfinished_only=True):
                         if not self._holds(record.id):
                             await self._wake(record.id)

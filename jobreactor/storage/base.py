@@ -68,6 +68,11 @@ class Storage(Protocol):
         """Forget these jobs (their final report arrived, or they were cancelled)."""
         ...
 
+    async def queue_withdraw(self, queue: str, job_ids: Sequence[str]) -> None:
+        """Forget these jobs, and make a later `queue_save` of them a no-op: their enqueue
+        timed out and the caller was told they won't run, but the write may still land."""
+        ...
+
     async def queue_load(self, queue: str) -> list[JobRecord]:
         """Every job still remembered under `queue`, oldest first."""
         ...

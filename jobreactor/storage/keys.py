@@ -13,8 +13,13 @@ the cluster's slots:
     {<p>:q:<queue>}:jobs         hash    id -> JSON record (a distributor's journal)
     {<p>:q:<queue>}:order        zset    ids by sequence number, oldest first
     {<p>:q:<queue>}:seq          string  that sequence
+    {<p>:q:<queue>}:withdrawn    zset    ids whose enqueue timed out, by time (a late save of
+                                         one is refused; entries are dropped after a day)
     {<p>:u:<key>}                string  owner of a unique key (dj_one, loner), with a TTL
     {<p>:l:<key>}                string  "<token>:<expiry ms>" of a lock
+    {<p>:lim:<slot>}:h           zset    a limit's holders (concurrency: lease expiry ms;
+                                         rate: start ms), storage/limits.py
+    {<p>:lim:<slot>}:w           zset    nodes waiting on that limit (registration expiry ms)
 
 Batches keep the Ruby gem's layout (`[ns:]distributed_jobs:<token>:parts|state`) on a single
 server, so Ruby and Python workers share them; on a cluster the gem's keys would sit in two
@@ -64,11 +69,19 @@ class Keys:
         stem = f"{{{self.prefix}:q:{queue}}}"
         return f"{stem}:jobs", f"{stem}:order", f"{stem}:seq"
 
+    def withdrawn(self, queue: str) -> str:
+        return f"{{{self.prefix}:q:{queue}}}:withdrawn"
+
     def uniq(self, key: str) -> str:
         return f"{{{self.prefix}:u:{key}}}"
 
     def lock(self, key: str) -> str:
         return f"{{{self.prefix}:l:{key}}}"
+
+    def limit(self, slot: str) -> tuple[str, str]:
+        """(holders zset, waiters zset) of one limit slot `<job>:<c|r>:<key>` (one tag)."""
+        stem = f"{{{self.prefix}:lim:{slot}}}"
+        return f"{stem}:h", f"{stem}:w"
 
 
 class LegacyKeys:

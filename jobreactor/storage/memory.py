@@ -7,6 +7,7 @@ and by an occasional sweep so a long-lived process doesn't collect them forever.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -20,6 +21,8 @@ from jobreactor.storage.status_index import IndexKind, MemoryIndex
 _SWEEP_EVERY: Final = 4096
 # An expired lock is remembered this long, so `unlock` can still answer "expired" (as Redis).
 _LOCK_GRACE_S: Final = 86_400.0
+# Withdrawn (queue, job id) pairs remembered, so a late save of one is refused.
+_WITHDRAWN_KEPT: Final = 65_536
 
 # (owner or token, monotonic expiry or None for never)
 _Entry = tuple[str, float | None]
@@ -63,6 +66,7 @@ class MemoryStorage:
     def __init__(self, keyspace: Keyspace | None = None) -> None:
         self._jobs: dict[str, dict[str, _Stored]] = {}
         self._queues: dict[str, dict[str, JobRecord]] = {}  # insertion order = queue order
+        self._withdrawn: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         keys = PROCESS_KEYSPACE if keyspace is None else keyspace
         self._uniq = keys.uniq
         self._locks = keys.locks
@@ -136,7 +140,17 @@ class MemoryStorage:
     async def queue_save(self, queue: str, jobs: Sequence[JobRecord]) -> None:
         table = self._queues.setdefault(queue, {})
         for job in jobs:
-            table[job.id] = job  # a re-save keeps the job's place in the queue
+            if (queue, job.id) not in self._withdrawn:
+                table[job.id] = job  # a re-save keeps the job's place in the queue
+        if not table:
+            del self._queues[queue]
+
+    async def queue_withdraw(self, queue: str, job_ids: Sequence[str]) -> None:
+        await self.queue_remove(queue, job_ids)
+        for job_id in job_ids:
+            self._withdrawn[(queue, job_id)] = None
+        while len(self._withdrawn) > _WITHDRAWN_KEPT:
+            self._withdrawn.popitem(last=False)
 
     async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
         table = self._queues.get(queue)

@@ -45,6 +45,7 @@ from jobreactor.storage.connect import (
     redis_errors,
 )
 from jobreactor.storage.keys import Keys
+from jobreactor.storage.queue_sync import SyncQueueWriter
 from jobreactor.storage.wakeups import RESYNC, WakeUps
 
 # The codec and connection helpers are re-exported: this was their home before issue 13.
@@ -282,13 +283,27 @@ class RedisStorage(WakeUps):
     async def queue_save(self, queue: str, jobs: Sequence[JobRecord]) -> None:
         if not jobs:
             return
-        keys = list(self.keys.queue(queue))
+        keys = [*self.keys.queue(queue), self.keys.withdrawn(queue)]
         args: list[str] = []
         for job in jobs:
             args += (job.id, record_json(job))
         with self._errors("queue_save"):
             for start in range(0, len(args), 2 * _CHUNK):
                 await self._script("QUEUE_SAVE", keys, args[start : start + 2 * _CHUNK])
+
+    async def queue_withdraw(self, queue: str, job_ids: Sequence[str]) -> None:
+        jobs_key, order_key, _ = self.keys.queue(queue)
+        keys = [jobs_key, order_key, self.keys.withdrawn(queue)]
+        with self._errors("queue_withdraw"):
+            for start in range(0, len(job_ids), _CHUNK):
+                await self._script("QUEUE_WITHDRAW", keys, job_ids[start : start + _CHUNK])
+
+    def sync_writer(self, timeout_s: float) -> SyncQueueWriter:
+        """A blocking writer of this storage's journals, for the enqueuing thread (one round
+        trip, no hop through the loop); calls on it time out after `timeout_s`, connecting
+        after this storage's own `socket_connect_timeout` at most."""
+        connect = self._options.get("socket_connect_timeout")
+        return SyncQueueWriter(self._url, self.keys, timeout_s, connect)
 
     async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
         jobs_key, order_key, _ = self.keys.queue(queue)

@@ -58,14 +58,32 @@ return out
 """
 
 QUEUE_SAVE = """
--- KEYS: jobs hash, order zset, sequence; ARGV: id1, record1, id2, record2, ...
+-- KEYS: jobs hash, order zset, sequence, withdrawn zset; ARGV: id1, record1, id2, record2, ...
+-- A withdrawn id (its enqueue timed out; the caller was told it won't run) is not saved.
+local saved = 0
 for i = 1, #ARGV, 2 do
-  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
+  if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+    saved = saved + 1
+    if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+      redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
+    end
   end
 end
-return 1
+return saved
 """
+
+WITHDRAWN_KEPT_MS: Final = 86_400_000
+
+QUEUE_WITHDRAW = """
+-- KEYS: jobs hash, order zset, withdrawn zset; ARGV: the ids. Entries older than a day go.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HDEL', KEYS[1], unpack(ARGV))
+redis.call('ZREM', KEYS[2], unpack(ARGV))
+for i = 1, #ARGV do redis.call('ZADD', KEYS[3], now, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - KEPT_MS)
+return 1
+""".replace("KEPT_MS", str(WITHDRAWN_KEPT_MS))
 
 ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
@@ -138,6 +156,7 @@ NAMES: Final = (
     "QUEUE_REMOVE",
     "LOAD_MANY",
     "QUEUE_SAVE",
+    "QUEUE_WITHDRAW",
     "ACQUIRE",
     "RELEASE",
     "LOCK",

@@ -282,7 +282,7 @@ class EagerMode:
             return False
         self._runs[held.record.id] += 1
         self._node._claim_slot(held)
-        if guards.needs_guard(held):
+        if guards.needs_guard(held, self._node.registry):
             await guards.enter(self._node, held)
         else:
             self._node.start_attempt(held)

@@ -313,3 +313,17 @@ def test_orphan_counts_match_the_entries_through_every_transition() -> None:
                 == len(tracker.orphans_of(node))
                 == sum(1 for e in tracker.peek(10**6) if e.conn is None and e.node == node)
             )
+
+
+def test_a_report_claims_a_restored_orphan_of_its_node_under_its_lease_only() -> None:
+    tracker = Tracker()
+    tracker.adopt_orphan(job("j1"), "n1", 7, seq=1)
+    assert tracker.claim_reported("j1", "n2", 7, conn=3) is None  # another node
+    assert tracker.claim_reported("j1", "n1", 6, conn=3) is None  # another lease
+    assert tracker.claim_reported("nope", "n1", 7, conn=3) is None
+    entry = tracker.claim_reported("j1", "n1", 7, conn=3)
+    assert entry is not None
+    assert entry.conn == 3
+    assert tracker.orphans_of("n1") == []
+    assert tracker.check_report(3, "j1", 7) is entry
+    assert tracker.claim_reported("j1", "n1", 7, conn=4) is None  # bound now: not an orphan
