@@ -71,7 +71,8 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
     logging.getLogger("jobreactor").info("metrics on http://%s:%d/metrics", host, server.port)
 
 
-def run_node(config: NodeConfig) -> None:
+def run_node(config: NodeConfig, child_of: int | None = None) -> None:
+    """One node process; `child_of`: the pid of the supervisor that started it."""
     settings = config.settings
     prepare_app(config.app_dir, config.imports)
     reactor = _reactor_for(settings)
@@ -90,6 +91,10 @@ def run_node(config: NodeConfig) -> None:
             wait=False,
         )
         node.control.stop_hook = reactor._request_stop  # `drain` ends this process
+        if child_of is not None:
+            from jobreactor.node.supervisor import supervised_child
+
+            reactor.call(lambda: supervised_child(node, config, child_of))
         logging.getLogger("jobreactor").info(
             "node %s started (%s storage, jobs from %s%s)",
             node.name,
@@ -166,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--discovery-url", help="redis where it finds its group's distributors")
     node.add_argument("--group", help="discovery group (default 'default')")
+    node.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N node processes under a supervisor, named <name>-1 … <name>-N",
+    )
+    node.add_argument("--child-of", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     node.add_argument(
         "--check",
         action="store_true",
@@ -272,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 job_directory=args.job_directory,
                 discovery_url=args.discovery_url,
                 group=args.group,
+                processes=args.processes,
                 app_dir=args.app_dir,
                 imports=args.imports,
             )
@@ -281,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 return check_node(node_config, probe=args.probe)
             _setup_logging(node_config.settings)
-            run_node(node_config)
+            if node_config.supervised and args.child_of is None:
+                from jobreactor.node.supervisor import run_supervisor
+
+                argv_now = sys.argv[1:] if argv is None else argv
+                return run_supervisor(node_config, argv_now)
+            run_node(node_config, child_of=args.child_of)
         elif args.command == "jobs":
             return run_jobs(args)
         elif args.command == "dashboard":

@@ -65,6 +65,8 @@ class ReactorConfig(_Strict):
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
+    # defer="process" (node/process_pool.py): worker processes; None: one per core.
+    process_pool_size: int | None = Field(default=None, ge=1)
     reconnect_interval: float = Field(default=1.0, gt=0)
     retry_strategy: Literal["linear", "exponential"] = "linear"
     default_priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
@@ -188,7 +190,22 @@ class NodeConfig(_Strict):
     # directory), and modules imported then, e.g. "jobreactor.contrib.django" (apppath.py).
     app_dir: str | None = None
     imports: tuple[str, ...] = ()
+    # A node per core (README "A node per core"): a supervisor runs `processes` node processes
+    # named <name>-1 … <name>-N; each is recycled (drained, then replaced) after
+    # `max_jobs_per_process` attempts or above `max_memory_mb` of resident memory.
+    processes: int = Field(default=1, ge=1, le=1024)
+    max_jobs_per_process: int | None = Field(default=None, ge=1)
+    max_memory_mb: float | None = Field(default=None, gt=0)
     settings: ReactorConfig = ReactorConfig()
+
+    @property
+    def supervised(self) -> bool:
+        """True when `jobreactor node` runs a supervisor rather than one node."""
+        return (
+            self.processes > 1
+            or self.max_jobs_per_process is not None
+            or self.max_memory_mb is not None
+        )
 
     @field_validator("distributors", mode="before")
     @classmethod

@@ -112,6 +112,25 @@ class ReactorTimeout(JobReactorError, TimeoutError):
     """The reactor's loop did not answer a blocking call in time: something blocks the loop."""
 
 
+class CannotCrossProcess(JobReactorError, TypeError):
+    """A `defer="process"` job can't go to the process pool: a lambda or nested function body
+    (the pool imports job code by module and name), an `async def` body, or args/results that
+    aren't msgpack data. The message says which; the attempt fails with it."""
+
+
+class ProcessJobError(JobReactorError):
+    """A `defer="process"` job body raised in the process pool.
+
+    Only data crosses back (msgpack, never pickle): the original class name is `error_class`,
+    and the job's error value (`{"class": ...}`) carries that name, as for any job.
+    """
+
+    def __init__(self, error_class: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.traceback_text = traceback_text
+
+
 class JobTimeout(JobReactorError, TimeoutError):
     """An attempt ran longer than its `max_run_time`."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Final
 
+from jobreactor.cron import CronSchedule, next_cron_due
 from jobreactor.errors import InvalidOptions
 from jobreactor.protocol.messages import MAX_NAME_CHARS
 
@@ -41,7 +42,7 @@ ENQUEUE_OPTIONS: Final = frozenset(
     {
         "after", "run_at", "period", "defer", "node", "not_node", "priority", "max_attempt",
         "retry_strategy", "max_run_time", "enqueue_id", "perform_id", "duplicate_delay", "lock",
-        "lock_timeout", "loner", "batch", "part",
+        "lock_timeout", "loner", "batch", "part", "cron", "tz", "catch_up",
     }
 )  # fmt: skip
 RETRY_STRATEGIES: Final = frozenset({"linear", "exponential"})
@@ -61,6 +62,12 @@ class JobRecord:
     make_after: float = 0.0
     period: float = 0.0
     defer: bool = False
+    # `defer="process"`: the body runs in the node's process pool (node/process_pool.py).
+    defer_process: bool = False
+    # A cron schedule (cron.py): the next due time comes from the expression, in `tz`.
+    cron: str | None = None
+    tz: str | None = None
+    catch_up: bool = False
     node: str | None = None
     not_node: str | None = None
     distributor: str = ""
@@ -92,7 +99,7 @@ class JobRecord:
 
     @property
     def is_periodic(self) -> bool:
-        return self.period > 0
+        return self.period > 0 or self.cron is not None
 
     @property
     def is_finished(self) -> bool:
@@ -269,7 +276,12 @@ def build_record(
             f"unknown enqueue option(s) {sorted(unknown)}; allowed: {sorted(ENQUEUE_OPTIONS)}"
         )
     _check_routing(opts, strict_node)
-    run_at_ts, make_after = due_time(opts, now_epoch_s)
+    cron = _cron_schedule(opts)
+    if cron is not None:
+        run_at_ts = cron.next_after(now_epoch_s)
+        make_after = run_at_ts - now_epoch_s
+    else:
+        run_at_ts, make_after = due_time(opts, now_epoch_s)
     retry_strategy = opts.get("retry_strategy")
     if retry_strategy is not None and retry_strategy not in RETRY_STRATEGIES:
         raise InvalidOptions(f"retry_strategy must be one of {sorted(RETRY_STRATEGIES)}")
@@ -285,6 +297,10 @@ def build_record(
         make_after=make_after,
         period=period,
         defer=bool(opts.get("defer", False)),
+        defer_process=_defer_process(opts),
+        cron=None if cron is None else cron.expression,
+        tz=None if cron is None or cron.tz == "UTC" else cron.tz,
+        catch_up=bool(opts.get("catch_up", False)),
         node=_text(opts, "node"),
         not_node=_text(opts, "not_node"),
         distributor=distributor,
@@ -304,6 +320,32 @@ def build_record(
         batch=_text(opts, "batch"),
         part=None if part is None else str(part),
     )
+
+
+def _cron_schedule(opts: JobOpts) -> CronSchedule | None:
+    """Validate `cron` / `tz` / `catch_up` (cron.py); a cron job has no other timing option."""
+    if opts.get("cron") is None:
+        if opts.get("tz") is not None or opts.get("catch_up"):
+            raise InvalidOptions("options 'tz' and 'catch_up' need a 'cron' schedule")
+        return None
+    clashing = sorted(k for k in ("period", "after", "run_at") if opts.get(k) is not None)
+    if clashing:
+        raise InvalidOptions(
+            f"option 'cron' can't be combined with {clashing}: the schedule sets every due time"
+        )
+    return CronSchedule.parse(opts["cron"], opts.get("tz"))
+
+
+def _defer_process(opts: JobOpts) -> bool:
+    defer = opts.get("defer", False)
+    if isinstance(defer, str):
+        if defer != "process":
+            raise InvalidOptions(
+                f"option 'defer' must be True (thread pool) or 'process' (process pool), "
+                f"got {defer!r}"
+            )
+        return True
+    return False
 
 
 def _priority(opts: JobOpts, default: int) -> int:
@@ -332,6 +374,13 @@ def retry_delay(attempt: int, strategy: str, retry_multiplier: float) -> float:
     return attempt * retry_multiplier
 
 
+def next_due(record: JobRecord, now_epoch_s: float) -> float:
+    """A periodic job's next run: its cron schedule's next tick, else its `period` grid."""
+    if record.cron is not None:
+        return next_cron_due(record.cron, record.tz, max(now_epoch_s, record.run_at_ts))
+    return next_periodic_due(record.run_at_ts, record.period, now_epoch_s)
+
+
 def next_periodic_due(previous_due: float, period: float, now: float) -> float:
     """The next run on the job's own grid (no drift); runs missed while busy are skipped."""
     steps = max(1, math.ceil((now - previous_due) / period)) if now > previous_due else 1
@@ -344,12 +393,18 @@ def next_periodic_due(previous_due: float, period: float, now: float) -> float:
 def error_value(exc: BaseException) -> dict[str, str]:
     """How an exception crosses the wire and sits in storage (docs/semantics.md §3)."""
     return {
-        "class": type(exc).__name__,
+        "class": _class_name(exc),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc, limit=20))[-4000:],
+        "traceback": getattr(exc, "traceback_text", "")
+        or "".join(traceback.format_exception(exc, limit=20))[-4000:],
     }
+
+
+def _class_name(exc: BaseException) -> str:
+    """The exception's class name; for an error raised in the process pool, the original's."""
+    return getattr(exc, "error_class", None) or type(exc).__name__
 
 
 def error_text(exc: BaseException) -> str:
     """`last_error` as the Ruby record stores it: "Class: message"."""
-    return f"{type(exc).__name__}: {exc}"
+    return f"{_class_name(exc)}: {exc}"

@@ -151,6 +151,8 @@ def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
         "attempt": int(data.get("attempt", 0) or 0),
         "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),
         "period": float(data.get("period", 0.0) or 0.0),
+        "cron": data.get("cron"),  # a cron schedule (next run: run_at_ts), with its tz
+        "tz": data.get("tz") or "UTC",
         "priority": int(data.get("priority", 0) or 0),
         "max_attempt": data.get("max_attempt"),
         "node": data.get("node"),

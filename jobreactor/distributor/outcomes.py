@@ -85,7 +85,8 @@ class Outcomes:
     def settle_report(self, item: ReportItem, name: str) -> None:
         """What a (checked) report means here: unique keys, batch completion, feedbacks."""
         if item.outcome == "started":
-            self._release_unique(item.job_id)
+            if "attempt" not in item.args:  # the first attempt (a retry says which it is)
+                self._release_unique(item.job_id)
             return
         batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
         if isinstance(batch_token, str):

@@ -20,14 +20,16 @@ from jobreactor.batch import Batch, open_batch
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
-from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
+from jobreactor.job import JobRecord, JobStatus, error_text, next_due, retry_delay
 from jobreactor.limits import LimitKeyError, SlotRef
 from jobreactor.logs import log_job, log_job_failed, log_job_retry
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
+from jobreactor.node.process_pool import ProcessPool
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.node.supervisor import Recycler
 from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
 
@@ -58,6 +60,8 @@ class Attempts:
 
     _metrics: JobMetrics | None = None  # a Node sets METRICS; others (EagerNode) count nothing
     limits: NodeLimits | None = None  # a Node's gates for its definitions' `limits`
+    recycler: Recycler | None = None  # a supervised child's job/memory budget (supervisor.py)
+    _processes: ProcessPool | None = None  # defer="process" (process_pool.py), made when used
 
     if TYPE_CHECKING:
         name: str
@@ -112,11 +116,14 @@ class Attempts:
             metrics.started[name] += 1
             metrics.wait.observe(name, record.run_at - record.run_at_ts)
         self._persist(record)
+        if self.recycler is not None:
+            self.recycler.attempt_started(time.monotonic())
         if record.attempt != 1:
             # A retry: the distributor counts it (metrics: one source per figure). Wire-wise
             # a plain "started" report, which distributors before this ignore.
             self._report(held, "started", False, {"attempt": record.attempt})
-        elif record.enqueue_id is not None or record.loner:
+        elif (record.enqueue_id is not None or record.loner) and record.cron is None:
+            # (a cron schedule holds its enqueue_id while it lives: no "started" for it)
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
         if record.trace is not None:
             held.span = otel.run_span(
@@ -145,6 +152,13 @@ class Attempts:
             return
         self._spawn(self._attempt(held, definition, args, timeout))
 
+    def _process_pool(self) -> ProcessPool:
+        if self._processes is None:
+            self._processes = ProcessPool(
+                self.settings.process_pool_size, self.settings.job_directory
+            )
+        return self._processes
+
     def _pool_for(
         self, record: JobRecord, definition: JobDefinition, timeout: float | None
     ) -> concurrent.futures.ThreadPoolExecutor | None:
@@ -157,14 +171,17 @@ class Attempts:
         self, held: Held, definition: JobDefinition, args: dict[str, Any], timeout: float | None
     ) -> None:
         record = held.record
-        raised = await run_steps(
-            steps_of(definition),
-            args,
-            is_async=definition.is_async,
-            pool=self._pool_for(record, definition, timeout),
-            timeout_s=timeout,
-            job_name=record.name,
-        )
+        if record.defer_process:
+            raised = await self._process_pool().run(definition, args, timeout)
+        else:
+            raised = await run_steps(
+                steps_of(definition),
+                args,
+                is_async=definition.is_async,
+                pool=self._pool_for(record, definition, timeout),
+                timeout_s=timeout,
+                job_name=record.name,
+            )
         if raised is None or isinstance(raised, CancelJob):
             self._after_callbacks(held, definition, args, raised)
             return
@@ -264,8 +281,10 @@ class Attempts:
             record.args = args
             record.attempt = 0  # a successful periodic run resets the count
             record.status = JobStatus.QUEUED
-            record.run_at_ts = next_periodic_due(record.run_at_ts, record.period, time.time())
-            record.make_after = record.period  # the Ruby record's "wait before the next run"
+            now = time.time()
+            record.run_at_ts = next_due(record, now)  # its period grid or its cron schedule
+            # the Ruby record's "wait before the next run"
+            record.make_after = record.period or record.run_at_ts - now
             self._persist(record)
             self._end_attempt(held)
             self._schedule_at_epoch(held, record.run_at_ts)
@@ -298,8 +317,8 @@ class Attempts:
             return
         if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
-            if record.is_periodic:
-                delay = record.period
+            if record.is_periodic:  # a failed run is retried at the next one
+                delay = record.period or next_due(record, time.time()) - time.time()
             else:
                 delay = retry_delay(record.attempt, strategy, self.settings.retry_multiplier)
             record.args.pop("job_itself", None)

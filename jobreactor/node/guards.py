@@ -40,7 +40,7 @@ def _record_guarded(record: JobRecord) -> bool:
         record.perform_id is not None
         or record.lock is not None
         or record.batch is not None
-        or record.period > 0
+        or record.is_periodic
     )
 
 
@@ -57,7 +57,7 @@ async def record_gone(node: Attempts, held: Held) -> bool:
     `jobreactor jobs destroy`, a plain DEL) is skipped and the job ends: deleting the record
     is the Ruby gem's external way to cancel it (README "Inspecting jobs"). One read per run."""
     record = held.record
-    if not (record.period > 0 and node.storage.durable):
+    if not (record.is_periodic and node.storage.durable):
         return False
     if await node.storage.load(node.name, record.id) is not None:
         return False

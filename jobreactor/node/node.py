@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
+from jobreactor.cron import skip_missed_tick
 from jobreactor.definitions import Registry
 from jobreactor.errors import StorageError
 from jobreactor.job import (
@@ -105,6 +106,7 @@ class Node(Membership, Persistence):
         self._idle.set()
         self._stopping = False
         self.control = NodeControl(self)  # quiet / resume / drain (node/control.py)
+        self.intake_closed = False  # close_intake(): no credit granted any more
         self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
@@ -187,13 +189,19 @@ class Node(Membership, Persistence):
         for task in self._link_tasks:
             task.cancel()
         await asyncio.gather(*self._link_tasks, return_exceptions=True)
+        self._release_resources()
+        await self.storage.aclose()
+        logger.info("node %s stopped", self.name)
+
+    def _release_resources(self) -> None:
+        """The timer, the limit gates and both pools: the last step of a stop."""
         if self._timer is not None:
             self._timer.cancel()
         if self.limits is not None:
             self.limits.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        await self.storage.aclose()
-        logger.info("node %s stopped", self.name)
+        if self._processes is not None:
+            self._processes.shutdown()
 
     async def _wait_running(self, grace: float) -> None:
         if not self._running:
@@ -241,8 +249,14 @@ class Node(Membership, Persistence):
 
     # --- links ----------------------------------------------------------------------------------
 
+    def close_intake(self) -> None:
+        """Take no more jobs (credit 0 on every link); held ones go on (a recycling child)."""
+        self.intake_closed = True
+        for link in self.links:
+            link.pause()
+
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping or self._probing or self.control.quiet:
+        if self._stopping or self._probing or self.control.quiet or self.intake_closed:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)
@@ -289,7 +303,7 @@ class Node(Membership, Persistence):
     def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None:
         for lease, data in jobs:
             job_id = data["id"]
-            if self._stopping:
+            if self._stopping or self.intake_closed:
                 link.hand_back([job_id])
                 continue
             existing = self._held(job_id)
@@ -368,6 +382,8 @@ class Node(Membership, Persistence):
         for held in batch:
             if held.dropped or held.link is None:
                 continue
+            if held.record.cron is not None:
+                skip_missed_tick(held.record, now_epoch, self.name)
             due = now_loop + (held.record.run_at_ts - now_epoch)
             instant = due <= now_loop
             held.holds_credit = instant

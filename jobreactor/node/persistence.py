@@ -10,6 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from jobreactor.cron import skip_missed_tick
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
@@ -76,6 +77,8 @@ class Persistence(Attempts):
             record.args["retrying"] = True
             held = Held(record, None)
             self._jobs[record.id] = held
+            if record.cron is not None and record.status != JobStatus.IN_PROGRESS:
+                skip_missed_tick(record, now, self.name)
             due = now if record.status == JobStatus.IN_PROGRESS else max(now, record.run_at_ts)
             if record.distributor in known:
                 # Wait for that distributor's welcome: it may have given the job to another

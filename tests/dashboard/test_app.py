@@ -227,3 +227,18 @@ def test_dashboard_command(redis_server: RedisServer, tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_cron_job_shows_its_schedule_and_next_run(reactor: Reactor, serve: Serve) -> None:
+    registry = Registry()
+    registry.job("nightly")(lambda args: None)
+    address = ("127.0.0.1", reactor.distributor.address_port())
+    reactor.start_node("n", "memory", [address], registry=registry)
+    handle = reactor.enqueue("nightly", {}, {"cron": "30 2 * * *", "tz": "Europe/Berlin"})
+    assert handle is not None
+    with http(serve, create_app(reactor, token="tok")) as c:
+        wait_until(lambda: handle.id in c.get("/scheduled").text, 10, "the scheduled job")
+        page = c.get("/scheduled").text
+        assert "30 2 * * *" in page
+        assert "Europe/Berlin" in page
+        assert "cron" in c.get(f"/jobs/{handle.id}").text
