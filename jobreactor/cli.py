@@ -90,6 +90,7 @@ def run_node(config: NodeConfig, child_of: int | None = None) -> None:
             ssl=ssl_context,
             wait=False,
         )
+        node.control.stop_hook = reactor._request_stop  # `drain` ends this process
         if child_of is not None:
             from jobreactor.node.supervisor import supervised_child
 

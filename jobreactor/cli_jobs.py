@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+from jobreactor.cli_ops import OPS_ACTIONS, add_ops_parsers
 from jobreactor.errors import StorageError, StorageUnavailable
 from jobreactor.job import FINISHED_STATUSES, JobRecord, JobStatus
 from jobreactor.metrics import PENDING_SAMPLE
@@ -80,6 +81,8 @@ def add_jobs_parser(commands: Any) -> None:
         "migrate",
         help="move data of the old single-tag key layout to per-owner tags (once, nodes stopped)",
     )
+
+    add_ops_parsers(actions)
 
     pending = actions.add_parser(
         "pending",
@@ -312,9 +315,11 @@ def _jobs_migrate(monitor: RedisMonitor, args: argparse.Namespace) -> int:
 
     with redis_errors("migrate", redact_url(args.redis_url)):
         done = migrate(monitor.storage, args.prefix)
+    indexed = monitor.reindex()  # the failed/retrying indexes of what was moved
     print(
         f"migrated prefix {args.prefix}: {done.jobs} job(s), {done.journals} journal(s), "
-        f"{done.unique_keys} unique key(s), {done.locks} lock(s)"
+        f"{done.unique_keys} unique key(s), {done.locks} lock(s); "
+        f"{sum(c['failed'] for c in indexed.values())} failed job(s) indexed"
     )
     return 0
 
@@ -327,4 +332,5 @@ _JOBS_ACTIONS: dict[str, Callable[[RedisMonitor, argparse.Namespace], int]] = {
     "destroy-all": _jobs_destroy_all,
     "stats": _jobs_stats,
     "migrate": _jobs_migrate,
+    **OPS_ACTIONS,
 }

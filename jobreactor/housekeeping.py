@@ -19,6 +19,9 @@ from jobreactor.storage import Storage
 
 T = TypeVar("T")
 
+# A node's state after each op went through (node/control.py; a refusal carries its reason).
+STATE_AFTER = {"quiet": "quiet", "resume": "running", "drain": "draining"}
+
 # How long a node gets to answer a command (it is one storage round trip or two).
 COMMAND_TIMEOUT_S = 5.0
 
@@ -93,3 +96,27 @@ class Housekeeping:
             if not any(owner.storage is s for s in seen):
                 seen.append(owner.storage)
         return seen
+
+
+async def control_node(
+    distributors: list[Distributor],
+    nodes: list[Node],
+    name: str,
+    op: str,
+    who: str,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> tuple[str | None, str]:
+    """quiet / resume / drain node `name` (node/control.py): a node of this process, else
+    through the distributor it is connected to. (its state after, or None if no node of that
+    name is in reach; an error text, "" when it went through). Run on the reactor's loop."""
+    for node in nodes:
+        if node.name == name:
+            try:
+                return node.control.apply(op, who=who), ""
+            except ValueError as exc:
+                return node.control.state, str(exc)
+    for distributor in distributors:
+        answer = await distributor.command_node(name, op, f"{name}:{who}", timeout)
+        if answer is not None and answer.found:
+            return (None if answer.error else STATE_AFTER[op]), answer.error
+    return None, f"node {name!r} is not connected to this app's distributors"

@@ -26,7 +26,8 @@ from typing import Any
 
 from jobreactor.errors import StorageError
 from jobreactor.job import JobStatus
-from jobreactor.storage import scripts
+from jobreactor.node.control import CONTROL_PREFIX, OPS
+from jobreactor.storage import status_index
 from jobreactor.storage.codec import decode_fields, is_unfinished, redact_url
 from jobreactor.storage.connect import LazySync, is_cluster, redis_errors
 from jobreactor.storage.keys import Keys
@@ -36,8 +37,9 @@ __all__ = ["RedisMonitor"]
 _CHUNK = 1000
 Record = dict[str, Any]
 
-# KEYS[1] the job hash; ARGV: run_at_ts, status field value "new", channel, job id, and
-# PUBLISH or SPUBLISH (sharded, on a cluster: the channel shares the job's slot).
+# KEYS[1] the job hash, KEYS[2..3] the node's failed and retrying indexes; ARGV: run_at_ts,
+# status field value "new", channel, job id, and PUBLISH or SPUBLISH (sharded, on a cluster:
+# the channel shares the job's slot).
 # Atomic, so a node finishing the job at the same moment can't be overwritten half-way.
 # `lease` goes back to its default (absent); last_error, failed_at and run_at stay: history.
 _RETRY = """
@@ -45,6 +47,8 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'failed' and status ~= 'error' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'attempt', '0', 'run_at_ts', ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease')
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call(ARGV[5], ARGV[3], ARGV[4])
 return 1
 """
@@ -140,9 +144,10 @@ class RedisMonitor:
         if not found:
             return False
         with redis_errors("destroy", self._where):
-            destroy = self._redis.register_script(scripts.DESTROY)
+            destroy = self._redis.register_script(status_index.DESTROY_INDEXED)
             for node in found:  # one atomic step per node (each node has its own slot)
-                destroy(keys=[self._keys.index(node), self._keys.job(node, job_id)], args=[job_id])
+                keys = [self._keys.index(node), *self._zsets(node), self._keys.job(node, job_id)]
+                destroy(keys=keys, args=[job_id])
         return True
 
     def destroy_all_jobs_for(self, node: str) -> int:
@@ -154,8 +159,9 @@ class RedisMonitor:
                 for job_id in ids:
                     pipe.exists(self._keys.job(node, job_id))
                 count += sum(int(found) for found in pipe.execute())
-                keys = [self._keys.index(node), *[self._keys.job(node, job_id) for job_id in ids]]
-                self._redis.register_script(scripts.DESTROY)(keys=keys, args=ids)
+                keys = [self._keys.index(node), *self._zsets(node)]
+                keys += [self._keys.job(node, job_id) for job_id in ids]
+                self._redis.register_script(status_index.DESTROY_INDEXED)(keys=keys, args=ids)
         return count
 
     def retry(self, job_id: str) -> bool:
@@ -170,7 +176,7 @@ class RedisMonitor:
             with redis_errors("retry", self._where):
                 publish = "SPUBLISH" if is_cluster(self._redis) else "PUBLISH"
                 done = self._retry(
-                    keys=[self._keys.job(node, job_id)],
+                    keys=[self._keys.job(node, job_id), *self._zsets(node)],
                     args=[
                         repr(time.time()),
                         JobStatus.NEW.value,
@@ -182,6 +188,17 @@ class RedisMonitor:
             if done:
                 return True
         return False
+
+    def control(self, node: str, op: str, who: str = "cli") -> int:
+        """Send quiet / resume / drain to `node` on its commands channel (node/control.py);
+        how many listeners got it (0: the node is down, or has no Redis storage)."""
+        if op not in OPS:
+            raise ValueError(f"unknown node op {op!r} (one of {', '.join(OPS)})")
+        with redis_errors("control", self._where):
+            message = f"{CONTROL_PREFIX}{op}:{who}"
+            if is_cluster(self._redis):
+                return int(self._redis.spublish(self._keys.commands(node), message))
+            return int(self._redis.publish(self._keys.commands(node), message))
 
     def scan(self, node: str, cursor: int = 0, count: int = _CHUNK) -> tuple[int, list[Record]]:
         """One SSCAN step over `node`'s index: (next cursor, records); cursor 0 means done.
@@ -256,7 +273,80 @@ class RedisMonitor:
     ) -> None:
         self.close()
 
+    # --- failed and retrying indexes (storage/status_index.py) ----------------------------------
+
+    def index_count(self, node: str, kind: status_index.IndexKind) -> int:
+        """How many jobs of `node` failed for good ("failed") or wait for a retry ("retrying")."""
+        with redis_errors("index_count", self._where):
+            return int(self._redis.zcard(self._zset(node, kind)))
+
+    def index_page(
+        self, node: str, kind: status_index.IndexKind, start: int, count: int
+    ) -> list[tuple[str, float]]:
+        """(id, score) of one page: newest failure first, or soonest retry first."""
+        key, stop = self._zset(node, kind), start + count - 1
+        with redis_errors("index_page", self._where):
+            if kind == "failed":
+                rows = self._redis.zrevrange(key, start, stop, withscores=True)
+            else:
+                rows = self._redis.zrange(key, start, stop, withscores=True)
+        return [(str(job_id), float(score)) for job_id, score in rows]
+
+    def load_many(self, node: str, job_ids: list[str]) -> list[Record]:
+        """The records of these jobs of `node` (one round trip; those gone are left out)."""
+        if not job_ids:
+            return []
+        with redis_errors("load_many", self._where):
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self._keys.job(node, job_id))
+            raws = pipe.execute()
+        return [
+            self._decode(node, job_id, raw)
+            for job_id, raw in zip(job_ids, raws, strict=True)
+            if raw
+        ]
+
+    def reindex(self, node: str | None = None) -> dict[str, dict[str, int]]:
+        """Build the failed and retrying indexes from the stored records (a store written
+        before they existed; `jobreactor jobs reindex`). Idempotent; safe while nodes run."""
+        out: dict[str, dict[str, int]] = {}
+        script = self._redis.register_script(status_index.REINDEX)
+        for name in [node] if node else self.nodes():
+            counts = {"failed": 0, "retrying": 0}
+            keys = [self._keys.index(name), *self._zsets(name)]
+            with redis_errors("reindex", self._where):
+                for ids in self._pages(name):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for job_id in ids:
+                        pipe.hmget(self._keys.job(name, job_id), "status", "failed_at", "run_at_ts")
+                    args: list[str] = []
+                    for job_id, (status, failed_at, due) in zip(ids, pipe.execute(), strict=True):
+                        code = status_index.index_code(
+                            status or "", _num(failed_at), _num(due) or 0.0
+                        )
+                        counts["failed" if code[:1] == "f" else "retrying"] += bool(code)
+                        args += (job_id, code)
+                    script(keys=keys, args=args)
+                self._prune(name)
+            out[name] = counts
+        return out
+
     # --- internals --------------------------------------------------------------------------------
+
+    def _prune(self, node: str) -> None:
+        """Drop index entries of jobs no longer stored (a crash between two writes)."""
+        prune = self._redis.register_script(status_index.PRUNE)
+        for key in self._zsets(node):
+            ids = [job_id for job_id, _ in self._redis.zscan_iter(key, count=_CHUNK)]
+            for start in range(0, len(ids), _CHUNK):
+                prune(keys=[self._keys.index(node), key], args=ids[start : start + _CHUNK])
+
+    def _zset(self, node: str, kind: status_index.IndexKind) -> str:
+        return status_index.index_key(self._keys.node_tag(node), kind)
+
+    def _zsets(self, node: str) -> list[str]:
+        return [self._zset(node, kind) for kind in status_index.KINDS]
 
     def _holders(self, job_id: str) -> list[str]:
         with redis_errors("load", self._where):
@@ -287,3 +377,10 @@ class RedisMonitor:
             ) from exc
         record.setdefault("id", job_id)
         return record
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None

@@ -10,8 +10,11 @@ Mounted in a single-process app it reads the reactor (`JR` unless given another)
 `discovery_url` it reads what every distributor and node publishes with its registry
 heartbeat. `redis_url` adds failed jobs and stored records from Redis node storage.
 
-Actions (retry, delete, cancel) are OFF unless `auth` (a callable taking the Starlette
-request, returning a bool or an awaitable bool) or `token` is given. Reading is not
+Job lists (pending, retrying, scheduled, failed) page through `GET <mount>/api/jobs`, the
+counters through `GET <mount>/api/stats` (api.py; README "Seeing what it does").
+Actions (retry, delete, cancel, bulk retry/delete, node quiet/resume/drain) are OFF unless
+`auth` (a callable taking the Starlette request, returning a bool or an awaitable bool) or
+`token` is given; each is logged with who asked. Reading is not
 protected: mount it behind your app's own login when the data is private.
 Needs the `dashboard` extra: `pip install 'jobreactor[dashboard]'`.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.dashboard.app import AuthHook, Dashboard, build_app
+from jobreactor.dashboard.batches import BatchReader
 from jobreactor.dashboard.sources import LocalSource, Source, StoredJobs
 
 if TYPE_CHECKING:
@@ -42,8 +46,12 @@ def create_app(  # noqa: PLR0913 (keyword-only options of one constructor)
     auth: AuthHook | None = None,
     token: str | None = None,
     refresh_s: float = 2.0,
+    batch_namespace: str | None = None,
 ) -> Starlette:
-    """The dashboard as a Starlette (ASGI) app; mount it under any path."""
+    """The dashboard as a Starlette (ASGI) app; mount it under any path.
+
+    `batch_namespace`: the namespace the app's `open_batch` calls use (batch pages read the
+    batches in `redis_url`'s Redis, or in this process's memory without one)."""
     if source is None:
         if discovery_url is not None:
             from jobreactor.dashboard.registry import RegistrySource
@@ -62,7 +70,8 @@ def create_app(  # noqa: PLR0913 (keyword-only options of one constructor)
         stored = StoredJobs(RedisMonitor(redis_url, prefix=redis_prefix))
     if token is not None and not token:
         raise ValueError("token must not be empty")
-    return build_app(Dashboard(source, stored, auth, token, refresh_s))
+    batches = BatchReader(redis_url, batch_namespace)
+    return build_app(Dashboard(source, stored, auth, token, refresh_s, batches))
 
 
 def create_wsgi_app(*args: Any, **kwargs: Any) -> Any:

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +26,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobreactor.dashboard import views
+from jobreactor import joblists as listing
+from jobreactor.dashboard import actions, api, views
+from jobreactor.dashboard.actions import TOKEN_COOKIE
+from jobreactor.dashboard.batches import BatchReader
 from jobreactor.dashboard.sources import Source, StoredJobs
 from jobreactor.errors import ReactorClosed, StorageError
 from jobreactor.health import source_health
@@ -36,9 +38,8 @@ from jobreactor.metrics import metrics_registry
 logger = logging.getLogger("jobreactor.dashboard")
 
 AuthHook = Callable[[Request], bool | Awaitable[bool]]
-TOKEN_COOKIE = "jobreactor_token"
 TOKEN_HEADER = "x-jobreactor-token"
-PAGE_LIMIT = 100
+IN_FLIGHT_LIMIT = 50  # in-flight jobs listed per distributor on the pending page
 HISTORY_S = views.HISTORY_WINDOW_S
 
 _SECURITY_HEADERS = {
@@ -95,12 +96,14 @@ class Dashboard:
         auth: AuthHook | None,
         token: str | None,
         refresh_s: float,
+        batches: BatchReader | None = None,
     ) -> None:
         self.source = source
         self.stored = stored
         self.auth = auth
         self.token = token
         self.refresh_s = refresh_s
+        self.batches = batches
         self.history = History()
         self.env = Environment(
             loader=PackageLoader("jobreactor.dashboard", "templates"),
@@ -131,6 +134,43 @@ class Dashboard:
         self.history.add(float(snap.get("metrics_at") or time.time()), snap["totals"])
         return snap
 
+    def list_jobs_sync(self, query: listing.Query) -> dict[str, Any]:
+        """Failed and retrying from Redis node storage when given, else from the source;
+        pending from the source; scheduled from the source, else from Redis node storage."""
+        readers: list[Any] = [self.source, self.stored]
+        if query.status in ("failed", "retrying"):
+            readers.reverse()
+        for reader in readers:
+            if reader is None:
+                continue
+            found = reader.list_jobs(query)
+            if found is not None and (found["total"] or reader is readers[-1]):
+                return dict(found)
+        return listing.answer(query, 0, [])
+
+    async def list_jobs(self, query: listing.Query) -> dict[str, Any]:
+        return await run_in_threadpool(self.list_jobs_sync, query)
+
+    def act(self, verb: str, job_id: str) -> bool | None:
+        """retry / delete in Redis node storage when given (else the source), cancel through
+        the source's distributors; None: not possible from here."""
+        if verb == "cancel":
+            return self.source.cancel(job_id) if self.source.can_cancel else None
+        target: Any = self.stored if self.stored is not None else self.source
+        done: bool = target.retry(job_id) if verb == "retry" else target.delete(job_id)
+        return done
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        """quiet / resume / drain: through the source's distributors, else on the node's
+        Redis commands channel (a node with Redis storage listens there)."""
+        state, error = self.source.control_node(name, op, who)
+        if state is None and self.stored is not None:
+            heard = self.stored.monitor.control(name, op, who)
+            if heard:
+                return f"{op} sent", ""
+            error = f"node {name!r} is not connected here and not listening on Redis"
+        return state, error
+
     async def render(self, request: Request, name: str, **context: Any) -> HTMLResponse:
         template = self.env.get_template(name)
         context.update(
@@ -138,6 +178,7 @@ class Dashboard:
             root=str(request.scope.get("root_path", "")).rstrip("/"),
             source_label=self.source.label,
             can_act=await self.may_act(request),
+            can_cancel=self.source.can_cancel,
             actions_configured=self.actions_configured,
             token_login=self.token is not None,
             refresh_ms=int(self.refresh_s * 1000),
@@ -162,38 +203,63 @@ async def overview(request: Request) -> Response:
         request,
         "overview.html",
         snap=snap,
+        stats=api.stats_of(snap),
         chart=views.chart(d.history),
         rows=views.job_rows(snap),
         page="overview",
     )
 
 
-async def queues(request: Request) -> Response:
+LIST_TITLES = {
+    "pending": "Pending",
+    "retrying": "Retrying",
+    "scheduled": "Scheduled & periodic",
+    "failed": "Failed",
+}
+
+
+async def _list_page(request: Request, status: str, **context: Any) -> Response:
     d = _dashboard(request)
-    found = await run_in_threadpool(d.source.queues, PAGE_LIMIT)
-    return await d.render(request, "queues.html", distributors=found, page="queues")
-
-
-async def scheduled(request: Request) -> Response:
-    d = _dashboard(request)
-    found = await run_in_threadpool(d.source.scheduled, PAGE_LIMIT)
-    if not found and d.stored is not None:
-        found = await run_in_threadpool(d.stored.scheduled, PAGE_LIMIT)
-    return await d.render(request, "scheduled.html", jobs=found, page="scheduled")
-
-
-async def failed(request: Request) -> Response:
-    d = _dashboard(request)
-    reader = d.stored if d.stored is not None else d.source
-    found = await run_in_threadpool(reader.failed, PAGE_LIMIT)
+    try:
+        query = listing.Query.from_params(request.query_params, status)
+    except listing.BadQuery as exc:
+        response = await d.render(request, "unavailable.html", page="error", error=str(exc))
+        response.status_code = 400
+        return response
+    found = await d.list_jobs(query)
     return await d.render(
-        request, "failed.html", jobs=found, page="failed", limit=PAGE_LIMIT, stored=d.stored
+        request,
+        "list.html",
+        found=found,
+        query=query,
+        status=status,
+        title=LIST_TITLES[status],
+        page=status,
+        stored=d.stored is not None,
+        **context,
     )
 
 
-async def job_detail(request: Request) -> Response:
+async def queues(request: Request) -> Response:
     d = _dashboard(request)
-    job_id = request.path_params["job_id"]
+    distributors = await run_in_threadpool(d.source.queues, IN_FLIGHT_LIMIT)
+    return await _list_page(request, "pending", distributors=distributors)
+
+
+async def retrying(request: Request) -> Response:
+    return await _list_page(request, "retrying")
+
+
+async def scheduled(request: Request) -> Response:
+    return await _list_page(request, "scheduled")
+
+
+async def failed(request: Request) -> Response:
+    return await _list_page(request, "failed")
+
+
+async def _job_page(request: Request, job_id: str) -> Response:
+    d = _dashboard(request)
     found = await run_in_threadpool(d.source.job, job_id)
     if found is None and d.stored is not None:
         found = await run_in_threadpool(d.stored.job, job_id)
@@ -205,19 +271,59 @@ async def job_detail(request: Request) -> Response:
     return await d.render(request, "job.html", job=found, chain=chain, page="job")
 
 
+async def job_detail(request: Request) -> Response:
+    return await _job_page(request, request.path_params["job_id"])
+
+
 async def jump(request: Request) -> Response:
-    """The header's job-id box without JavaScript: /jobs/?id=... → /jobs/<id>."""
+    """The header's job-id box without JavaScript: /jobs/?id=... → /jobs/<id>; an id that a
+    path segment can't carry as is (views.path_safe) is shown right here."""
     job_id = request.query_params.get("id", "").strip()
     if not job_id:
         return RedirectResponse(str(request.url_for("overview")), status_code=303)
+    if not views.path_safe(job_id):
+        return await _job_page(request, job_id)
     return RedirectResponse(str(request.url_for("job", job_id=job_id)), status_code=303)
+
+
+async def node_page(request: Request) -> Response:
+    d = _dashboard(request)
+    name = request.path_params["name"]
+    snap = await d.snapshot()
+    node = next((n for n in snap.get("nodes", []) if n.get("name") == name), None)
+    links = [
+        {**n, "distributor": dist.get("address")}
+        for dist in snap.get("distributors", [])
+        for n in dist.get("nodes", [])
+        if n.get("name") == name
+    ]
+    lists = {}
+    for status in ("retrying", "failed"):
+        query = listing.Query(status=status, node=name, per_page=20)
+        lists[status] = await d.list_jobs(query)
+    return await d.render(
+        request, "node.html", node_name=name, node=node, links=links, lists=lists, page="node"
+    )
+
+
+async def batch_page(request: Request) -> Response:
+    d = _dashboard(request)
+    token = request.path_params["token"]
+    batch = None if d.batches is None else await run_in_threadpool(d.batches.read, token)
+    lists = {}
+    for status in ("pending", "scheduled", "retrying", "failed"):
+        query = listing.Query(status=status, q=token, per_page=20)
+        lists[status] = await d.list_jobs(query)
+    return await d.render(
+        request, "batch.html", token=token, batch=batch, lists=lists, page="batch"
+    )
 
 
 async def api_snapshot(request: Request) -> Response:
     d = _dashboard(request)
     snap = await d.snapshot()
     snap["rates"] = {e: [r[2] for r in d.history.rates(e)[-1:]] for e in ("succeeded", "failed")}
-    return JSONResponse(snap)
+    return api.JSON(snap)
 
 
 async def metrics(request: Request) -> Response:
@@ -233,53 +339,6 @@ async def health(request: Request) -> Response:
     """jobreactor/health.py: storage, loop and backlog checks; 503 unless all pass."""
     code, body = await run_in_threadpool(source_health, _dashboard(request).source)
     return JSONResponse(body, code)
-
-
-def _same_origin(request: Request) -> bool:
-    """CSRF: browsers say where a request comes from (Sec-Fetch-Site, else Origin)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return site in ("same-origin", "none")
-    origin = request.headers.get("origin")
-    return origin is None or origin.split("://", 1)[-1] == request.headers.get("host")
-
-
-async def action(request: Request) -> Response:
-    d = _dashboard(request)
-    if not d.actions_configured:
-        return JSONResponse(
-            {"error": "actions are off: mount the dashboard with an auth hook or a token"}, 403
-        )
-    if not _same_origin(request) or not await d.may_act(request):
-        return JSONResponse({"error": "not allowed"}, 403)
-    job_id, verb = request.path_params["job_id"], request.path_params["verb"]
-    if verb not in ("retry", "delete", "cancel"):
-        return JSONResponse({"error": f"unknown action {verb!r}"}, 404)
-    target: Any = d.stored if d.stored is not None and verb != "cancel" else d.source
-    method = {"retry": target.retry, "delete": target.delete, "cancel": d.source.cancel}[verb]
-    done = await run_in_threadpool(method, job_id)
-    if done is None:
-        return JSONResponse({"error": f"{verb}: not possible from this dashboard"}, 409)
-    if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse({"ok": bool(done), "job_id": job_id, "action": verb})
-    back = request.headers.get("referer") or ""
-    if not back.startswith(str(request.base_url)):  # only ever back into this site
-        back = str(request.url_for("overview"))
-    return RedirectResponse(back, status_code=303)
-
-
-async def login(request: Request) -> Response:
-    d = _dashboard(request)
-    if request.method == "POST" and d.token is not None and _same_origin(request):
-        body = await request.body()  # one urlencoded field: no multipart parser needed
-        given = parse_qs(body[:4096].decode("utf-8", "replace")).get("token", [""])[0]
-        if hmac.compare_digest(given.encode(), d.token.encode()):
-            response = RedirectResponse(str(request.url_for("overview")), status_code=303)
-            root = str(request.scope.get("root_path", "")) or "/"
-            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path=root)
-            return response
-        return await d.render(request, "login.html", page="login", wrong=True)
-    return await d.render(request, "login.html", page="login", wrong=False)
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:
@@ -298,17 +357,20 @@ def build_app(dashboard: Dashboard, debug: bool = False) -> Starlette:
     routes = [
         Route("/", overview, name="overview"),
         Route("/queues", queues, name="queues"),
+        Route("/retrying", retrying, name="retrying"),
         Route("/scheduled", scheduled, name="scheduled"),
         Route("/failed", failed, name="failed"),
         Route("/jobs/", jump, name="jump"),
+        Route("/jobs/", actions.job_action, methods=["POST"], name="action_by_query"),
         Route("/jobs/{job_id}", job_detail, name="job"),
-        Route(
-            "/jobs/{job_id}/{verb:str}",
-            action,
-            methods=["POST"],
-            name="action",
-        ),
-        Route("/login", login, methods=["GET", "POST"], name="login"),
+        Route("/jobs/{job_id}/{verb:str}", actions.job_action, methods=["POST"], name="action"),
+        Route("/bulk/{verb:str}", actions.bulk_action, methods=["POST"], name="bulk"),
+        Route("/nodes/{name}", node_page, name="node"),
+        Route("/nodes/{name}/{op:str}", actions.node_action, methods=["POST"], name="node_op"),
+        Route("/batches/{token}", batch_page, name="batch"),
+        Route("/login", actions.login, methods=["GET", "POST"], name="login"),
+        Route("/api/stats", api.api_stats, name="api_stats"),
+        Route("/api/jobs", api.api_jobs, name="api_jobs"),
         Route("/api/snapshot", api_snapshot, name="api_snapshot"),
         Route("/metrics", metrics, name="metrics"),
         Route("/health", health, name="health"),

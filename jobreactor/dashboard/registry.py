@@ -21,11 +21,15 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from jobreactor.dashboard.sources import NoLiveSource, Snapshot, View, job_view
+from jobreactor import joblists as listing
+from jobreactor.dashboard.sources import NoLiveSource, Snapshot, View
 from jobreactor.discovery import Member, live_members
 from jobreactor.discovery.registry import REDIS_ERRORS, connect
 from jobreactor.errors import StorageUnavailable
+from jobreactor.joblists import Query, job_view
 from jobreactor.metrics import EVENTS, JobMetrics
+from jobreactor.storage.codec import load_json
+from jobreactor.storage.keys import Keys
 from jobreactor.storage.redis import redact_url
 
 
@@ -90,7 +94,55 @@ class RegistrySource(NoLiveSource):
             for job in member.stats.get("pending_jobs") or []:
                 if job.get("id") == job_id:
                     return job_view(job, where="pending", distributor=member.address)
+        return self._journaled(distributors, job_id)
+
+    def _journaled(self, distributors: list[Member], job_id: str) -> View | None:
+        """A job any Redis-backed distributor accepted and has not finished, from its journal
+        (`{p:q:<queue>}:jobs`, in the registry's Redis): pending or out on a node."""
+        journals: list[tuple[Member, str]] = []
+        for member in distributors:
+            queue = member.stats.get("journal")
+            if isinstance(queue, str) and queue:
+                journals.append((member, queue))
+        if not journals:
+            return None
+        keys = Keys(self.prefix)
+
+        async def read() -> list[Any]:
+            client = connect(self.url)
+            try:
+                return [await client.hget(keys.queue(q)[0], job_id) for _, q in journals]
+            finally:
+                await client.aclose()
+
+        try:
+            found = asyncio.run(read())
+        except REDIS_ERRORS as exc:
+            raise StorageUnavailable(f"registry {redact_url(self.url)}: {exc}") from exc
+        for (member, _), text in zip(journals, found, strict=True):
+            if text is not None:
+                record = load_json(text if isinstance(text, str) else text.decode())
+                where = "accepted (pending or out on a node)"
+                return job_view(record, where=where, distributor=member.address)
         return None
+
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        """Pending: what each distributor's beat lists (its first jobs in dispatch order,
+        without args), with every distributor's exact total."""
+        if query.status != "pending":
+            return None
+        distributors, _ = self._members()
+        views: list[View] = []
+        totals: dict[str, int] = {}
+        for member in distributors:
+            totals[member.address] = int(member.stats.get("pending") or 0)
+            for job in member.stats.get("pending_jobs") or []:
+                views.append(job_view(job, where="pending", distributor=member.address))
+        found = [view for view in views if query.matches(view)]
+        jobs = found[query.start : query.start + query.per_page]
+        total = len(found) if query.searching else sum(totals.values())
+        listed = len(views) < sum(totals.values())
+        return listing.answer(query, total, jobs, by_distributor=totals, sampled=listed)
 
 
 def _described(member: Member) -> dict[str, Any]:

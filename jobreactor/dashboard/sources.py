@@ -12,14 +12,16 @@ Every method is synchronous and bounded (`limit`); the app calls them in a worke
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from jobreactor import joblists as listing
+from jobreactor.dashboard.readers import SCHEDULED_MAX, LocalLists
 from jobreactor.definitions import JobDefinition
-from jobreactor.job import JobRecord, JobStatus
+from jobreactor.job import JobStatus
+from jobreactor.joblists import MonitorIndex, Query, job_view
 from jobreactor.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -50,8 +52,9 @@ class Source(Protocol):
         """Jobs waiting on node timers (delayed, periodic, retries), soonest first."""
         ...
 
-    def failed(self, limit: int) -> list[View]:
-        """Jobs failed for good and kept (remove_failed_jobs off)."""
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        """One page of pending / retrying / scheduled / failed jobs (dashboard/listing.py);
+        None: this source doesn't see that kind of job."""
         ...
 
     def job(self, job_id: str) -> View | None:
@@ -64,6 +67,15 @@ class Source(Protocol):
 
     def cancel(self, job_id: str) -> bool | None:
         """None: this source cannot cancel (it sees no distributor it could ask)."""
+        ...
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether `cancel` can work here (the pages offer Cancel only then)."""
+        ...
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        """quiet / resume / drain node `name`: (its state after or None, an error or "")."""
         ...
 
     def chain(self, name: str) -> Chain | None:
@@ -81,34 +93,6 @@ def chain_of(definition: JobDefinition | None) -> Chain | None:
     }
 
 
-def job_view(record: JobRecord | dict[str, Any], **where: Any) -> View:
-    """A job as the pages show it (a plain dict; templates escape every value)."""
-    data = record.to_dict() if isinstance(record, JobRecord) else dict(record)
-    view: View = {
-        "id": str(data.get("id", "")),
-        "name": str(data.get("name", "")),
-        "args": data.get("args"),  # None: not known here (registry stats carry no args)
-        "status": str(data.get("status", JobStatus.NEW)),
-        "attempt": int(data.get("attempt", 0) or 0),
-        "run_at_ts": float(data.get("run_at_ts", 0.0) or 0.0),
-        "period": float(data.get("period", 0.0) or 0.0),
-        "cron": data.get("cron"),  # a cron schedule (next run: run_at_ts), with its tz
-        "tz": data.get("tz") or "UTC",
-        "priority": int(data.get("priority", 0) or 0),
-        "max_attempt": data.get("max_attempt"),
-        "node": data.get("node"),
-        "distributor": data.get("distributor") or "",
-        "on_success": data.get("on_success"),
-        "on_error": data.get("on_error"),
-        "run_at": data.get("run_at"),
-        "failed_at": data.get("failed_at"),
-        "last_error": data.get("last_error"),
-        "record": data,
-    }
-    view.update(where)
-    return view
-
-
 def _here(stats: dict[str, Any]) -> dict[str, Any]:
     stats.setdefault("host", socket.gethostname())
     stats.setdefault("pid", os.getpid())
@@ -121,6 +105,7 @@ class LocalSource:
     def __init__(self, reactor: Reactor) -> None:
         self.reactor = reactor
         self.label = "this process"
+        self._lists = LocalLists(self)
 
     def _distributors(self) -> list[Distributor]:
         return list(self.reactor._distributors)
@@ -173,18 +158,21 @@ class LocalSource:
 
         return list(self._on_loop(read))
 
-    def failed(self, limit: int) -> list[View]:
-        async def read() -> list[View]:
-            out: list[View] = []
-            for storage in self.reactor._storages():
-                for node in await storage.nodes():
-                    for record in await storage.jobs_for(node):
-                        if record.status == JobStatus.FAILED and len(out) < limit:
-                            out.append(job_view(record, node=node, stored=True))
-            out.sort(key=lambda view: -(view["failed_at"] or 0.0))
-            return out
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        return self._lists.list_jobs(query)
 
-        return list(self.reactor.call(read, timeout=10.0))
+    @property
+    def can_cancel(self) -> bool:
+        return bool(self._distributors())
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        from jobreactor.housekeeping import control_node
+
+        async def ask() -> tuple[str | None, str]:
+            return await control_node(self._distributors(), self._nodes(), name, op, who)
+
+        answer: tuple[str | None, str] = self.reactor.call(ask, timeout=30.0)
+        return answer
 
     def job(self, job_id: str) -> View | None:
         def live() -> View | None:
@@ -217,7 +205,12 @@ class LocalSource:
         return result
 
     def retry(self, job_id: str) -> bool:
-        return self.reactor.retry(job_id)
+        """A failed job runs again (JR.retry); a retrying one runs now ("retry now")."""
+
+        def now() -> bool:
+            return any(node.control.retry_now(job_id) for node in self._nodes())
+
+        return bool(self._on_loop(now)) or self.reactor.retry(job_id)
 
     def delete(self, job_id: str) -> bool:
         async def destroy() -> bool:
@@ -248,18 +241,23 @@ class LocalSource:
 class StoredJobs:
     """Failed jobs and stored records from Redis node storage (RedisMonitor), bounded scans."""
 
-    SCAN_BUDGET = 20_000  # records read at most per failed-jobs page
+    SCAN_BUDGET = 20_000  # records read at most by a scheduled-jobs page
+    SCAN_TIME_S = 0.5  # and for this long at most (in the worker thread, never on a loop)
 
     def __init__(self, monitor: RedisMonitor) -> None:
         self.monitor = monitor
+        self.index = MonitorIndex(monitor)
 
-    def failed(self, limit: int) -> list[View]:
-        found = itertools.islice(
-            self.monitor.iter_jobs(status=JobStatus.FAILED.value, budget=self.SCAN_BUDGET), limit
-        )
-        out = [job_view(record, node=node, stored=True) for node, record in found]
-        out.sort(key=lambda view: -(view["failed_at"] or 0.0))
-        return out
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        """Failed and retrying jobs from the indexes; scheduled ones by a bounded scan."""
+        if query.status == "failed":
+            return listing.indexed(self.index, "failed", query)
+        if query.status == "retrying":
+            return listing.indexed(self.index, "retrying", query)
+        if query.status == "scheduled":
+            views, complete = self._scan_scheduled(SCHEDULED_MAX)
+            return listing.page_of(query, views, partial=not complete)
+        return None
 
     def job(self, job_id: str) -> View | None:
         node = self.monitor.node_of(job_id)
@@ -273,18 +271,30 @@ class StoredJobs:
         return self.monitor.destroy(job_id)
 
     def scheduled(self, limit: int) -> list[View]:
-        """Stored jobs due later (delayed, periodic, retries), for nodes this process can't see."""
+        """Stored jobs due later (delayed, periodic), for nodes this process can't see."""
+        return self._scan_scheduled(limit)[0]
+
+    def _scan_scheduled(self, limit: int) -> tuple[list[View], bool]:
+        """(what a bounded scan found, whether it read every record)."""
         now = time.time()
+        deadline = time.monotonic() + self.SCAN_TIME_S
         out: list[View] = []
-        for node, record in self.monitor.iter_jobs(budget=self.SCAN_BUDGET):
+        complete = True
+        found = self.monitor.iter_jobs(budget=self.SCAN_BUDGET)
+        for read, (node, record) in enumerate(found, 1):
+            if time.monotonic() > deadline or read >= self.SCAN_BUDGET:
+                complete = False
+                break
             status = record.get("status", JobStatus.NEW.value)
             due = float(record.get("run_at_ts") or 0.0)
             if status in (JobStatus.NEW.value, JobStatus.QUEUED.value) and due > now:
+                # (a retry due later has status "error": the retrying list has it)
                 out.append(job_view(record, node=node, stored=True))
                 if len(out) >= limit:
+                    complete = False
                     break
         out.sort(key=lambda view: view["run_at_ts"])
-        return out
+        return out, complete
 
 
 class NoLiveSource:
@@ -301,8 +311,15 @@ class NoLiveSource:
     def scheduled(self, limit: int) -> list[View]:
         return []
 
-    def failed(self, limit: int) -> list[View]:
-        return []
+    def list_jobs(self, query: Query) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def can_cancel(self) -> bool:
+        return False
+
+    def control_node(self, name: str, op: str, who: str) -> tuple[str | None, str]:
+        return None, "this dashboard sees no distributor to reach the node through"
 
     def job(self, job_id: str) -> View | None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,18 @@ def _without_errors(args: Any) -> Any:
     return {k: v for k, v in args.items() if k not in ("error", "errback_error")}
 
 
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_.:@~-]{1,200}")
+
+
+def path_safe(job_id: Any) -> bool:
+    """Whether a job id can be a URL path segment as is (`/jobs/<id>`): anything else (a "/",
+    "?", "#", "%", "..", spaces, non-ASCII) goes in the query, `/jobs/?id=<id>`."""
+    text = str(job_id)
+    return text not in (".", "..") and _PATH_SAFE.fullmatch(text) is not None
+
+
 def install_filters(env: Environment) -> None:
+    env.tests["path_safe"] = path_safe
     env.filters.update(
         when=_when,
         ago=_ago,

@@ -191,9 +191,30 @@ class Dispatcher:
         return None if entry is None else entry[2]
 
     def peek(self, limit: int) -> list[JobRecord]:
-        """Up to `limit` pending jobs, the longest queued first (dashboards). O(limit): not
-        the exact dispatch order, which would mean sorting millions on the loop."""
-        return [entry[2] for entry in itertools.islice(self._pending.values(), limit)]
+        """The first `limit` pending jobs in dispatch order (priority, then FIFO), for
+        dashboards and registry stats: a walk down the buckets' heaps, O(limit · log), no sort
+        of the whole queue (entries removed since they were pushed are skipped)."""
+        walk: list[tuple[int, int, int, int, list[_Entry]]] = [
+            (*bucket.heap[0][:2], id(bucket.heap), 0, bucket.heap)
+            for bucket in self._buckets.values()
+            if bucket.heap
+        ]
+        heapq.heapify(walk)
+        out: list[JobRecord] = []
+        pending = self._pending
+        while walk and len(out) < limit:
+            _, _, key, i, heap = heapq.heappop(walk)
+            entry = heap[i]
+            if pending.get(entry[2].id) is entry:
+                out.append(entry[2])
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(walk, (*heap[child][:2], key, child, heap))
+        return out
+
+    def entries(self) -> list[tuple[int, int, JobRecord]]:
+        """Every pending (priority, seq, job), unordered: a copy to sort off the loop."""
+        return list(self._pending.values())
 
     def pending_jobs(self) -> Iterator[JobRecord]:
         """Every pending job, in arrival order (backlog.py reads them for metrics/health)."""

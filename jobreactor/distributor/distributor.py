@@ -414,6 +414,16 @@ class Distributor(Sessions):
         """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
         return await self.commands.ask(list(self._by_name.values()), op, arg, timeout)
 
+    async def command_node(
+        self, name: str, op: str, arg: str, timeout: float
+    ) -> CommandResult | None:
+        """Ask the node named `name` alone (node/control.py ops); None if it isn't connected."""
+        session = self._by_name.get(name)
+        if session is None:
+            return None
+        answers = await self.commands.ask([session], op, arg, timeout)
+        return answers[0] if answers else None
+
     async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
         async with asyncio.timeout(timeout), self._node_joined:

@@ -178,6 +178,8 @@ class Recovery(Outcomes):
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
             "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            # Where a dashboard finds any pending job of ours by id (Redis storage only).
+            "journal": self.journal.queue if self.journal is not None else None,
             **self.backlog_watch.read().stats(),
             "metrics": METRICS.snapshot(),
         }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
+from jobreactor.node.control import OPS
 from jobreactor.protocol import Command, CommandResult
 from jobreactor.storage.base import Storage
 
@@ -50,8 +51,8 @@ async def _release_lock(node: Node, command: Command) -> CommandResult:
 
 async def _retry(node: Node, link: DistributorLink, command: Command) -> CommandResult | None:
     taken = await take_failed(node.storage, command.arg)
-    if taken is None:
-        return CommandResult(command.command_id, False, {}, "")
+    if taken is None:  # not failed: maybe waiting for its next attempt here ("retry now")
+        return CommandResult(command.command_id, node.control.retry_now(command.arg), {}, "")
     owner, job = taken
     if link.conn is None or not link.is_ready:
         # The answer can't leave: put the job back as it was rather than lose it.
@@ -62,6 +63,18 @@ async def _retry(node: Node, link: DistributorLink, command: Command) -> Command
     return CommandResult(command.command_id, True, job.to_dict(), "")
 
 
+def _control(node: Node, command: Command) -> CommandResult:
+    """quiet / resume / drain (node/control.py); `arg` is "<node name>:<who asked>"."""
+    name, _, who = command.arg.partition(":")
+    if name != node.name:
+        return CommandResult(command.command_id, False, {}, "")
+    try:
+        node.control.apply(command.op, who=who or "the app")
+    except ValueError as exc:
+        return CommandResult(command.command_id, True, {}, str(exc))
+    return CommandResult(command.command_id, True, {}, "")
+
+
 def answer(node: Node, link: DistributorLink, command: Command) -> None:
     """Do `command` off the message path and send the result on the same link."""
 
@@ -70,6 +83,8 @@ def answer(node: Node, link: DistributorLink, command: Command) -> None:
         try:
             if command.op == "release_lock":
                 result = await _release_lock(node, command)
+            elif command.op in OPS:
+                result = _control(node, command)
             else:
                 result = await _retry(node, link, command)
         except StorageError as exc:

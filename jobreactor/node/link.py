@@ -350,13 +350,15 @@ class DistributorLink(Reporting):
 
     def ack(self, lease: int, credit: bool) -> None:
         self._acks.append(lease)
-        if credit and not self.node.intake_closed:
+        if credit and not (self.node.control.quiet or self.node.intake_closed):
             self._credits += 1
         self._flush_soon()
 
     def grant(self, credits: int = 1) -> None:
-        if self.node.intake_closed:
-            return  # recycling: the node drains what it holds and takes nothing new
+        if self.node.control.quiet or self.node.intake_closed:
+            # An operator quieted the node (node/control.py), or it is recycling:
+            # it drains what it holds and no credit goes out.
+            return
         self._credits += credits
         self._flush_soon()
 

@@ -140,6 +140,7 @@ class Membership(Packing, Attempts):
             "free_credit": max(0, self._window - (len(self._jobs) + self._packed_n)),
             "distributors": [link.address for link in self.links if link.is_ready],
             "concurrency": self._concurrency,
+            "state": self.control.state,  # type: ignore[attr-defined]
             "limits": self.limits.stats() if self.limits is not None else {},
             "metrics": METRICS.snapshot(),
         }

@@ -26,6 +26,7 @@ from jobreactor.job import (
 from jobreactor.metrics import METRICS
 from jobreactor.node import guards
 from jobreactor.node.attempts import Held
+from jobreactor.node.control import NodeControl
 from jobreactor.node.identity import expand_node_name, new_instance_id
 from jobreactor.node.limits import NodeLimits
 from jobreactor.node.link import DistributorLink
@@ -104,6 +105,7 @@ class Node(Membership, Persistence):
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self.control = NodeControl(self)  # quiet / resume / drain (node/control.py)
         self.intake_closed = False  # close_intake(): no credit granted any more
         self._drain_deadline: asyncio.Timeout | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -254,7 +256,7 @@ class Node(Membership, Persistence):
             link.pause()
 
     def free_credits(self, link: DistributorLink) -> int:
-        if self._stopping or self._probing or self.intake_closed:
+        if self._stopping or self._probing or self.control.quiet or self.intake_closed:
             return 0
         used = sum(1 for h in self._jobs.values() if h.link is link and h.holds_credit)
         return max(0, self._window - used)

@@ -14,6 +14,7 @@ from jobreactor.cron import skip_missed_tick
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.control import CONTROL_PREFIX
 from jobreactor.node.limits import WAKE_PREFIX
 
 logger = logging.getLogger("jobreactor.node")
@@ -31,7 +32,12 @@ class Persistence(Attempts):
 
     def _persist(self, record: JobRecord) -> None:
         if not self._write_behind:
-            return  # memory storage holds this very object: nothing to write
+            # Memory storage holds this very object: nothing to write, but its failed and
+            # retrying indexes (storage/status_index.py) follow the status.
+            note = getattr(self.storage, "note_status", None)
+            if note is not None:
+                note(self.name, record)
+            return
         self._doomed.discard(record.id)
         self._dirty[record.id] = record
         self._flush_soon()
@@ -93,7 +99,9 @@ class Persistence(Attempts):
         commands = self.storage.commands  # type: ignore[attr-defined]
         async for job_id in commands(self.name, resync=True):
             try:
-                if job_id.startswith(WAKE_PREFIX) and self.limits is not None:
+                if job_id.startswith(CONTROL_PREFIX):  # `jobreactor node quiet` and the like
+                    self._control_op(job_id[len(CONTROL_PREFIX) :])
+                elif job_id.startswith(WAKE_PREFIX) and self.limits is not None:
                     self.limits.wake(job_id[len(WAKE_PREFIX) :])  # a limit's slot freed up
                 elif job_id:
                     await self._wake(job_id)
@@ -105,6 +113,13 @@ class Persistence(Attempts):
                             await self._wake(record.id)
             except StorageError as exc:
                 logger.warning("%s: could not act on a wake-up: %s", self.name, exc)
+
+    def _control_op(self, message: str) -> None:
+        op, _, who = message.partition(":")
+        try:
+            self.control.apply(op, who=who or "redis")  # type: ignore[attr-defined]
+        except ValueError as exc:
+            logger.warning("%s: %s", self.name, exc)
 
     async def _wake(self, job_id: str) -> None:
         """(Re)schedule a stored job of ours from its record, e.g. a failed job to retry."""

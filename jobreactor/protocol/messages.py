@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-# 2: every frame after a secret handshake carries a MAC (protocol/mac.py); Hello bounded.
+# 2: every frame after a secret handshake carries a MAC (protocol/mac.py); Hello bounded;
+# Command ops quiet / resume / drain (node/control.py).
 PROTOCOL_VERSION: Final = 2
 # Put into the success args of the part that completed its batch; the distributor takes it out.
 BATCH_COMPLETE_KEY: Final = "_jr_batch_complete"
@@ -256,8 +257,9 @@ class Dropped(Message):
         return [self.drop, self.last]
 
 
-# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry).
-COMMAND_OPS: Final = frozenset({"release_lock", "retry"})
+# App-side housekeeping a node does in its own storage (JR.release_lock, JR.retry), and an
+# operator's hold on the node (node/control.py: quiet, resume, drain; protocol version 2).
+COMMAND_OPS: Final = frozenset({"release_lock", "retry", "quiet", "resume", "drain"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Final
 from jobreactor.job import JobRecord
 from jobreactor.storage.base import UnlockResult
 from jobreactor.storage.codec import unpack_record
+from jobreactor.storage.status_index import IndexKind, MemoryIndex
 
 # Sweep expired keys once per this many acquire/lock calls (amortised O(1)).
 _SWEEP_EVERY: Final = 4096
@@ -70,6 +71,7 @@ class MemoryStorage:
         self._uniq = keys.uniq
         self._locks = keys.locks
         self._calls = 0
+        self._index = MemoryIndex()  # failed and retrying jobs per node (status_index.py)
 
     def __repr__(self) -> str:
         return f"<MemoryStorage nodes={len(self._jobs)} jobs={self.count()}>"
@@ -83,6 +85,11 @@ class MemoryStorage:
         table = self._jobs.setdefault(node, {})
         for job in jobs:
             table[job.id] = job
+        self._index.saved(node, jobs)
+
+    def note_status(self, node: str, job: JobRecord) -> None:
+        """A node changed a record this storage shares with it: follow its status."""
+        self._index.note(node, job)
 
     def keep(self, node: str, job_id: str, job: _Stored) -> None:
         """Hold `job` (the node's own record, or its packed bytes) for a job still stored:
@@ -97,6 +104,7 @@ class MemoryStorage:
             return
         for job_id in job_ids:
             table.pop(job_id, None)
+        self._index.removed(node, job_ids)
 
     async def load(self, node: str, job_id: str) -> JobRecord | None:
         job = self._jobs.get(node, {}).get(job_id)
@@ -115,7 +123,17 @@ class MemoryStorage:
         if table is None:
             return []
         taken = ((job_id, table.pop(job_id, None)) for job_id in job_ids)
-        return [_copy(job_id, job) for job_id, job in taken if job is not None]
+        out = [_copy(job_id, job) for job_id, job in taken if job is not None]
+        self._index.removed(from_node, [job.id for job in out])
+        return out
+
+    async def index_count(self, node: str, kind: IndexKind) -> int:
+        return self._index.count(node, kind)
+
+    async def index_page(
+        self, node: str, kind: IndexKind, start: int, count: int
+    ) -> list[tuple[str, float]]:
+        return self._index.page(node, kind, start, count)
 
     # --- a distributor's durable queue ----------------------------------------------------------
 

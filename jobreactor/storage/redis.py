@@ -26,7 +26,7 @@ from redis.backoff import EqualJitterBackoff
 
 from jobreactor.errors import ConfigError, StorageError
 from jobreactor.job import JobRecord
-from jobreactor.storage import scripts
+from jobreactor.storage import scripts, status_index
 from jobreactor.storage.base import UnlockResult
 from jobreactor.storage.codec import (
     decode_fields,
@@ -134,6 +134,8 @@ class RedisStorage(WakeUps):
                 self._scripts = {
                     name: client.register_script(getattr(scripts, name)) for name in scripts.NAMES
                 }
+                for name, body in status_index.SCRIPTS.items():
+                    self._scripts[name] = client.register_script(body)
                 self._client = client
         return self._client
 
@@ -149,7 +151,8 @@ class RedisStorage(WakeUps):
         # One script call per 1000 jobs, one msgpack argument per job: redis-py's Python
         # per-argument packing, not Redis, was the cost of pipelined HSETs (40 -> 14 us/job).
         packed = [pack_job(job) for job in jobs]
-        index = self.keys.index(node)
+        codes = [status_index.code_of(job) for job in jobs]
+        index = self._indexes(node)
         with self._errors("save_many"):
             if node not in self._listed:
                 # The directory has its own slot, so it is written apart from the jobs (once
@@ -158,15 +161,16 @@ class RedisStorage(WakeUps):
                 self._listed.add(node)
             for start in range(0, len(jobs), _CHUNK):
                 job_keys = [self.keys.job(node, job.id) for job in jobs[start : start + _CHUNK]]
-                await self._script("SAVE", [index, *job_keys], packed[start : start + _CHUNK])
+                args = packed[start : start + _CHUNK] + codes[start : start + _CHUNK]
+                await self._script("SAVE_INDEXED", [*index, *job_keys], args)
 
     async def destroy_many(self, node: str, job_ids: Sequence[str]) -> None:
-        index = self.keys.index(node)
+        index = self._indexes(node)
         with self._errors("destroy_many"):
             for start in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[start : start + _CHUNK]
-                keys = [index, *[self.keys.job(node, job_id) for job_id in chunk]]
-                await self._script("DESTROY", keys, chunk)
+                keys = [*index, *[self.keys.job(node, job_id) for job_id in chunk]]
+                await self._script("DESTROY_INDEXED", keys, chunk)
 
     async def load(self, node: str, job_id: str) -> JobRecord | None:
         key = self.keys.job(node, job_id)
@@ -211,6 +215,32 @@ class RedisStorage(WakeUps):
             if cursor == 0:
                 return
 
+    def _indexes(self, node: str) -> list[str]:
+        """The node's index set, failed zset and retrying zset (status_index.py)."""
+        tag = self.keys.node_tag(node)
+        return [
+            self.keys.index(node),
+            *(status_index.index_key(tag, k) for k in status_index.KINDS),
+        ]
+
+    async def index_count(self, node: str, kind: status_index.IndexKind) -> int:
+        with self._errors("index_count"):
+            key = status_index.index_key(self.keys.node_tag(node), kind)
+            return int(await (await self._redis()).zcard(key))
+
+    async def index_page(
+        self, node: str, kind: status_index.IndexKind, start: int, count: int
+    ) -> list[tuple[str, float]]:
+        key = status_index.index_key(self.keys.node_tag(node), kind)
+        with self._errors("index_page"):
+            client = await self._redis()
+            stop = start + count - 1
+            if kind == "failed":
+                rows = await client.zrevrange(key, start, stop, withscores=True)
+            else:
+                rows = await client.zrange(key, start, stop, withscores=True)
+        return [(str(job_id), float(score)) for job_id, score in rows]
+
     async def nodes(self) -> list[str]:
         with self._errors("nodes"):
             client = await self._redis()
@@ -231,11 +261,12 @@ class RedisStorage(WakeUps):
         for start in range(0, len(job_ids), _CHUNK):
             chunk = list(job_ids[start : start + _CHUNK])
             keys = [index, self.keys.claim(from_node, f"{token}:{start}")]
+            keys += self._indexes(from_node)[1:]
             keys += [self.keys.job(from_node, job_id) for job_id in chunk]
             with self._errors("claim"):
                 # Atomic per chunk; the answer is logged under a fresh token so a retry after
                 # a lost reply returns the same jobs instead of losing them.
-                reply: list[Any] = await self._script("CLAIM", keys, chunk)
+                reply: list[Any] = await self._script("CLAIM_INDEXED", keys, chunk)
             for i in range(0, len(reply), 2):
                 job_id, flat = reply[i], reply[i + 1]
                 raw = dict(zip(flat[::2], flat[1::2], strict=True))

@@ -87,7 +87,7 @@ def test_overview_counters_move_while_jobs_flow(
     page.wait_for_selector("table.in-flight >> text=transcode")
     for handle in waiting:
         assert handle is not None
-        assert page.locator(f"table.pending >> text={handle.id}").count() == 1
+        assert page.locator(f"table#pending >> text={handle.id}").count() == 1
     screenshot(page, "queues")
 
 
