@@ -63,14 +63,21 @@ class WakeUps:
         client = await self._redis()
         if not is_cluster(client):
             pubsub = client.pubsub()
-            await pubsub.subscribe(channel)
-            return pubsub
-        owner = client.get_node_from_key(channel)
-        url = with_address(self._url, owner.host, owner.port)
-        plain: aredis.Redis[str] = aredis.Redis.from_url(url, **self._options)
-        pubsub = plain.pubsub()
-        pubsub.owner = plain  # closed with it (see `_unsubscribe`)
-        await pubsub.ssubscribe(channel)
+            subscribe = pubsub.subscribe
+        else:
+            owner = client.get_node_from_key(channel)
+            url = with_address(self._url, owner.host, owner.port)
+            plain: aredis.Redis[str] = aredis.Redis.from_url(url, **self._options)
+            pubsub = plain.pubsub()
+            pubsub.owner = plain  # closed with it (see `_unsubscribe`)
+            subscribe = pubsub.ssubscribe
+        try:
+            await subscribe(channel)
+        except BaseException:
+            # A SUBSCRIBE that timed out against a frozen Redis is still in the socket: left
+            # open, Redis would run it once thawed and count a subscriber nobody reads.
+            await _unsubscribe(pubsub)
+            raise
         return pubsub
 
     async def commands(self, node: str, *, resync: bool = False) -> AsyncGenerator[str, None]:

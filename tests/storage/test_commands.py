@@ -247,11 +247,15 @@ async def test_a_frozen_redis_is_noticed_by_ping(
                 await eventually(noticed, 5)
             finally:
                 os.kill(pid, signal.SIGCONT)
+            # Resubscribed (RESYNC) first: until then a PUBLISH may count the dead link's
+            # subscription, which the thawed server has not dropped yet, and be lost as the
+            # docstring of `commands` says (what RESYNC is for).
+            received = [await listener.next(within=30)]
+            while received[-1] != RESYNC:
+                received.append(await listener.next(within=30))
             await until_subscribed(store, "w1", "after")
-            received = [await listener.next()]
             while received[-1] != "after":
                 received.append(await listener.next())
-            assert RESYNC in received
     finally:
         await store.aclose()
 
