@@ -1,4 +1,8 @@
-"""The Lua scripts of RedisStorage. Each touches the keys of one hash tag (one owner)."""
+"""The Lua scripts of RedisStorage. Each touches the keys of one hash tag (one owner).
+
+A node's record writes (save, destroy, claim) keep its status indexes too: they are in
+storage/status_index.py.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,6 @@ from typing import Final
 
 _LOCK_GRACE_MS: Final = 86_400_000
 CLAIM_LOG_MS: Final = 60_000
-
-CLAIM = """
--- KEYS[1] index set, KEYS[2] claim log, KEYS[3..] job hashes; ARGV: the ids, same order.
-local done = redis.call('GET', KEYS[2])
-if done then return cmsgpack.unpack(done) end
-local out = {}
-for i = 1, #ARGV do
-  if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
-    out[#out + 1] = ARGV[i]
-    out[#out + 1] = redis.call('HGETALL', KEYS[i + 2])
-    redis.call('DEL', KEYS[i + 2])
-  end
-end
-redis.call('SET', KEYS[2], cmsgpack.pack(out), 'PX', ARGV_LOG_MS)
-return out
-""".replace("ARGV_LOG_MS", str(CLAIM_LOG_MS))
-
-SAVE = """
--- KEYS[1] index set, KEYS[2..] job hashes; ARGV[i] msgpack [id, field1, value1, ...] for
--- KEYS[i + 1]. Atomic: a job is never seen half-written, nor between its DEL and HSET by a
--- claim. DEL first, so fields that went back to None/default don't linger.
-for i = 2, #KEYS do
-  local flat = cmsgpack.unpack(ARGV[i - 1])
-  redis.call('DEL', KEYS[i])
-  redis.call('HSET', KEYS[i], unpack(flat, 2))
-  redis.call('SADD', KEYS[1], flat[1])
-end
-return #KEYS - 1
-"""
-
-DESTROY = """
--- KEYS[1] index set, KEYS[2..] job hashes; ARGV the ids.
-redis.call('DEL', unpack(KEYS, 2))
-redis.call('SREM', KEYS[1], unpack(ARGV))
-return 1
-"""
 
 QUEUE_REMOVE = """
 -- KEYS: jobs hash, order zset; ARGV: the ids.
@@ -150,9 +118,6 @@ return false
 
 
 NAMES: Final = (
-    "CLAIM",
-    "SAVE",
-    "DESTROY",
     "QUEUE_REMOVE",
     "LOAD_MANY",
     "QUEUE_SAVE",

@@ -51,7 +51,8 @@ def code_of(job: JobRecord) -> str:
 
 # KEYS[1] index set, KEYS[2] failed zset, KEYS[3] retrying zset, KEYS[4..] job hashes;
 # ARGV[1..n] msgpack [id, field1, value1, ...] for KEYS[i + 3], ARGV[n+1..2n] index codes.
-# The body of storage/scripts.py SAVE, plus the status indexes.
+# Atomic: a job is never seen half-written, nor between its DEL and HSET by a claim. DEL
+# first, so fields that went back to None/default don't linger.
 SAVE_INDEXED: Final = """
 local n = #KEYS - 3
 local hasf = redis.call('EXISTS', KEYS[2]) == 1
@@ -91,7 +92,8 @@ return 1
 """
 
 # KEYS[1] index set, KEYS[2] claim log, KEYS[3] failed zset, KEYS[4] retrying zset,
-# KEYS[5..] job hashes; ARGV: the ids, same order. storage/scripts.py CLAIM plus the indexes.
+# KEYS[5..] job hashes; ARGV: the ids, same order. The claim log makes a retried claim
+# return what the first one took.
 CLAIM_INDEXED: Final = """
 local done = redis.call('GET', KEYS[2])
 if done then return cmsgpack.unpack(done) end

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 
 FAST = {"registry_beat": 0.2, "registry_ttl": 0.8, "adopt_grace": 1.5}
 
+# Another app process: a distributor of `group` with one node that ran `n` jobs (both tests
+# here and test_registry_totals.py start it).
 OTHER_APP = textwrap.dedent(
     """
     import json, sys
@@ -39,10 +41,12 @@ OTHER_APP = textwrap.dedent(
     reactor = Reactor(logger_method="WARNING", log_job_processing=False, **settings["config"])
     reactor.run()
     _, port = reactor.start_distributor(
-        "127.0.0.1", 0, discovery_url=settings["url"], group="shop"
+        "127.0.0.1", 0, discovery_url=settings["url"], group=settings.get("group", "shop")
     )
-    reactor.start_node("other-node", "memory", [("127.0.0.1", port)], registry=registry)
-    for handle in reactor.enqueue_many([("work", {"i": i}, None) for i in range(7)]):
+    node = settings.get("node", "other-node")
+    reactor.start_node(node, "memory", [("127.0.0.1", port)], registry=registry)
+    jobs = [("work", {"i": i}, None) for i in range(settings.get("n", 7))]
+    for handle in reactor.enqueue_many(jobs):
         handle.result(20)
     print("ready", flush=True)
     sys.stdin.read()  # until the test closes our stdin

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +15,18 @@ import pytest
 
 from jobreactor.dashboard import create_app
 from tests.conftest import wait_until
+from tests.dashboard.test_registry import FAST, OTHER_APP
 from tests.redis_server import RedisServer, unique_prefix
 from tests.test_metrics import samples
-
-FAST = {"registry_beat": 0.2, "registry_ttl": 0.8, "adopt_grace": 1.5}
-
-APP = textwrap.dedent(
-    """
-    import json, sys
-    from jobreactor import Reactor, Registry
-
-    settings = json.loads(sys.argv[1])
-    registry = Registry()
-    registry.job("work")(lambda args: None)
-    reactor = Reactor(logger_method="WARNING", log_job_processing=False, **settings["config"])
-    reactor.run()
-    _, port = reactor.start_distributor(
-        "127.0.0.1", 0, discovery_url=settings["url"], group="totals"
-    )
-    reactor.start_node("worker", "memory", [("127.0.0.1", port)], registry=registry)
-    for handle in reactor.enqueue_many([("work", {"i": i}, None) for i in range(settings["n"])]):
-        handle.result(20)
-    print("ready", flush=True)
-    sys.stdin.read()  # until the test closes our stdin
-    reactor.stop(timeout=5)
-    """
-)
 
 
 def _app(script: Path, url: str, config: dict[str, Any], n: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps({"url": url, "config": config, "n": n})],
+        [
+            sys.executable,
+            str(script),
+            json.dumps({"url": url, "config": config, "n": n, "group": "totals", "node": "worker"}),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -87,7 +67,7 @@ def test_registry_sums_never_decrease_across_a_restart(
         return value
 
     script = tmp_path / "app.py"
-    script.write_text(APP)
+    script.write_text(OTHER_APP)
     first = _app(script, redis_server.url, config, 5)
     try:
         wait_until(lambda: succeeded() == 5, 30, "the first process's 5 successes")

@@ -186,15 +186,16 @@ async def test_a_retried_claim_gets_the_same_jobs(redis_storage: RedisStorage) -
     """
     await redis_storage.save_many("gone", [rec("a"), rec("b")])
     keys = redis_storage.keys
-    script_keys = [keys.index("gone"), keys.claim("gone", "token:0"), keys.job("gone", "a")]
-    script_keys.append(keys.job("gone", "b"))
-    first = await redis_storage._script("CLAIM", script_keys, ["a", "b"])
-    again = await redis_storage._script("CLAIM", script_keys, ["a", "b"])
+    statuses = redis_storage._indexes("gone")[1:]  # failed and retrying zsets
+    jobs = [keys.job("gone", "a"), keys.job("gone", "b")]
+    script_keys = [keys.index("gone"), keys.claim("gone", "token:0"), *statuses, *jobs]
+    first = await redis_storage._script("CLAIM_INDEXED", script_keys, ["a", "b"])
+    again = await redis_storage._script("CLAIM_INDEXED", script_keys, ["a", "b"])
     assert [first[0], first[2]] == ["a", "b"]
     assert again == first
     assert await redis_storage.jobs_for("gone") == []
-    other_token = [keys.index("gone"), keys.claim("gone", "token2:0"), *script_keys[2:]]
-    assert await redis_storage._script("CLAIM", other_token, ["a", "b"]) == []
+    other_token = [keys.index("gone"), keys.claim("gone", "token2:0"), *statuses, *jobs]
+    assert await redis_storage._script("CLAIM_INDEXED", other_token, ["a", "b"]) == []
 
 
 async def test_the_source_never_uses_keys() -> None:
