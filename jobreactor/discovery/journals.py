@@ -7,7 +7,7 @@ and whose member entry is gone may be adopted by a live distributor of the group
 call checks all that and makes it the owner (epoch + 1), so two adopters never both win. The
 adopter moves the jobs into its own journal, then deletes the record (`finish`). An owner that
 was only paused finds on its next beat that it no longer owns its journal (`fenced`) and stops
-using it.
+using it. A graceful stop releases its journal (`release`): adoptable at once, no grace.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ if owner ~= '' and redis.call('HGET', KEYS[2], 'adopting') == '1'
    and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '0')
+redis.call('HDEL', KEYS[2], 'finished', 'released')
+redis.call('PERSIST', KEYS[2])  -- an adopter's tombstone, ours now
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return epoch
 """
@@ -43,9 +45,11 @@ _TOUCH = (
     _NOW
     + """
 -- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id, ARGV[3] epoch.
--- 1: still ours (seen now); 0: fenced (adopted, or claimed by a later owner).
-if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1]
-   or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+-- 1: still ours (seen now); 0: fenced (adopted, or claimed by a later owner);
+-- -1: no record at all (Redis lost it: restarted empty, flushed): nobody adopted it.
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if not owner then return -1 end
+if owner ~= ARGV[1] or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return 1
 """
@@ -67,13 +71,36 @@ return epoch
 """
 )
 
+_RELEASE = """
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id, ARGV[3] epoch.
+-- A graceful stop hands the journal to the group: seen "never" (score 0), so the next live
+-- member's beat adopts it now instead of after adopt_grace. Fenced: only the owner at its
+-- epoch may release it (1), else 0.
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1]
+   or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], 'released', '1')
+redis.call('ZADD', KEYS[1], 0, ARGV[2])
+return 1
+"""
+
 _FINISH = """
--- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id.
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id,
+-- ARGV[3] how long (ms) an adopter keeps the record as a tombstone, 0 to delete it.
+-- The tombstone names the adopter, so a stalled old owner learns it lost its journal
+-- (fenced) rather than finding no record, which means Redis lost it (restarted empty).
 if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[2], 'adopting', '0', 'finished', '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+else
+  redis.call('DEL', KEYS[2])
+end
 redis.call('ZREM', KEYS[1], ARGV[2])
 return 1
 """
+
+# How long an adopted journal's record names its adopter (see _FINISH); it has a TTL.
+TOMBSTONE_S = 86_400.0
 
 
 class JournalClaims:
@@ -86,6 +113,7 @@ class JournalClaims:
         self._touch = client.register_script(_TOUCH)
         self._adopt = client.register_script(_ADOPT)
         self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
 
     def _keys(self, journal_id: str) -> list[str]:
         return [self.keys.journals, self.keys.journal(journal_id)]
@@ -99,10 +127,16 @@ class JournalClaims:
             if epoch != -2:
                 return epoch
 
-    async def touch(self, journal_id: str, iid: str, epoch: int) -> bool:
-        """Still the owner at this epoch? (and mark it seen now). False: fenced."""
+    async def touch(self, journal_id: str, iid: str, epoch: int) -> int:
+        """Still the owner at this epoch? (and mark it seen now). 1: yes; 0: fenced (another
+        distributor owns it now); -1: the record is gone (Redis lost it; nobody adopted it)."""
         args = [iid, journal_id, str(epoch)]
-        return bool(await self._touch(keys=self._keys(journal_id), args=args))
+        return int(await self._touch(keys=self._keys(journal_id), args=args))
+
+    async def release(self, journal_id: str, iid: str, epoch: int) -> bool:
+        """Hand our journal to the group: adoptable at once (graceful stop). False: not ours."""
+        args = [iid, journal_id, str(epoch)]
+        return bool(await self._release(keys=self._keys(journal_id), args=args))
 
     async def stale(self, grace: float, limit: int = 16) -> list[tuple[str, str]]:
         """Journals not seen for `grace` seconds: (journal id, owner iid), oldest first."""
@@ -126,6 +160,9 @@ class JournalClaims:
         args = [iid, journal_id, owner, str(round(grace * 1000))]
         return int(await self._adopt(keys=keys, args=args))
 
-    async def finish(self, journal_id: str, iid: str) -> bool:
-        """Forget the record of a journal we own and emptied."""
-        return bool(await self._finish(keys=self._keys(journal_id), args=[iid, journal_id]))
+    async def finish(self, journal_id: str, iid: str, *, adopted: bool = False) -> bool:
+        """Forget the record of a journal we own and emptied (`adopted`: keep a tombstone
+        naming us for TOMBSTONE_S, so its stalled old owner knows it was fenced)."""
+        tombstone_ms = round(TOMBSTONE_S * 1000) if adopted else 0
+        args = [iid, journal_id, str(tombstone_ms)]
+        return bool(await self._finish(keys=self._keys(journal_id), args=args))

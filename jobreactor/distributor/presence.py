@@ -102,7 +102,16 @@ class Presence:
             return
         journal = self.distributor.journal
         assert journal is not None
-        if not await self.claims.touch(journal.queue, self.distributor.iid, self.epoch):
+        owned = await self.claims.touch(journal.queue, self.distributor.iid, self.epoch)
+        if owned == -1:  # Redis lost the record (restarted empty): nobody took it, claim again
+            logger.warning(
+                "distributor %s: the registry had no record of its journal (Redis restarted "
+                "empty or was flushed?); claiming it again",
+                self.distributor.address,
+            )
+            self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+            return
+        if not owned:
             self.distributor.fenced()
             await self.registration.renew(self.distributor.iid)
             journal.switch(f"{self.distributor.journal_base}:{self.distributor.iid}")
@@ -118,7 +127,7 @@ class Presence:
             return  # someone else was quicker, or the owner came back
         count = await self.distributor.adopt_journal(journal_id, owner)
         self.adopted.append(owner)
-        await self.claims.finish(journal_id, self.distributor.iid)
+        await self.claims.finish(journal_id, self.distributor.iid, adopted=True)
         message = {"event": "adopt", "from": owner, "by": self.distributor.iid}
         await self.client.publish(self.keys.events, json.dumps(message))
         await self.registration.beat()  # nodes re-route by our `adopted` list: publish it now
@@ -129,6 +138,33 @@ class Presence:
             owner,
             count,
         )
+
+    async def release(self, *, journal_empty: bool) -> bool:
+        """Leave the group and hand our journal to it (graceful stop of a recycling worker):
+        the next beat of a live member adopts it, not adopt_grace later. True if released."""
+        await self.registration.stop()  # first: an adopter checks that our entry is gone
+        journal = self.distributor.journal
+        released = False
+        if self.claims is not None and journal is not None:
+            try:
+                if journal_empty:
+                    await self.claims.finish(journal.queue, self.distributor.iid)
+                else:
+                    released = await self.claims.release(
+                        journal.queue, self.distributor.iid, self.epoch
+                    )
+                    event = {"event": "release", "from": self.distributor.iid}
+                    await self.client.publish(self.keys.events, json.dumps(event))
+            except REDIS_ERRORS as exc:
+                logger.warning(
+                    "distributor %s could not release its journal (%s): it is adopted "
+                    "after adopt_grace=%.0fs instead",
+                    self.distributor.address,
+                    exc,
+                    self.grace,
+                )
+        await self.client.aclose()
+        return released
 
     async def stop(self, journal_empty: bool) -> None:
         """Leave the group; forget our journal record if nothing is left in it."""

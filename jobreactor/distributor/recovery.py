@@ -164,6 +164,7 @@ class Recovery(Outcomes):
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": self.started,
+            "journal": self.journal is not None,  # nodes: will anyone adopt its jobs?
             "pending": len(self.dispatcher),
             "in_flight": len(self.tracker),
             "nodes": [

@@ -51,6 +51,7 @@ class Discovered:
         self._retired_at: dict[str, float] = {}
         self._routes: dict[str, str] = {}  # instance id -> address of the one that adopted it
         self._rerouted: set[str] = set()
+        self._journaled: dict[str, bool] = {}  # address -> it keeps a journal (redis storage)
 
     async def start(self) -> None:
         """Register and watch; if Redis is away now, both keep retrying (static links work)."""
@@ -88,6 +89,7 @@ class Discovered:
                 logger.info("%s: found distributor %s", self.node.name, address)
             if address in self.links:  # its handshake must show this very instance
                 self.links[address].expected_instance = member.iid
+            self._journaled[address] = bool(member.stats.get("journal", True))
         for member in members:
             for old in member.stats.get("adopted", ()):
                 if isinstance(old, str) and old not in self._rerouted:
@@ -98,6 +100,9 @@ class Discovered:
         link = self.links.pop(address)
         self.node.remove_link(link)
         logger.info("%s: distributor %s left; no more dialling it", self.node.name, address)
+        if not self._journaled.pop(address, True):  # memory: nobody will adopt it
+            self.node.outcomes_lost(link)
+            return
         if link.instance and (link.unacked_reports or self.node.holds_from(link)):
             self.retired[link.instance] = link  # until an adopter shows up, or never
             self._retired_at[link.instance] = time.monotonic()
