@@ -163,6 +163,15 @@ class Distributor(Sessions):
                 self._admitted,
                 self._refused,
             )
+        try:
+            await self._join_and_restore()
+        except BaseException:
+            await self._abandon_start()
+            raise
+        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
+        return bound
+
+    async def _join_and_restore(self) -> None:
         if self.discovery_url:
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
@@ -170,8 +179,15 @@ class Distributor(Sessions):
             await self.presence.start()  # owns the journal first: it may pick another one
         if self.journal is not None:
             await self._restore()
-        logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
-        return bound
+
+    async def _abandon_start(self) -> None:
+        """A failed start leaves nothing behind: no listener, no registry entry, no record."""
+        self.closed = True
+        for server in self._servers:
+            server.close()
+        if self.presence is not None:
+            await self.presence.abandon()
+        await self.storage.aclose()
 
     async def stop(self, timeout: float | None = None, *, handover: bool = False) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close.

@@ -64,8 +64,7 @@ class Presence:
             if self.claims is not None:
                 await self._claim_journal()
             await self.registration.beat()
-        except REDIS_ERRORS as exc:
-            await self.client.aclose()
+        except REDIS_ERRORS as exc:  # the distributor abandons its start (and our records)
             raise StorageUnavailable(
                 f"discovery: redis unreachable at {redact_url(self.url)} ({exc}); "
                 "check discovery_url and that redis-server runs"
@@ -165,6 +164,23 @@ class Presence:
                 )
         await self.client.aclose()
         return released
+
+    async def abandon(self) -> None:
+        """The distributor failed to start after we joined: leave Redis as we found it. A
+        journal record we created (epoch 1) goes; an older one (a previous instance at this
+        address left it) is released for adoption at once. Best effort."""
+        await self.registration.stop()
+        journal = self.distributor.journal
+        try:
+            if self.claims is not None and journal is not None and self.epoch > 0:
+                iid = self.distributor.iid
+                if self.epoch == 1:
+                    await self.claims.finish(journal.queue, iid)
+                else:
+                    await self.claims.release(journal.queue, iid, self.epoch)
+        except REDIS_ERRORS as exc:
+            logger.warning("could not withdraw the journal record of a failed start: %s", exc)
+        await self.client.aclose()
 
     async def stop(self, journal_empty: bool) -> None:
         """Leave the group; forget our journal record if nothing is left in it."""
