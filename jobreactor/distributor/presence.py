@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Registration, connect
+from jobreactor.distributor.releases import ReleaseListener
 from jobreactor.errors import StorageUnavailable
 from jobreactor.storage.codec import redact_url
 
@@ -53,6 +54,12 @@ class Presence:
             on_round=self._round_done,
         )
         self.claims = JournalClaims(self.client, self.keys) if distributor.journal else None
+        # Journals released by recycling members are adopted at once, not at our next beat.
+        self.releases = (
+            ReleaseListener(self.client, self.keys.events, self._adopt_stale)
+            if self.claims is not None
+            else None
+        )
         self.epoch = 0
         self.adopted: deque[str] = deque(maxlen=_ADOPTED_KEPT)
         self._ttl = settings.registry_ttl
@@ -70,6 +77,8 @@ class Presence:
                 "check discovery_url and that redis-server runs"
             ) from exc
         self.registration.start()
+        if self.releases is not None:
+            self.releases.start()
 
     def hold_dispatch(self) -> bool:
         """True if dispatching must wait for the next beat round (which proves the journal ours).
@@ -116,6 +125,13 @@ class Presence:
             journal.switch(f"{self.distributor.journal_base}:{self.distributor.iid}")
             self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
             return
+        await self._adopt_stale()
+
+    async def _adopt_stale(self) -> None:
+        """Adopt the journals whose owner is gone (stopped beating, or released it)."""
+        journal = self.distributor.journal
+        if self.claims is None or journal is None or self.distributor.closed:
+            return
         for journal_id, owner in await self.claims.stale(self.grace):
             if journal_id != journal.queue:
                 await self._adopt(journal_id, owner)
@@ -124,7 +140,10 @@ class Presence:
         assert self.claims is not None
         if not await self.claims.adopt(journal_id, owner, self.distributor.iid, self.grace):
             return  # someone else was quicker, or the owner came back
-        count = await self.distributor.adopt_journal(journal_id, owner)
+        count, senders = await self.distributor.adopt_journal(journal_id, owner)
+        # Nodes re-route by these: the owner, and those whose journals it had adopted (a
+        # recycling adopter hands on jobs its nodes still know by their first sender).
+        self.adopted.extend(sorted(senders - {owner}))
         self.adopted.append(owner)
         await self.claims.finish(journal_id, self.distributor.iid, adopted=True)
         message = {"event": "adopt", "from": owner, "by": self.distributor.iid}
@@ -141,7 +160,7 @@ class Presence:
     async def release(self, *, journal_empty: bool) -> bool:
         """Leave the group and hand our journal to it (graceful stop of a recycling worker):
         the next beat of a live member adopts it, not adopt_grace later. True if released."""
-        await self.registration.stop()  # first: an adopter checks that our entry is gone
+        await self._leave()  # first: an adopter checks that our entry is gone
         journal = self.distributor.journal
         released = False
         if self.claims is not None and journal is not None:
@@ -165,11 +184,16 @@ class Presence:
         await self.client.aclose()
         return released
 
+    async def _leave(self) -> None:
+        if self.releases is not None:
+            await self.releases.stop()
+        await self.registration.stop()
+
     async def abandon(self) -> None:
         """The distributor failed to start after we joined: leave Redis as we found it. A
         journal record we created (epoch 1) goes; an older one (a previous instance at this
         address left it) is released for adoption at once. Best effort."""
-        await self.registration.stop()
+        await self._leave()
         journal = self.distributor.journal
         try:
             if self.claims is not None and journal is not None and self.epoch > 0:
@@ -184,7 +208,7 @@ class Presence:
 
     async def stop(self, journal_empty: bool) -> None:
         """Leave the group; forget our journal record if nothing is left in it."""
-        await self.registration.stop()
+        await self._leave()
         journal = self.distributor.journal
         if self.claims is not None and journal is not None and journal_empty:
             try:
