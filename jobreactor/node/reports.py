@@ -74,15 +74,13 @@ class Reporting:
     def report(
         self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
     ) -> None:
-        if self.outcome_lost:
-            if outcome != "started":
-                logger.warning(
-                    "job %s ended (%s) but distributor %s stopped with memory storage: its "
-                    "outcome is lost (use redis storage on the distributor to hand it over)",
-                    job_id,
-                    outcome,
-                    self.address,
-                )
+        if self.outcome_lost:  # each of its jobs was named at WARNING when it left
+            logger.debug(
+                "job %s: %s not reported, distributor %s left (memory storage)",
+                job_id,
+                outcome,
+                self.address,
+            )
             return
         self._seq += 1
         self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
