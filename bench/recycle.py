@@ -5,8 +5,10 @@
 For memory and Redis storage, with and without `--max-requests 200`: `examples/web/flask_app`
 under `gunicorn -w 4` with the recipe's hooks, two discovering nodes (concurrency 1000), and
 1,500 requests (16 at a time) that each enqueue a 5 s job with a named feedback. Reported:
-request latency (max, p99), the requests that failed, and the feedbacks lost (answered
-requests whose feedback never fired, counted once nothing has fired for 10 s). `--tree` runs
+request latency (max, p99), the requests that failed, the longest worker exit hook (what
+jobreactor's own stop took in a recycling worker; the rest of a recycle is gunicorn reaping,
+forking and booting the replacement), and the feedbacks lost (answered requests whose
+feedback never fired, counted once nothing has fired for 10 s). `--tree` runs
 another checkout's jobreactor and examples (e.g. the base commit: before/after on one machine,
 back to back). Load average is printed with the figures: compare runs made together only.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -121,6 +124,10 @@ def _fire(url: str, count: int, seconds: float) -> tuple[dict[int, str], list[fl
     return answers, latencies, failed[0]
 
 
+def _log(work: Path) -> str:
+    return (work / "gunicorn.log").read_text(errors="replace")
+
+
 def _fed(out: Path) -> set[int]:
     path = out / "feedback.jsonl"
     if not path.exists():
@@ -160,6 +167,7 @@ def one_case(
         load_before = os.getloadavg()[0]
         answers, latencies, failed = _fire(url, opts.requests, opts.job_seconds)
         lost = _settle(work / "out", answers)
+        stops = [float(x) for x in re.findall(r"jobreactor stopped in ([0-9.]+)s", _log(work))]
         return {
             "storage": storage,
             "max_requests": opts.max_requests if recycle else None,
@@ -168,6 +176,9 @@ def one_case(
             "failed_requests": failed,
             "answered": len(answers),
             "lost_feedbacks": lost,
+            # What the worker's exit hook itself took (the rest is gunicorn: reap, fork, boot).
+            "worker_stops": len(stops),
+            "worker_stop_max_s": max(stops, default=0.0),
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
     finally:

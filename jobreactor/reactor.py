@@ -342,7 +342,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
 
     async def _shutdown(self) -> None:
         self._drain_inbox()
-        timeout, handover = self._stop_how
+        (timeout, handover), self._stop_how = self._stop_how, (None, False)
         budget = None if timeout is None else max(0.0, timeout - _CLOSING_MARGIN_S)
         for node in list(self._nodes):
             await node.stop(budget)
