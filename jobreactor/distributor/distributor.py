@@ -269,6 +269,10 @@ class Distributor(Sessions):
     def open_sessions(self) -> list[NodeSession]:
         return list(self._sessions.values())
 
+    async def drain_for(self, seconds: float) -> None:
+        """At most `seconds`, while nodes are connected: until nothing is pending or out."""
+        await self._drain(seconds)
+
     def unfinished(self) -> int:
         """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
         return len(self.dispatcher) + sum(

@@ -11,9 +11,10 @@ site stalls (issue 17). So a group member stops in well under a second of its ow
    by its epoch): a live member of the group adopts it at once (not after `adopt_grace`), or
    the next one to start does. Pending jobs are dispatched there, jobs out on nodes are
    re-routed there by their nodes, and feedbacks registered by name fire there.
-3. Memory storage keeps nothing to hand over: every job whose outcome is lost here (pending
-   ones are dropped; ones out on nodes still run, but report to nobody) is logged at WARNING
-   with its id and name, never silently.
+3. Memory storage keeps nothing to hand over: after a short drain (half a second: jobs about
+   to finish still report), every job whose outcome is lost here (pending ones are dropped;
+   ones out on nodes still run, but report to nobody) is logged at WARNING with its id and
+   name, never silently.
 
 Without discovery there is nobody to hand over to: `Distributor.stop` drains as before.
 """
@@ -33,6 +34,9 @@ logger = logging.getLogger("jobreactor.distributor")
 _IDS_PER_LINE = 200
 # How long the journal's last writes may take before the journal is released anyway.
 _FLUSH_TIMEOUT_S = 5.0
+# Memory storage: how long a recycling worker waits for jobs out on nodes before it names the
+# rest as lost. Short jobs still report; the replacement worker is not held up for long ones.
+_MEMORY_DRAIN_S = 0.5
 
 
 def log_lost(jobs: Iterable[tuple[str, str]], why: str) -> int:
@@ -56,10 +60,12 @@ async def hand_over(distributor: Distributor, timeout: float) -> None:
     """Stop `distributor` (a discovery group member) without waiting for its jobs."""
     presence = distributor.presence
     assert presence is not None
+    journal = distributor.journal
+    if journal is None:  # nothing to hand over: let jobs about to finish report first
+        await distributor.drain_for(min(timeout, _MEMORY_DRAIN_S))
     distributor.sealed = True  # no dispatch, no node message handled from here on
     pending = distributor.dispatcher.drain()
     out = distributor.tracker.peek(len(distributor.tracker))
-    journal = distributor.journal
     if journal is None:
         lost = [(job.id, job.name) for job in pending] + [(e.job_id, e.name) for e in out]
         log_lost(

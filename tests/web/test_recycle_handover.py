@@ -57,6 +57,9 @@ def check_feedbacks(
         wait_until(accounted, 120, "every feedback, or a WARNING naming it")
     fed = _fed(server.out)
     assert set(fed.values()) <= {1}, "a feedback fired twice"
+    if storage == "memory":  # nothing moves between processes: each fires where it was sent
+        rows = read_jsonl(server.out / "feedback.jsonl")
+        assert all(row["pid"] == row["enqueued_by"] for row in rows)
     runs = Counter(row["n"] for row in read_jsonl(server.out / "runs.jsonl"))
     assert {n for n, count in runs.items() if count > 1} == set(), "a job ran twice"
     if storage == "redis":
