@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jobreactor.distributor.distributor import Distributor
+    from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -64,22 +65,12 @@ async def hand_over(distributor: Distributor, timeout: float) -> None:
     if journal is None:  # nothing to hand over: let jobs about to finish report first
         await distributor.drain_for(min(timeout, _MEMORY_DRAIN_S))
     distributor.sealed = True  # no dispatch, no node message handled from here on
-    pending = distributor.dispatcher.drain()
+    pending = [(job.id, job.name) for job in distributor.dispatcher.drain()]
     out = distributor.tracker.peek(len(distributor.tracker))
     if journal is None:
-        lost = [(job.id, job.name) for job in pending] + [(e.job_id, e.name) for e in out]
-        log_lost(
-            lost,
-            "distributor stopping with memory storage, nothing to hand over: the outcome "
-            "(feedbacks, handles) of these is lost; pending ones are dropped, ones out on "
-            "nodes still run (use redis storage on the distributor to hand them over)",
-        )
-        for entry in out:  # said once, here: the closing sessions find nothing more
+        for entry in out:  # named once, by _drop: the closing sessions find nothing more
             distributor.tracker.forget(entry.job_id)
-        await presence.stop(journal_empty=True)
-        _goodbye(distributor)
-        for job_id in list(distributor.waiting_ids()):
-            distributor.resolve_cancelled(job_id, "dropped: the distributor stopped", keep=False)
+        await _drop(distributor, presence, pending + [(e.job_id, e.name) for e in out])
         return
     if not await journal.durable(min(timeout, _FLUSH_TIMEOUT_S)):
         logger.warning(
@@ -89,7 +80,6 @@ async def hand_over(distributor: Distributor, timeout: float) -> None:
         )
     _goodbye(distributor)
     waiting = distributor.waiting_ids()
-    closures = [job_id for job_id in waiting if distributor.has_closure(job_id)]
     released = await presence.release(journal_empty=not waiting)
     if waiting:
         logger.info(
@@ -101,6 +91,26 @@ async def hand_over(distributor: Distributor, timeout: float) -> None:
             if released
             else "stay in its journal (adopted after adopt_grace)",
         )
+    _warn_closures(distributor, [job_id for job_id in waiting if distributor.has_closure(job_id)])
+    for job_id in waiting:
+        distributor.resolve_cancelled(job_id, "handed over: the distributor stopped", keep=True)
+
+
+async def _drop(distributor: Distributor, presence: Presence, lost: list[tuple[str, str]]) -> None:
+    """Memory storage: name every lost outcome, leave, say goodbye, resolve the handles."""
+    log_lost(
+        lost,
+        "distributor stopping with memory storage, nothing to hand over: the outcome "
+        "(feedbacks, handles) of these is lost; pending ones are dropped, ones out on "
+        "nodes still run (use redis storage on the distributor to hand them over)",
+    )
+    await presence.stop(journal_empty=True)
+    _goodbye(distributor)
+    for job_id in distributor.waiting_ids():
+        distributor.resolve_cancelled(job_id, "dropped: the distributor stopped", keep=False)
+
+
+def _warn_closures(distributor: Distributor, closures: list[str]) -> None:
     if closures:
         logger.warning(
             "distributor %s stopping: %d handed-over job(s) have closure feedbacks, which "
@@ -109,8 +119,6 @@ async def hand_over(distributor: Distributor, timeout: float) -> None:
             len(closures),
             " ".join(closures[:_IDS_PER_LINE]),
         )
-    for job_id in list(distributor.waiting_ids()):
-        distributor.resolve_cancelled(job_id, "handed over: the distributor stopped", keep=True)
 
 
 def _goodbye(distributor: Distributor) -> None:
