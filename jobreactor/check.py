@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import socket
 
+from jobreactor.apppath import prepare_app
 from jobreactor.config import NodeConfig
 from jobreactor.definitions import Registry
 from jobreactor.errors import ConfigError, StorageError
-from jobreactor.storage.redis import DEFAULT_REDIS_URL, redact_url
+from jobreactor.storage.redis import redact_url
 
 EXIT_PROBE = 1
 EXIT_CONFIG = 2
@@ -25,6 +26,7 @@ def check_node(config: NodeConfig, *, probe: bool = False) -> int:
     print(f"ok   config: node {config.name}, {config.storage} storage")
     registry = Registry()
     try:
+        prepare_app(config.app_dir, config.imports)
         files = registry.load_directory(settings.job_directory)
     except ConfigError as exc:
         print(f"FAIL jobs: {exc}")
@@ -45,7 +47,7 @@ def check_node(config: NodeConfig, *, probe: bool = False) -> int:
             failed = True
             print(f"FAIL distributor {d.host}:{d.port}: {exc.strerror or exc}")
     if config.storage == "redis":
-        failed = not _probe_redis(config.redis_url or DEFAULT_REDIS_URL) or failed
+        failed = not _probe_redis(config.redis_url or settings.hiredis_url) or failed
     if settings.discovery_url:
         failed = not _probe_redis(settings.discovery_url) or failed
     return EXIT_PROBE if failed else 0

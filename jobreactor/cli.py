@@ -9,13 +9,14 @@ Exit codes: 0 clean stop (or done), 1 `jobs`: no such job / `node --check`: a pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from jobreactor import __version__
+from jobreactor.apppath import prepare_app
 from jobreactor.cli_jobs import add_jobs_parser, run_jobs
 from jobreactor.config import (
     DistributorConfig,
@@ -25,6 +26,7 @@ from jobreactor.config import (
     load_node_config,
     server_ssl_context,
 )
+from jobreactor.environment import warn_unknown_variables
 from jobreactor.errors import ConfigError, StorageError
 from jobreactor.logs import setup_logging
 from jobreactor.reactor import Reactor
@@ -34,10 +36,11 @@ EXIT_CONFIG = 2
 
 def _setup_logging(settings: Any) -> None:
     setup_logging(settings.logger_method, settings.log_format)
+    warn_unknown_variables()
 
 
 def _reactor_for(settings: Any) -> Reactor:
-    return Reactor(**settings.model_dump())
+    return Reactor(**settings.model_dump(exclude_unset=True))
 
 
 def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
@@ -67,6 +70,7 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
 
 def run_node(config: NodeConfig) -> None:
     settings = config.settings
+    prepare_app(config.app_dir, config.imports)
     reactor = _reactor_for(settings)
     ssl_context = client_ssl_context(settings)
 
@@ -95,22 +99,12 @@ def run_node(config: NodeConfig) -> None:
     reactor.run_forever(setup)
 
 
-def _import_all(modules: tuple[str, ...]) -> None:
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `--import myapp.feedbacks` from the project's root
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"--import {module}: {exc}") from exc
-
-
 def run_distributor(config: DistributorConfig) -> None:
     """A distributor on `JR` (imported modules register their named feedbacks on it)."""
     from jobreactor.reactor import JR
 
-    JR.config.update(config.settings.model_dump())
-    _import_all(config.imports)
+    JR.config.update(config.settings.model_dump(exclude_unset=True))
+    prepare_app(None, config.imports)  # `--import myapp.feedbacks` from the project's root
 
     def setup() -> None:
         _serve_metrics(JR, config.metrics_host, config.metrics_port)
@@ -154,6 +148,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a distributor to connect to (repeatable; overrides the file)",
     )
     node.add_argument("--job-directory", help="where job definitions live")
+    node.add_argument(
+        "--app-dir",
+        help="your project's root, first on sys.path so job files can import your app "
+        "(default: the working directory)",
+    )
+    node.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE before the jobs load, e.g. jobreactor.contrib.django (repeatable)",
+    )
     node.add_argument("--discovery-url", help="redis where it finds its group's distributors")
     node.add_argument("--group", help="discovery group (default 'default')")
     node.add_argument(
@@ -242,6 +248,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
         redis_prefix=args.prefix,
         token=args.token or None,
     )
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler it
+    # found: with this no-op one there, a clean stop exits 0 like every jobreactor command.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -258,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 job_directory=args.job_directory,
                 discovery_url=args.discovery_url,
                 group=args.group,
+                app_dir=args.app_dir,
+                imports=args.imports,
             )
             if args.check:
                 from jobreactor.check import check_node

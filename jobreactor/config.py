@@ -105,6 +105,9 @@ class ReactorConfig(_Strict):
     # A dead distributor's journal is adopted by a live one of its group this long after its
     # last beat (must exceed registry_ttl: a live one that missed beats must not lose it).
     adopt_grace: float = Field(default=30.0, gt=0)
+    # Loud mistakes: a node with no distributor, a distributor on port 0 that no node can find,
+    # after this many seconds, are logged once at WARNING with what to do (0: never).
+    warn_no_node_after: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
     def _registry_times(self) -> ReactorConfig:
@@ -167,12 +170,21 @@ class NodeConfig(_Strict):
     # Opt-in: serve /metrics (Prometheus) and /health on this port (0: a free one).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # The project's root, first on sys.path before the jobs load (default: the working
+    # directory), and modules imported then, e.g. "jobreactor.contrib.django" (apppath.py).
+    app_dir: str | None = None
+    imports: tuple[str, ...] = ()
     settings: ReactorConfig = ReactorConfig()
 
     @field_validator("distributors", mode="before")
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return _addresses(value)
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
 
 class DistributorConfig(_Strict):
@@ -210,6 +222,7 @@ _STRING_KEYS = {
     "advertise",
     "storage",
     "metrics_host",
+    "app_dir",
 } | {
     name
     for name, info in ReactorConfig.model_fields.items()
@@ -286,9 +299,10 @@ def load_node_config(
 ) -> NodeConfig:
     """Read a node.toml (optional), apply JOBREACTOR_* and keyword overrides, validate."""
     data = load_toml(path) if path is not None else {}
-    if path is not None and isinstance(data.get("job_directory"), str):
-        # A relative job_directory in a file means relative to that file, not to the cwd.
-        data["job_directory"] = str((Path(path).parent / data["job_directory"]).resolve())
+    for key in ("job_directory", "app_dir"):
+        if path is not None and isinstance(data.get(key), str):
+            # A relative directory in a file means relative to that file, not to the cwd.
+            data[key] = str((Path(path).parent / data[key]).resolve())
     explicit = {k: v for k, v in overrides.items() if v is not None}
     environ = os.environ if environ is None else environ
     raw = _split(data, _NODE_KEYS, environ, explicit)
@@ -304,22 +318,46 @@ def load_node_config(
             'distributors = ["127.0.0.1:5000"], or discovery_url = "redis://..." to find the '
             "distributors of the node's group"
         )
+    _needs_redis_url(config.storage, config.redis_url, config.settings, path or "node options")
     return config
 
 
+def _needs_redis_url(
+    storage: str, redis_url: str | None, settings: ReactorConfig, source: str | Path
+) -> None:
+    if storage == "redis" and not redis_url and "hiredis_url" not in settings.model_fields_set:
+        raise ConfigError(
+            f'{source}: storage = "redis" needs a Redis URL: redis_url = "redis://host:6379/0" '
+            "(or JOBREACTOR_REDIS_URL, or --redis-url); nothing is assumed, not even "
+            "localhost:6379"
+        )
+
+
 def load_distributor_config(
-    path: str | Path | None, environ: Mapping[str, str] | None = None, **overrides: Any
+    path: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    partial: bool = False,
+    **overrides: Any,
 ) -> DistributorConfig:
+    """Read a distributor.toml (optional), apply JOBREACTOR_* and keyword overrides, validate.
+
+    `partial`: the caller adds keywords of its own later (the web recipes), so a Redis URL
+    missing here is not yet an error (start_distributor checks it).
+    """
     data = load_toml(path) if path is not None else {}
     explicit = {k: v for k, v in overrides.items() if v is not None}
     environ = os.environ if environ is None else environ
     raw = _split(data, _DIST_KEYS, environ, explicit)
+    source = str(path or "distributor options")
     try:
-        return DistributorConfig.model_validate(raw)
+        config = DistributorConfig.model_validate(raw)
     except ValidationError as exc:
         env = _env_overrides(_DIST_KEYS | set(ReactorConfig.model_fields), environ)
-        source = str(path or "distributor options")
         raise ConfigError(_describe(exc, source, _DIST_KEYS, env)) from None
+    if not partial:
+        _needs_redis_url(config.storage, config.redis_url, config.settings, source)
+    return config
 
 
 class Config:
@@ -336,8 +374,14 @@ class Config:
             raise ConfigError(_describe(exc, "JR.config")) from None
 
     def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
-        merged = {**self._model.model_dump(), **(values or {}), **more}
+        # Unset keys stay unset, so `model_fields_set` tells a key given on purpose from its
+        # default (storage "redis" needs a Redis URL said somewhere: jobreactor/environment.py).
+        merged = {**self._model.model_dump(exclude_unset=True), **(values or {}), **more}
         self._model = self._validate(merged)
+
+    def restore(self, saved: ReactorConfig) -> None:
+        """Put back settings taken earlier from `current` (what was unset stays unset)."""
+        self._model = saved
 
     def __getitem__(self, key: str) -> Any:
         if key not in ReactorConfig.model_fields:
@@ -365,7 +409,7 @@ class Config:
         """A frozen copy for a component starting now, with per-component overrides applied."""
         if not overrides:
             return self._model
-        return self._validate({**self._model.model_dump(), **overrides})
+        return self._validate({**self._model.model_dump(exclude_unset=True), **overrides})
 
 
 def client_ssl_context(settings: ReactorConfig) -> ssl.SSLContext | None:

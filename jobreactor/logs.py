@@ -1,7 +1,9 @@
 """Logging setup: the classic text lines, or one JSON object per line (`log_format = "json"`).
 
-Per-job lines (start / error / complete, `log_job_processing`) carry their fields as `extra`
-(`job_fields`), built only when such a line is logged: with the lines off they cost nothing.
+Per-job lines (`log_job_processing`) carry their fields as `extra` (`job_fields`), built only
+when such a line is logged: with the lines off they cost nothing. One INFO line per job by
+default: "complete" (or "retry" for an attempt that will be retried); "start" is DEBUG; a final
+failure is its own outcome, "failed", at WARNING with the traceback.
 The text format shows the message as the Ruby gem's lines read; the JSON format adds the
 fields, named as the metrics' labels and the dashboard's URLs are:
 
@@ -24,8 +26,11 @@ __all__ = [
     "JOB_FIELDS",
     "JsonFormatter",
     "apply_log_format",
+    "fit_host_logging",
     "job_fields",
     "log_job",
+    "log_job_failed",
+    "log_job_retry",
     "setup_logging",
 ]
 
@@ -49,21 +54,34 @@ def job_fields(record: Any, outcome: str | None = None) -> dict[str, Any]:
 
 
 def log_job(logger: logging.Logger, event: str, record: Any) -> None:
-    """One per-job INFO line ("start", "error" or "complete"), worded as the Ruby gem's."""
+    """A per-job line: "start" (DEBUG) or "complete" (INFO), worded as the Ruby gem's."""
     if event == "start":
-        logger.info(
-            "start %r (%s, attempt %d)", record.name, record.id, record.attempt,
-            extra=job_fields(record),
-        )  # fmt: skip
-    elif event == "error":
-        logger.info(
-            "error %r (%s): %s", record.name, record.id, record.last_error,
-            extra=job_fields(record, outcome="error"),
-        )  # fmt: skip
-    else:
-        logger.info(
-            "complete %r (%s)", record.name, record.id, extra=job_fields(record, outcome=event)
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "start %r (%s, attempt %d)", record.name, record.id, record.attempt,
+                extra=job_fields(record),
+            )  # fmt: skip
+        return
+    logger.info("complete %r (%s)", record.name, record.id, extra=job_fields(record, outcome=event))
+
+
+def log_job_retry(logger: logging.Logger, record: Any, limit: int, delay_s: float) -> None:
+    """An attempt failed and will be retried (INFO: retries are routine)."""
+    logger.info(
+        "retry %r (%s) attempt %d of %d failed, next in %.1fs: %s",
+        record.name, record.id, record.attempt, limit, delay_s, record.last_error,
+        extra=job_fields(record, outcome="retry"),
+    )  # fmt: skip
+
+
+def log_job_failed(logger: logging.Logger, record: Any, exc: BaseException) -> None:
+    """The final failure of a job (WARNING, with the traceback): its error feedback follows."""
+    logger.warning(
+        "failed %r (%s) after %d attempt(s): %s",
+        record.name, record.id, record.attempt, record.last_error,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra=job_fields(record, outcome="failed"),
+    )  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
@@ -88,6 +106,31 @@ class JsonFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# In a web worker several processes write to one stream: the pid tells them apart.
+HOST_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+class _HostHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `fit_host_logging` installs (so it can tell its own from the app's)."""
+
+
+def fit_host_logging() -> bool:
+    """In a web worker whose app configured no logging, give jobreactor's logger a handler with
+    time, pid, level and logger name; True if it did. An app that configured logging (a root
+    handler, or one on "jobreactor") keeps its own: nothing is added.
+
+    Without this, gunicorn and uvicorn configure only their own loggers: jobreactor's INFO
+    lines (node joined, adoption) vanish and its warnings come out bare through Python's
+    last-resort handler.
+    """
+    ours = logging.getLogger("jobreactor")
+    if logging.getLogger().handlers or ours.handlers:
+        return False
+    handler = _HostHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(HOST_FORMAT))
+    ours.addHandler(handler)
+    ours.propagate = False
+    return True
 
 
 def setup_logging(level: str | None, log_format: str = "text") -> None:
@@ -103,6 +146,9 @@ def apply_log_format(logger: logging.Logger, log_format: str) -> None:
     """In an app: give jobreactor's logger its own JSON handler (and stop propagating, so lines
     are not written twice), or remove it again for "text"."""
     ours = [h for h in logger.handlers if isinstance(h.formatter, JsonFormatter)]
+    if log_format == "json":
+        for host in [h for h in logger.handlers if isinstance(h, _HostHandler)]:
+            logger.removeHandler(host)  # one line per record, in JSON
     if log_format == "json" and not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

@@ -28,7 +28,7 @@ from jobreactor.errors import StorageError
 from jobreactor.job import JobStatus
 from jobreactor.storage import scripts
 from jobreactor.storage.codec import decode_fields, is_unfinished, redact_url
-from jobreactor.storage.connect import DEFAULT_REDIS_URL, LazySync, is_cluster, redis_errors
+from jobreactor.storage.connect import LazySync, is_cluster, redis_errors
 from jobreactor.storage.keys import Keys
 
 __all__ = ["RedisMonitor"]
@@ -50,11 +50,18 @@ return 1
 """
 
 
+def _configured_url() -> str:
+    """The Ruby gem's monitor Redis: `redis_host`/`redis_port` of `JR.config` (README, config)."""
+    from jobreactor.reactor import JR
+
+    return f"redis://{JR.config['redis_host']}:{JR.config['redis_port']}"
+
+
 class RedisMonitor:
     """Sync helper over the job records of every node sharing one Redis and key prefix."""
 
     def __init__(self, redis_url: str | None = None, prefix: str = "jr", **options: Any) -> None:
-        self._url = redis_url or DEFAULT_REDIS_URL
+        self._url = redis_url or _configured_url()
         self._keys = Keys(prefix)
         self._where = redact_url(self._url)
         options["decode_responses"] = True

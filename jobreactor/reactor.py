@@ -279,8 +279,8 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
 
     def ensure_started(
         self,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        host: str | None = None,
+        port: int | None = None,
         *,
         setup: Setup | None = None,
         **distributor_options: Any,
@@ -289,15 +289,22 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
 
         Idempotent and thread-safe, per process: a forked child starts its own. For frameworks
         without a per-worker start hook: call it before `enqueue` (e.g. in a request hook).
-        `distributor_options` are `start_distributor`'s keywords.
+        Settings come from the `JOBREACTOR_*` environment exactly as the gunicorn hooks and the
+        ASGI lifespan read it (jobreactor/environment.py); `host`, `port` (default
+        127.0.0.1:0) and `distributor_options` (`start_distributor`'s keywords) win over it.
         """
+        from jobreactor.contrib import configure  # the recipes' one reading of the environment
+
         if os.getpid() != self._pid:
             self._after_fork()
         with self._start_lock:
             if self.ready() and self._distributors:
                 return
+            bind_host, bind_port, options = configure(
+                self, {"host": host, "port": port, **distributor_options}
+            )
             self.run(setup)
-            self.start_distributor(host, port, **distributor_options)
+            self.start_distributor(bind_host, bind_port, **options)
 
     async def astop(self, timeout: float | None = None, *, handover: bool = False) -> None:
         """`stop()` for code on the reactor's loop (an attached reactor, a feedback)."""

@@ -10,15 +10,31 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from jobreactor.config import Config
+from jobreactor.config import Config, ReactorConfig
 from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
+from jobreactor.environment import redis_url_for
 from jobreactor.errors import InvalidOptions, ReactorClosed
 from jobreactor.node import Node
-from jobreactor.storage import open_storage
+from jobreactor.node.alone import warn_if_alone
+from jobreactor.storage import Storage, open_storage
 
 T = TypeVar("T")
+
+
+def _redis_url(storage: str, redis_url: str | None, settings: ReactorConfig) -> str | None:
+    """The URL said for this part, or None where memory storage needs none."""
+    if redis_url or not storage.startswith("redis"):
+        return redis_url or None
+    return redis_url_for(storage, redis_url, settings, "storage")
+
+
+def _open(storage: str, redis_url: str | None, settings: ReactorConfig, who: str) -> Storage:
+    """The storage `who` asked for; "redis" without a URL said anywhere is a ConfigError."""
+    if storage.startswith("redis"):
+        redis_url = redis_url_for(storage, redis_url, settings, who)
+    return open_storage(storage, redis_url, prefix=settings.redis_prefix)
 
 
 class Starting:
@@ -88,9 +104,7 @@ class Starting:
             settings,
             secret=secret,
             advertise=advertise,
-            storage=open_storage(
-                storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix
-            ),
+            storage=_open(storage, redis_url, settings, "start_distributor"),
             discovery_url=discovery_url,
             group=group,
         )
@@ -178,19 +192,22 @@ class Starting:
             raise InvalidOptions(
                 "start_node needs distributors=[(host, port), ...] or discovery_url"
             )
+        node_storage = _open(storage, redis_url, settings, f"start_node({name!r})")
         node = Node(
             name,
             settings,
             registry,
-            open_storage(storage, redis_url or settings.hiredis_url, prefix=settings.redis_prefix),
+            node_storage,
             [(str(h), int(p)) for h, p in targets],
             secret=secret,
             ssl_context=ssl,
-            redis_url=redis_url or settings.hiredis_url,
+            redis_url=_redis_url(storage, redis_url, settings),
             discovery_url=discovery_url,
             group=group,
         )
         await node.start()
+        if settings.warn_no_node_after > 0:
+            warn_if_alone(node, settings.warn_no_node_after, discovery_url)
         self._nodes.append(node)
         if wait:
             try:

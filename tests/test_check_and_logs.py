@@ -99,7 +99,7 @@ def test_json_log_lines_carry_the_job_fields() -> None:
     handler = Collect()
     logger = logging.getLogger("jobreactor.node")
     logger.addHandler(handler)
-    reactor = make_test_reactor(log_job_processing=True, logger_method="INFO")
+    reactor = make_test_reactor(log_job_processing=True, logger_method="DEBUG")
     try:
         reactor.start_distributor("127.0.0.1", 0)
         registry = Registry()
@@ -126,12 +126,17 @@ def test_json_log_lines_carry_the_job_fields() -> None:
     assert start["node"] == "jsonnode"
     assert start["attempt"] == 1
     assert start["distributor"] == f"127.0.0.1:{address[1]}"
-    assert start["level"] == "INFO"
+    assert start["level"] == "DEBUG"  # one INFO line per job: its outcome
     complete = by_job[(ok.id, "complete")]
     assert complete["outcome"] == "complete"
+    assert complete["level"] == "INFO"
     assert complete["duration_s"] >= 0
-    error = by_job[(bad.id, "error")]
-    assert "smtp down" in error["message"]
+    failed = by_job[(bad.id, "failed")]  # a final failure: its own outcome, loud, traced
+    assert failed["outcome"] == "failed"
+    assert failed["level"] == "WARNING"
+    assert "smtp down" in failed["message"]
+    assert 'raise RuntimeError("smtp down")' in failed["exc_info"]
+    assert [key for key in by_job if key[0] == ok.id] == [(ok.id, "start"), (ok.id, "complete")]
 
 
 def test_cli_node_writes_json_logs(reactor: Reactor, cli_node: Any, tmp_path: Path) -> None:

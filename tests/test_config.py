@@ -275,6 +275,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         "JOBREACTOR_REMOVE_FAILED_JOBS": "true",
         "JOBREACTOR_DISTRIBUTORS": '["10.0.0.9:7000"]',
         "JOBREACTOR_STORAGE": "redis",
+        "JOBREACTOR_REDIS_URL": "redis://10.0.0.9:6379/0",
         "JOBREACTOR_RETRY_MULTIPLIER": "0.5",
         "JOBREACTOR_JOB_DIRECTORY": "/srv/jobs",
         "UNRELATED": "ignored",

@@ -10,9 +10,14 @@ the socket module, raises the real OSError every time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import logging
 import socket
+from collections.abc import Callable
+
+logger = logging.getLogger("jobreactor.distributor")
 
 _BACKLOG = 100  # asyncio's default for create_server
 
@@ -70,3 +75,27 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
             )
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
     return sockets
+
+
+def warn_if_unfound(
+    loop: asyncio.AbstractEventLoop,
+    after_s: float,
+    address: str,
+    has_nodes: Callable[[], bool],
+    is_closed: Callable[[], bool],
+) -> asyncio.TimerHandle:
+    """Port 0 with neither discovery nor an advertised address: a port no node can know. If no
+    node has arrived after `after_s` (one loop timer), say so once, with what to do."""
+
+    def check() -> None:
+        if is_closed() or has_nodes():
+            return
+        logger.warning(
+            "distributor %s listens on a port picked at random (port 0) with no discovery_url, "
+            "and no node has found it in %g s: nodes can only dial it if told this port. Set "
+            "discovery_url (JOBREACTOR_DISCOVERY_URL) so nodes find it, or bind a fixed port",
+            address,
+            after_s,
+        )
+
+    return loop.call_later(after_s, check)

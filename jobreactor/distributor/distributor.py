@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
-from jobreactor.distributor.binding import listen_sockets
+from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
@@ -168,6 +168,12 @@ class Distributor(Sessions):
         except BaseException:
             await self._abandon_start()
             raise
+        if port == 0 and not self.discovery_url and not self._advertise:
+            after = self.settings.warn_no_node_after
+            if after > 0:
+                warn_if_unfound(
+                    self.loop, after, self.address, lambda: bool(self._by_name), lambda: self.closed
+                )
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
 

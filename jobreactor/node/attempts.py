@@ -20,7 +20,7 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
 from jobreactor.errors import CancelJob, NoSuchJob, StorageError
 from jobreactor.job import JobRecord, JobStatus, error_text, next_periodic_due, retry_delay
-from jobreactor.logs import log_job
+from jobreactor.logs import log_job, log_job_failed, log_job_retry
 from jobreactor.metrics import JobMetrics
 from jobreactor.node import guards
 from jobreactor.node.link import DistributorLink
@@ -179,8 +179,6 @@ class Attempts:
         record.failed_at = time.time()
         record.last_error = error_text(exc)
         record.status = JobStatus.ERROR
-        if self._log_jobs:
-            log_job(logger, "error", record)
         record.args["error"] = exc  # merged into the pre-attempt args, in place
         errback_args = dict(record.args)
         if self.settings.merge_job_itself_to_args:
@@ -281,10 +279,14 @@ class Attempts:
             record.args.pop("job_itself", None)
             record.make_after = delay
             record.run_at_ts = time.time() + delay
+            if self._log_jobs:
+                log_job_retry(logger, record, limit, delay)
             self._persist(record)
             self._schedule_at_epoch(held, record.run_at_ts)
             return
         record.status = JobStatus.FAILED
+        # A final failure is news even with per-job lines off (log_job_processing = false).
+        log_job_failed(logger, record, exc)
         self._report(held, "error", True, record.args)
         self._forget(held, destroy=self.settings.remove_failed_jobs)
 

@@ -22,8 +22,12 @@ def open_storage(kind: str, redis_url: str | None = None, **options: Any) -> Sto
     if kind in {"redis", "redis_storage"}:
         try:
             # Imported here so memory-only users never pay for importing redis-py.
-            from jobreactor.storage.redis import DEFAULT_REDIS_URL, RedisStorage
+            from jobreactor.storage.redis import RedisStorage
         except ImportError as exc:
             raise ConfigError(f"redis storage is not available: {exc}") from exc
-        return RedisStorage(redis_url or DEFAULT_REDIS_URL, **options)
+        if not redis_url:
+            raise ConfigError(
+                f'storage {kind!r} needs a Redis URL, e.g. redis_url="redis://host:6379/0"'
+            )
+        return RedisStorage(redis_url, **options)
     raise ConfigError(f"unknown storage {kind!r}; use 'memory' or 'redis'")

@@ -112,7 +112,7 @@ class EagerMode:
         self._installed = False
         for name in ("enqueue", "aenqueue", "enqueue_many", "cancel", "wait_idle"):
             delattr(self.reactor, name)
-        self.reactor.config.update(self._saved.model_dump())
+        self.reactor.config.restore(self._saved)
         self._node._pool.shutdown(wait=False, cancel_futures=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)

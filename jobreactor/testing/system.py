@@ -66,4 +66,4 @@ def running_system(
         yield JobSystem(reactor, (host, port), node, outcomes)
     finally:
         reactor.stop()
-        reactor.config.update(saved.model_dump())
+        reactor.config.restore(saved)
