@@ -17,6 +17,12 @@ from typing import Any
 
 from jobreactor import __version__
 from jobreactor.apppath import prepare_app
+from jobreactor.cli_guard import (
+    check_distributor_config,
+    check_node_config,
+    load_config,
+    tcp_port,
+)
 from jobreactor.cli_jobs import add_jobs_parser, run_jobs
 from jobreactor.config import (
     DistributorConfig,
@@ -44,19 +50,11 @@ def _reactor_for(settings: Any) -> Reactor:
 
 
 def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
-    """The opt-in `metrics_port`: /metrics of this process and /health (the loop answers)."""
+    """The opt-in `metrics_port`: /metrics of this process and /health (health.py)."""
     if port is None:
         return
-    from jobreactor.metrics import METRICS, Gauge, MetricsServer, member_gauges
-
-    def alive() -> bool:
-        async def ping() -> bool:
-            return True
-
-        try:
-            return reactor.ready() and reactor.call(ping, timeout=2.0)
-        except Exception:  # noqa: BLE001 -- any failure to answer is "not alive"
-            return False
+    from jobreactor.metrics import METRICS, Gauge, member_gauges
+    from jobreactor.metrics_server import MetricsServer
 
     def gauges() -> list[Gauge]:
         async def read() -> list[Gauge]:
@@ -64,7 +62,12 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
 
         return reactor.call(read, timeout=5.0)
 
-    server = MetricsServer(host, port, alive, gauges).start()
+    from jobreactor.health import reactor_health
+
+    def health() -> tuple[int, dict[str, Any]]:
+        return reactor_health(reactor)  # storage, loop, backlog (jobreactor/health.py)
+
+    server = MetricsServer(host, port, gauge_reader=gauges, health=health).start()
     logging.getLogger("jobreactor").info("metrics on http://%s:%d/metrics", host, server.port)
 
 
@@ -223,7 +226,7 @@ def _add_dashboard_parser(commands: Any) -> None:
     )
     dash.add_argument("--prefix", default=os.environ.get("JOBREACTOR_REDIS_PREFIX") or "jr")
     dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8181)
+    dash.add_argument("--port", type=tcp_port, default=8181)
     dash.add_argument(
         "--token",
         default=os.environ.get("JOBREACTOR_DASHBOARD_TOKEN"),
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "node":
-            node_config = load_node_config(
+            node_config = load_config(
+                load_node_config,
                 args.config,
                 name=args.name,
                 storage=args.storage,
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 app_dir=args.app_dir,
                 imports=args.imports,
             )
+            check_node_config(node_config)
             if args.check:
                 from jobreactor.check import check_node
 
@@ -282,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging("INFO")
             return run_dashboard(args)
         elif args.command == "distributor":
-            dist_config = load_distributor_config(
+            dist_config = load_config(
+                load_distributor_config,
                 args.config,
                 host=args.host,
                 port=args.port,
@@ -294,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 imports=args.imports,
                 insecure=args.insecure,
             )
+            check_distributor_config(dist_config)
             _setup_logging(dist_config.settings)
             run_distributor(dist_config)
         else:

@@ -60,6 +60,8 @@ class ReactorConfig(_Strict):
     log_format: Literal["text", "json"] = "text"
     # Per-job counters and histograms (jobreactor/metrics.py); False skips even the increments.
     metrics: bool = True
+    # /health says "degraded" when a job has waited (since due) this long for a node.
+    health_max_pending_age: float = Field(default=300.0, gt=0)
 
     max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=1024)
     thread_pool_size: int = Field(default=20, ge=1)  # EventMachine's default defer pool
@@ -106,7 +108,9 @@ class ReactorConfig(_Strict):
     # last beat (must exceed registry_ttl: a live one that missed beats must not lose it).
     adopt_grace: float = Field(default=30.0, gt=0)
     # Loud mistakes: a node with no distributor, a distributor on port 0 that no node can find,
-    # after this many seconds, are logged once at WARNING with what to do (0: never).
+    # after this many seconds, are logged once at WARNING with what to do (0: never). Also:
+    # due jobs that no connected node may run, this long, are logged once and make /health
+    # "degraded" (distributor/backlog.py).
     warn_no_node_after: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")

@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from jobreactor.errors import LocalProtocolError, RemoteProtocolError
-from jobreactor.protocol import Bye, FrameDecoder, Message, Ping, Pong, encode
+from jobreactor.protocol import (
+    Bye,
+    FrameDecoder,
+    FrameOpener,
+    FrameSealer,
+    Message,
+    Ping,
+    Pong,
+    encode,
+)
 from jobreactor.ratelimit import RateLimitedLog
 
 logger = logging.getLogger("jobreactor.connection")
 
 # A peer silent for this many heartbeat intervals is considered gone.
 _SILENT_INTERVALS = 3
+# One peer's input is handled for at most this long per loop turn; the rest waits (reading
+# paused) until the other callbacks and peers had theirs (issue 18: valid frames in a flood
+# held the distributor's loop for seconds).
+_SLICE_S: Final = 0.001
 
 
 class ConnectionOwner(Protocol):
@@ -49,6 +63,9 @@ class FramedConnection(asyncio.Protocol):
         self.warn = warn if warn is not None else RateLimitedLog(logger, logging.WARNING, 0.0)
         self._owner: ConnectionOwner | None = None
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._sealer: FrameSealer | None = None
+        self._reading_paused = False
+        self._resume_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -66,9 +83,23 @@ class FramedConnection(asyncio.Protocol):
         state = "CLOSED" if self.closed.is_set() else "OPEN"
         return f"<FramedConnection {self.label} {self.peer} {state}>"
 
-    def restrict(self, max_frame_bytes: int, allowed: frozenset[int] | None) -> None:
-        """Limit the frames accepted from now on (smaller and fewer kinds before the handshake)."""
-        self._decoder.restrict(max_frame_bytes, allowed)
+    def restrict(
+        self,
+        max_frame_bytes: int,
+        allowed: frozenset[int] | None,
+        kind_bytes: dict[int, int] | None = None,
+    ) -> None:
+        """Limit the frames accepted from now on (smaller and fewer kinds before the handshake;
+        after it, a size bound per kind)."""
+        self._decoder.restrict(max_frame_bytes, allowed, kind_bytes)
+
+    def seal_from_now(self, sealer: FrameSealer) -> None:
+        """Every frame queued from now on carries a MAC (protocol/mac.py)."""
+        self._sealer = sealer
+
+    def open_from_now(self, opener: FrameOpener) -> None:
+        """Every frame received after the current one must carry a valid MAC."""
+        self._decoder.authenticate(opener)
 
     @property
     def is_open(self) -> bool:
@@ -90,14 +121,26 @@ class FramedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._heard_since_beat = True
         self._decoder.feed(data)
+        if not self._reading_paused:
+            self._handle_input()
+
+    def _handle_input(self) -> None:
+        """Handle buffered frames for at most _SLICE_S; then pause reading and go on next turn."""
+        self._resume_scheduled = False
+        self._heard_since_beat = True  # its frames wait here while reading is paused: it is alive
+        deadline = time.perf_counter() + _SLICE_S
+        messages = self._decoder.messages()
         try:
-            for message in self._decoder.messages():
+            for message in messages:
                 if self.closed.is_set() or self._owner is None:
                     return
                 if isinstance(message, Ping):
                     self.send(Pong())
                 elif not isinstance(message, Pong):
                     self._owner.on_message(message)
+                if time.perf_counter() > deadline:
+                    self._yield_turn()
+                    return
         except RemoteProtocolError as exc:
             self.warn(
                 "closing %s connection from %s: %s (a peer with another version, a bug, "
@@ -107,6 +150,22 @@ class FramedConnection(asyncio.Protocol):
                 exc,
             )
             self.close(str(exc), notify=True)
+            return
+        finally:
+            messages.close()  # keeps what is not handled yet, drops what is
+        if self._reading_paused and self._transport is not None and not self.closed.is_set():
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _yield_turn(self) -> None:
+        if self._transport is None or self.closed.is_set():
+            return
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        if not self._resume_scheduled:
+            self._resume_scheduled = True
+            self._loop.call_soon(self._handle_input)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish("connection lost" if exc is None else f"connection lost: {exc}")
@@ -119,7 +178,7 @@ class FramedConnection(asyncio.Protocol):
     def send_frame(self, frame: bytes) -> None:
         if self._transport is None or self.closed.is_set():
             return
-        self._out.append(frame)
+        self._out.append(frame if self._sealer is None else self._sealer.seal(frame))
         self.schedule_flush()
 
     def schedule_flush(self, delay: float = 0.0) -> None:
@@ -142,11 +201,15 @@ class FramedConnection(asyncio.Protocol):
                 logger.exception(
                     "%s connection %s: a message could not be encoded", self.label, self.peer
                 )
-        if self._out and self._transport is not None and not self.closed.is_set():
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self._sent_since_beat = True
-            self._transport.write(data)
+        transport = self._transport
+        if not self._out or transport is None or self.closed.is_set():
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        if transport.is_closing():  # closed under us (peer reset): nothing can go out
+            return
+        self._sent_since_beat = True
+        transport.write(data)
 
     # --- heartbeat and closing --------------------------------------------------------------
 
@@ -179,13 +242,15 @@ class FramedConnection(asyncio.Protocol):
         """Close now. With `notify`, tell the peer why first (best effort)."""
         if self.closed.is_set():
             return
-        if self._transport is not None:
+        transport = self._transport
+        if transport is not None:
             if notify:
-                self._out.append(encode(Bye(reason[:500])))
-            if self._out:
-                self._transport.write(b"".join(self._out))
-                self._out.clear()
-            self._transport.close()
+                bye = encode(Bye(reason[:500]))
+                self._out.append(bye if self._sealer is None else self._sealer.seal(bye))
+            if self._out and not transport.is_closing():
+                transport.write(b"".join(self._out))
+            self._out.clear()
+            transport.close()
         self._finish(reason)
 
     def abort(self, reason: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from jobreactor.errors import ConfigError, InvalidOptions, NoSuchJob
 from jobreactor.job import ENQUEUE_OPTIONS
+from jobreactor.protocol.messages import MAX_NAME_CHARS
 
 logger = logging.getLogger("jobreactor.definitions")
 
@@ -78,6 +79,12 @@ class Registry:
         unknown = set(options) - ENQUEUE_OPTIONS
         if unknown:
             raise InvalidOptions(f"@job({name!r}): unknown default option(s) {sorted(unknown)}")
+        untrusted: object = name  # callers from untyped code pass anything
+        if not isinstance(untrusted, str) or not untrusted or len(untrusted) > MAX_NAME_CHARS:
+            raise InvalidOptions(
+                f"@job({str(name)[:60]!r}): a job name is a non-empty string of at most "
+                f"{MAX_NAME_CHARS} characters"
+            )
 
         def register(fn: F) -> F:
             if name in self._definitions:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
+from jobreactor import otel
 from jobreactor.config import Config
 from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
@@ -229,7 +230,7 @@ class Enqueuing:
         definition = self.registry.get(name)
         if definition is not None and definition.options:
             opts = {**definition.options, **opts}
-        return build_record(
+        record = build_record(
             f"{self._id_prefix}{next(self._id_counter):08x}",
             name,
             msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
@@ -239,6 +240,9 @@ class Enqueuing:
             default_priority=settings.default_priority,
             strict_node=settings.always_use_specified_node,
         )
+        if otel.ENABLED:  # the caller's span travels with the job (otel.py)
+            record.trace = otel.traceparent()
+        return record
 
     async def _admit_and_submit(
         self,

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from jobreactor.errors import InvalidOptions
+from jobreactor.protocol.messages import MAX_NAME_CHARS
 
 JobArgs = dict[str, Any]
 JobOpts = dict[str, Any]
@@ -83,6 +84,8 @@ class JobRecord:
     part: str | None = None
     # The distributor's lease for the node holding it (node side only; kept across restarts).
     lease: int = 0
+    # W3C traceparent of the span that enqueued it (jobreactor/otel.py; None: not traced).
+    trace: str | None = None
     # Unknown keys from a newer peer, kept rather than trusted (None until there are some,
     # to save an empty dict per pending job).
     extra: dict[str, Any] | None = None
@@ -246,8 +249,11 @@ def build_record(
     Neither `args` nor `opts` is mutated.
     """
     untrusted: object = name  # callers from untyped code pass anything
-    if not isinstance(untrusted, str) or not untrusted:
-        raise InvalidOptions(f"job name must be a non-empty string, got {name!r}")
+    if not isinstance(untrusted, str) or not untrusted or len(untrusted) > MAX_NAME_CHARS:
+        raise InvalidOptions(
+            f"job name must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
+            f"got {str(name)[:60]!r}{'...' if len(str(name)) > 60 else ''}"
+        )
     if not opts:  # the common case, on the enqueue hot path: nothing to validate
         return JobRecord(
             id=job_id,

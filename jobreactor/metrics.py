@@ -14,21 +14,30 @@ dashboard's `/metrics` in registry mode sums what every live member publishes wi
 heartbeat (docs/decisions.md "Observability", across processes), so a scrape never sees one random
 worker. A node's own `metrics_port` serves that node process only.
 
-Label values are job names (the ones a node or distributor knows) and node / distributor
-names: bounded by configuration, never job ids or args.
+One source per figure: a job's outcomes (succeeded, failed, retried, cancelled) are counted
+by the distributor that receives its reports (`count_report`), so a dashboard mounted in the app
+is exact with nodes in other processes; a node counts what only it sees (attempts started,
+wait and run time, timer lateness). Nothing is counted twice in a process running both.
+
+Label values are registered job names (`register`: declared by a node, or defined in this
+process) and node / distributor names, never job ids or args. Any other name counts under
+one `unknown` series, so 100k made-up names cost one series, not 100k. The per-name label is
+`job_name` (Prometheus owns `job`).
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
+import logging
+import os
+import secrets
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -37,15 +46,25 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from jobreactor.definitions import default_registry
+
 __all__ = [
     "EVENTS",
     "METRICS",
+    "UNKNOWN",
     "Histogram",
+    "JobCounts",
     "JobMetrics",
+    "JobStats",
     "JobsCollector",
-    "MetricsServer",
+    "job_stats",
     "metrics_registry",
 ]
+
+logger = logging.getLogger("jobreactor.metrics")
+
+UNKNOWN = "unknown"  # the one series every unregistered job name counts under
+MAX_NAMES = 2_000  # registered names kept as labels; past it, new names count as unknown
 
 # Seconds. Wait (due → start) and run time span a millisecond to an hour; lateness is small.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -53,16 +72,18 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 RUN_BUCKETS = WAIT_BUCKETS
 LATENESS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
-# Counter name → help text. `jobreactor_jobs_<event>_total{job=...}`.
+# Counter name → help text. `jobreactor_jobs_<event>_total{job_name=...}`.
 EVENTS: dict[str, str] = {
     "enqueued": "Jobs accepted by a distributor of this process",
     "dispatched": "Jobs a distributor of this process sent to a node (again after a requeue)",
     "taken_over": "Jobs taken from a node that stayed away past node_grace",
     "started": "Attempts started on a node of this process",
-    "succeeded": "Jobs whose chain ended without an error (each run of a periodic job)",
-    "failed": "Jobs failed for good (attempts exhausted)",
-    "retried": "Failed attempts scheduled to run again",
-    "cancelled": "Jobs cancelled on a node (JR.cancel, CancelJob, skipped)",
+    "succeeded": "Job runs reported successful to a distributor of this process (each run "
+    "of a periodic job)",
+    "failed": "Jobs reported failed for good (attempts exhausted) to a distributor of this process",
+    "retried": "Retry attempts (a failed attempt running again) reported to a distributor of "
+    "this process",
+    "cancelled": "Jobs reported cancelled to a distributor of this process",
 }
 
 
@@ -133,8 +154,54 @@ class JobMetrics:
         self.cancelled: defaultdict[str, int] = defaultdict(int)
         self.wait = Histogram(WAIT_BUCKETS)  # due (enqueue, for an instant job) → start
         self.run = Histogram(RUN_BUCKETS)  # attempt start → end
-        self.lateness = Histogram(LATENESS_BUCKETS)  # a node timer fired this late
+        self.lateness = Histogram(LATENESS_BUCKETS)  # a node timer fired this late, by node
         self.members: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.known: set[str] = set()  # job names that get their own series (see label)
+        # This process's figures, as the registry tells them apart: a fresh id after a reset
+        # (a forked child) or a restart, so a dashboard never takes one for the other.
+        self.process = secrets.token_hex(8)
+        self._over_cap = False
+
+    def register(self, names: Iterable[str]) -> None:
+        """Job names a node declared or this process defines: each gets its own series."""
+        for name in names:
+            if name in self.known:
+                continue
+            if len(self.known) >= MAX_NAMES:
+                if not self._over_cap:
+                    self._over_cap = True
+                    logger.warning(
+                        "more than %d job names: further names are counted as %r in metrics",
+                        MAX_NAMES,
+                        UNKNOWN,
+                    )
+                return
+            self.known.add(name)
+
+    def label(self, name: str) -> str:
+        """`name` if registered (or defined in this process's default registry), else
+        `unknown`. Hot paths test `name in metrics.known` first and call this on a miss."""
+        if name in self.known:
+            return name
+        if default_registry.get(name) is not None:
+            self.register((name,))
+            if name in self.known:
+                return name
+        return UNKNOWN
+
+    def count_report(self, name: str, outcome: str, final: bool, args: dict[str, Any]) -> None:
+        """A node's report, checked by the distributor that issued the lease: the one place
+        outcomes are counted (a stale or duplicate report never gets here)."""
+        key = name if name in self.known else self.label(name)
+        if outcome == "success":
+            self.succeeded[key] += 1
+        elif outcome == "error":
+            if final:
+                self.failed[key] += 1
+        elif outcome == "cancelled":
+            self.cancelled[key] += 1
+        elif outcome == "started" and args.get("attempt", 1) != 1:
+            self.retried[key] += 1
 
     def counters(self) -> dict[str, defaultdict[str, int]]:
         return {event: getattr(self, event) for event in EVENTS}
@@ -146,6 +213,8 @@ class JobMetrics:
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able figures, published with the registry heartbeat and summed there."""
         return {
+            "process": self.process,
+            "at": time.time(),
             "counters": {event: dict(counter) for event, counter in self.counters().items()},
             "wait": self.wait.snapshot(),
             "run": self.run.snapshot(),
@@ -162,19 +231,85 @@ class JobMetrics:
             if isinstance(snapshot.get(name), dict):
                 getattr(self, name).merge(snapshot[name])
 
+    def job_stats(self, distributors: Iterable[dict[str, Any]]) -> JobStats:
+        """`job_stats(self, distributors)`: the `/api/stats` figures (see there)."""
+        return job_stats(self, distributors)
+
     def reset(self) -> None:
         """Forget every figure (tests; a forked child starting afresh)."""
-        members = self.members
+        members, known = self.members, self.known
         self.__init__()  # type: ignore[misc]
-        self.members = members
+        self.members, self.known = members, known
 
 
 METRICS = JobMetrics()
 
 
+def _after_fork_in_child() -> None:
+    METRICS.reset()  # a forked worker counts its own jobs, under a process id of its own
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def totals(metrics: JobMetrics) -> dict[str, int]:
     """Each counter summed over job names: what the overview chart and `jobs stats` show."""
     return {event: sum(counter.values()) for event, counter in metrics.counters().items()}
+
+
+class JobCounts(TypedDict):
+    """The figures of one job name (or of all of them): what `GET <mount>/api/stats` shows."""
+
+    succeeded: int
+    failed: int
+    retried: int
+    enqueued: int
+    pending: int
+    in_flight: int
+    oldest_pending_s: float
+
+
+class JobStats(JobCounts):
+    """`JobCounts` over every name, and per name under `jobs` (`job_stats`)."""
+
+    jobs: dict[str, JobCounts]
+
+
+def _counts() -> JobCounts:
+    return JobCounts(
+        succeeded=0, failed=0, retried=0, enqueued=0, pending=0, in_flight=0, oldest_pending_s=0.0
+    )
+
+
+def job_stats(metrics: JobMetrics, distributors: Iterable[dict[str, Any]]) -> JobStats:
+    """The pinned `/api/stats` figures: counters from `metrics` (one process's, or the
+    registry's sum: `JobMetrics.merge`), queue figures from distributors' `stats()` dicts
+    (live, or as published in the registry). Names are labels: registered, or `unknown`."""
+    per_name: dict[str, JobCounts] = {}
+
+    def row(name: str) -> JobCounts:
+        found = per_name.get(name)
+        if found is None:
+            found = per_name[name] = _counts()
+        return found
+
+    for event in ("succeeded", "failed", "retried", "enqueued"):
+        for name, count in getattr(metrics, event).items():
+            row(name)[event] += int(count)
+    for d in distributors:
+        for name, count in (d.get("pending_by_name") or {}).items():
+            row(name)["pending"] += int(count)
+        for name, count in (d.get("in_flight_by_name") or {}).items():
+            row(name)["in_flight"] += int(count)
+        for name, age in (d.get("oldest_by_name") or {}).items():
+            current = row(name)
+            current["oldest_pending_s"] = max(current["oldest_pending_s"], float(age))
+    total = _counts()
+    for counts in per_name.values():
+        for key in ("succeeded", "failed", "retried", "enqueued", "pending", "in_flight"):
+            total[key] += counts[key]
+        total["oldest_pending_s"] = max(total["oldest_pending_s"], counts["oldest_pending_s"])
+    return JobStats(**total, jobs=dict(sorted(per_name.items())))
 
 
 Gauge = tuple[str, dict[str, str], float]
@@ -192,6 +327,12 @@ def stats_gauges(
         out.append(("distributor_pending", labels, float(d.get("pending", 0))))
         out.append(("distributor_in_flight", labels, float(d.get("in_flight", 0))))
         out.append(("distributor_connected_nodes", labels, float(len(d.get("nodes", [])))))
+        out.append(("no_eligible_node_jobs", labels, float(d.get("no_node_jobs", 0))))
+        out.append(("no_eligible_node_seconds", labels, float(d.get("no_node_s", 0.0))))
+        for name, age in sorted((d.get("oldest_by_name") or {}).items()):
+            out.append(("oldest_pending_seconds", {**labels, "job_name": name}, float(age)))
+        for name, count in sorted((d.get("pending_by_name") or {}).items()):
+            out.append(("pending_jobs", {**labels, "job_name": name}, float(count)))
     for n in nodes:
         labels = {"node": str(n.get("name", ""))}
         for key in ("held", "running", "scheduled", "free_credit"):
@@ -218,11 +359,16 @@ GAUGE_HELP = {
     "node_running": "Attempts running on a node",
     "node_scheduled": "Jobs waiting on a node's timers (delayed, periodic, retries)",
     "node_free_credit": "Jobs a node would take now (its credit window minus what it holds)",
+    "oldest_pending_seconds": "Age (since due) of the oldest job waiting in a distributor for "
+    "a node, per job name",
+    "pending_jobs": "Jobs waiting in a distributor for a node, per job name",
+    "no_eligible_node_jobs": "Pending jobs no connected node may run (name, node, not_node)",
+    "no_eligible_node_seconds": "Age of the oldest pending job no connected node may run",
 }
 
 
-def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(f"jobreactor_{name}", doc, labels=["job"])
+def _histogram(name: str, doc: str, hist: Histogram, label: str) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"jobreactor_{name}", doc, labels=[label])
     edges = [*(repr(float(b)) for b in hist.bounds), "+Inf"]
     for key in sorted(hist.rows):
         running, buckets = 0, []
@@ -247,14 +393,20 @@ class JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for event, counter in self.metrics.counters().items():
-            counts = CounterMetricFamily(f"jobreactor_jobs_{event}", EVENTS[event], labels=["job"])
-            for job, count in sorted(counter.items()):
-                counts.add_metric([job], float(count))
+            counts = CounterMetricFamily(
+                f"jobreactor_jobs_{event}", EVENTS[event], labels=["job_name"]
+            )
+            for name, count in sorted(counter.items()):
+                counts.add_metric([name], float(count))
             yield counts
-        yield _histogram("job_wait_seconds", "Due (enqueued) to start", self.metrics.wait)
-        yield _histogram("job_run_seconds", "One attempt, start to end", self.metrics.run)
+        metrics = self.metrics
+        yield _histogram("job_wait_seconds", "Due (enqueued) to start", metrics.wait, "job_name")
+        yield _histogram("job_run_seconds", "One attempt, start to end", metrics.run, "job_name")
         yield _histogram(
-            "timer_lateness_seconds", "Node timer fired after its deadline", self.metrics.lateness
+            "timer_lateness_seconds",
+            "Node timer fired after its deadline",
+            metrics.lateness,
+            "node",
         )
         by_name: dict[str, GaugeMetricFamily] = {}
         for name, labels, value in self._read_gauges():
@@ -275,58 +427,3 @@ def metrics_registry(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(metrics, gauge_reader=gauge_reader))
     return registry
-
-
-class MetricsServer:
-    """A node's opt-in `metrics_port`: `/metrics` (this process) and `/health` (liveness).
-
-    A plain threading HTTP server in a daemon thread, off the event loop: a scrape never
-    delays a job (`gauge_reader` should hop onto the loop to read the gauges). `/health`
-    answers 200 while `alive()` says so, else 503.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        alive: Callable[[], bool] | None = None,
-        gauge_reader: GaugeReader | None = None,
-    ) -> None:
-        registry = metrics_registry(gauge_reader=gauge_reader)
-        is_alive = alive or (lambda: True)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-                elif path in ("/health", "/healthz"):
-                    ok = bool(is_alive())
-                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"down\n")
-                else:
-                    self._send(404, "text/plain", b"not found: /metrics or /health\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None  # scrapes every few seconds would flood the log
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="jobreactor-metrics", daemon=True
-        )
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from jobreactor.dashboard import views
 from jobreactor.dashboard.sources import Source, StoredJobs
 from jobreactor.errors import ReactorClosed, StorageError
+from jobreactor.health import source_health
 from jobreactor.metrics import metrics_registry
 
 logger = logging.getLogger("jobreactor.dashboard")
@@ -125,7 +126,9 @@ class Dashboard:
     async def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = await run_in_threadpool(self.source.snapshot)
         snap["totals"] = views.totals_of(snap)
-        self.history.add(time.time(), snap["totals"])
+        # The chart's clock is when the figures were taken (a registry beat), not when read:
+        # reads between two beats add no sample, so no 0 then a burst (metrics.py).
+        self.history.add(float(snap.get("metrics_at") or time.time()), snap["totals"])
         return snap
 
     async def render(self, request: Request, name: str, **context: Any) -> HTMLResponse:
@@ -227,7 +230,9 @@ async def metrics(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"ok": True})
+    """jobreactor/health.py: storage, loop and backlog checks; 503 unless all pass."""
+    code, body = await run_in_threadpool(source_health, _dashboard(request).source)
+    return JSONResponse(body, code)
 
 
 def _same_origin(request: Request) -> bool:

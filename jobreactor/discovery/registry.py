@@ -27,8 +27,11 @@ import redis.asyncio as aredis
 import redis.exceptions
 
 from jobreactor.discovery.keys import GroupKeys, Kind, new_iid
+from jobreactor.discovery.signing import entry_is_trusted, entry_signature, registry_key
+from jobreactor.ratelimit import RateLimitedLog
 
 logger = logging.getLogger("jobreactor.discovery")
+_untrusted_log = RateLimitedLog(logger, logging.WARNING, 30.0)
 
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
@@ -98,12 +101,15 @@ async def live_members(
     *,
     prefix: str = "jr",
     kind: Kind = "distributor",
+    secret: bytes | None = None,
 ) -> list[Member]:
     """The live members of `group` (distributors, or with kind="node" the nodes), by address.
 
     For dashboards and tools: pass a `redis.asyncio.Redis` made with `decode_responses=True`
     (the `discovery_url`) and the `redis_prefix` in use. A member is live until its deadline
-    (Redis clock); one whose hash already expired is left out. Raises redis-py's errors.
+    (Redis clock); one whose hash already expired is left out, and so is one whose deadline
+    no real member would set. With `secret`, only entries signed with it count (signing.py).
+    Raises redis-py's errors.
     """
     keys = GroupKeys(prefix, group)
     seconds, micros = await client.time()
@@ -115,7 +121,16 @@ async def live_members(
         for iid in iids:
             pipe.hgetall(keys.member(iid))
         raws: list[dict[str, str]] = await pipe.execute()
-    members = [_member(kind, iid, raw) for iid, raw in zip(iids, raws, strict=True) if raw]
+    key = None if secret is None else registry_key(secret, group)
+    members = []
+    for iid, raw in zip(iids, raws, strict=True):
+        if not raw:
+            continue
+        why = entry_is_trusted(key, group, kind, iid, raw, now)
+        if why is not None:
+            _untrusted_log("registry entry %s of group %s ignored: %s", iid, group, why)
+            continue
+        members.append(_member(kind, iid, raw))
     return sorted((m for m in members if m is not None), key=lambda m: m.address)
 
 
@@ -142,6 +157,7 @@ class Registration:
         on_beat: Callable[[], Any] | None = None,
         iid: str | None = None,
         on_round: Callable[[], None] | None = None,
+        secret: bytes | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -157,6 +173,7 @@ class Registration:
         # time.monotonic() when the last beat round ended, well or not: a gap much longer
         # than a beat means this process was stalled (a blocked loop, SIGSTOP).
         self.last_round = time.monotonic()
+        self._key = None if secret is None else registry_key(secret, keys.group)
         self._beat_script = client.register_script(_BEAT)
         self._leave_script = client.register_script(_LEAVE)
         self._task: asyncio.Task[None] | None = None
@@ -179,6 +196,8 @@ class Registration:
             "started": repr(self.started),
             "stats": json.dumps(self._stats(), default=str),
         }
+        if self._key is not None:
+            fields.update(await self._signed())
         args: list[str] = [
             str(self.iid),
             str(self._ttl_ms),
@@ -191,6 +210,16 @@ class Registration:
         joined = bool(await self._beat_script(keys=keys, args=args))
         self.beats += 1
         return joined
+
+    async def _signed(self) -> dict[str, str]:
+        """`expires` (Redis clock) and its signature: readers with the secret check both."""
+        seconds, micros = await self.client.time()
+        expires = seconds * 1000 + micros // 1000 + self._ttl_ms
+        assert self._key is not None
+        sig = entry_signature(
+            self._key, self.keys.group, self.kind, str(self.iid), self.address, expires
+        )
+        return {"expires": str(expires), "sig": sig}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beat {self.iid}")

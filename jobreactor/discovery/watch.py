@@ -34,8 +34,10 @@ class Watcher:
         keys: GroupKeys,
         prefix: str,
         on_members: Callable[[list[Member]], Any],
+        secret: bytes | None = None,
     ) -> None:
         self.client = client
+        self._secret = secret  # with one, only entries signed with it are dialled
         self.keys = keys
         self.prefix = prefix
         self._on_members = on_members
@@ -75,7 +77,9 @@ class Watcher:
             if self._closing.is_set():
                 return
             try:
-                members = await live_members(self.client, self.keys.group, prefix=self.prefix)
+                members = await live_members(
+                    self.client, self.keys.group, prefix=self.prefix, secret=self._secret
+                )
             except REDIS_ERRORS as exc:
                 if not self._failing:
                     logger.warning(

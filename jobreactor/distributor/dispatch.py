@@ -6,6 +6,10 @@ Rules (docs/semantics.md §2; docs/decisions.md "Dispatch"):
   credit wins (least loaded; the first connected on a tie), not the first connected. Nodes sit
   in heaps by free credit (one per set of declared names, one over all), so the choice costs
   O(log nodes), not a scan: 1,000 connected nodes cost what 10 do.
+- Pending jobs sit in buckets by (name, node, not_node); a heap orders the buckets by their
+  best job, and a bucket no node with credit may serve waits aside, indexed by what would
+  unblock it, so a job costs O(log buckets) and a grant O(the node's names): 100k distinct
+  names cost what one does (issue 18).
 - Jobs go to nodes that declared the job name; if no connected node declared it, any node may
   take it, so an unknown name fails fast with NoSuchJob there instead of waiting.
 - `not_node` is always honoured. `node` is a preference, unless `strict_node`
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jobreactor.job import JobRecord
@@ -31,6 +36,7 @@ class NodeSlot:
     name: str
     job_names: frozenset[str]
     credits: int
+    window: int = 0  # the most free credit counted for it (0: no bound)
 
 
 # A node heap entry: (-credits when pushed, key). Most credit first, then the first connected.
@@ -107,6 +113,9 @@ _Entry = tuple[int, int, JobRecord]
 class _Bucket:
     key: BucketKey
     heap: list[_Entry] = field(default_factory=list)
+    # The (priority, seq) under which it sits in the dispatcher's ready heap; None while it is
+    # blocked (no eligible node has credit) or not there yet.
+    queued: tuple[int, int] | None = None
 
     def head(self, pending: dict[str, _Entry]) -> _Entry | None:
         """The best live entry; entries removed or replaced since they were pushed are skipped."""
@@ -123,6 +132,15 @@ class Dispatcher:
         self._strict_node = strict_node
         self._seq = itertools.count()
         self._buckets: dict[BucketKey, _Bucket] = {}
+        # Buckets by their best job: the next job out is found in O(log buckets), not by a scan
+        # of every (name, node, not_node) bucket per job (8k names took 14.6 s; issue 18).
+        self._ready: list[tuple[int, int, BucketKey]] = []
+        # Buckets no node with credit may serve, by what unblocks them: a grant to a node that
+        # declared the name (or to the named node); names nobody declared wait in `_anyone`.
+        self._blocked: dict[str, dict[BucketKey, _Bucket]] = {}
+        self._blocked_for_node: dict[str, dict[BucketKey, _Bucket]] = {}
+        self._blocked_anyone: dict[BucketKey, _Bucket] = {}
+        self._credit = 0  # free credit over all nodes: none, nothing to look at
         self._pending: dict[str, _Entry] = {}
         self._nodes: dict[int, NodeSlot] = {}
         self._by_name: dict[str, list[NodeSlot]] = {}
@@ -155,6 +173,9 @@ class Dispatcher:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(key)
+            self._queue(bucket, entry)
+        elif bucket.queued is not None and entry[:2] < bucket.queued:
+            self._queue(bucket, entry)  # a better head: the old ready entry goes stale
         heapq.heappush(bucket.heap, entry)
         self._pending[job.id] = entry
 
@@ -174,16 +195,27 @@ class Dispatcher:
         the exact dispatch order, which would mean sorting millions on the loop."""
         return [entry[2] for entry in itertools.islice(self._pending.values(), limit)]
 
+    def pending_jobs(self) -> Iterator[JobRecord]:
+        """Every pending job, in arrival order (backlog.py reads them for metrics/health)."""
+        return (entry[2] for entry in self._pending.values())
+
     def drain(self) -> list[JobRecord]:
         """Remove and return every pending job, in dispatch order."""
         entries = sorted(self._pending.values(), key=lambda e: (e[0], e[1]))
         self._pending.clear()
         self._buckets.clear()
+        self._ready.clear()
+        self._blocked.clear()
+        self._blocked_for_node.clear()
+        self._blocked_anyone.clear()
         return [entry[2] for entry in entries]
 
-    def add_node(self, key: int, name: str, job_names: list[str], credits: int) -> None:
+    def add_node(
+        self, key: int, name: str, job_names: list[str], credits: int, window: int = 0
+    ) -> None:
         self.remove_node(key)
-        slot = NodeSlot(key, name, frozenset(job_names), max(0, credits))
+        credits = max(0, credits)
+        slot = NodeSlot(key, name, frozenset(job_names), credits, window)
         self._nodes[key] = slot
         self._by_name.setdefault(name, []).append(slot)
         group = self._groups.get(slot.job_names)
@@ -193,12 +225,14 @@ class Dispatcher:
                 self._knowers.setdefault(job_name, []).append(group)
         group.members[key] = slot
         self._everyone.members[key] = slot
+        self._credit += credits
         self._granted(slot)
 
     def remove_node(self, key: int) -> None:
         slot = self._nodes.pop(key, None)
         if slot is None:
             return
+        self._credit -= slot.credits
         namesakes = self._by_name[slot.name]
         namesakes.remove(slot)
         if not namesakes:
@@ -213,55 +247,128 @@ class Dispatcher:
                 groups.remove(group)
                 if not groups:
                     del self._knowers[job_name]
+                    self._unblock(self._blocked.pop(job_name, {}))  # now anyone may take it
 
-    def grant(self, key: int, credits: int) -> None:
+    def grant(self, key: int, credits: int) -> bool:
+        """Add free credit; False if nothing changed (no credit, or the window was full)."""
         slot = self._nodes.get(key)
-        if slot is not None:
-            slot.credits += credits
-            self._granted(slot)
+        return slot is not None and self.set_credits(key, slot.credits + credits)
 
-    def set_credits(self, key: int, credits: int) -> None:
+    def set_credits(self, key: int, credits: int) -> bool:
+        """Set a node's free credit (clamped to its window); False if nothing changed."""
         slot = self._nodes.get(key)
-        if slot is not None:
-            slot.credits = credits
-            self._granted(slot)
+        if slot is None:
+            return False
+        if slot.window and credits > slot.window:  # more than it can ever take
+            credits = slot.window
+        if credits == slot.credits:
+            return False  # a flood of acks granting nothing new costs no dispatch round
+        self._credit += credits - slot.credits
+        slot.credits = credits
+        self._granted(slot)
+        return True
 
     def _granted(self, slot: NodeSlot) -> None:
-        """Credit went up (or was set): a fresh heap entry (a drop needs none, see _NodeHeap)."""
+        """Credit went up (or was set): a fresh heap entry (a drop needs none, see _NodeHeap),
+        and the buckets this node may serve are looked at again: O(its names)."""
         self._groups[slot.job_names].push(slot)
         if self._everyone_kept:
             self._everyone.push(slot)
+        if slot.credits <= 0:
+            return
+        if self._blocked:
+            for job_name in slot.job_names:
+                if job_name in self._blocked:
+                    self._unblock(self._blocked.pop(job_name))
+        if self._blocked_for_node:
+            self._unblock(self._blocked_for_node.pop(slot.name, {}))
+        if self._blocked_anyone:
+            anyone, self._blocked_anyone = self._blocked_anyone, {}
+            self._unblock(anyone)
+
+    # --- the ready heap ---------------------------------------------------------------------
+
+    def _queue(self, bucket: _Bucket, entry: _Entry) -> None:
+        bucket.queued = (entry[0], entry[1])
+        heapq.heappush(self._ready, (entry[0], entry[1], bucket.key))
+
+    def _block(self, bucket: _Bucket) -> None:
+        bucket.queued = None
+        name, node, _ = bucket.key
+        if name in self._knowers:
+            self._blocked.setdefault(name, {})[bucket.key] = bucket
+        else:
+            self._blocked_anyone[bucket.key] = bucket
+        if node is not None:
+            self._blocked_for_node.setdefault(node, {})[bucket.key] = bucket
+
+    def _unblock(self, buckets: dict[BucketKey, _Bucket]) -> None:
+        for bucket in buckets.values():
+            if bucket.queued is not None or self._buckets.get(bucket.key) is not bucket:
+                continue  # already back (it sat in two indexes), or gone
+            head = bucket.head(self._pending)
+            if head is None:
+                del self._buckets[bucket.key]
+            else:
+                self._queue(bucket, head)
 
     # --- the decision -----------------------------------------------------------------------
 
     def assign(self) -> list[tuple[int, JobRecord, int]]:
-        """Every (node key, job, seq) that can go out now, best job first."""
+        """Every (node key, job, seq) that can go out now, best job first.
+
+        The best bucket comes off the ready heap; one no node with credit may serve is set
+        aside until a grant could change that, so a turn costs O(jobs sent × log buckets).
+        While a bucket stays the best, its next job is taken without touching the heap.
+        """
         out: list[tuple[int, JobRecord, int]] = []
-        if not self._pending:
-            return out
-        pending = self._pending
-        while True:
-            best: tuple[_Entry, _Bucket, NodeSlot] | None = None
-            for bucket in list(self._buckets.values()):
-                head = bucket.head(pending)
-                if head is None:
-                    del self._buckets[bucket.key]
-                    continue
-                if best is not None and head[:2] >= best[0][:2]:
-                    continue
-                slot = self._choose(bucket.key)
-                if slot is not None:
-                    best = (head, bucket, slot)
-            if best is None:
-                return out
-            entry, bucket, slot = best
+        pending, ready = self._pending, self._ready
+        head: _Entry | None = None  # carried over: the best bucket's next job
+        bucket: _Bucket | None = None
+        while pending and self._credit > 0:
+            if head is None or bucket is None:
+                bucket, head = self._next_ready()
+                if bucket is None or head is None:
+                    break
+            slot = self._choose(bucket.key)
+            if slot is None:
+                self._block(bucket)
+                head = None
+                continue
             heapq.heappop(bucket.heap)
-            job = entry[2]
+            job = head[2]
             del pending[job.id]
             slot.credits -= 1
-            out.append((slot.key, job, entry[1]))
-            if not pending:
-                return out
+            self._credit -= 1
+            out.append((slot.key, job, head[1]))
+            head = bucket.head(pending)
+            if head is None:
+                del self._buckets[bucket.key]
+            elif ready and ready[0][:2] < head[:2]:
+                self._queue(bucket, head)  # another bucket is better now
+                head = None
+            else:
+                bucket.queued = (head[0], head[1])
+        if head is not None and bucket is not None:  # carried but not sent: back in the heap
+            self._queue(bucket, head)
+        return out
+
+    def _next_ready(self) -> tuple[_Bucket | None, _Entry | None]:
+        """The best queued bucket and its head, dropping stale heap entries on the way."""
+        ready, pending = self._ready, self._pending
+        while ready:
+            priority, seq, key = heapq.heappop(ready)
+            bucket = self._buckets.get(key)
+            if bucket is None or bucket.queued != (priority, seq):
+                continue  # stale: the bucket is queued under a better head, blocked or gone
+            head = bucket.head(pending)
+            if head is None:
+                del self._buckets[key]
+            elif head[:2] != (priority, seq):  # its head was taken out: queue the new one
+                self._queue(bucket, head)
+            else:
+                return bucket, head
+        return None, None
 
     def _choose(self, key: BucketKey) -> NodeSlot | None:
         name, node, not_node = key

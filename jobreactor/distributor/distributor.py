@@ -17,13 +17,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from jobreactor import otel
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
+from jobreactor.distributor.admission import Admission
+from jobreactor.distributor.backlog import BacklogWatch
 from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.guard import check_bind_is_safe, refuse_connection
+from jobreactor.distributor.guard import check_bind_is_safe, evicted
 from jobreactor.distributor.handover import hand_over
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
@@ -41,6 +44,7 @@ from jobreactor.protocol import (
     ReportItem,
     Reports,
 )
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
 
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
+
+MAX_TRACED = 100_000  # traced jobs whose feedback span we can parent (beyond: not parented)
 
 
 def advertised(advertise: str | None, host: str, port: int) -> str:
@@ -84,7 +90,7 @@ class Distributor(Sessions):
         self.named_feedbacks: dict[str, Feedback] = {}
         self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.address = advertise or ""
         self._advertise = advertise
         self.loop = asyncio.get_running_loop()
@@ -101,7 +107,7 @@ class Distributor(Sessions):
         self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._takeovers: dict[str, asyncio.TimerHandle] = {}
         # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
-        self._handshaking: set[int] = set()
+        self._handshaking = Admission(settings.max_unauthenticated)
         self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self._node_joined = asyncio.Condition()
         self._idle = asyncio.Event()
@@ -112,6 +118,8 @@ class Distributor(Sessions):
         self.sealed = False  # handing over: dispatch nothing, ignore nodes (handover.py)
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        self.backlog_watch = BacklogWatch(self)
+        self._traces: dict[str, str] = {}  # traced jobs' traceparent until their final report
 
     def __repr__(self) -> str:
         return (
@@ -204,6 +212,7 @@ class Distributor(Sessions):
         if self.closed:
             return
         self.closed = True
+        self.backlog_watch.close()
         for handle in self._takeovers.values():
             handle.cancel()
         self._takeovers.clear()
@@ -338,12 +347,15 @@ class Distributor(Sessions):
         for job, success, error, handle in items:
             job.distributor = address
             if metrics is not None:
-                metrics.enqueued[job.name] += 1
+                name = job.name
+                metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
             if success is not None:
                 job.on_success = success if isinstance(success, str) else job.id
             if error is not None:
                 job.on_error = error if isinstance(error, str) else job.id
             self._waiting[job.id] = awaited(success, error, handle)
+            if job.trace is not None and len(self._traces) < MAX_TRACED:
+                self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
             if journal is not None:
                 journal.admit(job, handle)  # dispatched once stored (see _admitted)
                 continue
@@ -419,12 +431,14 @@ class Distributor(Sessions):
     # --- node sessions (the rest: sessions.py) -------------------------------------------------
 
     def _new_session(self, conn: FramedConnection) -> NodeSession | None:
-        if len(self._handshaking) >= self.settings.max_unauthenticated:
-            refuse_connection(self.peer_log, conn.peer, self.settings.max_unauthenticated)
-            return None
+        victim = self._handshaking.make_room(conn.peer)
+        if victim is not None:  # the newest is admitted; an older anonymous one goes
+            evicted(self.peer_log, victim.conn.peer, self.settings.max_unauthenticated)
+            self._handshaking.discard(victim.key)
+            victim.evict()
         session = NodeSession(self, conn, next(self._keys))
         self._sessions[session.key] = session
-        self._handshaking.add(session.key)
+        self._handshaking.add(session)
         return session
 
     # --- dispatch and feedback ------------------------------------------------------------------
@@ -440,7 +454,8 @@ class Distributor(Sessions):
         metrics = self._metrics
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
-                metrics.dispatched[job.name] += 1
+                name = job.name
+                metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
             session = self._sessions[key]
             record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
             try:
@@ -455,6 +470,8 @@ class Distributor(Sessions):
             session.queue_job(lease, record)
         if not len(self.dispatcher):
             self._idle.set()
+        elif self.backlog_watch.idle:
+            self.backlog_watch.arm()  # jobs wait: check for ones no node may run (backlog.py)
 
     def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
         if result.job:
@@ -503,7 +520,19 @@ class Distributor(Sessions):
             self.tracker.forget(item.job_id)
             if self.journal is not None:
                 self.journal.remove(item.job_id)
-        self.settle_report(item, entry.name)
+        metrics = self._metrics
+        if metrics is not None:  # outcomes are counted here, once (metrics.py)
+            name = entry.name
+            if item.outcome == "success" and name in metrics.known:
+                metrics.succeeded[name] += 1  # the usual report, without a call
+            else:
+                metrics.count_report(name, item.outcome, item.final, item.args)
+        if self._traces and item.final and item.job_id in self._traces:
+            trace = self._traces.pop(item.job_id)
+            with otel.feedback_span(trace, item.job_id, entry.name, item.outcome):
+                self.settle_report(item, entry.name)
+        else:
+            self.settle_report(item, entry.name)
         if item.final:
             self._idle.set()
 

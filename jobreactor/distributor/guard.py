@@ -13,7 +13,8 @@ import ipaddress
 import ssl
 from typing import TYPE_CHECKING
 
-from jobreactor.errors import InsecureBind
+from jobreactor.errors import InsecureBind, RemoteProtocolError
+from jobreactor.protocol import Ack, Message, Return
 from jobreactor.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -44,11 +45,12 @@ def check_bind_is_safe(
     )
 
 
-def refuse_connection(warn: RateLimitedLog, peer: str, limit: int) -> None:
-    """`max_unauthenticated` handshakes are under way: this connection is closed at once."""
+def evicted(warn: RateLimitedLog, peer: str, limit: int) -> None:
+    """A newer anonymous connection needed the slot of the one from `peer` (admission.py)."""
     warn(
-        "refused a connection from %s: %d connections are already in their handshake "
-        "(max_unauthenticated); if these are real nodes, raise it",
+        "closed the unfinished handshake from %s to admit a newer connection (%d anonymous "
+        "slots, max_unauthenticated; a quarter per source address): a flood of connections, "
+        "or real nodes, then raise max_unauthenticated",
         peer,
         limit,
     )
@@ -70,4 +72,20 @@ def name_clash(live: NodeSession | None, newcomer: NodeSession) -> str | None:
         f"duplicate node name {hello.node_name!r}: another node process with that name is "
         f"connected from {live.conn.peer}; give each node its own name "
         '(e.g. name = "worker-{hostname}")'
+    )
+
+
+def check_bounds(session: NodeSession, message: Message, on_session: int) -> None:
+    """A node acknowledges or returns only jobs it was given (`on_session` are out on it);
+    one that claims more breaks the protocol and is closed (RemoteProtocolError: Bye, log)."""
+    match message:
+        case Ack(leases=leases) if len(leases) > on_session:
+            what = f"acknowledged {len(leases)} jobs"
+        case Return(job_ids=job_ids) if len(job_ids) > on_session:
+            what = f"returned {len(job_ids)} jobs"
+        case _:
+            return
+    raise RemoteProtocolError(
+        f"node {session.node_name!r} {what} but holds {on_session} from us (a bug or a hostile "
+        "peer)"
     )

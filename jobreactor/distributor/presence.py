@@ -52,6 +52,7 @@ class Presence:
             on_beat=self._after_beat,
             iid=distributor.iid,
             on_round=self._round_done,
+            secret=distributor.secret,
         )
         self.claims = JournalClaims(self.client, self.keys) if distributor.journal else None
         # Journals released by recycling members are adopted at once, not at our next beat.

@@ -23,6 +23,7 @@ from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
 
 if TYPE_CHECKING:
+    from jobreactor.distributor.backlog import BacklogWatch
     from jobreactor.distributor.dispatch import Dispatcher
     from jobreactor.distributor.presence import Presence
     from jobreactor.distributor.session import NodeSession
@@ -43,6 +44,7 @@ class Recovery(Outcomes):
         presence: Presence | None
         dispatcher: Dispatcher
         tracker: Tracker
+        backlog_watch: BacklogWatch
         _sessions: dict[int, NodeSession]
         _takeovers: dict[str, asyncio.TimerHandle]
 
@@ -176,5 +178,6 @@ class Recovery(Outcomes):
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
             "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            **self.backlog_watch.read().stats(),
             "metrics": METRICS.snapshot(),
         }

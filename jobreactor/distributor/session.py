@@ -15,6 +15,9 @@ from jobreactor.connection import FramedConnection
 from jobreactor.distributor.guard import name_clash
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.protocol import (
+    DISTRIBUTOR_TO_NODE,
+    MAX_ITEMS_PER_FRAME,
+    NODE_TO_DISTRIBUTOR,
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -24,6 +27,8 @@ from jobreactor.protocol import (
     Challenge,
     Command,
     CommandResult,
+    FrameOpener,
+    FrameSealer,
     Held,
     Hello,
     Jobs,
@@ -39,6 +44,7 @@ from jobreactor.protocol import (
     encode_split,
     handshake_proof,
     proof_matches,
+    session_key,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +55,8 @@ logger = logging.getLogger("jobreactor.distributor")
 # Jobs per Jobs frame: big enough to amortise packing, small enough to stay far below
 # max_frame_bytes for ordinary jobs and to let the node start work on the first ones early.
 _JOBS_PER_FRAME: Final = 512
+# Acknowledgements in a row that change nothing before the node is closed as a flood.
+_IDLE_ACKS: Final = 1000
 
 
 class Phase(Enum):
@@ -66,6 +74,23 @@ _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
 }
 # What an anonymous peer may send at all; anything else is refused before it is unpacked.
 PRE_AUTH_TAGS: Final = frozenset({Hello.TAG, Auth.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
+# What a node may send once admitted (never Jobs: refused by its tag, before it is buffered).
+NODE_TAGS: Final = frozenset(
+    {Ack.TAG, Nack.TAG, Reports.TAG, Return.TAG, Held.TAG, CommandResult.TAG, Bye.TAG}
+    | {Ping.TAG, Pong.TAG}
+)
+# Size bounds per kind, on top of max_frame_bytes (which only Reports and CommandResult, the
+# kinds carrying job args, may use): each fits MAX_ITEMS_PER_FRAME items of its kind.
+_ITEM_FRAME: Final = 64 * MAX_ITEMS_PER_FRAME + 1024
+NODE_KIND_BYTES: Final = {
+    Ack.TAG: 10 * MAX_ITEMS_PER_FRAME + 64,
+    Nack.TAG: 8192,
+    Return.TAG: _ITEM_FRAME,
+    Held.TAG: _ITEM_FRAME,
+    Bye.TAG: 8192,
+    Ping.TAG: 16,
+    Pong.TAG: 16,
+}
 
 
 class NodeSession:
@@ -75,6 +100,8 @@ class NodeSession:
         self.key = key
         self.phase = Phase.AWAIT_HELLO
         self.hello: Hello | None = None
+        self.heard_hello = False  # anonymous peers that sent nothing are evicted first
+        self._idle_acks = 0  # acknowledgements in a row that acknowledged and granted nothing
         self._nonce = b""
         self._outbox: list[tuple[int, Record]] = []
         self._report_ack: int | None = None
@@ -157,7 +184,22 @@ class NodeSession:
             )
             self.conn.close("handshake timeout", notify=True)
 
+    def count_idle_ack(self, useful: bool) -> None:
+        """A node acknowledges jobs or grants credit it has; a stream of acks that do neither
+        is a flood (a real node sends one only when it over-grants, now and then)."""
+        self._idle_acks = 0 if useful else self._idle_acks + 1
+        if self._idle_acks > _IDLE_ACKS:
+            raise RemoteProtocolError(
+                f"node {self.node_name!r} sent {_IDLE_ACKS} acknowledgements in a row that "
+                "acknowledged nothing and granted no credit (a flood)"
+            )
+
+    def evict(self) -> None:
+        """Make room for a newer anonymous connection: tell this one to retry soon."""
+        self.conn.close("busy: too many handshakes under way here; retry in a moment", notify=True)
+
     def _on_hello(self, hello: Hello) -> None:
+        self.heard_hello = True
         if hello.version != PROTOCOL_VERSION:
             raise HandshakeFailed(
                 f"node {hello.node_name!r} speaks protocol {hello.version}, we speak "
@@ -186,6 +228,16 @@ class NodeSession:
         proof = handshake_proof(secret, "distributor", hello.node_name, hello.nonce, self._nonce)
         self.phase = Phase.AWAIT_AUTH
         self.conn.send(Challenge(self._nonce, proof))
+        # Everything we send from now on carries a MAC (even a refusal: a node whose proof
+        # check failed reads it unchecked, and never trusts it).
+        self.conn.seal_from_now(FrameSealer(self._session_key(DISTRIBUTOR_TO_NODE)))
+
+    def _session_key(self, direction: bytes) -> bytes:
+        assert self.hello is not None
+        assert self.distributor.secret is not None
+        return session_key(
+            self.distributor.secret, self.hello.node_name, self.hello.nonce, self._nonce, direction
+        )
 
     def _on_auth(self, auth: Auth) -> None:
         assert self.hello is not None
@@ -202,6 +254,7 @@ class NodeSession:
             )
             self.conn.close("bad secret: check that both sides have the same secret", notify=True)
             return
+        self.conn.open_from_now(FrameOpener(self._session_key(NODE_TO_DISTRIBUTOR)))
         self._admit()
 
     def _admit(self) -> None:
@@ -213,7 +266,7 @@ class NodeSession:
             return
         self._deadline.cancel()
         self.phase = Phase.READY
-        self.conn.restrict(self.distributor.settings.max_frame_bytes, None)
+        self.conn.restrict(self.distributor.settings.max_frame_bytes, NODE_TAGS, NODE_KIND_BYTES)
         self.distributor.on_node_ready(self)
 
     def _refuse(self, reason: str) -> None:

@@ -11,12 +11,14 @@ import itertools
 import logging
 from typing import TYPE_CHECKING
 
+from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.commands import NodeCommands
+from jobreactor.distributor.guard import check_bounds
 from jobreactor.distributor.handover import log_lost
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight
-from jobreactor.metrics import JobMetrics
+from jobreactor.metrics import METRICS, JobMetrics
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -47,7 +49,7 @@ class Sessions(Recovery):
         peer_log: RateLimitedLog
         _by_name: dict[str, NodeSession]
         _keys: itertools.count[int]
-        _handshaking: set[int]
+        _handshaking: Admission
         _given_away: collections.OrderedDict[str, str]
         _node_joined: asyncio.Condition
         _idle: asyncio.Event
@@ -85,7 +87,14 @@ class Sessions(Recovery):
         if self.tracker.orphan_count(hello.node_name):  # not claimed (yet): node_grace to do so
             self._arm_takeover(hello.node_name)
         held_now = self.tracker.count_on(session.key)
-        self.dispatcher.add_node(session.key, hello.node_name, hello.job_names, hello.credits)
+        self.dispatcher.add_node(
+            session.key,
+            hello.node_name,
+            hello.job_names,
+            hello.credits,
+            max(hello.window, hello.credits, 1),  # its free credit is never counted above this
+        )
+        METRICS.register(hello.job_names)  # these names get their own metric series
         session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
         logger.info(
             "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
@@ -211,7 +220,7 @@ class Sessions(Recovery):
         )
         for entry in orphans:
             if self._metrics is not None:
-                self._metrics.taken_over[entry.name] += 1
+                self._metrics.taken_over[self._metrics.label(entry.name)] += 1
             self.tracker.forget(entry.job_id)
             self._give_away(entry)
             self._requeue(entry)
@@ -220,11 +229,16 @@ class Sessions(Recovery):
     def on_node_message(self, session: NodeSession, message: Message) -> None:
         if self.sealed:
             return  # handed over: unacknowledged, the node sends it to the group's adopter
+        check_bounds(session, message, self.tracker.count_on(session.key))
         match message:
             case Ack():
                 for lease in message.leases:
                     self.tracker.ack(session.key, lease)
-                self.dispatcher.grant(session.key, message.credits)
+                changed = self.dispatcher.grant(session.key, message.credits)
+                session.count_idle_ack(changed or bool(message.leases))
+                if not changed:
+                    return  # no credit gained: no dispatch round
+
             case Nack():
                 entry = self.tracker.by_lease(session.key, message.lease)
                 if entry is not None:
@@ -245,11 +259,15 @@ class Sessions(Recovery):
             case Held():
                 self._on_held(session, message)
             case Return():
-                for job_id in message.job_ids:
-                    entry = self.tracker.get(job_id)
-                    if entry is not None and entry.conn == session.key:
-                        self.tracker.forget(job_id)
-                        self._give_away(entry)
-                        self._requeue(entry)
-                self.dispatcher.set_credits(session.key, 0)
+                self._on_return(session, message)
         self._dispatch()
+
+    def _on_return(self, session: NodeSession, message: Return) -> None:
+        """A stopping node hands back jobs it has not started: they go out again."""
+        for job_id in message.job_ids:
+            entry = self.tracker.get(job_id)
+            if entry is not None and entry.conn == session.key:
+                self.tracker.forget(job_id)
+                self._give_away(entry)
+                self._requeue(entry)
+        self.dispatcher.set_credits(session.key, 0)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jobreactor import otel
 from jobreactor.batch import Batch, open_batch
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import JobDefinition, Registry
@@ -44,6 +45,7 @@ class Held:
     lock_token: str | None = None  # owns its `lock` for the running attempt
     releasing: asyncio.Task[None] | None = None  # releasing its lock / perform id
     origin: str = ""  # instance id of the distributor that sent it (discovery re-routes by it)
+    span: Any = None  # the running attempt's OpenTelemetry span (a traced job: otel.py)
 
 
 class Attempts:
@@ -98,12 +100,29 @@ class Attempts:
         record.status = JobStatus.IN_PROGRESS
         record.attempt += 1
         record.run_at = time.time()
-        if self._metrics is not None:
-            self._metrics.started[record.name] += 1
-            self._metrics.wait.observe(record.name, record.run_at - record.run_at_ts)
+        metrics = self._metrics
+        if metrics is not None:
+            name = record.name if record.name in metrics.known else metrics.label(record.name)
+            metrics.started[name] += 1
+            metrics.wait.observe(name, record.run_at - record.run_at_ts)
         self._persist(record)
-        if record.attempt == 1 and (record.enqueue_id is not None or record.loner):
+        if record.attempt != 1:
+            # A retry: the distributor counts it (metrics: one source per figure). Wire-wise
+            # a plain "started" report, which distributors before this ignore.
+            self._report(held, "started", False, {"attempt": record.attempt})
+        elif record.enqueue_id is not None or record.loner:
             self._report(held, "started", False, {})  # frees its enqueue-time keys (dj_one)
+        if record.trace is not None:
+            held.span = otel.run_span(
+                record.trace, record.id, record.name, record.attempt, self.name
+            )
+            with otel.use_span(held.span):
+                self._run_body(held)
+            return
+        self._run_body(held)
+
+    def _run_body(self, held: Held) -> None:
+        record = held.record
         definition = self.registry.get(record.name)
         if definition is None:
             self._on_failure(held, None, NoSuchJob(record.name))
@@ -229,8 +248,8 @@ class Attempts:
     def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
-        if self._metrics is not None:
-            self._metrics.succeeded[record.name] += 1
+        if held.span is not None:
+            otel.end_run(held, "success")
         if not record.is_periodic:
             self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
         self._report(held, "success", not record.is_periodic, args)
@@ -265,11 +284,12 @@ class Attempts:
             and not held.cancel_requested
         )
         self._end_attempt(held, retrying=retry)
+        if held.span is not None:
+            outcome = "cancelled" if held.cancel_requested else "retry" if retry else "failed"
+            otel.end_run(held, outcome, exc)
         if held.cancel_requested:
             self._cancel_now(held)
             return
-        if self._metrics is not None:
-            (self._metrics.retried if retry else self._metrics.failed)[record.name] += 1
         if retry:
             strategy = record.retry_strategy or self.settings.retry_strategy
             if record.is_periodic:
@@ -295,16 +315,16 @@ class Attempts:
         record = held.record
         args = plain_args(record.args)
         record.args = args
-        if self._metrics is not None:
-            self._metrics.cancelled[record.name] += 1
+        if held.span is not None:
+            otel.end_run(held, "cancelled")
         self._end_attempt(held)
         self._report(held, "error" if error else "success", True, args)
         record.status = JobStatus.CANCELLED
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
 
     def _cancel_now(self, held: Held) -> None:
-        if self._metrics is not None:
-            self._metrics.cancelled[held.record.name] += 1
+        if held.span is not None:
+            otel.end_run(held, "cancelled")
         held.record.status = JobStatus.CANCELLED
         self._report(held, "cancelled", True, held.record.args)
         self._forget(held, destroy=self.settings.remove_cancelled_jobs)
@@ -333,8 +353,10 @@ class Attempts:
             held.releasing.add_done_callback(self._task_done)
         held.running = False
         self._running -= 1
-        if self._metrics is not None and held.record.run_at is not None:
-            self._metrics.run.observe(held.record.name, time.time() - held.record.run_at)
+        metrics, record = self._metrics, held.record
+        if metrics is not None and record.run_at is not None:
+            name = record.name if record.name in metrics.known else metrics.label(record.name)
+            metrics.run.observe(name, time.time() - record.run_at)
         if held.holds_credit:
             held.holds_credit = False
             if held.link is not None:

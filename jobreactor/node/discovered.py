@@ -44,8 +44,11 @@ class Discovered:
             beat=settings.registry_beat,
             ttl=settings.registry_ttl,
             on_beat=self._on_beat,
+            secret=node.secret,
         )
-        self.watcher = Watcher(self.client, self.keys, settings.redis_prefix, self._on_members)
+        self.watcher = Watcher(
+            self.client, self.keys, settings.redis_prefix, self._on_members, secret=node.secret
+        )
         self.links: dict[str, DistributorLink] = {}  # address -> link dialled by discovery
         self.retired: dict[str, DistributorLink] = {}  # instance id -> link that left
         self._retired_at: dict[str, float] = {}

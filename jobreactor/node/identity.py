@@ -14,6 +14,7 @@ import socket
 import string
 
 from jobreactor.errors import InvalidOptions
+from jobreactor.protocol.messages import MAX_NAME_CHARS
 
 NAME_FIELDS = ("hostname", "fqdn", "pid")
 
@@ -38,8 +39,11 @@ def expand_node_name(template: str) -> str:
             f"known: {', '.join('{' + f + '}' for f in NAME_FIELDS)}"
         )
     name = template.format_map(_fields())
-    if not name:
-        raise InvalidOptions("node name must not be empty")
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise InvalidOptions(
+            f"node name must be 1 to {MAX_NAME_CHARS} characters, got {len(name)} "
+            "(a distributor refuses longer names at every connect)"
+        )
     return name
 
 

@@ -20,20 +20,20 @@ from typing import TYPE_CHECKING
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from jobreactor.node import commands
+from jobreactor.node.handshake import answer_challenge, busy_retry_delay, hello_frame
 from jobreactor.node.reports import Reporting
 from jobreactor.protocol import (
+    MAX_ITEMS_PER_FRAME,
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
-    Auth,
     Bye,
     Cancel,
     Challenge,
     Command,
     Dropped,
     Held,
-    Hello,
     Jobs,
     Message,
     Nack,
@@ -44,8 +44,6 @@ from jobreactor.protocol import (
     Return,
     Welcome,
     encode,
-    handshake_proof,
-    proof_matches,
 )
 
 if TYPE_CHECKING:
@@ -56,12 +54,9 @@ logger = logging.getLogger("jobreactor.node")
 _MAX_BACKOFF_S = 30.0
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
-# Held jobs per Held frame: ~40 bytes each, so a node holding a million jobs still fits every
-# frame well under max_frame_bytes.
-_HELD_PER_FRAME = 50_000
-# Held jobs listed in the Hello itself: it must fit PRE_AUTH_MAX_FRAME_BYTES with the job names;
-# the rest follow in Held frames once we are authenticated.
-_HELD_IN_HELLO = 500
+# Held jobs per Held frame (and leases per Ack, ids per Return): what the distributor accepts
+# in one frame, a bounded amount of work for its loop.
+_HELD_PER_FRAME = MAX_ITEMS_PER_FRAME
 # What the distributor may send before it welcomed us.
 _PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
@@ -96,6 +91,7 @@ class DistributorLink(Reporting):
         self._stop = asyncio.Event()
         self._challenged = False
         self._was_welcomed = False
+        self._busy = False  # the last refusal was "busy": dial again soon
         self._goodbye = False  # the distributor said Bye before this connection closed
         self._more_held: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
@@ -131,9 +127,11 @@ class DistributorLink(Reporting):
                 logger.error("%s; retrying in %.1fs", exc, backoff)
             if self._stop.is_set():
                 return
+            wait = busy_retry_delay() if self._busy else backoff
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                await asyncio.wait_for(self._stop.wait(), wait)
+            if not self._busy:
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,13 +147,15 @@ class DistributorLink(Reporting):
 
         self._was_welcomed = False
         self._challenged = False
+        self._busy = False
         async with asyncio.timeout(settings.handshake_timeout * 2):
             _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self._ssl)
         self.conn = conn
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self.phase = LinkPhase.AWAIT_WELCOME
         try:
-            conn.send_frame(self._hello_frame())
+            frame, self._more_held = hello_frame(self, self._nonce)
+            conn.send_frame(frame)
         except LocalProtocolError:
             conn.close("our Hello does not fit")
             raise
@@ -171,32 +171,6 @@ class DistributorLink(Reporting):
     def _attach(self, conn: FramedConnection) -> DistributorLink:
         conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)
         return self
-
-    def _hello_frame(self) -> bytes:
-        """Our Hello, small enough for a distributor that doesn't know us yet."""
-        held = self.node.held_from(self) + self.unacked_report_ids()
-        for in_hello in (_HELD_IN_HELLO, 0):
-            self._more_held = held[in_hello:]
-            frame = encode(
-                Hello(
-                    PROTOCOL_VERSION,
-                    self.node.name,
-                    self.node.registry.names(),
-                    self.node.free_credits(self),
-                    self.node.storage.kind,
-                    self._nonce,
-                    held[:in_hello],
-                    self.node.instance,
-                    self.node.secret is not None,
-                )
-            )
-            if len(frame) <= PRE_AUTH_MAX_FRAME_BYTES:
-                return frame
-        raise LocalProtocolError(
-            f"node {self.node.name!r}: its Hello needs {len(frame)} bytes, over the "
-            f"{PRE_AUTH_MAX_FRAME_BYTES} a distributor accepts before the handshake "
-            "(too many or too long job names)"
-        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -242,15 +216,9 @@ class DistributorLink(Reporting):
             raise HandshakeFailed(
                 f"distributor {self.configured} requires a secret; set `secret` on this node"
             )
-        expected = handshake_proof(
-            secret, "distributor", self.node.name, self._nonce, challenge.nonce
-        )
-        # A distributor whose proof doesn't match has another secret: it will refuse our proof
-        # too, and say so (so both sides log the cause); we answer, but never accept its Welcome.
-        self._challenged = proof_matches(expected, challenge.proof)
         assert self.conn is not None
-        self.conn.send(
-            Auth(handshake_proof(secret, "node", self.node.name, self._nonce, challenge.nonce))
+        self._challenged = answer_challenge(
+            self.conn, secret, self.node.name, self._nonce, challenge
         )
 
     def _on_welcome(self, welcome: Welcome) -> None:
@@ -261,6 +229,11 @@ class DistributorLink(Reporting):
                 "secret"
             )
         self._challenged = False
+        if welcome.version != PROTOCOL_VERSION:
+            raise HandshakeFailed(
+                f"distributor {self.configured} speaks protocol {welcome.version}, we speak "
+                f"{PROTOCOL_VERSION}: upgrade the older side"
+            )
         expected = self.expected_instance
         if expected is not None and welcome.instance != expected:
             self.node.instance_mismatch()
@@ -296,6 +269,17 @@ class DistributorLink(Reporting):
     def _refused(self, reason: str) -> None:
         """The distributor said Bye during the handshake: it refused us. Say why, loudly; the
         dial loop keeps backing off (the rate of these lines is bounded by it)."""
+        if reason.startswith("busy"):
+            self._busy = True
+            logger.warning(
+                "distributor %s is busy with other handshakes (maybe a flood of anonymous "
+                "connections) and turned node %r away; retrying in a moment",
+                self.configured,
+                self.node.name,
+            )
+            if self.conn is not None:
+                self.conn.close("refused by the distributor: busy")
+            return
         if reason.startswith("bad secret"):
             reason = "the distributor refused our proof: check that both sides have the same secret"
         logger.error(
@@ -333,7 +317,11 @@ class DistributorLink(Reporting):
         if conn is None or not self.is_ready:
             return
         if self._acks or self._credits:
-            conn.send_frame(encode(Ack(self._acks, self._credits)))
+            acks = self._acks
+            chunks = [acks[i : i + _HELD_PER_FRAME] for i in range(0, len(acks), _HELD_PER_FRAME)]
+            for chunk in chunks[:-1]:
+                conn.send_frame(encode(Ack(chunk, 0)))
+            conn.send_frame(encode(Ack(chunks[-1] if chunks else [], self._credits)))
             self._acks = []
             self._credits = 0
         for nack in self._nacks:
@@ -372,7 +360,8 @@ class DistributorLink(Reporting):
 
     def hand_back(self, job_ids: list[str]) -> None:
         if self.conn is not None and self.is_ready and job_ids:
-            self.conn.send(Return(job_ids))
+            for start in range(0, len(job_ids), _HELD_PER_FRAME):
+                self.conn.send(Return(job_ids[start : start + _HELD_PER_FRAME]))
 
     def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
         """Tell the distributor these are all the jobs we hold (or have unacknowledged reports

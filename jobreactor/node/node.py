@@ -31,6 +31,7 @@ from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
+from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage.base import Storage
 
@@ -73,7 +74,7 @@ class Node(Membership, Persistence):
         self.registry = registry
         self.storage = storage
         secret = secret if secret is not None else settings.secret
-        self.secret = secret.encode() if secret else None
+        self.secret = secret_bytes(secret)
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
         self.links = [DistributorLink(self, h, p, ssl_context) for h, p in distributors]
@@ -112,6 +113,7 @@ class Node(Membership, Persistence):
         self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
+        METRICS.register(registry.names())
         url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
         self.discovered: Discovered | None = None

@@ -30,7 +30,9 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
     CommandResult(id, found, job, error) ->
 
 With a secret, each side proves it knows it by an HMAC-SHA256 over both fresh nonces, the
-node's name and its own role label, so a proof can be neither replayed nor reflected.
+node's name and its own role label, so a proof can be neither replayed nor reflected. From
+then on every frame carries a MAC under a per-session, per-direction key (`mac`): the
+distributor's from the frame after its Challenge, the node's from the frame after its Auth.
 
 The package: `messages` (the message kinds and the constants they obey), `decoding` (per-kind
 limits and field checks), `framing` (length prefix, `encode`, `FrameDecoder`) and `auth` (the
@@ -42,10 +44,22 @@ from __future__ import annotations
 from jobreactor.protocol.auth import handshake_proof, proof_matches
 from jobreactor.protocol.decoding import ARGS_KINDS, decode_body, peek_tag
 from jobreactor.protocol.framing import FrameDecoder, encode, encode_split, pack_args
+from jobreactor.protocol.mac import (
+    DISTRIBUTOR_TO_NODE,
+    MAC_BYTES,
+    NODE_TO_DISTRIBUTOR,
+    FrameOpener,
+    FrameSealer,
+    session_key,
+)
 from jobreactor.protocol.messages import (
     BATCH_COMPLETE_KEY,
     COMMAND_OPS,
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_HELD_IN_HELLO,
+    MAX_ITEMS_PER_FRAME,
+    MAX_JOB_NAMES,
+    MAX_NAME_CHARS,
     MAX_WIRE_INT,
     NONCE_BYTES,
     OUTCOMES,
@@ -79,7 +93,14 @@ __all__ = [
     "BATCH_COMPLETE_KEY",
     "COMMAND_OPS",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DISTRIBUTOR_TO_NODE",
+    "MAC_BYTES",
+    "MAX_HELD_IN_HELLO",
+    "MAX_ITEMS_PER_FRAME",
+    "MAX_JOB_NAMES",
+    "MAX_NAME_CHARS",
     "MAX_WIRE_INT",
+    "NODE_TO_DISTRIBUTOR",
     "NONCE_BYTES",
     "OUTCOMES",
     "PRE_AUTH_MAX_FRAME_BYTES",
@@ -93,6 +114,8 @@ __all__ = [
     "CommandResult",
     "Dropped",
     "FrameDecoder",
+    "FrameOpener",
+    "FrameSealer",
     "Held",
     "Hello",
     "Jobs",
@@ -113,4 +136,5 @@ __all__ = [
     "pack_args",
     "peek_tag",
     "proof_matches",
+    "session_key",
 ]

@@ -15,6 +15,10 @@ import msgpack
 from jobreactor.errors import MalformedFrame
 from jobreactor.protocol.messages import (
     COMMAND_OPS,
+    MAX_HELD_IN_HELLO,
+    MAX_ITEMS_PER_FRAME,
+    MAX_JOB_NAMES,
+    MAX_NAME_CHARS,
     MAX_WIRE_INT,
     NONCE_BYTES,
     OUTCOMES,
@@ -122,18 +126,8 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
 
     match tag:
         case Hello.TAG:
-            need(9)
-            return Hello(
-                _typed(f[0], int, "version"),
-                _typed(f[1], str, "node name"),
-                _str_list(f[2], "job names"),
-                _count(f[3], "credits"),
-                _typed(f[4], str, "storage"),
-                _typed(f[5], bytes, "nonce"),
-                _held(f[6]),
-                _typed(f[7], str, "instance"),
-                _typed(f[8], bool, "wants_auth"),
-            )
+            need(10)
+            return _hello(f)
         case Challenge.TAG:
             need(2)
             return Challenge(_typed(f[0], bytes, "nonce"), _typed(f[1], bytes, "proof"))
@@ -197,6 +191,30 @@ def _decode_fields(tag: int, f: list[Any]) -> Message:  # noqa: C901
     raise MalformedFrame(f"unknown message tag {tag!r}")
 
 
+def _hello(f: list[Any]) -> Hello:
+    names = _str_list(f[2], "job names")
+    held = _held(f[6])
+    name = _typed(f[1], str, "node name")
+    if len(name) > MAX_NAME_CHARS or any(len(n) > MAX_NAME_CHARS for n in names):
+        raise MalformedFrame(f"node and job names are limited to {MAX_NAME_CHARS} characters")
+    if len(names) > MAX_JOB_NAMES or len(held) > MAX_HELD_IN_HELLO:
+        raise MalformedFrame(
+            f"a Hello lists at most {MAX_JOB_NAMES} job names and {MAX_HELD_IN_HELLO} held jobs"
+        )
+    return Hello(
+        _typed(f[0], int, "version"),
+        name,
+        names,
+        _count(f[3], "credits"),
+        _typed(f[4], str, "storage"),
+        _typed(f[5], bytes, "nonce"),
+        held,
+        _typed(f[7], str, "instance"),
+        _typed(f[8], bool, "wants_auth"),
+        _count(f[9], "window"),
+    )
+
+
 def _command(f: list[Any]) -> Command:
     op = _typed(f[1], str, "command op")
     if op not in COMMAND_OPS:
@@ -222,24 +240,25 @@ def _reject_ext(code: int, data: bytes) -> Any:
 # Jobs, Reports and CommandResult carry job args (user data) and keep limits derived from
 # the frame size.
 _NAME: Final = 4096  # node/job names, ids, reasons
+_ITEMS: Final = MAX_ITEMS_PER_FRAME
 _UNBOUNDED: Final = -1  # derived from the frame size
 _Limits = tuple[int, int, int, int]  # max_str_len, max_bin_len, max_array_len, max_map_len
 _KIND_LIMITS: Final[dict[int, _Limits]] = {
-    Hello.TAG: (_NAME, NONCE_BYTES, _UNBOUNDED, 0),
+    Hello.TAG: (_NAME, NONCE_BYTES, MAX_JOB_NAMES, 0),
     Challenge.TAG: (0, 64, 3, 0),
     Auth.TAG: (0, 64, 2, 0),
     Welcome.TAG: (_NAME, 0, _UNBOUNDED, 0),
     Jobs.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
-    Ack.TAG: (0, 0, _UNBOUNDED, 0),
+    Ack.TAG: (0, 0, _ITEMS, 0),
     Nack.TAG: (_NAME, 0, 3, 0),
     Reports.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),
     ReportsAck.TAG: (0, 0, 2, 0),
     Cancel.TAG: (_NAME, 0, 2, 0),
-    Return.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Return.TAG: (_NAME, 0, _ITEMS, 0),
     Ping.TAG: (0, 0, 1, 0),
     Pong.TAG: (0, 0, 1, 0),
     Bye.TAG: (_NAME, 0, 2, 0),
-    Held.TAG: (_NAME, 0, _UNBOUNDED, 0),
+    Held.TAG: (_NAME, 0, _ITEMS, 0),
     Dropped.TAG: (_NAME, 0, _UNBOUNDED, 0),
     Command.TAG: (_NAME, 0, 4, 0),
     CommandResult.TAG: (_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED),

@@ -7,13 +7,14 @@ the body is buffered. `FrameDecoder` never reads from anything itself: bytes in,
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Final, TypeVar
 
 import msgpack
 
-from jobreactor.errors import FrameTooLarge, InvalidArgs, LocalProtocolError
-from jobreactor.protocol.decoding import decode_body
+from jobreactor.errors import FrameTooLarge, InvalidArgs, LocalProtocolError, MalformedFrame
+from jobreactor.protocol.decoding import decode_body, peek_tag
+from jobreactor.protocol.mac import MAC_BYTES, FrameOpener
 from jobreactor.protocol.messages import DEFAULT_MAX_FRAME_BYTES, Message, Record
 
 _LENGTH: Final = struct.Struct(">I")
@@ -69,6 +70,8 @@ class FrameDecoder:
 
     Feed it whatever the socket returned, in pieces of any size, then drain `messages()`.
     It never reads from anything itself. After it raised, the stream is unusable: close it.
+    A frame whose kind is not allowed, or over that kind's size bound, is refused as soon as
+    its first bytes are in: nothing more of it is buffered or unpacked.
     """
 
     def __init__(
@@ -77,11 +80,24 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._max_frame_bytes = max_frame_bytes
         self._allowed = allowed
+        self._kind_bytes: dict[int, int] = {}
+        self._opener: FrameOpener | None = None
 
-    def restrict(self, max_frame_bytes: int, allowed: frozenset[int] | None) -> None:
-        """From the next frame on: this size limit and only these tags (None: any)."""
+    def restrict(
+        self,
+        max_frame_bytes: int,
+        allowed: frozenset[int] | None,
+        kind_bytes: dict[int, int] | None = None,
+    ) -> None:
+        """From the next frame on: this size limit, only these tags (None: any), and for the
+        kinds in `kind_bytes` a smaller size bound each."""
         self._max_frame_bytes = max_frame_bytes
         self._allowed = allowed
+        self._kind_bytes = kind_bytes or {}
+
+    def authenticate(self, opener: FrameOpener) -> None:
+        """From the next frame on, every body ends with a MAC tag, checked and stripped."""
+        self._opener = opener
 
     @property
     def buffered_bytes(self) -> int:
@@ -90,7 +106,25 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
-    def messages(self) -> Iterator[Message]:
+    def _check_head(self, size: int, start: int) -> bool:
+        """Bounds known from the header (and the tag, once its bytes are in). False: wait."""
+        tagged = MAC_BYTES if self._opener is not None else 0
+        if size > self._max_frame_bytes + tagged:  # checked before the body arrives
+            raise FrameTooLarge(size, self._max_frame_bytes)
+        if self._allowed is None and not self._kind_bytes:
+            return True
+        head = bytes(self._buffer[start + _LENGTH.size : start + _LENGTH.size + 6])
+        if len(head) < min(6, size):
+            return False
+        tag = peek_tag(head)
+        if self._allowed is not None and tag not in self._allowed:
+            raise MalformedFrame(f"message tag {tag} is not allowed from this peer now")
+        bound = self._kind_bytes.get(tag)
+        if bound is not None and size > bound + tagged:
+            raise MalformedFrame(f"a frame of kind {tag} may not exceed {bound} bytes ({size})")
+        return True
+
+    def messages(self) -> Generator[Message, None, None]:
         """Yield every complete message buffered so far; keep the remainder."""
         buffer = self._buffer
         start = 0
@@ -98,13 +132,15 @@ class FrameDecoder:
             # The limits are re-read per frame: a message (Welcome, Auth) may lift them.
             while len(buffer) - start >= _LENGTH.size:
                 (size,) = _LENGTH.unpack_from(buffer, start)
-                if size > self._max_frame_bytes:  # checked before the body arrives
-                    raise FrameTooLarge(size, self._max_frame_bytes)
+                if not self._check_head(size, start):
+                    break
                 end = start + _LENGTH.size + size
                 if len(buffer) < end:
                     break
                 body = bytes(buffer[start + _LENGTH.size : end])
                 start = end
+                if self._opener is not None:
+                    body = self._opener.open(body)
                 yield decode_body(body, self._allowed)
         finally:
             if start:

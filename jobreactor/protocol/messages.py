@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-PROTOCOL_VERSION: Final = 1
+# 2: every frame after a secret handshake carries a MAC (protocol/mac.py); Hello bounded.
+PROTOCOL_VERSION: Final = 2
 # Put into the success args of the part that completed its batch; the distributor takes it out.
 BATCH_COMPLETE_KEY: Final = "_jr_batch_complete"
 # 16 MiB: far above any sane job (args are meant to be ids and small values), far below what
@@ -16,6 +17,18 @@ DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 # authentication). With max_frame_bytes instead, 150 anonymous sockets could pin 2.4 GB.
 PRE_AUTH_MAX_FRAME_BYTES: Final = 64 * 1024
 NONCE_BYTES: Final = 16
+# Job and node names: long enough for any dotted path, short enough that names can't be a
+# memory or CPU lever (100,000-character names were accepted; issue 18). Checked at enqueue,
+# in definitions, in config and in the Hello.
+MAX_NAME_CHARS: Final = 200
+# Job names one node may declare in its Hello: a 64 KiB Hello of 1-byte names decoded to
+# 1.28 MB of Python objects and was kept for handshake_timeout (issue 18).
+MAX_JOB_NAMES: Final = 1024
+# Held jobs per Hello (the rest follow in Held frames after authentication), and items (held
+# jobs, acknowledged leases, returned ids) per Held, Ack, Return or Dropped frame: each frame
+# is a bounded amount of work for the receiving loop (4 MB Held frames held it for seconds).
+MAX_HELD_IN_HELLO: Final = 500
+MAX_ITEMS_PER_FRAME: Final = 5000
 # Every integer the protocol counts with (leases, sequence numbers, credits) fits a signed
 # 64-bit integer, so the peer can always encode what it derives from it (seq + n, ...).
 MAX_WIRE_INT: Final = 2**63 - 1
@@ -48,6 +61,10 @@ class Hello(Message):
     instance: str = ""
     # The node has a secret: a distributor without one must refuse it, not welcome it.
     wants_auth: bool = False
+    # The most credit the node ever grants (concurrency + prefetch); 0: `credits`. The
+    # distributor never counts more free credit for it than this (a flood of Acks granted
+    # 2,300,000 credits; issue 18).
+    window: int = 0
 
     def fields(self) -> list[Any]:
         return [
@@ -60,6 +77,7 @@ class Hello(Message):
             self.held,
             self.instance,
             self.wants_auth,
+            self.window,
         ]
 
 

@@ -15,15 +15,18 @@ from jobreactor import InvalidOptions, Reactor, Registry
 from jobreactor.config import ReactorConfig
 from jobreactor.distributor import Distributor
 from jobreactor.protocol import (
+    DISTRIBUTOR_TO_NODE,
     PROTOCOL_VERSION,
     Auth,
     Challenge,
     FrameDecoder,
+    FrameOpener,
     Hello,
     Message,
     Welcome,
     encode,
     handshake_proof,
+    session_key,
 )
 from tests.conftest import wait_until
 
@@ -68,8 +71,10 @@ def hello(name: str = "w1", nonce: bytes | None = None) -> Hello:
     )
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
+async def read_message(reader: asyncio.StreamReader, opener: FrameOpener | None = None) -> Message:
     decoder = FrameDecoder()
+    if opener is not None:
+        decoder.authenticate(opener)
     async with asyncio.timeout(5):
         while True:
             data = await reader.read(65536)
@@ -144,7 +149,9 @@ async def test_secret_admits_only_nodes_that_prove_it(secret_server, connect) ->
         b"s3cret", "distributor", "good", nonce, challenge.nonce
     )
     writer.write(encode(Auth(handshake_proof(b"s3cret", "node", "good", nonce, challenge.nonce))))
-    assert isinstance(await read_message(reader), Welcome)
+    # From the frame after its Challenge on, the distributor's frames carry MACs (issue 18).
+    key = session_key(b"s3cret", "good", nonce, challenge.nonce, DISTRIBUTOR_TO_NODE)
+    assert isinstance(await read_message(reader, FrameOpener(key)), Welcome)
     await distributor.wait_for_node("good", timeout=5)
     assert [n["name"] for n in distributor.nodes()] == ["good"]
 

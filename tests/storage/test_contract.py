@@ -62,6 +62,7 @@ def full_record(job_id: str = "j1", node: str = "w1") -> JobRecord:
         batch="b-1",
         part="p-1",
         lease=42,
+        trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         extra={"from_newer_peer": {"k": [1, 2]}, "note": "kept"},
     )
 
