@@ -42,6 +42,9 @@ from jobreactor.starting import Starting
 
 logger = logging.getLogger("jobreactor")
 
+# Of a stop's `timeout`, what closing takes after the drains (journal writes, sockets).
+_CLOSING_MARGIN_S = 2.0
+
 T = TypeVar("T")
 Setup = Callable[[], Any]
 
@@ -81,6 +84,8 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
             tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle]
         ] = collections.deque()
         self._signal_tasks: set[asyncio.Future[Any]] = set()
+        # How the next stop goes: (its time budget or None for shutdown_timeout, hand over?).
+        self._stop_how: tuple[float | None, bool] = (None, False)
         self._attached = False
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
@@ -301,16 +306,21 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
             self.run(setup)
             self.start_distributor(bind_host, bind_port, **options)
 
-    async def astop(self) -> None:
+    async def astop(self, timeout: float | None = None, *, handover: bool = False) -> None:
         """`stop()` for code on the reactor's loop (an attached reactor, a feedback)."""
         self._ready.clear()
+        self._stop_how = (timeout, handover)
         await self._shutdown()
         if self._stop_event is not None:
             self._stop_event.set()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None, *, handover: bool = False) -> None:
         """Graceful: nodes drain, distributors wait for their jobs (bounded), then the loop ends.
 
+        `timeout` bounds the whole stop (default: twice `shutdown_timeout` plus 10 s); the
+        drains get it less a margin for closing, so one timeout rules. `handover` (the web
+        recipes' worker exit): a distributor in a discovery group hands its jobs to the group
+        instead of waiting for them (docs/semantics.md, "Recycling a web worker").
         In a forked child of a running reactor it does nothing: the loop is the parent's.
         """
         if os.getpid() != self._pid:
@@ -319,6 +329,7 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
         if loop is None or not loop.is_running():
             return
         self._ready.clear()
+        self._stop_how = (timeout, handover)
         if self._attached:
             # The app owns the loop: shut our parts down on it and leave it running.
             if self._in_loop_thread():
@@ -338,10 +349,12 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
 
     async def _shutdown(self) -> None:
         self._drain_inbox()
+        (timeout, handover), self._stop_how = self._stop_how, (None, False)
+        budget = None if timeout is None else max(0.0, timeout - _CLOSING_MARGIN_S)
         for node in list(self._nodes):
-            await node.stop()
+            await node.stop(budget)
         for distributor in list(self._distributors):
-            await distributor.stop()
+            await distributor.stop(budget, handover=handover)
         self._nodes.clear()
         self._distributors.clear()
 

@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, Registry
-from tests.redis_server import any_redis_url, redis_cluster, redis_server  # noqa: F401
+from tests.redis_server import (  # noqa: F401
+    any_redis_url,
+    own_redis_server,
+    redis_cluster,
+    redis_server,
+)
 
 
 def make_test_reactor(**config: Any) -> Reactor:
@@ -196,6 +201,7 @@ class CliNode:
             'logger_method = "INFO"',
             "log_job_processing = false",
         ]
+        lines = [line for line in lines if line.split(" = ")[0] not in settings]  # they win
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
         stem, copy = name, 0
         while (tmp / f"{stem}.toml").exists():  # namesakes (issue 10) get files of their own

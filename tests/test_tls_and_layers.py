@@ -76,6 +76,7 @@ def test_cited_sections_exist() -> None:
 def test_only_storage_and_the_tools_import_redis() -> None:
     # discovery/ is Redis by nature; distributors and nodes import it only with discovery_url.
     discovery = {"discovery/registry.py", "discovery/watch.py", "discovery/journals.py"}
+    discovery |= {"distributor/releases.py"}  # presence.py's listener: with discovery_url only
     allowed = {
         "storage/redis.py",
         "storage/connect.py",

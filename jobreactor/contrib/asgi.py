@@ -49,6 +49,6 @@ def lifespan(
             await target.astart_distributor(bind_host, bind_port, **options)
             yield
         finally:
-            await target.astop()
+            await target.astop(handover=True)  # a recycling worker hands over (gunicorn.py)
 
     return span

@@ -11,8 +11,10 @@ In `gunicorn.conf.py` (sync, gthread, `uvicorn_worker.UvicornWorker`; with or wi
 job definitions and named feedbacks it registers are there); it starts the reactor and a
 distributor on an ephemeral port (each worker needs its own; nodes find it by discovery).
 `worker_exit` runs in the worker when it stops (not after SIGKILL) and stops the reactor
-within gunicorn's `graceful_timeout`. Never start the reactor in `on_starting`/`when_ready`
-or at import under `--preload`: that runs in the master, before the fork.
+within gunicorn's `graceful_timeout`; with discovery it hands the worker's jobs to a live
+distributor of its group (Redis storage) instead of waiting for them (docs/semantics.md).
+Never start the reactor in `on_starting`/`when_ready` or at import under `--preload`: that
+runs in the master, before the fork.
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ def hooks(
         worker.log.info("jobreactor distributor listening on %s:%d", *bound)
 
     def worker_exit(server: Any, worker: Any) -> None:
-        # Leave a second of gunicorn's graceful_timeout for the worker's own exit.
+        # One timeout rules the stop: gunicorn's graceful_timeout, less a second for the
+        # worker's own exit (the reactor's drains get it less their closing margin). In a
+        # discovery group the distributor hands its jobs over instead of waiting for them,
+        # so a recycling worker exits at once and its replacement starts serving.
         start = time.monotonic()
-        target.stop(timeout=max(1.0, float(worker.cfg.graceful_timeout) - 1.0))
+        target.stop(timeout=max(1.0, float(worker.cfg.graceful_timeout) - 1.0), handover=True)
         worker.log.info("jobreactor stopped in %.1fs", time.monotonic() - start)
 
     return post_worker_init, worker_exit

@@ -10,6 +10,7 @@ day as a tombstone). An owner that was only paused finds on its next beat that i
 owns its journal (`fenced`) and stops using it. A record that is simply gone (the registry
 was flushed, evicted or restarted empty) is written again by its owner's next beat: a
 registry fault is not an adoption.
+A graceful stop releases its journal (`release`): adoptable at once, no grace.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ if owner ~= '' and redis.call('HGET', KEYS[2], 'adopting') == '1'
    and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'adopting', '0')
-redis.call('PERSIST', KEYS[2])
+redis.call('HDEL', KEYS[2], 'finished', 'released')
+redis.call('PERSIST', KEYS[2])  -- an adopter's tombstone, ours now
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 return epoch
 """
@@ -77,21 +79,36 @@ return epoch
 """
 )
 
+_RELEASE = """
+-- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id, ARGV[3] epoch.
+-- A graceful stop hands the journal to the group: seen "never" (score 0), so the next live
+-- member's beat adopts it now instead of after adopt_grace. Fenced: only the owner at its
+-- epoch may release it (1), else 0.
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1]
+   or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], 'released', '1')
+redis.call('ZADD', KEYS[1], 0, ARGV[2])
+return 1
+"""
+
 _FINISH = """
 -- KEYS[1] journals zset, KEYS[2] journal hash; ARGV[1] iid, ARGV[2] journal id,
--- ARGV[3] tombstone ms. The record stays a while as a tombstone (owner: us, not adopting, out
--- of the zset), so that an owner that stalled and was adopted still sees it lost the journal
--- (_TOUCH tells a missing record, a flushed registry, from an adopted one).
+-- ARGV[3] how long (ms) an adopter keeps the record as a tombstone, 0 to delete it.
+-- The tombstone names the adopter, so a stalled old owner learns it lost its journal
+-- (fenced) rather than finding no record, which means Redis lost it (restarted empty).
 if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], 'adopting', '0')
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[2], 'adopting', '0', 'finished', '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+else
+  redis.call('DEL', KEYS[2])
+end
 redis.call('ZREM', KEYS[1], ARGV[2])
 return 1
 """
 
-# How long a finished journal's record stays (see _FINISH): longer than any stall we expect a
-# process to come back from.
-_TOMBSTONE_MS = 86_400_000
+# How long an adopted journal's record names its adopter (see _FINISH); it has a TTL.
+TOMBSTONE_S = 86_400.0
 
 
 class JournalClaims:
@@ -104,6 +121,7 @@ class JournalClaims:
         self._touch = client.register_script(_TOUCH)
         self._adopt = client.register_script(_ADOPT)
         self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
 
     def _keys(self, journal_id: str) -> list[str]:
         return [self.keys.journals, self.keys.journal(journal_id)]
@@ -117,10 +135,16 @@ class JournalClaims:
             if epoch != -2:
                 return epoch
 
-    async def touch(self, journal_id: str, iid: str, epoch: int) -> bool:
-        """Still the owner at this epoch? (and mark it seen now). False: fenced."""
+    async def touch(self, journal_id: str, iid: str, epoch: int) -> int:
+        """Still the owner at this epoch? (and mark it seen now). 1: yes; 0: fenced (another
+        distributor owns it now); -1: the record is gone (Redis lost it; nobody adopted it)."""
         args = [iid, journal_id, str(epoch)]
-        return bool(await self._touch(keys=self._keys(journal_id), args=args))
+        return int(await self._touch(keys=self._keys(journal_id), args=args))
+
+    async def release(self, journal_id: str, iid: str, epoch: int) -> bool:
+        """Hand our journal to the group: adoptable at once (graceful stop). False: not ours."""
+        args = [iid, journal_id, str(epoch)]
+        return bool(await self._release(keys=self._keys(journal_id), args=args))
 
     async def stale(self, grace: float, limit: int = 16) -> list[tuple[str, str]]:
         """Journals not seen for `grace` seconds: (journal id, owner iid), oldest first."""
@@ -144,7 +168,9 @@ class JournalClaims:
         args = [iid, journal_id, owner, str(round(grace * 1000))]
         return int(await self._adopt(keys=keys, args=args))
 
-    async def finish(self, journal_id: str, iid: str) -> bool:
-        """Forget the record of a journal we own and emptied."""
-        args = [iid, journal_id, str(_TOMBSTONE_MS)]
+    async def finish(self, journal_id: str, iid: str, *, adopted: bool = False) -> bool:
+        """Forget the record of a journal we own and emptied (`adopted`: keep a tombstone
+        naming us for TOMBSTONE_S, so its stalled old owner knows it was fenced)."""
+        tombstone_ms = round(TOMBSTONE_S * 1000) if adopted else 0
+        args = [iid, journal_id, str(tombstone_ms)]
         return bool(await self._finish(keys=self._keys(journal_id), args=args))

@@ -9,7 +9,9 @@ registry lives in one Redis Cluster slot and each Lua script below touches one t
                                                 stats (JSON); PEXPIREs with the registration TTL
     <prefix>:{g:<group>}:events         channel join / leave / adopt hints (JSON; at most once)
     <prefix>:{g:<group>}:journals       zset    journal id -> last time its owner beat (ms)
-    <prefix>:{g:<group>}:journal:<id>   hash    owner (iid), epoch (fencing), adopting
+    <prefix>:{g:<group>}:journal:<id>   hash    owner (iid), epoch (fencing), adopting,
+                                                released; once adopted and emptied, a
+                                                tombstone naming the adopter (with a TTL)
 
 A journal id is the name of the distributor's durable queue in its storage
 (`distributor:<address>`, or `distributor:<address>:<iid>` for a second journal at one address).

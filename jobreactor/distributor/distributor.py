@@ -30,6 +30,7 @@ from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.guard import check_bind_is_safe, evicted
 from jobreactor.distributor.handoff import label, send_assigned
+from jobreactor.distributor.handover import hand_over
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
 from jobreactor.distributor.session import NodeSession
@@ -123,6 +124,7 @@ class Distributor(Sessions):
         self.commands = NodeCommands()
         self.observers: list[Observer] = []
         self.closed = False
+        self.sealed = False  # handing over: dispatch nothing, ignore nodes (handover.py)
         self._metrics = METRICS if settings.metrics else None
         METRICS.track(self)
         self.backlog_watch = BacklogWatch(self)
@@ -163,6 +165,8 @@ class Distributor(Sessions):
                 server.close()
             for sock in sockets:
                 sock.close()
+            if self.presence is not None:
+                await self.presence.abandon()  # a failed start leaves Redis as it found it
             raise
         if port == 0 and not self.discovery_url and not self._advertise:
             after = self.settings.warn_no_node_after
@@ -222,8 +226,12 @@ class Distributor(Sessions):
             sock.close()
         self._unserved = []
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, let connected nodes finish what was sent (bounded), then close."""
+    async def stop(self, timeout: float | None = None, *, handover: bool = False) -> None:
+        """Stop accepting, let connected nodes finish what was sent (bounded), then close.
+
+        `handover` (the web recipes' worker exit): a member of a discovery group does not
+        wait for its jobs but hands them to its group (handover.py); elsewhere it drains.
+        """
         if self.closed:
             return
         self.closed = True
@@ -235,6 +243,10 @@ class Distributor(Sessions):
         for server in self._servers:
             server.close()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        if handover and self.presence is not None:
+            await hand_over(self, deadline)
+            await self._close(deadline)
+            return
         await self._drain(deadline)
         dropped = self.dispatcher.drain()
         keep = self.journal is not None  # a durable distributor resumes them at restart
@@ -256,6 +268,9 @@ class Distributor(Sessions):
             self._resolve_cancelled(
                 waiting_id, "abandoned: the distributor stopped", forget=not keep
             )
+        await self._close(deadline)
+
+    async def _close(self, deadline: float) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=deadline)
         for server in self._servers:
@@ -277,6 +292,31 @@ class Distributor(Sessions):
     def started_late(self) -> None:
         """The journal was read back after start (Startup) and nodes are accepted: dispatch."""
         self._dispatch()
+
+    # --- what hand_over (handover.py) uses ----------------------------------------------------
+
+    def waiting_ids(self) -> list[str]:
+        """Jobs whose outcome the app still waits for here."""
+        return list(self._waiting)
+
+    def has_closure(self, job_id: str) -> bool:
+        """True if a feedback of `job_id` is a callable (it can't move to another process)."""
+        waiting = self._waiting.get(job_id)
+        if waiting is None:
+            return False
+        kept = waiting_of(waiting)
+        return callable(kept.success) or callable(kept.error)
+
+    def resolve_cancelled(self, job_id: str, reason: str, *, keep: bool) -> None:
+        """End `job_id` here without a report; `keep`: it stays in the journal (handed over)."""
+        self._resolve_cancelled(job_id, reason, forget=not keep)
+
+    def open_sessions(self) -> list[NodeSession]:
+        return list(self._sessions.values())
+
+    async def drain_for(self, seconds: float) -> None:
+        """At most `seconds`, while nodes are connected: until nothing is pending or out."""
+        await self._drain(seconds)
 
     def unfinished(self) -> int:
         """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
@@ -452,6 +492,8 @@ class Distributor(Sessions):
     def _dispatch(self) -> None:
         if self.startup.pending:
             return  # the journal is not read back yet (Redis away at start)
+        if self.sealed:
+            return  # handing over: the group dispatches these jobs now
         if self.presence is not None and self.presence.hold_dispatch():
             return  # back from a stall: the next beat round says whether these jobs are ours
         metrics, journal = self._metrics, self.journal

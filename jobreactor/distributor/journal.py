@@ -31,6 +31,9 @@ logger = logging.getLogger("jobreactor.distributor")
 # distributor between a final report and its removal (tests/web/test_adoption_acks.py).
 _TEST_DELAY = float(os.environ.get("JOBREACTOR_TEST_JOURNAL_DELAY") or 0)
 ASSIGNED = "assigned_to"  # extra field: the node a journaled job was sent to
+# Extra field: the instance that sent an adopted job to its node. Kept through chained
+# adoptions (a recycling adopter releases it again): the node knows the job by that sender.
+ORIGIN = "sent_by"
 
 
 class Journal:
@@ -80,16 +83,22 @@ class Journal:
         finally:
             self._admitting = None
 
-    def assigned(self, job: JobRecord, node: str, lease: int) -> None:
+    def assigned(self, job: JobRecord, node: str, lease: int, origin: str = "") -> None:
+        """`job` is out on `node` under `lease`, sent by instance `origin` ("": by us)."""
         job.lease = lease
         if job.extra is None:
             job.extra = {}
         job.extra[ASSIGNED] = node
+        if origin:
+            job.extra[ORIGIN] = origin
+        else:
+            job.extra.pop(ORIGIN, None)
         self._update(job)
 
     def unassigned(self, job: JobRecord) -> None:
         if job.extra:
             job.extra.pop(ASSIGNED, None)
+            job.extra.pop(ORIGIN, None)
         job.lease = 0
         self._update(job)
 
@@ -238,3 +247,9 @@ class Journal:
 
 def assignee(job: JobRecord) -> Any:
     return (job.extra or {}).get(ASSIGNED)
+
+
+def sender(job: JobRecord, adopted_from: str) -> str:
+    """The instance a node got `job` from: the one recorded, else `adopted_from`."""
+    recorded = (job.extra or {}).get(ORIGIN)
+    return recorded if isinstance(recorded, str) and recorded else adopted_from

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Registration, connect
+from jobreactor.distributor.releases import ReleaseListener
 from jobreactor.errors import StorageUnavailable
 from jobreactor.storage.codec import redact_url
 
@@ -54,6 +55,12 @@ class Presence:
             secret=distributor.secret,
         )
         self.claims = JournalClaims(self.client, self.keys) if distributor.journal else None
+        # Journals released by recycling members are adopted at once, not at our next beat.
+        self.releases = (
+            ReleaseListener(self.client, self.keys.events, self._adopt_stale)
+            if self.claims is not None
+            else None
+        )
         self.epoch = 0
         self.adopted: deque[str] = deque(maxlen=_ADOPTED_KEPT)
         self._ttl = settings.registry_ttl
@@ -88,6 +95,8 @@ class Presence:
             )
             self.registration.unreachable()
         self.registration.start()
+        if self.releases is not None:
+            self.releases.start()
 
     def hold_dispatch(self) -> bool:
         """True if dispatching must wait for the next beat round (which proves the journal ours).
@@ -119,11 +128,27 @@ class Presence:
             return
         journal = self.distributor.journal
         assert journal is not None
-        if not await self.claims.touch(journal.queue, self.distributor.iid, self.epoch):
+        owned = await self.claims.touch(journal.queue, self.distributor.iid, self.epoch)
+        if owned == -1:  # Redis lost the record (restarted empty): nobody took it, claim again
+            logger.warning(
+                "distributor %s: the registry had no record of its journal (Redis restarted "
+                "empty or was flushed?); claiming it again",
+                self.distributor.address,
+            )
+            self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+            return
+        if not owned:
             self.distributor.fenced()
             await self.registration.renew(self.distributor.iid)
             journal.switch(f"{self.distributor.journal_base}:{self.distributor.iid}")
             self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
+            return
+        await self._adopt_stale()
+
+    async def _adopt_stale(self) -> None:
+        """Adopt the journals whose owner is gone (stopped beating, or released it)."""
+        journal = self.distributor.journal
+        if self.claims is None or journal is None or self.distributor.closed:
             return
         for journal_id, owner in await self.claims.stale(self.grace):
             if journal_id != journal.queue:
@@ -133,9 +158,12 @@ class Presence:
         assert self.claims is not None
         if not await self.claims.adopt(journal_id, owner, self.distributor.iid, self.grace):
             return  # someone else was quicker, or the owner came back
-        count = await self.distributor.adopt_journal(journal_id, owner)
+        count, senders = await self.distributor.adopt_journal(journal_id, owner)
+        # Nodes re-route by these: the owner, and those whose journals it had adopted (a
+        # recycling adopter hands on jobs its nodes still know by their first sender).
+        self.adopted.extend(sorted(senders - {owner}))
         self.adopted.append(owner)
-        await self.claims.finish(journal_id, self.distributor.iid)
+        await self.claims.finish(journal_id, self.distributor.iid, adopted=True)
         message = {"event": "adopt", "from": owner, "by": self.distributor.iid}
         await self.client.publish(self.keys.events, json.dumps(message))
         await self.registration.beat()  # nodes re-route by our `adopted` list: publish it now
@@ -147,9 +175,58 @@ class Presence:
             count,
         )
 
+    async def release(self, *, journal_empty: bool) -> bool:
+        """Leave the group and hand our journal to it (graceful stop of a recycling worker):
+        the next beat of a live member adopts it, not adopt_grace later. True if released."""
+        await self._leave()  # first: an adopter checks that our entry is gone
+        journal = self.distributor.journal
+        released = False
+        if self.claims is not None and journal is not None:
+            try:
+                if journal_empty:
+                    await self.claims.finish(journal.queue, self.distributor.iid)
+                else:
+                    released = await self.claims.release(
+                        journal.queue, self.distributor.iid, self.epoch
+                    )
+                    event = {"event": "release", "from": self.distributor.iid}
+                    await self.client.publish(self.keys.events, json.dumps(event))
+            except REDIS_ERRORS as exc:
+                logger.warning(
+                    "distributor %s could not release its journal (%s): it is adopted "
+                    "after adopt_grace=%.0fs instead",
+                    self.distributor.address,
+                    exc,
+                    self.grace,
+                )
+        await self.client.aclose()
+        return released
+
+    async def _leave(self) -> None:
+        if self.releases is not None:
+            await self.releases.stop()
+        await self.registration.stop()
+
+    async def abandon(self) -> None:
+        """The distributor failed to start after we joined: leave Redis as we found it. A
+        journal record we created (epoch 1) goes; an older one (a previous instance at this
+        address left it) is released for adoption at once. Best effort."""
+        await self._leave()
+        journal = self.distributor.journal
+        try:
+            if self.claims is not None and journal is not None and self.epoch > 0:
+                iid = self.distributor.iid
+                if self.epoch == 1:
+                    await self.claims.finish(journal.queue, iid)
+                else:
+                    await self.claims.release(journal.queue, iid, self.epoch)
+        except REDIS_ERRORS as exc:
+            logger.warning("could not withdraw the journal record of a failed start: %s", exc)
+        await self.client.aclose()
+
     async def stop(self, journal_empty: bool) -> None:
         """Leave the group; forget our journal record if nothing is left in it."""
-        await self.registration.stop()
+        await self._leave()
         journal = self.distributor.journal
         if self.claims is not None and journal is not None and journal_empty:
             try:

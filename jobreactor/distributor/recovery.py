@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.discovery.keys import new_iid
-from jobreactor.distributor.journal import Journal, assignee
+from jobreactor.distributor.journal import Journal, assignee, sender
 from jobreactor.distributor.outcomes import Outcomes, Waiting, unique_keys
 from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS, PENDING_SAMPLE, brief
@@ -75,14 +75,16 @@ class Recovery(Outcomes):
                 out_on,
             )
 
-    async def adopt_journal(self, queue: str, owner: str) -> int:
-        """Take the jobs of a dead distributor's journal into ours; how many (Presence)."""
+    async def adopt_journal(self, queue: str, owner: str) -> tuple[int, set[str]]:
+        """Take the jobs of a dead distributor's journal into ours (Presence): how many, and
+        the instances the nodes got them from (`owner`, and those it had adopted from)."""
         assert self.journal is not None
         jobs = [job for job in await self.storage.queue_load(queue) if job.id not in self._waiting]
         self._take_jobs(jobs, origin=owner)
         await self.journal.flush()  # ours now hold them: the old queue can go
         await self.storage.queue_remove(queue, [job.id for job in jobs])
-        return len(jobs)
+        senders = {sender(job, owner) for job in jobs if assignee(job)}
+        return len(jobs), senders | {owner}
 
     def _take_jobs(self, jobs: list[JobRecord], *, origin: str = "") -> int:
         """Jobs read from a journal (adopted from instance `origin`, or our own): queue the
@@ -99,10 +101,11 @@ class Recovery(Outcomes):
             node = assignee(job)
             if isinstance(node, str) and job.lease:
                 seq = self.dispatcher.next_seq()
-                self.tracker.adopt_orphan(job, node, job.lease, seq, origin)
+                sent_by = sender(job, origin) if adopted else ""
+                self.tracker.adopt_orphan(job, node, job.lease, seq, sent_by)
                 out_on += 1
                 if adopted:
-                    self.journal.assigned(job, node, job.lease)  # type: ignore[union-attr]
+                    self.journal.assigned(job, node, job.lease, sent_by)  # type: ignore[union-attr]
             elif adopted:
                 job.distributor = self.address
                 self.journal.admit(job, None)  # type: ignore[union-attr]
@@ -178,7 +181,8 @@ class Recovery(Outcomes):
             ],
             "adopted": list(self.presence.adopted) if self.presence is not None else [],
             "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
-            # Where a dashboard finds any pending job of ours by id (Redis storage only).
+            # Where a dashboard finds any pending job of ours by id (Redis storage only); for
+            # nodes, whether anyone would adopt our jobs (None: memory storage, nobody).
             "journal": self.journal.queue if self.journal is not None else None,
             **self.backlog_watch.read().stats(),
             "metrics": METRICS.snapshot(),

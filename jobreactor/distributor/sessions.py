@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.guard import check_bounds
+from jobreactor.distributor.handover import log_lost
 from jobreactor.distributor.recovery import Recovery
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.tracking import InFlight
@@ -43,6 +44,7 @@ class Sessions(Recovery):
     if TYPE_CHECKING:
         loop: asyncio.AbstractEventLoop
         closed: bool
+        sealed: bool
         commands: NodeCommands
         peer_log: RateLimitedLog
         _by_name: dict[str, NodeSession]
@@ -71,6 +73,9 @@ class Sessions(Recovery):
         hello = session.hello
         assert hello is not None
         self._handshaking.discard(session.key)
+        if self.sealed:  # handed over while it shook hands: it must meet the adopter
+            session.goodbye("distributor stopping")
+            return
         drop = self._take_over_held(session, hello.held)
         old = self._by_name.get(hello.node_name)
         if old is not None and old is not session:
@@ -148,6 +153,9 @@ class Sessions(Recovery):
         self.dispatcher.remove_node(session.key)
         self.commands.session_gone(session.key)
         durable = bool(session.hello and session.hello.storage == "redis")
+        if self.closed:
+            self._closed_while_stopping(session, was_ready, reason)
+            return
         requeue = self.tracker.detach(session.key, keep_acked=durable)
         if was_ready:
             kept = self.tracker.orphan_count(session.node_name) if durable else 0
@@ -165,6 +173,26 @@ class Sessions(Recovery):
             self._give_away(entry)
             self._requeue(entry)
         self._dispatch()
+        self._idle.set()
+
+    def _closed_while_stopping(self, session: NodeSession, was_ready: bool, reason: str) -> None:
+        """A session closed after `stop()` began: nothing is requeued or dispatched (the node
+        may still run what it holds: sending it elsewhere could run it twice). With a journal
+        the jobs stay recorded as out on that node (a restart or an adopter waits for it);
+        without one their outcome is lost here, and said so."""
+        entries = self.tracker.jobs_on(session.key)
+        for entry in entries:
+            self.tracker.forget(entry.job_id)
+        if was_ready:
+            logger.info("%s disconnected (%s); the distributor stops", session.node_name, reason)
+        if entries and self.journal is None:
+            log_lost(
+                [(e.job_id, e.name) for e in entries],
+                f"distributor stopping: node {session.node_name} left with jobs whose outcome "
+                "is lost here (memory storage; they are not sent to another node)",
+            )
+            for entry in entries:
+                self._resolve_cancelled(entry.job_id, "abandoned: the distributor stopped")
         self._idle.set()
 
     def _arm_takeover(self, name: str) -> None:
@@ -199,6 +227,8 @@ class Sessions(Recovery):
         self._dispatch()
 
     def on_node_message(self, session: NodeSession, message: Message) -> None:
+        if self.sealed:
+            return  # handed over: unacknowledged, the node sends it to the group's adopter
         check_bounds(session, message, self.tracker.count_on(session.key))
         match message:
             case Ack():
@@ -229,11 +259,15 @@ class Sessions(Recovery):
             case Held():
                 self._on_held(session, message)
             case Return():
-                for job_id in message.job_ids:
-                    entry = self.tracker.get(job_id)
-                    if entry is not None and entry.conn == session.key:
-                        self.tracker.forget(job_id)
-                        self._give_away(entry)
-                        self._requeue(entry)
-                self.dispatcher.set_credits(session.key, 0)
+                self._on_return(session, message)
         self._dispatch()
+
+    def _on_return(self, session: NodeSession, message: Return) -> None:
+        """A stopping node hands back jobs it has not started: they go out again."""
+        for job_id in message.job_ids:
+            entry = self.tracker.get(job_id)
+            if entry is not None and entry.conn == session.key:
+                self.tracker.forget(job_id)
+                self._give_away(entry)
+                self._requeue(entry)
+        self.dispatcher.set_credits(session.key, 0)

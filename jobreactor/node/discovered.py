@@ -59,6 +59,7 @@ class Discovered:
         self._routes: dict[str, str] = {}  # instance id -> address of the one that adopted it
         self._rerouted: set[str] = set()
         self._pairs_told: set[str] = set()  # instances reached by two static links (logged)
+        self._journaled: dict[str, bool] = {}  # address -> it keeps a journal (redis storage)
 
     async def start(self) -> None:
         """Register and watch; if Redis is away now, both keep retrying (static links work)."""
@@ -91,6 +92,8 @@ class Discovered:
         for address, link in self.links.items():
             if address in live:  # its handshake must show this very instance
                 link.expected_instance = live[address].iid
+        for address, member in live.items():
+            self._journaled[address] = bool(member.stats.get("journal", True))
         self._dial_new(live)
         for member in members:
             for old in member.stats.get("adopted", ()):
@@ -180,6 +183,9 @@ class Discovered:
         link = self.links.pop(address)
         self.node.remove_link(link)
         logger.info("%s: distributor %s left; no more dialling it", self.node.name, address)
+        if not self._journaled.pop(address, True):  # memory: nobody will adopt it
+            self.node.outcomes_lost(link)
+            return
         if link.instance and (link.unacked_reports or self.node.holds_from(link)):
             self.retired[link.instance] = link  # until an adopter shows up, or never
             self._retired_at[link.instance] = time.monotonic()

@@ -99,6 +99,7 @@ class DistributorLink(Reporting):
         self.peer = ""  # "ip:port" its last connection reached
         self._reports_drained = asyncio.Event()
         self._reports_drained.set()
+        self.outcome_lost = False  # its distributor left without a journal (memory storage)
 
     def __repr__(self) -> str:
         return f"<DistributorLink {self.configured} {self.phase.name}>"

@@ -64,6 +64,26 @@ class Membership(Packing, Attempts):
         if link in self.links:
             self.links.remove(link)
 
+    def outcomes_lost(self, link: DistributorLink) -> None:
+        """`link`'s distributor left with memory storage (nothing to hand over): the jobs held
+        from it still run, but their outcomes reach nobody. Say so, job by job."""
+        link.outcome_lost = True
+        held = [(h.record.id, h.record.name) for h in self._jobs.values() if h.link is link]
+        held += [(job_id, "?") for job_id, _, by, _ in self._packed_jobs() if by is link]
+        reports = link.take_reports()
+        if held or reports:
+            logger.warning(
+                "%s: distributor %s left with memory storage: the outcome of %d job(s) held "
+                "from it and %d unacknowledged report(s) is lost (the jobs still run here): %s",
+                self.name,
+                link.address,
+                len(held),
+                len(reports),
+                " ".join(f"{job_id}({name})" for job_id, name in held)
+                + " "
+                + " ".join(item.job_id for _, item in reports),
+            )
+
     def reroute(self, old: str, bucket: DistributorLink | None, target: DistributorLink) -> None:
         """Jobs from instance `old` (and `bucket`'s reports) now belong to `target`'s."""
         moved, reports = self._move(target, old, bucket)

@@ -35,6 +35,7 @@ from jobreactor.node.persistence import Persistence
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.protocol import Record
 from jobreactor.protocol.auth import secret_bytes
+from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class Node(Membership, Persistence):
         self.control = NodeControl(self)  # quiet / resume / drain (node/control.py)
         self.intake_closed = False  # close_intake(): no credit granted any more
         self._drain_deadline: asyncio.Timeout | None = None
+        self._stop_now = asyncio.Event()  # a second signal: stop without waiting for anything
+        # A storage that is down fails every write-behind retry: say so every 10 s, not each.
+        self._write_failed_log = RateLimitedLog(logger, logging.ERROR, 10.0)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix=f"jobreactor-{name}"
         )
@@ -116,13 +120,16 @@ class Node(Membership, Persistence):
         self.limits = NodeLimits(self, settings.limit_lease)
         METRICS.track(self)
         METRICS.register(registry.names())
-        url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.discovered: Discovered | None = None
-        if url:
-            from jobreactor.node.discovered import Discovered  # imports redis-py
+        self.discovered = self._discovery(discovery_url or settings.discovery_url)
 
-            self.discovered = Discovered(self, url, self.group)
+    def _discovery(self, url: str | None) -> Discovered | None:
+        """The registry side of this node (node/discovered.py), with a discovery_url."""
+        if not url:
+            return None
+        from jobreactor.node.discovered import Discovered  # imports redis-py
+
+        return Discovered(self, url, self.group)
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +170,8 @@ class Node(Membership, Persistence):
         """Graceful: hand back unstarted jobs, let running ones finish (bounded), close."""
         if self._stopping:
             # A second stop (second signal) with a shorter grace tightens the drain now.
+            if grace == 0:
+                self._stop_now.set()  # and the closing writes stop waiting for the storage
             deadline = self._drain_deadline
             if grace is not None and deadline is not None:
                 cutoff = self.loop.time() + grace
@@ -172,6 +181,7 @@ class Node(Membership, Persistence):
             return
         self._stopping = True
         grace = self.settings.shutdown_timeout if grace is None else grace
+        stop_by = self.loop.time() + grace
         if self.discovered is not None:
             await self.discovered.stop()
         self._hand_back_unstarted()
@@ -181,7 +191,8 @@ class Node(Membership, Persistence):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
-        await self._flush_storage()
+        # Bounded whatever the storage does: shutdown_timeout rules (a second signal: now).
+        await self._flush_before_stop(max(0.5, stop_by - self.loop.time()), self._stop_now)
         for link in self.links:
             await link.wait_reports_acked(timeout=min(2.0, grace + 0.5))
         for link in self.links:

@@ -16,6 +16,7 @@ from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node.attempts import Attempts, Held
 from jobreactor.node.control import CONTROL_PREFIX
 from jobreactor.node.limits import WAKE_PREFIX
+from jobreactor.ratelimit import RateLimitedLog
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -26,6 +27,7 @@ class Persistence(Attempts):
     if TYPE_CHECKING:
         _write_behind: bool
         _flushing: bool
+        _write_failed_log: RateLimitedLog
         _parked: dict[str, float]
 
         def _holds(self, job_id: str) -> bool: ...
@@ -47,6 +49,24 @@ class Persistence(Attempts):
             self._flushing = True
             self._spawn(self._flush_storage())
 
+    async def _flush_before_stop(self, timeout: float, stop_now: asyncio.Event) -> None:
+        """The last writes of a stopping node, bounded by `timeout` (or until `stop_now`):
+        a storage that is down must not keep the process running (issue 17)."""
+        flush = asyncio.ensure_future(self._flush_storage())
+        interrupt = asyncio.ensure_future(stop_now.wait())
+        await asyncio.wait({flush, interrupt}, timeout=timeout, return_when="FIRST_COMPLETED")
+        interrupt.cancel()
+        if flush.done():
+            return
+        flush.cancel()
+        await asyncio.wait({flush}, timeout=1.0)
+        logger.warning(
+            "%s: %d job state change(s) not stored before stopping (storage unreachable); "
+            "those jobs resume from their last stored state at the next start",
+            self.name,
+            len(self._dirty) + len(self._doomed),
+        )
+
     async def _flush_storage(self) -> None:
         try:
             while self._dirty or self._doomed:
@@ -60,7 +80,9 @@ class Persistence(Attempts):
                     if doomed:
                         await self.storage.destroy_many(self.name, doomed)
                 except StorageError as exc:
-                    logger.error("%s: storage write failed (%s); will retry", self.name, exc)
+                    self._write_failed_log(
+                        "%s: storage write failed (%s); will retry", self.name, exc
+                    )
                     for record in dirty:
                         self._dirty.setdefault(record.id, record)
                     self._doomed.update(doomed)

@@ -57,11 +57,14 @@ class Reporting:
 
     if TYPE_CHECKING:
         node: Node
+        address: str
         conn: FramedConnection | None
         _reports: deque[tuple[int, ReportItem]]  # sent or not, unacknowledged
         _unsent_from: int  # index into _reports of the first report not yet sent
         _seq: int
         _reports_drained: asyncio.Event
+        # Its distributor left with nothing to hand over (memory storage): reports go nowhere.
+        outcome_lost: bool
 
         @property
         def is_ready(self) -> bool: ...
@@ -71,6 +74,14 @@ class Reporting:
     def report(
         self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
     ) -> None:
+        if self.outcome_lost:  # each of its jobs was named at WARNING when it left
+            logger.debug(
+                "job %s: %s not reported, distributor %s left (memory storage)",
+                job_id,
+                outcome,
+                self.address,
+            )
+            return
         self._seq += 1
         self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
         self._reports_drained.clear()

@@ -306,11 +306,11 @@ class RedisStorage(WakeUps):
         return SyncQueueWriter(self._url, self.keys, timeout_s, connect)
 
     async def queue_remove(self, queue: str, job_ids: Sequence[str]) -> None:
-        jobs_key, order_key, _ = self.keys.queue(queue)
+        keys = list(self.keys.queue(queue))
         with self._errors("queue_remove"):
             for start in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[start : start + _CHUNK]
-                await self._script("QUEUE_REMOVE", [jobs_key, order_key], chunk)
+                await self._script("QUEUE_REMOVE", keys, chunk)
 
     async def queue_load(self, queue: str) -> list[JobRecord]:
         jobs_key, order_key, _ = self.keys.queue(queue)

@@ -12,9 +12,11 @@ _LOCK_GRACE_MS: Final = 86_400_000
 CLAIM_LOG_MS: Final = 60_000
 
 QUEUE_REMOVE = """
--- KEYS: jobs hash, order zset; ARGV: the ids.
+-- KEYS: jobs hash, order zset, sequence; ARGV: the ids. An emptied queue leaves nothing
+-- behind: its sequence (no TTL) would otherwise outlive every worker (issue 17).
 redis.call('HDEL', KEYS[1], unpack(ARGV))
 redis.call('ZREM', KEYS[2], unpack(ARGV))
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
