@@ -101,21 +101,37 @@ class Watcher:
             self.reconciled.set()
 
     async def _subscribe(self) -> None:
-        delay = _BACKOFF_MIN_S
-        while not self._closing.is_set():
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.events)
-                async with contextlib.aclosing(pubsub_events(pubsub)) as events:
-                    async for _ in events:
-                        # A message, or a (re)subscription after which nothing is missed.
-                        delay = _BACKOFF_MIN_S
-                        self.refresh()
-            except REDIS_ERRORS as exc:
-                logger.debug("discovery subscription of %s lost: %s", self.keys.group, exc)
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
-            self.refresh()  # the reconciler logs the outage once and keeps the last list
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+        # A message, or a (re)subscription after which nothing is missed; or the subscription
+        # lost: the reconciler logs the outage once and keeps the last list.
+        await follow_channel(
+            self.client, self.keys.events, lambda _: self.refresh(), self._closing, "discovery"
+        )
+
+
+async def follow_channel(
+    client: aredis.Redis[str],
+    channel: str,
+    on_event: Callable[[str | None], object],
+    closing: asyncio.Event,
+    what: str,
+) -> None:
+    """Until `closing`: subscribed to `channel`, `on_event(data)` for each message, and
+    `on_event(None)` for each (re)subscription and each loss of the subscription (a message
+    may have been missed meanwhile). Redis away: resubscribes with a backoff, quietly."""
+    delay = _BACKOFF_MIN_S
+    while not closing.is_set():
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            async with contextlib.aclosing(pubsub_events(pubsub)) as events:
+                async for data in events:
+                    delay = _BACKOFF_MIN_S
+                    on_event(data)
+        except REDIS_ERRORS as exc:
+            logger.debug("%s: subscription to %s lost: %s", what, channel, exc)
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()
+        on_event(None)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _BACKOFF_MAX_S)

@@ -12,7 +12,6 @@ beat logs the outage).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,12 +19,9 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aredis
 
 from jobreactor.discovery.registry import REDIS_ERRORS
-from jobreactor.storage.wakeups import pubsub_events
+from jobreactor.discovery.watch import follow_channel
 
 logger = logging.getLogger("jobreactor.distributor")
-
-_BACKOFF_MIN_S = 0.05
-_BACKOFF_MAX_S = 5.0
 
 
 def is_release(data: str | None) -> bool:
@@ -76,20 +72,8 @@ class ReleaseListener:
                 logger.debug("adoption round after a release hint failed: %s", exc)
 
     async def _subscribe(self) -> None:
-        delay = _BACKOFF_MIN_S
-        while not self._closing.is_set():
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                async with contextlib.aclosing(pubsub_events(pubsub)) as events:
-                    async for data in events:
-                        delay = _BACKOFF_MIN_S
-                        if is_release(data):
-                            self._wanted.set()
-            except REDIS_ERRORS as exc:
-                logger.debug("release subscription of %s lost: %s", self.channel, exc)
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+        def on_event(data: str | None) -> None:
+            if is_release(data):
+                self._wanted.set()
+
+        await follow_channel(self.client, self.channel, on_event, self._closing, "releases")
