@@ -27,6 +27,17 @@ from tests.redis_server import (  # noqa: F401
 )
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it takes over 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def make_test_reactor(**config: Any) -> Reactor:
     """A running reactor with the suite's settings (SPEC 1.18: fast retries, quiet logs)."""
     settings: dict[str, Any] = {
@@ -227,13 +238,7 @@ class CliNode:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

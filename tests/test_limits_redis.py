@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from jobreactor import Limit, Reactor
 from jobreactor.limits import slots_for
 from jobreactor.storage.redis import RedisStorage
 from jobreactor.storage.redis_limits import RedisLimits
-from tests.conftest import make_test_reactor, wait_until
+from tests.conftest import make_test_reactor, stop_process, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,13 +97,7 @@ class NodeProcess:
             )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture
