@@ -135,7 +135,9 @@ def test_a_child_above_its_memory_limit_is_recycled(
     wait_until(lambda: names(reactor) == {"sup-1"}, 60, "the child node")
     results = run_where(reactor, 3)
     assert sorted(r["i"] for r in results) == [0, 1, 2]
-    assert len({r["pid"] for r in results}) == 3  # one job each, then drained and replaced
+    # Above the limit from its first job, each child is drained and replaced after the job
+    # that finds it so; memory is read at most once a second, so a child may run two.
+    assert len({r["pid"] for r in results}) >= 2
     assert "recycles: it uses" in node.log_text()
 
 
