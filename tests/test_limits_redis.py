@@ -64,6 +64,7 @@ class NodeProcess:
     def __init__(
         self, tmp: Path, name: str, distributor: int, redis_url: str, prefix: str, lease_s: float
     ) -> None:
+        self.prefix = prefix
         jobs = tmp / "limit_jobs"
         jobs.mkdir(exist_ok=True)
         (jobs / "jobs.py").write_text(JOBS)
@@ -173,7 +174,9 @@ def test_a_killed_node_frees_its_slots_when_its_lease_ends(
     wait_until(lambda: len(records(out, "start")) == 1, 60, "n0 to take the slot")
     waiting = reactor.enqueue("hold", {"k": "x", "s": 0, "out": str(out), "i": 1}, {"node": "n1"})
     # n1 asked and was refused (its waiter registration is in Redis): only then kill n0.
-    wait_until(lambda: _waiters(redis_server, "hold:c:x") == ["n1"], 60, "n1 to wait")
+    wait_until(
+        lambda: _waiters(redis_server, procs[0].prefix, "hold:c:x") == ["n1"], 60, "n1 to wait"
+    )
     assert len(records(out, "start")) == 1
     procs[0].proc.kill()
     killed_at = time.time()
@@ -195,7 +198,9 @@ def test_a_restarted_node_resumes_its_job_in_the_slot_it_held(
     first = reactor.enqueue("hold", {"k": "y", "s": 1.0, "out": str(out), "i": 0}, {"node": "n0"})
     wait_until(lambda: len(records(out, "start")) == 1, 60, "n0 to take the slot")
     other = reactor.enqueue("hold", {"k": "y", "s": 0, "out": str(out), "i": 1}, {"node": "n1"})
-    wait_until(lambda: _waiters(redis_server, "hold:c:y") == ["n1"], 60, "n1 to wait")
+    wait_until(
+        lambda: _waiters(redis_server, procs[0].prefix, "hold:c:y") == ["n1"], 60, "n1 to wait"
+    )
     procs[0].proc.kill()
     procs[0].proc.wait(10)
     procs[0] = NodeProcess(
@@ -209,12 +214,15 @@ def test_a_restarted_node_resumes_its_job_in_the_slot_it_held(
     assert starts[2]["t"] >= ends[0]["end"]  # and the other waited for its release
 
 
-def _waiters(server: RedisServer, slot: str) -> list[str]:
+def _waiters(server: RedisServer, prefix: str, slot: str) -> list[str]:
+    """Waiters of `slot` under this fleet's prefix (the server is shared by the whole run)."""
     import redis
 
     client = redis.Redis.from_url(server.url, decode_responses=True)
     try:
-        keys = [k for k in client.scan_iter(match=f"*:lim:{slot}}}:w") if isinstance(k, str)]
+        keys = [
+            k for k in client.scan_iter(match=f"*{prefix}:lim:{slot}}}:w") if isinstance(k, str)
+        ]
         return sorted(m for key in keys for m in client.zrange(key, 0, -1))
     finally:
         client.close()

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,10 +112,16 @@ def test_a_node_cut_off_while_the_distributor_stops_keeps_its_jobs_alone(
         cli_node("b", address, concurrency=2, prefetch=10)
         reactor.wait_for_node("a", timeout=30)
         reactor.wait_for_node("b", timeout=30)
+        ids = []
         for i in range(4):  # on a (its window), b has room for them all
-            reactor.enqueue("slow", {"i": i, "s": 5, "out": str(out)}, {"node": "a"})
+            handle = reactor.enqueue("slow", {"i": i, "s": 5, "out": str(out)}, {"node": "a"})
+            assert handle is not None
+            ids.append(handle.id)
         wait_until(partial(_all_out_on, reactor, "a", 4), 30, "a to hold its jobs")
         distributor = reactor.distributor
+        # Acknowledged: a has them (sent is not enough: the cut below could catch them in
+        # the proxy, and a job that never reached a is not what this test is about).
+        wait_until(lambda: all(_acked(distributor, i) for i in ids), 30, "a to acknowledge")
         stopping = threading.Thread(target=reactor.stop, kwargs={"timeout": 20})
         stopping.start()
         wait_until(lambda: distributor.closed, 10, "the stop to begin")
@@ -132,6 +139,11 @@ def test_a_node_cut_off_while_the_distributor_stops_keeps_its_jobs_alone(
 
 def _all_out_on(reactor: Reactor, name: str, count: int) -> bool:
     return any(n["name"] == name and n["in_flight"] == count for n in reactor.nodes())
+
+
+def _acked(distributor: Any, job_id: str) -> bool:
+    entry = distributor.tracker.get(job_id)
+    return entry is not None and bool(entry.acked)
 
 
 def _runs_i(out: Path) -> Counter[int]:
