@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,13 @@ def test_deleting_a_periodic_jobs_record_ends_it(
     registry, ran = Registry(), Recorder()
     registry.job("tick")(lambda args: ran(1))
     reactor.start_node("r", "redis", [(host, port)], registry=registry, redis_url=redis_server.url)
-    handle = reactor.enqueue("tick", {}, {"period": 0.2})
+    handle = reactor.enqueue("tick", {}, {"period": 2.0})
     assert handle is not None
-    ran.wait(2, timeout=20)
+    ran.wait(1, timeout=20)
+    # Delete between runs, once the run's own save has landed: a delete racing that save is
+    # undone by it (docs/decisions.md, issue 16), which is not what this test is about.
+    with RedisMonitor(redis_server.url, prefix=prefix) as monitor:
+        wait_until(lambda: _between_runs(monitor, handle.id), 20, "the run's own save")
     if how == "monitor":
         with RedisMonitor(redis_server.url, prefix=prefix) as monitor:
             assert monitor.destroy(handle.id)
@@ -132,6 +137,13 @@ def test_deleting_a_periodic_jobs_record_ends_it(
     runs = len(ran)
     reactor.wait_idle(10)
     assert len(ran) == runs  # no further run
+
+
+def _between_runs(monitor: RedisMonitor, job_id: str) -> bool:
+    record = monitor.load(job_id)
+    if record is None or record.get("status") != "queued":
+        return False
+    return float(record.get("run_at_ts") or 0) > time.time() + 0.5
 
 
 def test_the_async_twins_work_from_another_loop(

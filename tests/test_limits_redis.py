@@ -108,7 +108,8 @@ def fleet(tmp_path: Path) -> Iterator[Callable[..., tuple[Reactor, list[NodeProc
     def build(
         redis_url: str, nodes: int = 2, lease_s: float = 2.0
     ) -> tuple[Reactor, list[NodeProcess]]:
-        reactor = make_test_reactor(max_attempt=1)
+        # `node` is a rule here: a job meant for n1 never lands on n0 because n1 was busy.
+        reactor = make_test_reactor(max_attempt=1, always_use_specified_node=True)
         port = reactor.start_distributor("127.0.0.1", 0)[1]
         prefix = unique_prefix()
         procs = [
