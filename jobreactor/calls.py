@@ -1,53 +1,48 @@
-"""The app's calls besides enqueue: nodes, cancel, batches, waiting (locks and retries are
-in housekeeping.py).
+"""AppCalls: the app's calls besides enqueue: nodes, cancel, batches, waiting for a node, and
+running a coroutine on the loop (locks and retries are in housekeeping.py).
 
-Each hops onto the reactor's loop (or runs there directly when called from it). Reactor
-(reactor.py) mixes this in; the attributes below are Reactor's.
+A part of `Reactor` (reactor.py): `JR.cancel` is `AppCalls.cancel`. Each call hops onto the
+reactor's loop through the LoopHost (or runs there directly when called from it); the
+distributor it asks is Members' first; `drain_inbox` (the Enqueuer's) keeps FIFO with jobs
+enqueued just before a cancel.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from jobreactor.batch import Batch, open_batch
-from jobreactor.distributor import Distributor
-from jobreactor.errors import ReactorClosed
-from jobreactor.node import Node
+from jobreactor.errors import WaitTimeout
+from jobreactor.loophost import LoopHost
+from jobreactor.starting import Members
 
 T = TypeVar("T")
 
 
 class AppCalls:
-    """nodes, cancel, batch, wait_for_node, call."""
+    """nodes, cancel, batch, wait_for_node, await_for_node, call."""
 
-    if TYPE_CHECKING:
-        _loop: asyncio.AbstractEventLoop | None
-        _distributors: list[Distributor]
-        _nodes: list[Node]
-
-        @property
-        def distributor(self) -> Distributor: ...
-        def _in_loop_thread(self) -> bool: ...
-        def _drain_inbox(self) -> None: ...
-        def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
+    def __init__(self, host: LoopHost, members: Members, drain_inbox: Callable[[], None]) -> None:
+        self._host = host
+        self._members = members
+        self._drain_inbox = drain_inbox
 
     def nodes(self) -> list[dict[str, Any]]:
         """Connected nodes: name, job names, free credit, address, storage, jobs in flight."""
-        distributor = self.distributor
-        if self._in_loop_thread():
+        distributor = self._members.first()
+        if self._host.in_loop_thread():
             return distributor.nodes()
 
         async def get() -> list[dict[str, Any]]:
             return distributor.nodes()
 
-        return self._call(get())
+        return self._host.call(get())
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a pending, scheduled or periodic job wherever it is; True if found."""
-        distributor = self.distributor
-        if self._in_loop_thread():
+        distributor = self._members.first()
+        if self._host.in_loop_thread():
             self._drain_inbox()
             return distributor.cancel(job_id)
 
@@ -55,7 +50,7 @@ class AppCalls:
             self._drain_inbox()
             return distributor.cancel(job_id)
 
-        return self._call(do())
+        return self._host.call(do())
 
     def batch(
         self,
@@ -74,35 +69,32 @@ class AppCalls:
         """
         created = open_batch(token, ttl=ttl, namespace=namespace, redis_url=redis_url)
         if on_complete is not None:
-            distributor = self.distributor
+            distributor = self._members.first()
             callback = on_complete
-            if self._in_loop_thread():
+            if self._host.in_loop_thread():
                 distributor.on_batch_complete(created.token, callback)
             else:
 
                 async def register() -> None:
                     distributor.on_batch_complete(created.token, callback)
 
-                self._call(register())
+                self._host.call(register())
         return created
 
     def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
-        """Block until a node (named `name`, or any) has joined the first distributor."""
-        self._call(self.distributor.wait_for_node(name, timeout), timeout=timeout + 1)
+        """Block until a node (named `name`, or any) has joined the first distributor;
+        WaitTimeout (a TimeoutError) after `timeout`."""
+        self._host.call(self.await_for_node(name, timeout), timeout=timeout + 1)
 
     async def await_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
-        """`wait_for_node` for coroutines, on any loop; TimeoutError after `timeout`."""
-        await self._hop(self.distributor.wait_for_node(name, timeout))
-
-    async def _hop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await `coro` on the reactor's loop from any loop (run it here if this is that loop)."""
-        loop = self._loop
-        if loop is None or not loop.is_running():
-            coro.close()
-            raise ReactorClosed("the reactor is not running: call JR.run() first")
-        if self._in_loop_thread():
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        """`wait_for_node` for coroutines, on any loop; WaitTimeout after `timeout`."""
+        try:
+            await self._host.hop(self._members.first().wait_for_node(name, timeout))
+        except TimeoutError as exc:
+            if isinstance(exc, WaitTimeout):
+                raise
+            who = "any node" if name is None else f"node {name!r}"
+            raise WaitTimeout(f"{who} did not join within {timeout}s") from None
 
     def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run an async function on the reactor's loop and return its result (for tools/tests)."""
@@ -110,4 +102,4 @@ class AppCalls:
         async def run() -> T:
             return await fn()
 
-        return self._call(run(), timeout)
+        return self._host.call(run(), timeout)

@@ -35,6 +35,7 @@ from jobreactor.config import (
 from jobreactor.environment import warn_unknown_variables
 from jobreactor.errors import ConfigError, StorageError
 from jobreactor.logs import setup_logging
+from jobreactor.nodehandle import engine_of
 from jobreactor.reactor import Reactor
 
 EXIT_CONFIG = 2
@@ -80,7 +81,7 @@ def run_node(config: NodeConfig, child_of: int | None = None) -> None:
 
     def setup() -> None:
         _serve_metrics(reactor, config.metrics_host, config.metrics_port)
-        node = reactor.start_node(
+        handle = reactor.start_node(
             config.name,
             config.storage,
             [(d.host, d.port) for d in config.distributors],
@@ -90,7 +91,8 @@ def run_node(config: NodeConfig, child_of: int | None = None) -> None:
             ssl=ssl_context,
             wait=False,
         )
-        node.control.stop_hook = reactor._request_stop  # `drain` ends this process
+        node = engine_of(handle)
+        node.control.stop_hook = reactor.request_stop  # `drain` ends this process
         if child_of is not None:
             from jobreactor.node.supervisor import supervised_child
 

@@ -53,6 +53,19 @@ class JobDefinition:
         self.is_async = any(inspect.iscoroutinefunction(step) for step in steps)
 
 
+async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
+    """Run a definition's hook (`lock_failed`, `loner_enqueue_failed`, ...) on a copy of the
+    args, plain or async; an exception in it is logged and contained."""
+    if hook is None:
+        return
+    try:
+        result = hook(dict(args))
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("%s hook raised; continuing", what)
+
+
 class Registry:
     """Named job definitions. One per node; tests make their own."""
 

@@ -3,7 +3,11 @@
 `enqueue` validates and copies the job in the caller's thread, appends it to a queue and wakes
 the loop at most once per batch (one `call_soon_threadsafe` for many jobs). `enqueue_id` and
 `loner` take a round trip to the loop (their keys live in storage); a redis-backed distributor
-makes `enqueue` wait for the durable write. Reactor (reactor.py) mixes this in.
+makes `enqueue` wait for the durable write.
+
+`Enqueuer` is a part of `Reactor` (reactor.py): `JR.enqueue` is `Enqueuer.enqueue`. It owns
+the inbox and the job ids of one process; it reaches the loop through the LoopHost and the
+distributor that takes enqueues through Members (`distributors`, read only).
 """
 
 from __future__ import annotations
@@ -12,29 +16,34 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
-from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import msgpack
 
 from jobreactor import otel
 from jobreactor.config import Config
-from jobreactor.definitions import Registry
+from jobreactor.definitions import Registry, call_hook
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.handoff import label
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.errors import (
     EnqueueTimeout,
+    InvalidArgs,
     InvalidOptions,
     QueueFull,
     ReactorClosed,
     StorageError,
+    WaitTimeout,
+    WrongThread,
 )
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord, build_record
-from jobreactor.node.guards import call_hook
+from jobreactor.loophost import LoopHost
 from jobreactor.protocol import pack_args
+from jobreactor.starting import Members
 
 logger = logging.getLogger("jobreactor")
 
@@ -110,24 +119,37 @@ async def refused(registry: Registry, record: JobRecord) -> None:
         await call_hook(definition.loner_enqueue_failed, record.args, "loner_enqueue_failed")
 
 
-class Enqueuing:
-    """The enqueue half of Reactor. The attributes below are Reactor's (reactor.py)."""
+class Enqueuer:
+    """enqueue, aenqueue, enqueue_many, named feedbacks, wait_idle: the app's way in."""
 
-    if TYPE_CHECKING:
-        config: Config
-        registry: Registry
-        _loop: asyncio.AbstractEventLoop | None
-        _distributors: list[Distributor]
-        _inbox: Inbox
-        _wake_pending: bool
-        _named_feedbacks: dict[str, Feedback]
-        _id_prefix: str
-        _id_counter: itertools.count[int]
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        named_feedbacks: dict[str, Feedback],
+        host: LoopHost,
+        members: Members,
+        check_fork: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.registry = registry  # the app's definitions: options, limits, loner hooks
+        self._named_feedbacks = named_feedbacks
+        self._host = host
+        self._members = members
+        self._check_fork = check_fork
+        self.forget()
 
-        def _in_loop_thread(self) -> bool: ...
-        def _check_fork(self) -> None: ...
-        def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
-        async def _hop(self, coro: Coroutine[Any, Any, T]) -> T: ...
+    def forget(self) -> Inbox | None:
+        """New job ids and an empty inbox (a forked child); return the old inbox."""
+        old: Inbox | None = getattr(self, "_inbox", None)
+        self._inbox: Inbox = collections.deque()
+        self._wake_pending = False
+        # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
+        # purposes (ids need only never collide) at a tenth of the cost: no syscall
+        # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count(1)
+        return old
 
     # --- the app's calls --------------------------------------------------------------------------
 
@@ -146,17 +168,18 @@ class Enqueuing:
         Durable or told: with redis storage on the distributor it returns once the job is
         stored (one Redis round trip, from this thread), else it raises and the job never
         runs: StorageUnavailable (Redis down), EnqueueTimeout (not stored within
-        `enqueue_timeout`: withdrawn). Also TypeError for args msgpack can't carry,
+        `enqueue_timeout`: withdrawn). Also InvalidArgs (a TypeError) for args msgpack can't
+        carry,
         InvalidOptions (a ValueError) for bad options, QueueFull past `max_pending_jobs`,
         ReactorClosed if no distributor runs. Returns None when `enqueue_id`/`loner` refuse
         the job. `durable=False` (or the `durable` setting) returns before the job is stored.
         """
         loop, distributor, record = self._prepare(name, args, opts)
-        success, error = self._feedback(success), self._feedback(error)
+        success, error = self.feedback(success), self.feedback(error)
         if needs_admission(record):
-            if self._in_loop_thread():
-                raise RuntimeError(ON_LOOP_ADMISSION)
-            handle = self._call(self._admit_and_submit(distributor, record, success, error))
+            if self._host.in_loop_thread():
+                raise WrongThread(ON_LOOP_ADMISSION)
+            handle = self._host.call(self._admit_and_submit(distributor, record, success, error))
             if handle is not None and self._wants_durable(distributor, durable):
                 handle.accepted(self.config.current.enqueue_timeout)
             return handle
@@ -184,7 +207,7 @@ class Enqueuing:
         if loop is None or distributor is None:
             return []
         return self._queue(
-            loop, distributor, records, self._feedback(success), self._feedback(error), durable
+            loop, distributor, records, self.feedback(success), self.feedback(error), durable
         )
 
     def _wants_durable(self, distributor: Distributor, durable: bool | None) -> bool:
@@ -203,7 +226,7 @@ class Enqueuing:
         durable: bool | None,
     ) -> list[JobHandle]:
         """Hand validated records to the loop: one wake-up; durable: stored first, or raise."""
-        wait = self._wants_durable(distributor, durable) and not self._in_loop_thread()
+        wait = self._wants_durable(distributor, durable) and not self._host.in_loop_thread()
         if wait and distributor.sync_writer is not None:
             store_here(loop, distributor, records, success, error)
         handles = []
@@ -215,7 +238,7 @@ class Enqueuing:
             handles.append(handle)
         if not self._wake_pending:
             self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain_inbox)
+            loop.call_soon_threadsafe(self.drain_inbox)
         if wait and distributor.sync_writer is None:
             # A durable storage without a blocking writer: wait for the loop's write.
             deadline = time.monotonic() + self.config.current.enqueue_timeout
@@ -230,10 +253,12 @@ class Enqueuing:
         stored. Register them at start-up, before `start_distributor`.
         """
         if not callable(feedback):
-            raise TypeError("a feedback must be callable")
+            raise InvalidArgs(f"a feedback must be callable, got {type(feedback).__name__}")
         self._named_feedbacks[name] = feedback
 
-    def _feedback(self, feedback: Feedback | str | None) -> Feedback | str | None:
+    def feedback(self, feedback: Feedback | str | None) -> Feedback | str | None:
+        """A feedback as given to enqueue: a registered name (else InvalidOptions), a callable,
+        or None (non-callables are ignored, as in the Ruby gem)."""
         if isinstance(feedback, str):
             if feedback not in self._named_feedbacks:
                 raise InvalidOptions(
@@ -259,12 +284,12 @@ class Enqueuing:
         runs. `durable=False` returns before the store (the `durable` setting for every call).
         """
         loop, distributor, record = self._prepare(name, args, opts)
-        success, error = self._feedback(success), self._feedback(error)
-        on_loop, wait = self._in_loop_thread(), self._wants_durable(distributor, durable)
+        success, error = self.feedback(success), self.feedback(error)
+        on_loop, wait = self._host.in_loop_thread(), self._wants_durable(distributor, durable)
         if on_loop and wait and not needs_admission(record):
             timeout = self.config.current.enqueue_timeout
             await store_on_loop(distributor, record, success, error, timeout)
-            self._drain_inbox()  # keep FIFO with jobs enqueued just before
+            self.drain_inbox()  # keep FIFO with jobs enqueued just before
             stored = JobHandle(record.id)
             stored._durable = True  # stored above: dispatched without another write
             distributor.submit(record, success, error, stored)
@@ -283,13 +308,14 @@ class Enqueuing:
     ) -> tuple[asyncio.AbstractEventLoop, Distributor, JobRecord]:
         """Validate and copy in the caller's thread; build the record."""
         self._check_fork()
-        loop = self._loop
-        if loop is None or not loop.is_running() or not self._distributors:
+        loop = self._host.loop
+        distributors = self._members.distributors
+        if loop is None or not loop.is_running() or not distributors:
             raise ReactorClosed(
                 "no running distributor: call JR.run() and JR.start_distributor() first"
             )
-        distributor = self._distributors[0]
-        record = self._new_record(name, args, opts, distributor.address)
+        distributor = distributors[0]
+        record = self.new_record(name, args, opts, distributor.address)
         settings = self.config.current
         if distributor.pending_count + len(self._inbox) >= settings.max_pending_jobs:
             raise QueueFull(
@@ -298,7 +324,7 @@ class Enqueuing:
             )
         return loop, distributor, record
 
-    def _new_record(
+    def new_record(
         self,
         name: str,
         args: dict[str, Any] | None,
@@ -309,7 +335,7 @@ class Enqueuing:
         if args is None:
             args = {}
         if not isinstance(args, dict):
-            raise TypeError(f"job args must be a dict, got {type(args).__name__}")
+            raise InvalidArgs(f"job args must be a dict, got {type(args).__name__}")
         settings = self.config.current
         packed = pack_args(args)
         if len(packed) > settings.max_frame_bytes - _FRAME_OVERHEAD:
@@ -346,7 +372,7 @@ class Enqueuing:
         success: Feedback | str | None,
         error: Feedback | str | None,
     ) -> JobHandle | None:
-        self._drain_inbox()  # keep FIFO with jobs enqueued just before
+        self.drain_inbox()  # keep FIFO with jobs enqueued just before
         if not await distributor.admit(record):
             await refused(self.registry, record)
             return None
@@ -358,27 +384,35 @@ class Enqueuing:
         """Block until no one-shot job is queued, pending or running, and every feedback ran.
 
         For tests and scripts (Dramatiq's `broker.join`): periodic jobs don't count. Raises
-        TimeoutError after `timeout` (a job waiting for a node that never comes, say).
+        WaitTimeout (a TimeoutError) after `timeout` (a job waiting for a node that never
+        comes, say).
         """
-
-        self._call(self._settled(timeout), timeout=None)
+        self._host.call(self._settled(timeout), timeout=None)
 
     async def await_idle(self, timeout: float = 30.0) -> None:
-        """`wait_idle` for coroutines, on any loop; TimeoutError after `timeout`."""
-        await self._hop(self._settled(timeout))
+        """`wait_idle` for coroutines, on any loop; WaitTimeout after `timeout`."""
+        await self._host.hop(self._settled(timeout))
 
     async def _settled(self, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while True:
-                self._drain_inbox()
-                for distributor in self._distributors:
-                    await distributor.wait_idle()
-                if not self._inbox:
-                    return
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self.drain_inbox()
+                    for distributor in self._members.distributors:
+                        await distributor.wait_idle()
+                    if not self._inbox:
+                        return
+        except TimeoutError:
+            raise WaitTimeout(
+                f"jobs were still queued, pending or running after {timeout}s (is a node up "
+                "that runs them?)"
+            ) from None
 
-    def _drain_inbox(self) -> None:
+    def drain_inbox(self) -> None:
+        """Hand what app threads queued to the distributor (on the loop)."""
         self._wake_pending = False
-        if not self._distributors:
+        distributors = self._members.distributors
+        if not distributors:
             return
         inbox = self._inbox
         batch: list[
@@ -387,4 +421,4 @@ class Enqueuing:
         while inbox:
             batch.append(inbox.popleft())
         if batch:
-            self._distributors[0].submit_many(batch)
+            distributors[0].submit_many(batch)

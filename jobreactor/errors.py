@@ -18,6 +18,13 @@ class ConfigError(JobReactorError, ValueError):
     """A configuration value or file is invalid; the message names the key and the file."""
 
 
+class UnknownConfigKey(ConfigError, KeyError):
+    """`JR.config[key]` named no setting (the message lists where the keys are documented)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
 class InsecureBind(ConfigError):
     """A distributor would listen on a non-loopback address with no secret and no TLS client
     certificates: anyone who can reach the port could join as a node. Set `secret`, or
@@ -110,6 +117,23 @@ class ReactorForkedError(ReactorClosed):
 
 class ReactorTimeout(JobReactorError, TimeoutError):
     """The reactor's loop did not answer a blocking call in time: something blocks the loop."""
+
+
+class WaitTimeout(JobReactorError, TimeoutError):
+    """A wait ended before what it waited for: `wait_idle`/`await_idle` (jobs still queued,
+    pending or running), `wait_for_node`/`await_for_node` (no such node joined), a handle's
+    `result()`. The message says what was still missing."""
+
+
+class WrongThread(JobReactorError, RuntimeError):
+    """A call made where it can't run: a blocking call (`JR.start_node`, `JR.stop`, an
+    `enqueue` that waits for storage) on the reactor's own loop. Use the `a`-prefixed
+    coroutine there (`await JR.astart_node(...)`, `await JR.aenqueue(...)`)."""
+
+
+class ReactorRunning(JobReactorError, RuntimeError):
+    """The reactor already runs where this call would start it again (`attach()` after
+    `run()`, a test system or eager mode around a running reactor): start it in one place."""
 
 
 class CannotCrossProcess(JobReactorError, TypeError):

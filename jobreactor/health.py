@@ -88,8 +88,8 @@ def reactor_health(reactor: Reactor) -> Verdict:
     settings = reactor.config.current
 
     async def read() -> dict[str, Check]:
-        distributors = list(reactor._distributors)
-        members: list[Any] = [*distributors, *reactor._nodes]
+        distributors = list(reactor.members.distributors)
+        members: list[Any] = [*distributors, *reactor.members.nodes]
         storages = {id(m.storage): m.storage for m in members}
         checks: dict[str, Check] = {"loop": {"ok": True}}
         checks["storage"] = await _storage_check(list(storages.values()))

@@ -1,23 +1,27 @@
-"""Starting the parts: `start_distributor` and `start_node` (thread-safe, they hop onto the
-loop) and their coroutine twins for code on the loop. Reactor (reactor.py) mixes this in; the
-attributes below are Reactor's.
+"""Members: the distributors and nodes a reactor started, and how they start and stop.
+
+A part of `Reactor` (reactor.py): `start_distributor` and `start_node` (thread-safe, they hop
+onto the loop through the LoopHost's `call`) and their coroutine twins for code on the loop.
+`distributors` and `nodes` are read-only to everyone else (enqueue, calls, housekeeping,
+dashboard, health); `start_node` returns a `NodeHandle` (nodehandle.py), not the engine.
 """
 
 from __future__ import annotations
 
 import ssl as ssl_module
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from jobreactor.config import Config, ReactorConfig
 from jobreactor.definitions import Registry
 from jobreactor.distributor import Distributor
 from jobreactor.distributor.outcomes import Feedback
 from jobreactor.environment import redis_url_for
-from jobreactor.errors import InvalidOptions, ReactorClosed
-from jobreactor.node import Node
-from jobreactor.node.alone import warn_if_alone
+from jobreactor.errors import InvalidOptions, ReactorClosed, WaitTimeout
+from jobreactor.loophost import LoopHost
+from jobreactor.node import Node, warn_if_alone
+from jobreactor.nodehandle import NodeHandle
 from jobreactor.storage import Storage, open_storage
 
 T = TypeVar("T")
@@ -41,17 +45,57 @@ def _open(
     return open_storage(storage, redis_url, prefix=settings.redis_prefix)
 
 
-class Starting:
-    """start_distributor, start_node, their `a`-twins and the `distributor` property."""
+class Members:
+    """The distributors and nodes of one reactor in one process (made again after a fork)."""
 
-    if TYPE_CHECKING:
-        config: Config
-        _distributors: list[Distributor]
-        _nodes: list[Node]
-        _named_feedbacks: dict[str, Feedback]
+    def __init__(
+        self,
+        config: Config,
+        named_feedbacks: dict[str, Feedback],
+        host: LoopHost,
+        check_fork: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self._named_feedbacks = named_feedbacks
+        self._host = host
+        self._check_fork = check_fork
+        self.forget()
 
-        def _check_fork(self) -> None: ...
-        def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T: ...
+    def forget(self) -> tuple[list[Distributor], list[Node]]:
+        """Start with none (a forked child); return the old ones (the child never touches them)."""
+        old = (getattr(self, "distributors", []), getattr(self, "nodes", []))
+        self.distributors: list[Distributor] = []  # the first one takes enqueues
+        self.nodes: list[Node] = []
+        return old
+
+    def first(self) -> Distributor:
+        """The distributor that takes enqueues; ReactorClosed if none runs."""
+        self._check_fork()
+        if not self.distributors:
+            raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
+        return self.distributors[0]
+
+    def storages(self) -> list[Storage]:
+        """Each storage of the distributors and nodes here, once."""
+        seen: list[Storage] = []
+        owners: list[Distributor | Node] = [*self.distributors, *self.nodes]
+        for owner in owners:
+            if not any(owner.storage is s for s in seen):
+                seen.append(owner.storage)
+        return seen
+
+    async def stop(self, budget: float | None, handover: bool) -> None:
+        """Nodes drain, then distributors wait for their jobs (each within `budget`)."""
+        for node in list(self.nodes):
+            await node.stop(budget)
+        for distributor in list(self.distributors):
+            await distributor.stop(budget, handover=handover)
+        self.nodes.clear()
+        self.distributors.clear()
+
+    def stop_nodes_now(self) -> list[Coroutine[Any, Any, None]]:
+        """Stops without grace for every node (a second SIGINT)."""
+        return [node.stop(grace=0) for node in self.nodes]
 
     # --- distributors ---------------------------------------------------------------------------
 
@@ -74,7 +118,7 @@ class Starting:
         A non-loopback `host` needs a secret (or TLS client certificates), or `insecure=True`
         (else `InsecureBind`). `insecure=None` takes the `insecure` setting.
         """
-        return self._call(
+        return self._host.call(
             self.astart_distributor(
                 host,
                 port,
@@ -123,15 +167,8 @@ class Starting:
         except BaseException:
             await distributor.storage.aclose()
             raise
-        self._distributors.append(distributor)
+        self.distributors.append(distributor)
         return bound
-
-    @property
-    def distributor(self) -> Distributor:
-        self._check_fork()
-        if not self._distributors:
-            raise ReactorClosed("no distributor: call JR.start_distributor(host, port) first")
-        return self._distributors[0]
 
     # --- nodes ----------------------------------------------------------------------------------
 
@@ -150,9 +187,9 @@ class Starting:
         wait: bool = True,
         discovery_url: str | None = None,
         group: str | None = None,
-    ) -> Node:
-        """Start a node on this reactor. Thread-safe; waits for its links."""
-        return self._call(
+    ) -> NodeHandle:
+        """Start a node on this reactor; its handle. Thread-safe; waits for its links."""
+        return self._host.call(
             self.astart_node(
                 name,
                 storage,
@@ -184,7 +221,8 @@ class Starting:
         wait: bool = True,
         discovery_url: str | None = None,
         group: str | None = None,
-    ) -> Node:
+    ) -> NodeHandle:
+        """`start_node` for code on the reactor's loop."""
         overrides: dict[str, Any] = {}
         if concurrency is not None:
             overrides["concurrency"] = concurrency
@@ -195,7 +233,7 @@ class Starting:
             registry.load_directory(directory)
         discovery_url = discovery_url or settings.discovery_url
         # This reactor's own distributors, unless discovery finds them (one link each).
-        local = [d for d in self._distributors if not (discovery_url and d.presence)]
+        local = [d for d in self.distributors if not (discovery_url and d.presence)]
         targets = list(distributors or [("127.0.0.1", d.address_port()) for d in local])
         if not targets and not discovery_url:
             raise InvalidOptions(
@@ -217,12 +255,16 @@ class Starting:
         await node.start()
         if settings.warn_no_node_after > 0:
             warn_if_alone(node, settings.warn_no_node_after, discovery_url)
-        self._nodes.append(node)
+        self.nodes.append(node)
         if wait:
+            timeout = max(5.0, settings.handshake_timeout * 3)
             try:
-                await node.wait_ready(timeout=max(5.0, settings.handshake_timeout * 3))
+                await node.wait_ready(timeout=timeout)
             except TimeoutError:
-                self._nodes.remove(node)
+                self.nodes.remove(node)
                 await node.stop(grace=0)
-                raise
-        return node
+                raise WaitTimeout(
+                    f"node {node.name} was not welcomed by its distributors within {timeout:g}s "
+                    "(address, secret, TLS?): it was stopped"
+                ) from None
+        return NodeHandle(node, self._host)

@@ -129,6 +129,6 @@ def test_a_reconnecting_node_settles_a_long_held_list_in_several_frames(
 
 
 async def _drop_link(node: Any) -> None:
-    conn = node.links[0].conn
+    conn = node._node.links[0].conn
     assert conn is not None
     conn.abort("test: link cut")

@@ -208,7 +208,7 @@ def test_a_schedule_held_by_a_redis_node_resumes_after_a_restart_skipping_missed
         handle = reactor.enqueue("tick", {}, opts, success=Recorder())
         assert handle is not None
         last_due = runs.wait(1, timeout=30)[-1][1]
-        reactor._call(node.stop(grace=5))
+        node.stop(grace=5)
         stopped_at = time.time()
         wait_until(lambda: time.time() > last_due + 3 + MISSED_TICK_GRACE_S + 0.5, 20, "a miss")
         reactor.start_node("c2", "redis", redis_url=redis_server.url, registry=registry)

@@ -134,9 +134,9 @@ def test_a_hello_of_empty_maps_is_refused_without_unpacking_them() -> None:
 def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) -> None:
     """The Hello must fit PRE_AUTH_MAX_FRAME_BYTES whatever the node holds."""
     node = reactor.start_node("w1", registry=noop_registry())
-    link = node.links[0]
+    link = node._node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
-    node.held_from = lambda link: held  # type: ignore[method-assign]
+    node._node.held_from = lambda link: held  # type: ignore[method-assign]
     frame, more_held = hello_frame(link, b"n" * NONCE_BYTES)
     assert len(frame) <= PRE_AUTH_MAX_FRAME_BYTES
     decoder = FrameDecoder(PRE_AUTH_MAX_FRAME_BYTES)
@@ -215,5 +215,5 @@ def test_a_node_whose_hello_cannot_fit_says_so_and_keeps_trying(
             timeout=10,
             what="the error",
         )
-    assert not node.links[0].is_ready
-    assert all(not task.done() for task in node._link_tasks), "the link keeps trying"
+    assert not node._node.links[0].is_ready
+    assert all(not task.done() for task in node._node._link_tasks), "the link keeps trying"

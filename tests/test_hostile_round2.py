@@ -158,7 +158,7 @@ def test_a_node_with_the_secret_gets_in_through_a_flood(caplog: pytest.LogCaptur
         node = steady.start_node(
             "steady", distributors=[(host, port)], secret="shh", registry=noop_registry()
         )
-        (link,) = node.links
+        (link,) = node._node.links
         conn = link.conn
         flood = subprocess.Popen(
             [sys.executable, "-m", "tests.flood", str(port), "600"],

@@ -94,11 +94,11 @@ def test_a_second_instance_is_refused_and_the_first_keeps_its_jobs(
         assert "{hostname}" in dist_side
         node_side = messages(caplog, logging.ERROR, "refused node 'w1'")
         assert any("distributor 127.0.0.1" in m for m in node_side)
-        assert first.links[0].is_ready
-        assert not second.links[0].is_ready
+        assert first._node.links[0].is_ready
+        assert not second._node.links[0].is_ready
         assert not messages(caplog, logging.INFO, "replaced by a new connection")
         assert [n["name"] for n in reactor.nodes()] == ["w1"]
-        assert first.instance != second.instance
+        assert first._node.instance != second._node.instance
     finally:
         reactor.stop(timeout=10)
 
@@ -191,7 +191,7 @@ def test_bad_secret_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) 
             r for r in caplog.records if r.name == "jobreactor.distributor" and "secret" in r.msg
         ]
         assert 1 <= len(dist_side) <= 2, [r.getMessage() for r in dist_side]
-        assert all(not n.links[0].is_ready for n in nodes)
+        assert all(not n._node.links[0].is_ready for n in nodes)
     finally:
         reactor.stop(timeout=10)
 

@@ -157,7 +157,7 @@ def test_gauges_come_from_node_stats() -> None:
 def start(reactor: Reactor, registry: Registry, **kw: Any) -> Node:
     return reactor.start_node(
         "w1", "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry, **kw
-    )
+    )._node
 
 
 class Gate:

@@ -41,7 +41,7 @@ def fresh_metrics() -> Iterator[None]:
 
 def _stats(reactor: Reactor) -> Any:
     async def read() -> Any:
-        return job_stats(METRICS, [d.stats() for d in reactor._distributors])
+        return job_stats(METRICS, [d.stats() for d in reactor.members.distributors])
 
     return reactor.call(read, timeout=10)
 

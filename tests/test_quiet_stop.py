@@ -48,7 +48,7 @@ def test_app_stop_with_every_feedback_in_logs_no_warning_on_either_side(
             app.enqueue("nap", {"i": i}, success=feedbacks)
         app.stop(timeout=15)  # at once: it waits for the jobs, then closes as the last reports in
         assert len(feedbacks.wait(5)) == 5
-        link = node.links[0]
+        link = node._node.links[0]
         wait_until(lambda: link.phase is LinkPhase.DOWN, 10, "the node to see the app go")
         assert link.unacked_reports == 0  # the acknowledgement left before the goodbye
     finally:
@@ -66,7 +66,7 @@ def test_node_that_really_lost_reports_still_warns(caplog: pytest.LogCaptureFixt
         registry = Registry()
         registry.job("echo")(lambda args: None)
         node = workers.start_node("w", "memory", [(host, port)], registry=registry)
-        link = node.links[0]
+        link = node._node.links[0]
 
         async def lose_with_a_report_pending() -> None:
             link.report("no-such-job", 1, "success", True, {})

@@ -87,7 +87,7 @@ def test_a_job_that_cannot_be_encoded_fails_alone(reactor: Reactor) -> None:
         distributor.submit_many(items)
         return handles
 
-    neighbours = reactor._call(submit_with_neighbours())
+    neighbours = reactor.loop_host.call(submit_with_neighbours())
     for handle in [*good, *neighbours]:
         assert handle is not None
         handle.result(timeout=10)

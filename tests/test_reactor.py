@@ -25,7 +25,7 @@ PINNED = ["JR", "Reactor", "job", "job_callback", "job_errback", "CancelJob", "N
 def start(reactor: Reactor, registry: Registry, name: str = "w1") -> Node:
     return reactor.start_node(
         name, "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry
-    )
+    )._node
 
 
 def test_enqueue_from_eight_threads_runs_every_job_exactly_once(reactor: Reactor) -> None:

@@ -31,7 +31,7 @@ def start(reactor: Reactor, registry: Registry, name: str = "w1", **kw: Any) -> 
         [("127.0.0.1", reactor.distributor.address_port())],
         registry=registry,
         **kw,
-    )
+    )._node
 
 
 def stop_node(reactor: Reactor, node: Node) -> float:

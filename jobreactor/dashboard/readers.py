@@ -39,7 +39,7 @@ class LocalIndex:
     def nodes(self) -> list[str]:
         async def read() -> dict[str, StatusIndexReader]:
             owners: dict[str, StatusIndexReader] = {}
-            for storage in self.source.reactor._storages():
+            for storage in self.source.reactor.members.storages():
                 if isinstance(storage, StatusIndexReader):
                     for node in await storage.nodes():
                         owners.setdefault(node, storage)

@@ -108,10 +108,10 @@ class LocalSource:
         self._lists = LocalLists(self)
 
     def _distributors(self) -> list[Distributor]:
-        return list(self.reactor._distributors)
+        return list(self.reactor.members.distributors)
 
     def _nodes(self) -> list[Node]:
-        return list(self.reactor._nodes)
+        return list(self.reactor.members.nodes)
 
     def _on_loop(self, fn: Any) -> Any:
         async def run() -> Any:
@@ -169,7 +169,7 @@ class LocalSource:
         from jobreactor.housekeeping import control_node
 
         async def ask() -> tuple[str | None, str]:
-            return await control_node(self._distributors(), self._nodes(), name, op, who)
+            return await control_node(self.reactor.members, name, op, who)
 
         answer: tuple[str | None, str] = self.reactor.call(ask, timeout=30.0)
         return answer
@@ -194,7 +194,7 @@ class LocalSource:
             return found
 
         async def stored() -> View | None:
-            for storage in self.reactor._storages():
+            for storage in self.reactor.members.storages():
                 for node in await storage.nodes():
                     record = await storage.load(node, job_id)
                     if record is not None:
@@ -214,7 +214,7 @@ class LocalSource:
 
     def delete(self, job_id: str) -> bool:
         async def destroy() -> bool:
-            for storage in self.reactor._storages():
+            for storage in self.reactor.members.storages():
                 for node in await storage.nodes():
                     record = await storage.load(node, job_id)
                     if record is not None and record.is_finished:

@@ -10,36 +10,19 @@ app's distributor, which enqueues it again with the same id. The same `take_fail
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from jobreactor.errors import StorageError
-from jobreactor.job import JobRecord, JobStatus
+from jobreactor.job import JobStatus
 from jobreactor.node.control import OPS
 from jobreactor.protocol import Command, CommandResult
-from jobreactor.storage.base import Storage
+from jobreactor.storage.failed import take_failed
 
 if TYPE_CHECKING:
     from jobreactor.node.link import DistributorLink
     from jobreactor.node.node import Node
 
 logger = logging.getLogger("jobreactor.node")
-
-
-async def take_failed(storage: Storage, job_id: str) -> tuple[str, JobRecord] | None:
-    """Claim failed job `job_id` from whichever node stored it; (that node, the job reset)."""
-    for owner in await storage.nodes():
-        record = await storage.load(owner, job_id)
-        if record is None or record.status != JobStatus.FAILED:
-            continue
-        claimed = await storage.claim(owner, [job_id])
-        if not claimed:
-            continue  # someone else took it between the load and the claim
-        job = claimed[0]
-        job.attempt, job.status, job.lease = 0, JobStatus.NEW, 0
-        job.run_at_ts, job.make_after, job.node = time.time(), 0.0, None
-        return owner, job
-    return None
 
 
 async def _release_lock(node: Node, command: Command) -> CommandResult:

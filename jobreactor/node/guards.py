@@ -13,18 +13,18 @@ an attempt its concurrency slots are released first.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from jobreactor.definitions import call_hook
 from jobreactor.errors import StorageError
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.limits import LimitKeyError
 from jobreactor.node.limits import run_now
 
 if TYPE_CHECKING:
-    from jobreactor.definitions import JobDefinition, Registry, Step
+    from jobreactor.definitions import JobDefinition, Registry
     from jobreactor.node.attempts import Attempts, Held
 
 logger = logging.getLogger("jobreactor.node")
@@ -87,17 +87,6 @@ def enter_now(node: Attempts, held: Held) -> bool:
     if run_now(_take_limits(node, held, definition)):
         node.start_attempt(held)
     return True
-
-
-async def call_hook(hook: Step | None, args: dict[str, Any], what: str) -> None:
-    if hook is None:
-        return
-    try:
-        result = hook(dict(args))
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("%s hook raised; continuing", what)
 
 
 async def enter(node: Attempts, held: Held) -> None:

@@ -45,6 +45,8 @@ T = TypeVar("T")
 # A run that starts this many attempts without settling is a loop (a job that re-enqueues
 # itself forever, say); eager mode stops it with an error instead of hanging the test.
 MAX_ATTEMPTS_PER_RUN = 10_000
+# The reactor calls eager mode answers while installed (the reactor's own come back after).
+_ROUTED = ("enqueue", "aenqueue", "enqueue_many", "cancel", "wait_idle")
 
 
 class EagerMode:
@@ -77,6 +79,7 @@ class EagerMode:
         self._resting: dict[str, float] = {}
         self._due: collections.deque[str] = collections.deque()
         self._installed = False
+        self._replaced: dict[str, Any] = {}  # the reactor's own calls, while installed
 
     # --- install / uninstall ------------------------------------------------------------------
 
@@ -102,7 +105,8 @@ class EagerMode:
         )
         self._thread.start()
         self._run(self._setup())
-        for name in ("enqueue", "aenqueue", "enqueue_many", "cancel", "wait_idle"):
+        self._replaced = {name: getattr(self.reactor, name) for name in _ROUTED}
+        for name in _ROUTED:
             setattr(self.reactor, name, getattr(self, name))
         self._installed = True
 
@@ -110,8 +114,8 @@ class EagerMode:
         if not self._installed:
             return
         self._installed = False
-        for name in ("enqueue", "aenqueue", "enqueue_many", "cancel", "wait_idle"):
-            delattr(self.reactor, name)
+        for name, call in self._replaced.items():
+            setattr(self.reactor, name, call)
         self.reactor.config.restore(self._saved)
         self._node._pool.shutdown(wait=False, cancel_futures=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -229,8 +233,9 @@ class EagerMode:
         success: Feedback | str | None,
         error: Feedback | str | None,
     ) -> tuple[JobRecord, Waiting]:
-        record = self.reactor._new_record(name, args, opts, ADDRESS)
-        success, error = self.reactor._feedback(success), self.reactor._feedback(error)
+        enqueuer = self.reactor.enqueuer
+        record = enqueuer.new_record(name, args, opts, ADDRESS)
+        success, error = enqueuer.feedback(success), enqueuer.feedback(error)
         if success is not None:
             record.on_success = success if isinstance(success, str) else record.id
         if error is not None:

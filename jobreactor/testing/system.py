@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobreactor.node import Node
+from jobreactor.errors import ReactorRunning
+from jobreactor.nodehandle import NodeHandle
 from jobreactor.reactor import JR, Reactor
 from jobreactor.testing.recording import OutcomeLog
 
@@ -25,7 +26,7 @@ class JobSystem:
 
     reactor: Reactor
     address: tuple[str, int]
-    node: Node
+    node: NodeHandle
     outcomes: OutcomeLog
 
     def wait_idle(self, timeout: float = 30.0) -> None:
@@ -49,7 +50,7 @@ def running_system(
     """
     reactor = JR if reactor is None else reactor
     if reactor.ready():
-        raise RuntimeError("the reactor is already running; the test system starts and stops it")
+        raise ReactorRunning("the reactor is already running; the test system starts and stops it")
     saved = reactor.config.current
     reactor.config.update(config or {})
     try:

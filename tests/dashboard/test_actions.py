@@ -154,10 +154,10 @@ def test_quiet_on_the_redis_commands_channel(redis_server: RedisServer) -> None:
         )
         with RedisMonitor(redis_server.url, prefix=prefix) as monitor:
             wait_until(lambda: monitor.control("rn", "quiet", "test") == 1, 10, "a listener")
-            wait_until(lambda: node.control.state == "quiet", 10, "the node to go quiet")
+            wait_until(lambda: node._node.control.state == "quiet", 10, "the node to go quiet")
             wait_until(lambda: reactor.nodes()[0]["free_credit"] == 0, 10)
             assert monitor.control("rn", "resume", "test") == 1
-            wait_until(lambda: node.control.state == "running", 10)
+            wait_until(lambda: node._node.control.state == "running", 10)
             with pytest.raises(ValueError, match="unknown node op"):
                 monitor.control("rn", "explode")
     finally:

@@ -42,7 +42,9 @@ def slow_node(reactor: Reactor, runs: Recorder, concurrency: int = 2, **kw: Any)
         await asyncio.sleep(args.get("s", 0.05))
         runs(args["i"])
 
-    return reactor.start_node("n1", "memory", registry=registry, concurrency=concurrency, **kw)
+    return reactor.start_node(
+        "n1", "memory", registry=registry, concurrency=concurrency, **kw
+    )._node
 
 
 async def _any(pending: Awaitable[list[Any]]) -> bool:

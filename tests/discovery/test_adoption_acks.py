@@ -34,7 +34,7 @@ def node(reactor: Reactor, runs: Recorder, name: str = "n1") -> Node:
         await asyncio.sleep(args.get("s", 0.3))
         runs(args["i"])
 
-    return reactor.start_node(name, "memory", registry=registry, concurrency=16)
+    return reactor.start_node(name, "memory", registry=registry, concurrency=16)._node
 
 
 def test_reports_whose_removal_died_with_the_worker_go_to_the_adopter(

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def start_node(reactor: Reactor, runs: Recorder | None = None, **kw: Any) -> Node:
     registry = Registry()
     registry.job("work")(lambda args: runs(args["i"]) if runs is not None else None)
-    return reactor.start_node("n1", "memory", registry=registry, **kw)
+    return reactor.start_node("n1", "memory", registry=registry, **kw)._node
 
 
 def fed_all(producer: Producer, count: int) -> bool:

@@ -53,6 +53,6 @@ def test_node_finds_distributor_by_group_only(group: dict[str, Any]) -> None:
         (entry,) = members(group["discovery_url"], group["redis_prefix"], "node", "shop")
         assert entry.stats["name"] == "w1"
         assert entry.address == "w1"
-        assert node.discovered is not None
+        assert node._node.discovered is not None
     finally:
         reactor.stop(timeout=5)

@@ -44,7 +44,9 @@ def slow_node(reactor: Reactor, runs: Recorder, storage: str, redis_url: str) ->
         runs(args["i"])
         await asyncio.sleep(JOB_S)
 
-    return reactor.start_node("n1", storage, registry=registry, concurrency=20, redis_url=redis_url)
+    return reactor.start_node(
+        "n1", storage, registry=registry, concurrency=20, redis_url=redis_url
+    )._node
 
 
 def listed(config: dict[str, Any], iid: str) -> bool:
@@ -154,7 +156,7 @@ def run_all(node: Node, enqueue: Callable[[int], Any], count: int, runs: Recorde
 def fast_node(reactor: Reactor, runs: Recorder, name: str = "n1", **kw: Any) -> Node:
     registry = Registry()
     registry.job("work")(lambda args: runs(args["i"]))
-    return reactor.start_node(name, "memory", registry=registry, **kw)
+    return reactor.start_node(name, "memory", registry=registry, **kw)._node
 
 
 def test_static_and_discovered_addresses_of_one_distributor_make_one_link(

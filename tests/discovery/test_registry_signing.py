@@ -86,14 +86,18 @@ def test_a_forged_entry_is_never_dialled(
     try:
         reactor.start_distributor("127.0.0.1", 0, secret=secret)
         node = reactor.start_node("w1", registry=noop_registry(), secret=secret)
-        wait_until(lambda: len(node.links) == 1 and node.links[0].is_ready, what="a link")
+        wait_until(
+            lambda: len(node._node.links) == 1 and node._node.links[0].is_ready, what="a link"
+        )
         forge(group, fake.port, how)
         # A second real distributor: once the node works with it, the registry read that
         # found it also read the forged entry (a read takes every entry at once).
         reactor.start_distributor("127.0.0.1", 0, secret=secret)
-        wait_until(lambda: sum(link.is_ready for link in node.links) == 2, what="the 2nd link")
+        wait_until(
+            lambda: sum(link.is_ready for link in node._node.links) == 2, what="the 2nd link"
+        )
         assert fake.dialled == 0
-        assert all(str(fake.port) not in link.configured for link in node.links)
+        assert all(str(fake.port) not in link.configured for link in node._node.links)
     finally:
         reactor.stop(timeout=10)
 

@@ -165,7 +165,7 @@ def test_nodes_with_and_without_the_secret(
     reactor.start_node("good", "memory", [(host, port)], registry=registry, secret="shh")
     bad = reactor.start_node("nosecret", "memory", [(host, port)], registry=registry, wait=False)
     wait_for_secret_refusal(caplog)  # an event, not start_node's whole link timeout
-    assert not any(link.is_ready for link in bad.links)
+    assert not any(link.is_ready for link in bad._node.links)
     names = {n["name"] for n in reactor.call(lambda: _nodes(reactor, 1))}
     assert names == {"good"}
 
@@ -183,7 +183,7 @@ def wait_for_secret_refusal(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def _nodes(reactor: Reactor, index: int) -> list[dict[str, object]]:
-    return reactor._distributors[index].nodes()
+    return reactor.members.distributors[index].nodes()
 
 
 def test_a_node_with_a_secret_refuses_an_open_distributor(
@@ -195,7 +195,7 @@ def test_a_node_with_a_secret_refuses_an_open_distributor(
         "careful", "memory", None, registry=registry, secret="shh", wait=False
     )
     wait_for_secret_refusal(caplog)
-    assert not any(link.is_ready for link in node.links)
+    assert not any(link.is_ready for link in node._node.links)
 
 
 def test_bad_input_raises_before_anything_is_sent(reactor: Reactor) -> None:

@@ -31,7 +31,7 @@ def storage_kind(request: pytest.FixtureRequest, reactor: Reactor) -> str:
 
 
 def start(reactor: Reactor, registry: Registry, storage: str) -> Node:
-    return reactor.start_node("w1", storage, None, registry=registry)
+    return reactor.start_node("w1", storage, None, registry=registry)._node
 
 
 def stored(reactor: Reactor, node: Node, job_id: str) -> JobRecord | None:

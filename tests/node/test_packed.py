@@ -41,7 +41,7 @@ def start(reactor: Reactor, registry: Registry, name: str = "w1") -> Node:
     storage = getattr(reactor, "test_storage", "memory")
     return reactor.start_node(
         name, storage, [("127.0.0.1", reactor.distributor.address_port())], registry=registry
-    )
+    )._node
 
 
 def packed_ids(reactor: Reactor, node: Node) -> set[str]:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 def start(reactor: Reactor, registry: Registry, name: str = "w1") -> Node:
     return reactor.start_node(
         name, "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry
-    )
+    )._node
 
 
 def always_failing(registry: Registry, runs: Recorder, name: str = "fail") -> None:

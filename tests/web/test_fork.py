@@ -83,7 +83,7 @@ def test_ensure_started_is_idempotent_and_thread_safe():
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: reactor.ensure_started("127.0.0.1", 0), range(16)))
         assert reactor.ready()
-        assert len(reactor._distributors) == 1
+        assert len(reactor.members.distributors) == 1
     finally:
         reactor.stop(timeout=10)
 
