@@ -68,7 +68,7 @@ from jobreactor.batch_stores import (
     client_for,
     close_redis_clients,
 )
-from jobreactor.errors import AlreadyClosed
+from jobreactor.errors import AlreadyClosed, InvalidOptions
 from jobreactor.storage.connect import LazySync
 from jobreactor.storage.keys import batch_keys
 
@@ -90,9 +90,9 @@ DEFAULT_TTL: Final = 86_400  # one day, the gem's default
 
 def _check_ttl(ttl: int) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise TypeError(f"batch ttl must be a whole number of seconds, got {ttl!r}")
+        raise InvalidOptions(f"batch ttl must be a whole number of seconds, got {ttl!r}")
     if ttl <= 0:
-        raise ValueError(f"batch ttl must be positive, got {ttl}")
+        raise InvalidOptions(f"batch ttl must be positive, got {ttl}")
     return ttl
 
 
@@ -124,9 +124,9 @@ class Batch:
         if token is None:
             token = uuid.uuid4().hex
         if not token:
-            raise ValueError("batch token must be a non-empty string")
+            raise InvalidOptions("batch token must be a non-empty string")
         if redis_client is not None and store is not None:
-            raise ValueError("give a batch either a redis_client or a memory store, not both")
+            raise InvalidOptions("give a batch either a redis_client or a memory store, not both")
         self.token: Final = token
         self.ttl: Final = _check_ttl(ttl)
         self.namespace: Final = namespace or None

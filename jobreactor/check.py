@@ -47,7 +47,8 @@ def check_node(config: NodeConfig, *, probe: bool = False) -> int:
             failed = True
             print(f"FAIL distributor {d.host}:{d.port}: {exc.strerror or exc}")
     if config.storage == "redis":
-        failed = not _probe_redis(config.redis_url or settings.hiredis_url) or failed
+        url = config.redis_url or settings.redis_url_said() or settings.hiredis_url
+        failed = not _probe_redis(url) or failed
     if settings.discovery_url:
         failed = not _probe_redis(settings.discovery_url) or failed
     return EXIT_PROBE if failed else 0

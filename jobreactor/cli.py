@@ -54,12 +54,12 @@ def _serve_metrics(reactor: Reactor, host: str, port: int | None) -> None:
     """The opt-in `metrics_port`: /metrics of this process and /health (health.py)."""
     if port is None:
         return
-    from jobreactor.metrics import METRICS, Gauge, member_gauges
+    from jobreactor.metrics import Gauge, member_gauges, process_metrics
     from jobreactor.metrics_server import MetricsServer
 
     def gauges() -> list[Gauge]:
         async def read() -> list[Gauge]:
-            return member_gauges(METRICS.members)
+            return member_gauges(process_metrics().members)
 
         return reactor.call(read, timeout=5.0)
 

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from jobreactor.config_errors import describe
-from jobreactor.errors import ConfigError
+from jobreactor.errors import ConfigError, UnknownConfigKey
 from jobreactor.protocol import DEFAULT_MAX_FRAME_BYTES
 
 ENV_PREFIX = "JOBREACTOR_"
@@ -49,12 +49,18 @@ class ReactorConfig(_Strict):
     remove_done_jobs: bool = True
     remove_cancelled_jobs: bool = True
     remove_failed_jobs: bool = False
+    # THE REDIS URL of redis storage when none is given to the call (SPEC 1.12 keeps the gem's
+    # name: it has nothing to do with the hiredis parser). Used only when set explicitly
+    # (`redis_url_said`): redis storage never assumes localhost.
     hiredis_url: str = "redis://localhost:6379"
     # Prefix of every Redis key (all under one hash tag `{prefix}`), to share one Redis.
     redis_prefix: str = Field(default="jr", min_length=1)
+    # The gem's monitor Redis (RedisMonitor() with no URL), and, when set explicitly while
+    # hiredis_url is not, redis storage's Redis too: redis://<redis_host>:<redis_port>.
     redis_host: str = "localhost"
-    redis_port: int = 6379
-    # A logging level name for jobreactor's logger, or None to silence it.
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    # THE LOG LEVEL of jobreactor's logger (SPEC 1.12 keeps the gem's name): "DEBUG", "INFO",
+    # "WARNING", "ERROR", or None / "off" to silence it.
     logger_method: str | None = "INFO"
     # "json": one JSON object per log line (job id, name, node, attempt, duration...).
     log_format: Literal["text", "json"] = "text"
@@ -128,16 +134,25 @@ class ReactorConfig(_Strict):
     @model_validator(mode="after")
     def _registry_times(self) -> ReactorConfig:
         if self.registry_ttl <= self.registry_beat:
-            raise ValueError(
+            raise ConfigError(
                 f"registry_ttl ({self.registry_ttl}) must exceed registry_beat "
                 f"({self.registry_beat}); use 3-4 beats"
             )
         if self.adopt_grace <= self.registry_ttl:
-            raise ValueError(
+            raise ConfigError(
                 f"adopt_grace ({self.adopt_grace}) must exceed registry_ttl "
                 f"({self.registry_ttl}), with a margin"
             )
         return self
+
+    def redis_url_said(self) -> str | None:
+        """The Redis URL these settings name on purpose, or None: `hiredis_url` if set, else
+        redis://<redis_host>:<redis_port> if either was set; defaults alone say nothing."""
+        if "hiredis_url" in self.model_fields_set:
+            return self.hiredis_url
+        if self.model_fields_set & {"redis_host", "redis_port"}:
+            return f"redis://{self.redis_host}:{self.redis_port}"
+        return None
 
     @field_validator("logger_method")
     @classmethod
@@ -147,7 +162,9 @@ class ReactorConfig(_Strict):
         if value is not None and value.lower() in {"none", "null", "off", "false", ""}:
             return None  # None silences logging; TOML and env have no None, so these words say it
         if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
-            raise ValueError('expected a logging level name (DEBUG, INFO, WARNING, ERROR) or "off"')
+            raise ConfigError(
+                'expected a logging level name (DEBUG, INFO, WARNING, ERROR) or "off"'
+            )
         return value
 
 
@@ -356,7 +373,7 @@ def load_node_config(
 def _needs_redis_url(
     storage: str, redis_url: str | None, settings: ReactorConfig, source: str | Path
 ) -> None:
-    if storage == "redis" and not redis_url and "hiredis_url" not in settings.model_fields_set:
+    if storage == "redis" and not redis_url and settings.redis_url_said() is None:
         raise ConfigError(
             f'{source}: storage = "redis" needs a Redis URL: redis_url = "redis://host:6379/0" '
             "(or JOBREACTOR_REDIS_URL, or --redis-url); nothing is assumed, not even "
@@ -416,7 +433,9 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         if key not in ReactorConfig.model_fields:
-            raise KeyError(key)
+            raise UnknownConfigKey(
+                f"{key!r} is not a setting (README: Configuration lists them all)"
+            )
         return getattr(self._model, key)
 
     def __setitem__(self, key: str, value: Any) -> None:

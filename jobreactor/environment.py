@@ -93,10 +93,12 @@ def redis_url_for(storage: str, redis_url: str | None, settings: ReactorConfig, 
     """The Redis URL `who` uses for `storage` "redis": said explicitly, or a ConfigError."""
     if redis_url:
         return redis_url
-    if "hiredis_url" in settings.model_fields_set:
-        return settings.hiredis_url
+    said = settings.redis_url_said()  # hiredis_url, or redis_host/redis_port, set on purpose
+    if said is not None:
+        return said
     raise ConfigError(
         f'{who}: storage {storage!r} needs a Redis URL: pass redis_url="redis://host:6379/0", '
-        "set JOBREACTOR_REDIS_URL (or redis_url in the .toml), or the hiredis_url setting; "
+        "set JOBREACTOR_REDIS_URL (or redis_url in the .toml), or the hiredis_url (or "
+        "redis_host/redis_port) setting; "
         "nothing is assumed (not even localhost:6379)"
     )

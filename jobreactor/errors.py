@@ -32,7 +32,8 @@ class InsecureBind(ConfigError):
 
 
 class InvalidOptions(JobReactorError, ValueError):
-    """`enqueue` options are unknown, of the wrong type or contradictory."""
+    """Options of a call (`enqueue`'s, a batch's, a node op) are unknown, of the wrong type or
+    contradictory."""
 
 
 class InvalidArgs(JobReactorError, TypeError):
@@ -81,6 +82,11 @@ class HandshakeFailed(RemoteProtocolError):
 
 class StorageError(JobReactorError):
     """A storage operation failed."""
+
+
+class CorruptRecord(StorageError, ValueError):
+    """A stored job record has a field that does not parse as its type (written by hand, or
+    by another tool): the message names the field and its text."""
 
 
 class StorageUnavailable(StorageError):

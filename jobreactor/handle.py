@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from jobreactor.errors import EnqueueTimeout, JobCancelled, JobFailed
+from jobreactor.errors import EnqueueTimeout, JobCancelled, JobFailed, WaitTimeout
 
 _LOCK = threading.Lock()
 
@@ -139,7 +139,7 @@ class JobHandle:
         raise self._value
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job's final outcome; raise TimeoutError if it takes longer."""
+        """Block until the job's final outcome; WaitTimeout (a TimeoutError) if it takes longer."""
         event = threading.Event()
         with _LOCK:
             if self._state == _PENDING:
@@ -147,7 +147,7 @@ class JobHandle:
                     self._waiters = []
                 self._waiters.append(event.set)
         if self._state == _PENDING and not event.wait(timeout):
-            raise TimeoutError(f"job {self.id} did not finish within {timeout}s")
+            raise WaitTimeout(f"job {self.id} did not finish within {timeout}s")
         return self._outcome()
 
     def __await__(self) -> Generator[Any, None, dict[str, Any]]:

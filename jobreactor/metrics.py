@@ -9,6 +9,13 @@ through `JobsCollector`; its own `labels().inc()` costs several times more and t
 Gauges (pending per distributor, running / scheduled / free credit per node, connected nodes)
 are read from the live distributors and nodes of the process when scraped, never maintained.
 
+Owned, not global: a `Reactor` makes its own `JobMetrics` and hands it to the distributors
+and nodes it starts (`metrics=`); `METRICS` is only the default of an engine built without one
+(eager mode, a bare `Distributor`). What a process shows (`/metrics`, a dashboard mounted in
+the app) is `process_metrics()`: every live `JobMetrics` of the process summed, found through
+weak references (which metrics objects live here is a true process fact; nothing keeps one
+alive). Reset in a forked child: each worker counts its own.
+
 One process, one set of figures. Under a pre-fork server each worker has its own: the
 dashboard's `/metrics` in registry mode sums what every live member publishes with its
 heartbeat (docs/decisions.md "Observability", across processes), so a scrape never sees one random
@@ -60,6 +67,8 @@ __all__ = [
     "JobsCollector",
     "job_stats",
     "metrics_registry",
+    "process_metrics",
+    "reset_all",
 ]
 
 logger = logging.getLogger("jobreactor.metrics")
@@ -142,9 +151,10 @@ class Histogram:
 
 
 class JobMetrics:
-    """The figures of one process. Distributors and nodes hold it (None when metrics are off)."""
+    """The figures of one owner (a reactor's distributors and nodes; None when metrics are
+    off). `live=False`: a sum or a copy, not counted in `process_metrics()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, live: bool = True) -> None:
         self.enqueued: defaultdict[str, int] = defaultdict(int)
         self.dispatched: defaultdict[str, int] = defaultdict(int)
         self.taken_over: defaultdict[str, int] = defaultdict(int)
@@ -162,6 +172,8 @@ class JobMetrics:
         # (a forked child) or a restart, so a dashboard never takes one for the other.
         self.process = secrets.token_hex(8)
         self._over_cap = False
+        if live:
+            _LIVE.add(self)
 
     def register(self, names: Iterable[str]) -> None:
         """Job names a node declared or this process defines: each gets its own series."""
@@ -239,15 +251,47 @@ class JobMetrics:
     def reset(self) -> None:
         """Forget every figure (tests; a forked child starting afresh)."""
         members, known = self.members, self.known
-        self.__init__()  # type: ignore[misc]
+        self.__init__(live=self in _LIVE)  # type: ignore[misc]
         self.members, self.known = members, known
 
 
+# Every JobMetrics alive in this process, weakly held: what `process_metrics()` sums.
+_LIVE: weakref.WeakSet[JobMetrics] = weakref.WeakSet()
+# The default of engines built without an owner (eager mode, a bare Distributor or Node).
 METRICS = JobMetrics()
+# This process's id for a sum of several owners' figures (drawn again in a forked child).
+_PROCESS_ID = [secrets.token_hex(8)]
+
+
+def process_metrics() -> JobMetrics:
+    """This process's figures now: every live JobMetrics in use summed (their members and
+    known names too). The only one in use, itself; none, METRICS; else a sum (not live)."""
+    owners = [metrics for metrics in list(_LIVE) if _in_use(metrics)]
+    if len(owners) <= 1:
+        return owners[0] if owners else METRICS
+    total = JobMetrics(live=False)
+    total.process = _PROCESS_ID[0]
+    for metrics in owners:
+        total.merge(metrics.snapshot())
+        total.members.update(metrics.members)
+        total.known |= metrics.known
+    return total
+
+
+def _in_use(metrics: JobMetrics) -> bool:
+    """Held by a live engine, or has counted something."""
+    return bool(metrics.members) or any(any(c.values()) for c in metrics.counters().values())
+
+
+def reset_all() -> None:
+    """Forget the figures of every live JobMetrics of this process (tests; a forked child)."""
+    for metrics in list(_LIVE):
+        metrics.reset()
 
 
 def _after_fork_in_child() -> None:
-    METRICS.reset()  # a forked worker counts its own jobs, under a process id of its own
+    reset_all()  # a forked worker counts its own jobs, under process ids of its own
+    _PROCESS_ID[0] = secrets.token_hex(8)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -384,26 +428,29 @@ def _histogram(name: str, doc: str, hist: Histogram, label: str) -> HistogramMet
 
 
 class JobsCollector(Collector):
-    """Exposes a JobMetrics (and gauges) to prometheus-client at scrape time."""
+    """Exposes a JobMetrics (and gauges) to prometheus-client at scrape time; None: the
+    process's figures (`process_metrics()`), read at each scrape."""
 
-    def __init__(self, metrics: JobMetrics, gauge_reader: GaugeReader | None = None) -> None:
+    def __init__(
+        self, metrics: JobMetrics | None = None, gauge_reader: GaugeReader | None = None
+    ) -> None:
         self.metrics = metrics
         self._gauge_reader = gauge_reader
 
-    def _read_gauges(self) -> list[Gauge]:
+    def _read_gauges(self, metrics: JobMetrics) -> list[Gauge]:
         if self._gauge_reader is not None:
             return list(self._gauge_reader())
-        return member_gauges(self.metrics.members)
+        return member_gauges(metrics.members)
 
     def collect(self) -> Iterator[Metric]:
-        for event, counter in self.metrics.counters().items():
+        metrics = self.metrics if self.metrics is not None else process_metrics()
+        for event, counter in metrics.counters().items():
             counts = CounterMetricFamily(
                 f"jobreactor_jobs_{event}", EVENTS[event], labels=["job_name"]
             )
             for name, count in sorted(counter.items()):
                 counts.add_metric([name], float(count))
             yield counts
-        metrics = self.metrics
         yield _histogram("job_wait_seconds", "Due (enqueued) to start", metrics.wait, "job_name")
         yield _histogram("job_run_seconds", "One attempt, start to end", metrics.run, "job_name")
         yield _histogram(
@@ -413,7 +460,7 @@ class JobsCollector(Collector):
             "node",
         )
         by_name: dict[str, GaugeMetricFamily] = {}
-        for name, labels, value in self._read_gauges():
+        for name, labels, value in self._read_gauges(metrics):
             family = by_name.get(name)
             if family is None:
                 family = GaugeMetricFamily(
@@ -425,9 +472,10 @@ class JobsCollector(Collector):
 
 
 def metrics_registry(
-    metrics: JobMetrics = METRICS, gauge_reader: GaugeReader | None = None
+    metrics: JobMetrics | None = None, gauge_reader: GaugeReader | None = None
 ) -> CollectorRegistry:
-    """A private registry (not prometheus-client's global one) holding a JobsCollector."""
+    """A private registry (not prometheus-client's global one) holding a JobsCollector of
+    `metrics` (default: the process's figures, `process_metrics()`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(metrics, gauge_reader=gauge_reader))
     return registry

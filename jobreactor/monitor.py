@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from jobreactor.errors import StorageError
+from jobreactor.errors import InvalidOptions, StorageError
 from jobreactor.job import JobStatus
 from jobreactor.node.control import CONTROL_PREFIX, OPS
 from jobreactor.storage import status_index
@@ -193,7 +193,7 @@ class RedisMonitor:
         """Send quiet / resume / drain to `node` on its commands channel (node/control.py);
         how many listeners got it (0: the node is down, or has no Redis storage)."""
         if op not in OPS:
-            raise ValueError(f"unknown node op {op!r} (one of {', '.join(OPS)})")
+            raise InvalidOptions(f"unknown node op {op!r} (one of {', '.join(OPS)})")
         with redis_errors("control", self._where):
             message = f"{CONTROL_PREFIX}{op}:{who}"
             if is_cluster(self._redis):

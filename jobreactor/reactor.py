@@ -37,6 +37,7 @@ from jobreactor.errors import ReactorForkedError, ReactorRunning
 from jobreactor.housekeeping import Housekeeping
 from jobreactor.logs import apply_log_format
 from jobreactor.loophost import LoopHost, Setup
+from jobreactor.metrics import JobMetrics
 
 __all__ = ["JR", "Reactor", "Setup"]
 from jobreactor.starting import Members
@@ -58,8 +59,11 @@ class Reactor:
         self._pid = os.getpid()
         # How the next stop goes: (its time budget or None for shutdown_timeout, hand over?).
         self._stop_how: tuple[float | None, bool] = (None, False)
+        self.metrics = JobMetrics()  # this reactor's figures (metrics.py: owned, not global)
         self.loop_host = LoopHost(self._shutdown, self._check_fork)
-        self.members = Members(self.config, self._named_feedbacks, self.loop_host, self._check_fork)
+        self.members = Members(
+            self.config, self._named_feedbacks, self.loop_host, self._check_fork, self.metrics
+        )
         self.enqueuer = Enqueuer(
             self.config,
             default_registry,

@@ -17,6 +17,8 @@ from jobreactor.metrics import (
     Histogram,
     JobMetrics,
     metrics_registry,
+    process_metrics,
+    reset_all,
 )
 from jobreactor.metrics_server import MetricsServer
 from tests.conftest import Recorder, make_test_reactor, wait_until
@@ -66,9 +68,9 @@ def test_snapshots_of_two_processes_add_up() -> None:
 
 @pytest.fixture
 def counted() -> Any:
-    METRICS.reset()
+    reset_all()
     yield METRICS
-    METRICS.reset()
+    reset_all()
 
 
 def _run_jobs(reactor: Reactor) -> None:
@@ -135,7 +137,7 @@ def test_metrics_off_counts_nothing(counted: JobMetrics) -> None:
         _run_jobs(reactor)
     finally:
         reactor.stop(timeout=10)
-    assert not any(counted.snapshot()["counters"].values())
+    assert not any(process_metrics().snapshot()["counters"].values())
 
 
 def test_a_delayed_job_records_timer_lateness(counted: JobMetrics, reactor: Reactor) -> None:
@@ -150,7 +152,7 @@ def test_a_delayed_job_records_timer_lateness(counted: JobMetrics, reactor: Reac
     done = Recorder()
     reactor.enqueue("later", {}, {"after": 0.2}, success=done)
     done.wait(1)
-    assert sum(counted.lateness.counts("timers")) >= 1
+    assert sum(process_metrics().lateness.counts("timers")) >= 1
 
 
 def test_metrics_port_serves_metrics_and_health(counted: JobMetrics) -> None:
@@ -203,7 +205,7 @@ def test_cli_node_with_metrics_port(reactor: Reactor, cli_node: Any, tmp_path: A
         return got.get(("jobreactor_jobs_started_total", (("job_name", "simple"),))) == 1
 
     wait_until(scraped, 20, "the node's /metrics to count the job")
-    assert METRICS.succeeded["simple"] >= 1
+    assert process_metrics().succeeded["simple"] >= 1
     with urllib.request.urlopen(base + "/health", timeout=5) as answer:
         assert answer.status == 200
     with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:

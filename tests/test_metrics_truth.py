@@ -18,7 +18,15 @@ from jobreactor import Reactor
 from jobreactor.dashboard import create_app
 from jobreactor.dashboard.registry import ProcessTotals
 from jobreactor.errors import JobFailed
-from jobreactor.metrics import METRICS, JobMetrics, job_stats, metrics_registry, totals
+from jobreactor.metrics import (
+    METRICS,
+    JobMetrics,
+    job_stats,
+    metrics_registry,
+    process_metrics,
+    reset_all,
+    totals,
+)
 from tests.conftest import make_test_reactor, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -34,14 +42,14 @@ def samples(text: str) -> Samples:
 
 @pytest.fixture(autouse=True)
 def fresh_metrics() -> Iterator[None]:
-    METRICS.reset()
+    reset_all()
     yield
-    METRICS.reset()
+    reset_all()
 
 
 def _stats(reactor: Reactor) -> Any:
     async def read() -> Any:
-        return job_stats(METRICS, [d.stats() for d in reactor.members.distributors])
+        return job_stats(process_metrics(), [d.stats() for d in reactor.members.distributors])
 
     return reactor.call(read, timeout=10)
 
@@ -170,7 +178,8 @@ def test_100k_unknown_job_names_cost_one_series() -> None:
 
 @pytest.mark.timeout(60)
 def test_oldest_pending_is_per_job_name(reactor: Reactor) -> None:
-    METRICS.register(["waits"])
+    for metrics in (reactor.metrics, METRICS):  # the reactor's; METRICS until the engines take it
+        metrics.register(["waits"])
     reactor.enqueue("waits", {})
 
     def aged() -> bool:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from jobreactor.dashboard.app import AuthHook, Dashboard, build_app
 from jobreactor.dashboard.batches import BatchReader
 from jobreactor.dashboard.sources import LocalSource, Source, StoredJobs
+from jobreactor.errors import ConfigError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -69,7 +70,7 @@ def create_app(  # noqa: PLR0913 (keyword-only options of one constructor)
 
         stored = StoredJobs(RedisMonitor(redis_url, prefix=redis_prefix))
     if token is not None and not token:
-        raise ValueError("token must not be empty")
+        raise ConfigError("the dashboard's token must not be empty (None: no token)")
     batches = BatchReader(redis_url, batch_namespace)
     return build_app(Dashboard(source, stored, auth, token, refresh_s, batches))
 

@@ -22,7 +22,7 @@ from jobreactor.dashboard.readers import SCHEDULED_MAX, LocalLists
 from jobreactor.definitions import JobDefinition
 from jobreactor.job import JobStatus
 from jobreactor.joblists import MonitorIndex, Query, job_view
-from jobreactor.metrics import METRICS
+from jobreactor.metrics import process_metrics
 
 if TYPE_CHECKING:
     from jobreactor.distributor import Distributor
@@ -125,7 +125,7 @@ class LocalSource:
                 "time": time.time(),
                 "distributors": [_here(d.stats()) for d in self._distributors()],
                 "nodes": [_here(n.stats()) for n in self._nodes()],
-                "metrics": METRICS.snapshot(),
+                "metrics": process_metrics().snapshot(),
             }
 
         return dict(self._on_loop(read))

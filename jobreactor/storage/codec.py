@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 
-from jobreactor.errors import StorageError
+from jobreactor.errors import CorruptRecord, InvalidArgs, StorageError
 from jobreactor.job import FINISHED_STATUSES, JobRecord
 
 # Fields of the Ruby record that are always written, default or not, so external tools find them.
@@ -49,7 +49,7 @@ FIELD_KINDS: Final[dict[str, str]] = {name: kind for name, kind, _, _ in _FIELDS
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not storable (use JSON/msgpack types)")
+    raise InvalidArgs(f"{type(value).__name__} is not storable (use JSON/msgpack types)")
 
 
 def _json_hook(obj: dict[str, Any]) -> Any:
@@ -127,7 +127,7 @@ def _decode_value(kind: str, text: str) -> Any:
 def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
     """Hash fields -> the dict `JobRecord.from_dict` takes (typed values, extras as keys).
 
-    Raises ValueError for a value that doesn't parse as its field's type.
+    Raises CorruptRecord (a ValueError) for a value that doesn't parse as its field's type.
     """
     out: dict[str, Any] = {}
     for key, text in raw.items():
@@ -141,7 +141,7 @@ def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
         try:
             out[key] = _decode_value(kind, text)
         except ValueError as exc:
-            raise ValueError(f"field {key!r}={text!r} is not a valid {kind}: {exc}") from None
+            raise CorruptRecord(f"field {key!r}={text!r} is not a valid {kind}: {exc}") from None
     return out
 
 

@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
 from jobreactor.enqueue import ON_LOOP_ADMISSION, check_batchable, needs_admission, refused
+from jobreactor.errors import InvalidOptions, ReactorRunning, WrongThread
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
 from jobreactor.node import guards
@@ -62,7 +63,7 @@ class EagerMode:
         timeout: float = 60.0,
     ) -> None:
         if periodic_runs < 1:
-            raise ValueError("periodic_runs must be >= 1")
+            raise InvalidOptions("periodic_runs must be >= 1")
         self.reactor = reactor
         self.outcomes = OutcomeLog()
         self.periodic_runs = periodic_runs
@@ -93,7 +94,7 @@ class EagerMode:
     def install(self) -> None:
         """Start the private loop and route the reactor's enqueue, cancel and wait_idle here."""
         if self.reactor.ready():
-            raise RuntimeError(
+            raise ReactorRunning(
                 "eager mode needs a reactor that is not running (JR.run() was called)"
             )
         self._saved = self.reactor.config.current
@@ -144,7 +145,7 @@ class EagerMode:
         record, waiting = self._prepare(name, args, opts, success, error)
         if self._on_loop():
             if needs_admission(record):
-                raise RuntimeError(ON_LOOP_ADMISSION)
+                raise WrongThread(ON_LOOP_ADMISSION)
             return self._queue(record, waiting)  # the run under way takes it
         return self._run(self._enqueue_and_run(record, waiting))
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from jobreactor.metrics import METRICS
+from jobreactor.metrics import reset_all
 from tests.conftest import wait_until
 
 CHROMIUM = os.environ.get("JOBREACTOR_CHROMIUM", "/usr/bin/chromium")
@@ -47,9 +47,9 @@ class Served:
 @pytest.fixture(autouse=True)
 def fresh_metrics() -> Iterator[None]:
     """Each test's dashboard shows its own jobs (the figures are per process)."""
-    METRICS.reset()
+    reset_all()
     yield
-    METRICS.reset()
+    reset_all()
 
 
 @pytest.fixture
