@@ -25,6 +25,7 @@ from jobreactor.metrics import JobMetrics
 from jobreactor.node import Node, warn_if_alone
 from jobreactor.nodehandle import NodeHandle
 from jobreactor.storage import Storage, open_storage
+from jobreactor.storage.memory import Keyspace
 
 T = TypeVar("T")
 
@@ -46,14 +47,20 @@ def _redis_url(storage: str, redis_url: str | None, settings: ReactorConfig) -> 
 
 
 def _open(
-    storage: str, redis_url: str | None, settings: ReactorConfig, who: str, **options: Any
+    storage: str,
+    redis_url: str | None,
+    settings: ReactorConfig,
+    who: str,
+    keyspace: Keyspace,
+    **options: Any,
 ) -> Storage:
     """The storage `who` asked for; "redis" without a URL said anywhere is a ConfigError.
-    `options`: redis client options (a distributor's timeouts)."""
+    `keyspace`: a memory storage's locks and unique keys (the reactor's); `options`: redis
+    client options (a distributor's timeouts)."""
     if storage.startswith("redis"):
         redis_url = redis_url_for(storage, redis_url, settings, who)
         return open_storage(storage, redis_url, prefix=settings.redis_prefix, **options)
-    return open_storage(storage, redis_url, prefix=settings.redis_prefix)
+    return open_storage(storage, redis_url, keyspace=keyspace)
 
 
 class Members:
@@ -79,6 +86,9 @@ class Members:
         old = (getattr(self, "distributors", []), getattr(self, "nodes", []))
         self.distributors: list[Distributor] = []  # the first one takes enqueues
         self.nodes: list[Node] = []
+        # The memory storages' locks and unique keys, shared by this reactor's distributors
+        # and nodes (storage/memory.py); a forked child starts with none.
+        self.keyspace = Keyspace()
         return old
 
     def first(self) -> Distributor:
@@ -171,7 +181,9 @@ class Members:
             **_owned(Distributor, self._metrics),
             secret=secret,
             advertise=advertise,
-            storage=_open(storage, redis_url, settings, "start_distributor", **timeouts),
+            storage=_open(
+                storage, redis_url, settings, "start_distributor", self.keyspace, **timeouts
+            ),
             discovery_url=discovery_url,
             group=group,
         )
@@ -253,7 +265,7 @@ class Members:
             raise InvalidOptions(
                 "start_node needs distributors=[(host, port), ...] or discovery_url"
             )
-        node_storage = _open(storage, redis_url, settings, f"start_node({name!r})")
+        node_storage = _open(storage, redis_url, settings, f"start_node({name!r})", self.keyspace)
         node = Node(
             name,
             settings,

@@ -6,19 +6,22 @@ from typing import Any
 
 from jobreactor.errors import ConfigError
 from jobreactor.storage.base import Storage, UnlockResult
-from jobreactor.storage.memory import MemoryStorage
+from jobreactor.storage.memory import Keyspace, MemoryStorage
 
 __all__ = ["MemoryStorage", "Storage", "UnlockResult", "open_storage"]
 
 
-def open_storage(kind: str, redis_url: str | None = None, **options: Any) -> Storage:
+def open_storage(
+    kind: str, redis_url: str | None = None, *, keyspace: Keyspace | None = None, **options: Any
+) -> Storage:
     """Build the storage a node or distributor asked for by name.
 
     Redis options: `prefix` (key namespace, default "jr") and any `redis.asyncio` client option
-    (`socket_timeout`, `max_connections`, …). Memory storage takes none.
+    (`socket_timeout`, `max_connections`, …). Memory storage takes `keyspace` (its unique keys
+    and locks, shared by the storages of one reactor; default: its own).
     """
     if kind in {"memory", "memory_storage"}:
-        return MemoryStorage()
+        return MemoryStorage(keyspace)
     if kind in {"redis", "redis_storage"}:
         try:
             # Imported here so memory-only users never pay for importing redis-py.

@@ -35,15 +35,14 @@ def _copy(job_id: str, job: _Stored) -> JobRecord:
 
 
 class Keyspace:
-    """Unique keys and locks. One per process by default, so a distributor and the nodes in
-    one process see one another's (the gems' features hold "within one process" on memory)."""
+    """Unique keys and locks. A reactor owns one and gives it to every memory storage it opens,
+    so its distributor and its nodes see one another's (the gems' features hold "within one
+    process" on memory: an app or a node process runs one reactor). A storage made without one
+    has its own."""
 
     def __init__(self) -> None:
         self.uniq: dict[str, _Entry] = {}
         self.locks: dict[str, _Entry] = {}
-
-
-PROCESS_KEYSPACE = Keyspace()
 
 
 def _live(entry: _Entry | None, now: float) -> bool:
@@ -67,7 +66,7 @@ class MemoryStorage:
         self._jobs: dict[str, dict[str, _Stored]] = {}
         self._queues: dict[str, dict[str, JobRecord]] = {}  # insertion order = queue order
         self._withdrawn: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        keys = PROCESS_KEYSPACE if keyspace is None else keyspace
+        keys = Keyspace() if keyspace is None else keyspace
         self._uniq = keys.uniq
         self._locks = keys.locks
         self._calls = 0
