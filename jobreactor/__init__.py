@@ -23,6 +23,7 @@ from jobreactor.errors import (
     AlreadyClosed,
     CancelJob,
     ConfigError,
+    CorruptRecord,
     InsecureBind,
     InvalidArgs,
     InvalidOptions,
@@ -34,13 +35,18 @@ from jobreactor.errors import (
     QueueFull,
     ReactorClosed,
     ReactorForkedError,
+    ReactorRunning,
     ReactorTimeout,
     StorageError,
     StorageUnavailable,
+    UnknownConfigKey,
+    WaitTimeout,
+    WrongThread,
 )
 from jobreactor.handle import JobHandle
 from jobreactor.limits import Limit, LimitKeyError
 from jobreactor.monitor import RedisMonitor
+from jobreactor.nodehandle import NodeHandle
 from jobreactor.reactor import JR, Reactor
 
 try:
@@ -55,6 +61,7 @@ __all__ = [
     "CancelJob",
     "Config",
     "ConfigError",
+    "CorruptRecord",
     "InsecureBind",
     "InvalidArgs",
     "InvalidOptions",
@@ -66,16 +73,21 @@ __all__ = [
     "Limit",
     "LimitKeyError",
     "NoSuchJob",
+    "NodeHandle",
     "QueueFull",
     "Reactor",
     "ReactorClosed",
     "ReactorConfig",
     "ReactorForkedError",
+    "ReactorRunning",
     "ReactorTimeout",
     "RedisMonitor",
     "Registry",
     "StorageError",
     "StorageUnavailable",
+    "UnknownConfigKey",
+    "WaitTimeout",
+    "WrongThread",
     "__version__",
     "job",
     "job_callback",
