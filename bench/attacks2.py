@@ -218,7 +218,7 @@ registry.job("noop")(lambda args: None)
 started = time.perf_counter()
 node = r.start_node(sys.argv[1], distributors=[("127.0.0.1", int(sys.argv[2]))],
                     secret="bench-secret", registry=registry, wait=False)
-while not any(link.is_ready for link in node.links):
+while not node.linked():
     if time.perf_counter() - started > 40:
         break
     time.sleep(0.01)

@@ -38,9 +38,9 @@ from jobreactor.housekeeping import Housekeeping
 from jobreactor.logs import apply_log_format
 from jobreactor.loophost import LoopHost, Setup
 from jobreactor.metrics import JobMetrics
+from jobreactor.starting import Members
 
 __all__ = ["JR", "Reactor", "Setup"]
-from jobreactor.starting import Members
 
 logger = logging.getLogger("jobreactor")
 
