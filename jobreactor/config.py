@@ -49,8 +49,8 @@ class ReactorConfig(_Strict):
     remove_done_jobs: bool = True
     remove_cancelled_jobs: bool = True
     remove_failed_jobs: bool = False
-    # THE REDIS URL of redis storage when none is given to the call (SPEC 1.12 keeps the gem's
-    # name: it has nothing to do with the hiredis parser). Used only when set explicitly
+    # The Redis URL of redis storage when none is given to the call (the Ruby gem's setting
+    # name, kept: it has nothing to do with the hiredis parser). Used only when set explicitly
     # (`redis_url_said`): redis storage never assumes localhost.
     hiredis_url: str = "redis://localhost:6379"
     # Prefix of every Redis key (all under one hash tag `{prefix}`), to share one Redis.
@@ -59,7 +59,7 @@ class ReactorConfig(_Strict):
     # hiredis_url is not, redis storage's Redis too: redis://<redis_host>:<redis_port>.
     redis_host: str = "localhost"
     redis_port: int = Field(default=6379, ge=1, le=65535)
-    # THE LOG LEVEL of jobreactor's logger (SPEC 1.12 keeps the gem's name): "DEBUG", "INFO",
+    # The log level of jobreactor's logger (the Ruby gem's setting name, kept): "DEBUG", "INFO",
     # "WARNING", "ERROR", or None / "off" to silence it.
     logger_method: str | None = "INFO"
     # "json": one JSON object per log line (job id, name, node, attempt, duration...).

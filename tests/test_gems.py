@@ -57,7 +57,7 @@ def test_failed_job_is_kept_and_jr_retry_runs_it_again(reactor: Reactor) -> None
     h = reactor.enqueue("flaky", {"x": 1}, {"max_attempt": 2})
     with pytest.raises(JobFailed):
         h.result(10)  # type: ignore[union-attr]
-    stored = reactor.call(lambda: node.storage.load("w1", h.id))  # type: ignore[union-attr]
+    stored = reactor.call(lambda: node._node.storage.load("w1", h.id))  # type: ignore[union-attr]
     assert stored is not None
     assert stored.status == "failed"
     assert stored.last_error == "ValueError: not yet"

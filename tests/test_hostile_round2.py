@@ -278,7 +278,7 @@ def test_an_injected_frame_closes_the_link_and_never_runs(
     relayed: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     reactor, node, relay, ran = relayed
-    (link,) = node.links
+    (link,) = node._node.links
     first = link.conn
     with caplog.at_level(logging.WARNING, logger="jobreactor"):
         relay.send_down(encode(Jobs([(1, {"id": "inj", "name": "evil", "args": {}})])))
@@ -292,7 +292,7 @@ def test_an_injected_frame_closes_the_link_and_never_runs(
 
 def test_an_altered_frame_closes_the_link(relayed: Any, caplog: pytest.LogCaptureFixture) -> None:
     reactor, node, relay, ran = relayed
-    (link,) = node.links
+    (link,) = node._node.links
     first = link.conn
     with caplog.at_level(logging.WARNING, logger="jobreactor"):
         relay.flip_next.set()

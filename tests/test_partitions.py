@@ -94,11 +94,12 @@ def test_a_memory_node_cut_off_loses_its_jobs_and_duplicates_at_most_those_in_fl
         assert handle is not None
         handle.result(timeout=30)
     proxy.heal()
-    wait_until(lambda: old.links[0].is_ready, timeout=20, what="old back")
+    wait_until(lambda: old._node.links[0].is_ready, timeout=20, what="old back")
     wait_until(lambda: old.held_count == 0, timeout=10, what="old holding nothing")
     finals.wait(60, timeout=5)
     # Every report the old node made has been acknowledged: a duplicate would have landed.
-    wait_until(lambda: old.links[0].unacked_reports == 0, timeout=10, what="old's reports acked")
+    link = old._node.links[0]
+    wait_until(lambda: link.unacked_reports == 0, timeout=10, what="old's reports acked")
     assert sorted(finals.items) == list(range(60)), "final feedback exactly once per job"
     per_job = collections.Counter(i for _, i in ran.items)
     assert set(per_job) == set(range(60))
