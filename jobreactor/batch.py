@@ -68,7 +68,7 @@ from jobreactor.batch_stores import (
     client_for,
     close_redis_clients,
 )
-from jobreactor.errors import AlreadyClosed, InvalidOptions
+from jobreactor.errors import AlreadyClosed, InvalidArgs, InvalidOptions
 from jobreactor.storage.connect import LazySync
 from jobreactor.storage.keys import batch_keys
 
@@ -90,7 +90,7 @@ DEFAULT_TTL: Final = 86_400  # one day, the gem's default
 
 def _check_ttl(ttl: int) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise InvalidOptions(f"batch ttl must be a whole number of seconds, got {ttl!r}")
+        raise InvalidArgs(f"batch ttl must be a whole number of seconds, got {ttl!r}")
     if ttl <= 0:
         raise InvalidOptions(f"batch ttl must be positive, got {ttl}")
     return ttl

@@ -37,7 +37,9 @@ class InvalidOptions(JobReactorError, ValueError):
 
 
 class InvalidArgs(JobReactorError, TypeError):
-    """Job args that can't cross the wire: not plain data, or an integer outside -2**63..2**64-1."""
+    """A value of the wrong type: job args that can't cross the wire (not plain data, or an
+    integer outside -2**63..2**64-1), a value storage can't hold, a feedback that isn't
+    callable, a batch ttl that isn't whole seconds."""
 
 
 class NoSuchJob(JobReactorError):

@@ -73,7 +73,7 @@ def test_options_args_and_feedbacks(reactor: Reactor) -> None:
 
 def test_batches(reactor: Reactor) -> None:
     raises(InvalidOptions, ValueError, lambda: reactor.batch(ttl=0))
-    raises(InvalidOptions, ValueError, lambda: reactor.batch(ttl=1.5))  # type: ignore[arg-type]
+    raises(InvalidArgs, TypeError, lambda: reactor.batch(ttl=1.5))  # type: ignore[arg-type]
     raises(InvalidOptions, ValueError, lambda: reactor.batch(token=""))
     raises(InvalidOptions, ValueError, lambda: Batch("t", redis_client=object(), store=object()))  # type: ignore[arg-type]
 
