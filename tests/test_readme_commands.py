@@ -1,10 +1,15 @@
-"""Every shell command in the README and in examples/web/README.md runs as written.
+"""Every shell command in the README, the docs site's pages and examples/web/README.md runs
+as written, and every link of the README leads somewhere.
 
 A command in the docs that exits 2 on a fresh machine is a bug a new user meets first. This
 test reads the docs' `sh` blocks and runs each command line as it is written, in a project
 directory laid out from the docs themselves: a code block whose first line is `# <path>`
 (`# node.toml`, `# reactor_jobs/my_jobs.py`, `# myapp/feedbacks.py`) is that file. A block
 naming a file that exists in this repository must equal it (docs and examples stay one).
+The README is read first, then the pages of docs/ in the order of mkdocs.yml's nav, as a
+reader follows them: one project, the files shown so far. (`mkdocs build --strict` in
+.ci/run checks the site's own links and anchors; the README is not part of the site, so its
+links are checked here.)
 
 The one liberty taken: Redis. The docs say `redis://localhost:6379`; here that address is
 rewritten to the test's own redis-server, and `JOBREACTOR_HIREDIS_URL` (the documented default
@@ -25,9 +30,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
@@ -35,7 +42,35 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "examples" / "web" / "README.md"]
+
+
+class _NavLoader(yaml.SafeLoader):
+    """mkdocs.yml names Python objects (`!!python/name:...`): read them as nothing."""
+
+
+_NavLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda *_: None)
+
+
+def _nav_pages(entries: Any) -> list[str]:
+    """The pages of a mkdocs nav, in order (entries are paths, {title: path} or sections)."""
+    if isinstance(entries, str):
+        return [entries]
+    if isinstance(entries, list):
+        return [page for entry in entries for page in _nav_pages(entry)]
+    if isinstance(entries, dict):
+        return [page for value in entries.values() for page in _nav_pages(value)]
+    return []
+
+
+def site_pages() -> list[Path]:
+    """docs/ pages in the order of mkdocs.yml's nav."""
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_NavLoader)
+    return [ROOT / config.get("docs_dir", "docs") / page for page in _nav_pages(config["nav"])]
+
+
+# The README, then the site's pages, as a reader goes; the web recipe's README on its own.
+READING = [ROOT / "README.md", *site_pages()]
+DOCS = [*READING, ROOT / "examples" / "web" / "README.md"]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FILE_HEADER = re.compile(r"^# ([\w./-]+\.(?:py|toml))(?: \(.*\))?$", re.M)
 
@@ -43,7 +78,7 @@ FILE_HEADER = re.compile(r"^# ([\w./-]+\.(?:py|toml))(?: \(.*\))?$", re.M)
 NOT_RUN = {
     "pip install": "installing is what .ci/run does first, the same way",
     "bash .ci/run": "this test is part of that very command",
-    "python -m bench": "benchmarks take minutes; their figures are in the README",
+    "python -m bench": "benchmarks take minutes; their figures are in docs/benchmarks.md",
 }
 
 
@@ -216,14 +251,48 @@ def test_every_doc_command_has_a_rule() -> None:
                 )
 
 
+def test_every_site_page_is_in_the_nav() -> None:
+    on_disk = {p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts}
+    assert on_disk == set(site_pages()), "add the page to mkdocs.yml's nav (or delete it)"
+
+
+# [text](target) in markdown outside code; a target that is not an URL.
+LINK = re.compile(r"\[[^\]\n]*\]\((?![a-z][a-z0-9+.-]*:)([^)\s]+)\)")
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    text = BLOCK.sub("", doc.read_text())
+    return {_github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def test_readme_links_lead_somewhere() -> None:
+    """Relative links of the README (into docs/, to examples) name files that exist, and
+    anchors that their page has: they must work on GitHub, where the README is read."""
+    readme = ROOT / "README.md"
+    links = LINK.findall(BLOCK.sub("", readme.read_text()))
+    assert len(links) >= 20
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path) if path else readme
+        assert target.exists(), f"README.md links to {link}: no such file"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"README.md links to {link}: no such heading"
+
+
 def test_readme_commands_run_as_written(tmp_path: Path, redis_server: RedisServer) -> None:
-    """Top to bottom, as a reader follows it: each file block (re)writes its file in the
-    project, each command runs with the files shown so far."""
+    """The README, then the site's pages, top to bottom as a reader follows them: each file
+    block (re)writes its file in the project, each command runs with the files shown so far."""
     project = tmp_path / "project"
     project.mkdir()
     env = _child_env(redis_server)
     ran = 0
-    for block in blocks(ROOT / "README.md"):
+    for block in (block for doc in READING for block in blocks(doc)):
         path = file_of(block)
         if path is not None:
             (project / path).parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +305,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, redis_server: RedisServe
                 if any(part.startswith(prefix) for prefix in NOT_RUN):
                     continue
                 log = tmp_path / f"command-{ran}.log"
-                where = f"README.md:{block.line}"
+                where = f"{block.doc.relative_to(ROOT)}:{block.line}"
                 with running(_local_redis(redis_server, part), project, env, log, where):
                     ran += 1
     assert ran >= 10
