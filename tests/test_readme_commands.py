@@ -21,6 +21,7 @@ commands must exit 0 (1, "no such job", where the docs use a placeholder id such
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shlex
@@ -354,3 +355,34 @@ def test_web_example_commands_run_as_written(tmp_path: Path, redis_server: Redis
                     timeout=60,
                     what=f"the feedback of `{command}`'s request",
                 )
+
+
+def _help(*words: str) -> str:
+    """`jobreactor <words> --help`, run in this process (`main` is the console script)."""
+    from jobreactor.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*words, "--help"])
+    return out.getvalue()
+
+
+def _choices(help_text: str) -> list[str]:
+    """The subcommands a `--help` lists (`{a,b,c}`)."""
+    found = re.search(r"\{([\w,-]+)\}", help_text)
+    return found.group(1).split(",") if found else []
+
+
+def test_the_cli_reference_has_every_command_and_option() -> None:
+    """docs/reference/cli.md (written from `--help`) names every subcommand and every option
+    each one takes: a new command or flag needs its line there."""
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    commands = [[name] for name in _choices(_help())]
+    commands += [["jobs", name] for name in _choices(_help("jobs"))]
+    assert len(commands) >= 15
+    for words in commands:
+        title = f"`jobreactor {' '.join(words)}`"
+        assert f"# {title}" in page, f"docs/reference/cli.md: no heading {title}"
+        section = page.split(f"# {title}", 1)[1].split("\n## ", 1)[0]
+        for option in set(re.findall(r"(?<![\w-])--[a-z][\w-]*", _help(*words))):
+            assert option in section, f"docs/reference/cli.md: {title} lacks {option}"
