@@ -386,3 +386,46 @@ def test_the_cli_reference_has_every_command_and_option() -> None:
         section = page.split(f"# {title}", 1)[1].split("\n## ", 1)[0]
         for option in set(re.findall(r"(?<![\w-])--[a-z][\w-]*", _help(*words))):
             assert option in section, f"docs/reference/cli.md: {title} lacks {option}"
+
+
+def test_the_keys_page_names_every_key_the_code_spells() -> None:
+    """docs/storage/keys.md lists each key and channel as the code spells it (`storage/keys.py`,
+    `storage/status_index.py`, `discovery/keys.py`), placeholders in angle brackets."""
+    from jobreactor.discovery.keys import GroupKeys
+    from jobreactor.storage import status_index
+    from jobreactor.storage.keys import Keys, LegacyKeys, batch_keys
+
+    page = (ROOT / "docs" / "storage" / "keys.md").read_text()
+    keys, group, legacy = Keys("<p>"), GroupKeys("<p>", "<group>"), LegacyKeys("jr")
+    tagged_batch = batch_keys(None, "<token>", cluster=True)[1:]  # on a cluster
+    spelled = [
+        keys.job("<node>", "<id>"),
+        keys.index("<node>"),
+        keys.claim("<node>", "<token>:<start>"),
+        keys.commands("<node>"),
+        keys.nodes,
+        *keys.queue("<queue>"),
+        keys.withdrawn("<queue>"),
+        keys.uniq("enqueue:<enqueue_id>"),
+        keys.uniq("loner:<lock key>"),
+        keys.uniq("perform:<perform_id>"),
+        keys.lock("<lock key>"),
+        *keys.limit("<job>:<kind>:<key>"),
+        *(status_index.index_key(keys.node_tag("<node>"), kind) for kind in status_index.KINDS),
+        *batch_keys(None, "<token>", cluster=False)[1:],
+        *(key.replace("{", "{[<namespace>:]") for key in tagged_batch),
+        group.members("distributor"),
+        group.members("node"),
+        group.member("<instance id>"),
+        group.events,
+        group.journals,
+        group.journal("<journal>"),
+        legacy.job("<node>", "<id>"),
+        legacy.index("<node>"),
+        legacy.nodes,
+        legacy.queue("distributor:<host:port>")[0],
+        legacy.uniq_stem(),
+        legacy.lock_stem(),
+    ]
+    for key in spelled:
+        assert key in page, f"docs/storage/keys.md does not list {key}"
