@@ -7,7 +7,8 @@ or directory must exist: a missing one fails the build, like a broken link betwe
 then shown as its text, not as a link that would 404. Links inside docs/ are left to MkDocs'
 own validation (pages, anchors).
 
-Includes. A line `--8<-- "README.md:<section>"` is replaced by the README's text between
+Includes. A line `<!-- include README.md:<section> -->` (a comment: on GitHub the page links
+to the README instead) is replaced by the README's text between
 `<!-- --8<-- [start:<section>] -->` and `<!-- --8<-- [end:<section>] -->` (the marker syntax
 of pymdownx.snippets), so the set-up and quick start are written once. The README links from
 the repository's root: its links are rewritten relative to the including page first, and then
@@ -26,7 +27,7 @@ from mkdocs.exceptions import PluginError
 # [text](target): a relative target, not an URL, not an anchor of this page.
 LINK = re.compile(r"\[(?P<text>[^\]\n]*)\]\((?P<target>(?![a-z][a-z0-9+.-]*:|#)[^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~)", re.M)
-INCLUDE = re.compile(r'^--8<-- "(?P<file>[^":]+):(?P<section>[\w-]+)"$', re.M)
+INCLUDE = re.compile(r"^<!-- include (?P<file>[^\s:]+):(?P<section>[\w-]+) -->$", re.M)
 
 
 def _outside_fences(markdown: str, change: Any) -> str:
