@@ -65,7 +65,6 @@ from jobreactor.protocol.messages import (
     MAX_ITEMS_PER_FRAME,
     MAX_JOB_NAMES,
     MAX_NAME_CHARS,
-    MAX_WIRE_INT,
     MESSAGES,
     NONCE_BYTES,
     OUTCOMES,
@@ -93,6 +92,7 @@ from jobreactor.protocol.messages import (
     Return,
     Welcome,
 )
+from jobreactor.protocol.schema import MAX_WIRE_INT
 
 __all__ = [
     "ARGS_KINDS",

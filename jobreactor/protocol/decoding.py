@@ -16,7 +16,7 @@ import msgpack
 
 from jobreactor.errors import MalformedFrame
 from jobreactor.protocol.messages import CODECS, Message
-from jobreactor.protocol.schema import UNBOUNDED, Decoder, Limits, Version
+from jobreactor.protocol.schema import Decoder, Limits, Version
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

@@ -143,9 +143,7 @@ class Jobs(Message):
     """A batch of jobs, each with the lease the distributor issued for it."""
 
     TAG: ClassVar[int] = 5
-    jobs: Annotated[
-        list[tuple[int, Record]], Entries({"lease": Count(), "record": JobRecord()})
-    ]
+    jobs: Annotated[list[tuple[int, Record]], Entries({"lease": Count(), "record": JobRecord()})]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +283,7 @@ def _compile() -> dict[int, Codec]:
     codecs = {}
     for cls in MESSAGES:
         codec = codecs[cls.TAG] = compile_codec(cls, cls.TAG, _AFTER.get(cls))
-        cls.to_wire = codec.encode  # type: ignore[method-assign]
+        cls.to_wire = codec.encode  # type: ignore[method-assign,assignment]
     return codecs
 
 

@@ -43,7 +43,9 @@ class _Gen:
         return key
 
     def define(self, name: str, source: str) -> Any:
-        exec(compile(source, f"<wire schema: {name}>", "exec"), self.ns)  # noqa: S102
+        exec(
+            compile(source, f"<wire schema: {name}>", "exec"), self.ns
+        )  # the source is generated here, from the schema
         return self.ns[name]
 
 
@@ -86,9 +88,7 @@ class Count(Kind):
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not int or not self.low <= value <= MAX_WIRE_INT:
-            raise MalformedFrame(
-                f"{what} must be an integer in {self.low}..2**63-1, got {value!r}"
-            )
+            raise MalformedFrame(f"{what} must be an integer in {self.low}..2**63-1, got {value!r}")
 
 
 class Version(Kind):
@@ -111,8 +111,9 @@ class Version(Kind):
     def mismatch(self, peer: int) -> ProtocolVersionMismatch:
         older = "node" if (peer < self.current) == (self.sender == "node") else "app"
         side = {"node": "the node", "app": "the app (jobreactor on the distributor side)"}
+        receiver = "distributor" if self.sender == "node" else "node"
         return ProtocolVersionMismatch(
-            f"the {self.sender} speaks protocol version {peer} and this side speaks "
+            f"the {self.sender} speaks protocol version {peer}, the {receiver} speaks "
             f"{self.current}: upgrade {side[older]} so both run the same jobreactor version"
         )
 
@@ -196,8 +197,10 @@ class JobRecord(Data):
             f'type({v}.get("id")) is not str or type({v}.get("name")) is not str '
             f'or type({v}.get("args")) is not dict'
         )
-        return f"type({v}) is not dict or ({v} and ({inner}))" if self.empty_ok else (
-            f"type({v}) is not dict or {inner}"
+        return (
+            f"type({v}) is not dict or ({v} and ({inner}))"
+            if self.empty_ok
+            else (f"type({v}) is not dict or {inner}")
         )
 
     def check(self, value: Any, what: str) -> None:
@@ -337,8 +340,10 @@ def compile_codec(cls: type, tag: int, after: Callable[[Any], None] | None = Non
     unpack = f"    _, {', '.join(names)}, = f\n" if names else ""
     check = f"    if {' or '.join(tests)}:\n        _explain_fields(f)\n" if tests else ""
     built = f"{gen.name(cls)}({', '.join(values)})"
-    finish = f"    m = {built}\n    {gen.name(after)}(m)\n    return m\n" if after else (
-        f"    return {built}\n"
+    finish = (
+        f"    m = {built}\n    {gen.name(after)}(m)\n    return m\n"
+        if after
+        else (f"    return {built}\n")
     )
     decode = gen.define(
         f"decode_{label}",
