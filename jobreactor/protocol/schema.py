@@ -11,8 +11,9 @@ one declaration `compile_codec` builds, at import time:
 
 The encoder and decoder are generated as Python source with every field's check inlined (one
 combined test on the happy path; the precise error is worked out only once it failed): a
-generic loop over the fields cost about twice as much per job, and jobs, reports and credit
-travel this way on every job's trip. Nothing here unpacks or does I/O.
+generic loop calling each field kind's `check` cost three times as much per report item
+(1.3 µs against 0.43 µs, issue 20), and jobs, reports and credit travel this way on every
+job's trip. Nothing here unpacks or does I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class _Gen:
 
     def __init__(self) -> None:
         self.ns: dict[str, Any] = {"MalformedFrame": MalformedFrame, "_new": tuple.__new__}
+        self.sources: list[str] = []  # what was generated, for reading (Codec.source)
 
     def name(self, value: Any) -> str:
         key = f"_c{len(self.ns)}"
@@ -43,6 +45,7 @@ class _Gen:
         return key
 
     def define(self, name: str, source: str) -> Any:
+        self.sources.append(source)
         exec(
             compile(source, f"<wire schema: {name}>", "exec"), self.ns
         )  # the source is generated here, from the schema
@@ -266,7 +269,7 @@ def {helper}(value):
     append = out.append
     for item in value:
         if type(item) is not list or len(item) != {len(names)}:
-            raise MalformedFrame(f"each of {what} must be {self.shape()}, got {{item!r:.80}}")
+            raise MalformedFrame("each of {what} must be {self.shape()}")
         {", ".join(names)}, = item
         if {test}:
             {explain_item}(item)
@@ -305,6 +308,7 @@ class Codec:
     encode: Callable[[Any], list[Any]]  # the message -> [tag, *fields]
     limits: Limits
     version: Version | None  # the first field, when it is the protocol version
+    source: str  # the generated code, to read: print(CODECS[Reports.TAG].source)
 
 
 def kinds_of(cls: type) -> dict[str, Kind]:
@@ -357,4 +361,5 @@ def compile_codec(cls: type, tag: int, after: Callable[[Any], None] | None = Non
     top: Limits = (0, 0, len(names) + 1, 0)
     limits = _widest([top, *(k.limits for k in kinds.values())])
     first = next(iter(kinds.values()), None)
-    return Codec(decode, encode, limits, first if isinstance(first, Version) else None)
+    version = first if isinstance(first, Version) else None
+    return Codec(decode, encode, limits, version, "\n".join(gen.sources))
