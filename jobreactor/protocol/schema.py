@@ -53,13 +53,13 @@ class _Gen:
 
 
 class Kind:
-    """How one field travels. `fails` is an inline test (true: invalid); `check` raises the
-    precise error; `decoded` is the expression of the decoded value (a composite kind checks
-    and converts there). `limits`: what msgpack must allow for a value of this kind."""
+    """How one field travels. `valid` is an inline test (true: valid; None: a composite kind,
+    which checks and converts in `decoded`, the expression of the decoded value); `check`
+    raises the precise error. `limits`: what msgpack must allow for a value of this kind."""
 
     limits: Limits = (0, 0, 0, 0)
 
-    def fails(self, v: str, gen: _Gen) -> str | None:
+    def valid(self, v: str, gen: _Gen) -> str | None:
         return None
 
     def check(self, value: Any, what: str) -> None:
@@ -72,8 +72,8 @@ class Kind:
 class Int(Kind):
     """Any integer (not a bool)."""
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not int"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is int"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not int:
@@ -86,8 +86,8 @@ class Count(Kind):
     def __init__(self, low: int = 0) -> None:
         self.low = low
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not int or not {self.low} <= {v} <= {MAX_WIRE_INT}"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is int and {self.low} <= {v} <= {MAX_WIRE_INT}"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not int or not self.low <= value <= MAX_WIRE_INT:
@@ -102,8 +102,8 @@ class Version(Kind):
     def __init__(self, current: int, sender: str) -> None:
         self.current, self.sender = current, sender
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not int or {v} != {self.current}"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is int and {v} == {self.current}"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not int:
@@ -126,9 +126,9 @@ class Str(Kind):
         self.max_chars = max_chars
         self.limits = (NAME_BYTES, 0, 0, 0)
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        longer = "" if self.max_chars is None else f" or len({v}) > {self.max_chars}"
-        return f"type({v}) is not str{longer}"
+    def valid(self, v: str, gen: _Gen) -> str:
+        short = "" if self.max_chars is None else f" and len({v}) <= {self.max_chars}"
+        return f"type({v}) is str{short}"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not str:
@@ -144,8 +144,8 @@ class OneOf(Str):
         super().__init__()
         self.values = frozenset(values)
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not str or {v} not in {gen.name(self.values)}"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is str and {v} in {gen.name(self.values)}"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not str or value not in self.values:
@@ -156,8 +156,8 @@ class Bytes(Kind):
     def __init__(self, max_len: int) -> None:
         self.limits = (0, max_len, 0, 0)
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not bytes"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is bytes"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not bytes:
@@ -165,8 +165,8 @@ class Bytes(Kind):
 
 
 class Bool(Kind):
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not bool"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is bool"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not bool:
@@ -181,8 +181,8 @@ class Data(Kind):
 
     limits = _ANY_DATA
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        return f"type({v}) is not dict"
+    def valid(self, v: str, gen: _Gen) -> str:
+        return f"type({v}) is dict"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not dict:
@@ -195,15 +195,15 @@ class JobRecord(Data):
     def __init__(self, empty_ok: bool = False) -> None:
         self.empty_ok = empty_ok
 
-    def fails(self, v: str, gen: _Gen) -> str:
+    def valid(self, v: str, gen: _Gen) -> str:
         inner = (
-            f'type({v}.get("id")) is not str or type({v}.get("name")) is not str '
-            f'or type({v}.get("args")) is not dict'
+            f'type({v}.get("id")) is str and type({v}.get("name")) is str '
+            f'and type({v}.get("args")) is dict'
         )
         return (
-            f"type({v}) is not dict or ({v} and ({inner}))"
+            f"type({v}) is dict and (not {v} or {inner})"
             if self.empty_ok
-            else (f"type({v}) is not dict or {inner}")
+            else (f"type({v}) is dict and {inner}")
         )
 
     def check(self, value: Any, what: str) -> None:
@@ -224,10 +224,10 @@ class ListOf(Kind):
         bound = UNBOUNDED if max_items is None else max_items
         self.limits = _widest([item.limits, (0, 0, bound, 0)])
 
-    def fails(self, v: str, gen: _Gen) -> str:
-        item = self.item.fails("x", gen)
-        longer = "" if self.max_items is None else f" or len({v}) > {self.max_items}"
-        return f"type({v}) is not list{longer} or not all(not ({item}) for x in {v})"
+    def valid(self, v: str, gen: _Gen) -> str:
+        item = self.item.valid("x", gen)
+        short = "" if self.max_items is None else f" and len({v}) <= {self.max_items}"
+        return f"type({v}) is list{short} and all({item} for x in {v})"
 
     def check(self, value: Any, what: str) -> None:
         if type(value) is not list:
@@ -255,8 +255,8 @@ class Entries(Kind):
     def decoded(self, v: str, gen: _Gen, what: str) -> str:
         helper = f"_entries{len(gen.ns)}"
         names = [f"e{i}" for i in range(len(self.fields))]
-        fails = [k.fails(n, gen) for k, n in zip(self.fields.values(), names, strict=True)]
-        test = " or ".join(f"({f})" for f in fails if f) or "False"
+        tests = [k.valid(n, gen) for k, n in zip(self.fields.values(), names, strict=True)]
+        test = " and ".join(f"({t})" for t in tests if t) or "True"
         build = f"_new({gen.name(self.into)}, item)" if self.into else f"({', '.join(names)},)"
         longer = "" if self.max_items is None else f" or len(value) > {self.max_items}"
         explain_list = gen.name(lambda value: self._explain_list(value, what))
@@ -271,7 +271,7 @@ def {helper}(value):
         if type(item) is not list or len(item) != {len(names)}:
             raise MalformedFrame("each of {what} must be {self.shape()}")
         {", ".join(names)}, = item
-        if {test}:
+        if not ({test}):
             {explain_item}(item)
         append({build})
     return out
@@ -336,13 +336,13 @@ def compile_codec(cls: type, tag: int, after: Callable[[Any], None] | None = Non
     label = cls.__name__
     tests, values = [], []
     for (field, kind), var in zip(kinds.items(), names, strict=True):
-        fails = kind.fails(var, gen)
-        if fails:
-            tests.append(f"({fails})")
+        valid = kind.valid(var, gen)
+        if valid:
+            tests.append(f"({valid})")
         values.append(kind.decoded(var, gen, field.replace("_", " ")))
     gen.ns["_explain_fields"] = lambda f: _explain(kinds, f[1:])
     unpack = f"    _, {', '.join(names)}, = f\n" if names else ""
-    check = f"    if {' or '.join(tests)}:\n        _explain_fields(f)\n" if tests else ""
+    check = f"    if not ({' and '.join(tests)}):\n        _explain_fields(f)\n" if tests else ""
     built = f"{gen.name(cls)}({', '.join(values)})"
     finish = (
         f"    m = {built}\n    {gen.name(after)}(m)\n    return m\n"
