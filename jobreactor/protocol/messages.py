@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final, NamedTuple
 
@@ -91,6 +90,9 @@ class Message:
     def fields(self) -> list[Any]:
         return self.to_wire()[1:]
 
+    def check_across(self) -> None:
+        """Checks across fields, run on a decoded message (MalformedFrame); none by default."""
+
 
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
@@ -176,12 +178,6 @@ class ReportItem(NamedTuple):
     completes_batch: Text = ""
 
 
-def _reports_fit(message: Reports) -> None:
-    # The distributor acknowledges up to first_seq + len - 1: that must fit too.
-    if message.first_seq + len(message.items) > MAX_WIRE_INT:
-        raise MalformedFrame("first_seq + number of reports must be in 0..2**63-1")
-
-
 @dataclass(frozen=True, slots=True)
 class Reports(Message):
     """Job outcomes, numbered from `first_seq` so the distributor can acknowledge them."""
@@ -189,6 +185,11 @@ class Reports(Message):
     TAG: ClassVar[int] = 8
     first_seq: Counted
     items: Annotated[list[ReportItem], Entries(kinds_of(ReportItem), into=ReportItem)]
+
+    def check_across(self) -> None:
+        # The distributor acknowledges up to first_seq + len - 1: that must fit too.
+        if self.first_seq + len(self.items) > MAX_WIRE_INT:
+            raise MalformedFrame("first_seq + number of reports must be in 0..2**63-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,13 +277,13 @@ MESSAGES: Final[tuple[type[Message], ...]] = (
     Hello, Challenge, Auth, Welcome, Jobs, Ack, Nack, Reports, ReportsAck, Cancel, Return,
     Ping, Pong, Bye, HeldJobs, Dropped, Command, CommandResult,
 )  # fmt: skip
-_AFTER: Final[dict[type[Message], Callable[[Any], None]]] = {Reports: _reports_fit}
 
 
 def _compile() -> dict[int, Codec]:
     codecs = {}
     for cls in MESSAGES:
-        codec = codecs[cls.TAG] = compile_codec(cls, cls.TAG, _AFTER.get(cls))
+        across = cls.check_across is not Message.check_across
+        codec = codecs[cls.TAG] = compile_codec(cls, cls.TAG, across)
         cls.to_wire = codec.encode  # type: ignore[method-assign,assignment]
     return codecs
 

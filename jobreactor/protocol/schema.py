@@ -1,7 +1,7 @@
 """The wire schema: each message's fields, types and bounds, declared once, on the message.
 
 A message is a dataclass whose fields are annotated with a `Kind` (`node_name: Annotated[str,
-Str(MAX_NAME_CHARS)]`, usually through an alias such as `Count`). The field order is the
+Str(MAX_NAME_CHARS)]`, often through an alias such as `Counted`). The field order is the
 order in the msgpack array after the tag; the kind is the field's type and bounds. From that
 one declaration `compile_codec` builds, at import time:
 
@@ -13,7 +13,9 @@ The encoder and decoder are generated as Python source with every field's check 
 combined test on the happy path; the precise error is worked out only once it failed): a
 generic loop calling each field kind's `check` cost three times as much per report item
 (1.3 µs against 0.43 µs, issue 20), and jobs, reports and credit travel this way on every
-job's trip. Nothing here unpacks or does I/O.
+job's trip. The source is built at import time from these declarations only: no byte from a
+peer is ever part of generated code (peer data is checked by it, never evaluated). Nothing here
+unpacks or does I/O.
 """
 
 from __future__ import annotations
@@ -328,9 +330,9 @@ def kinds_of(cls: type) -> dict[str, Kind]:
     return kinds
 
 
-def compile_codec(cls: type, tag: int, after: Callable[[Any], None] | None = None) -> Codec:
+def compile_codec(cls: type, tag: int, check_across: bool = False) -> Codec:
     """Generate the encoder and decoder of message class `cls` (see the module docstring).
-    `after`: a check across fields, run on the decoded message."""
+    `check_across`: the decoder calls the message's `check_across()` (checks across fields)."""
     kinds, gen = kinds_of(cls), _Gen()
     names = [f"f{i}" for i in range(len(kinds))]
     label = cls.__name__
@@ -345,9 +347,9 @@ def compile_codec(cls: type, tag: int, after: Callable[[Any], None] | None = Non
     check = f"    if not ({' and '.join(tests)}):\n        _explain_fields(f)\n" if tests else ""
     built = f"{gen.name(cls)}({', '.join(values)})"
     finish = (
-        f"    m = {built}\n    {gen.name(after)}(m)\n    return m\n"
-        if after
-        else (f"    return {built}\n")
+        f"    m = {built}\n    m.check_across()\n    return m\n"
+        if check_across
+        else f"    return {built}\n"
     )
     decode = gen.define(
         f"decode_{label}",
