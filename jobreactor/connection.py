@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from jobreactor.errors import LocalProtocolError, RemoteProtocolError
+from jobreactor.errors import LocalProtocolError, ProtocolVersionMismatch, RemoteProtocolError
 from jobreactor.protocol import (
     Bye,
     FrameDecoder,
@@ -141,6 +141,10 @@ class FramedConnection(asyncio.Protocol):
                 if time.perf_counter() > deadline:
                     self._yield_turn()
                     return
+        except ProtocolVersionMismatch as exc:  # the message says which side to upgrade
+            self.warn("closing %s connection from %s: %s", self.label, self.peer, exc)
+            self.close(str(exc), notify=True)  # the peer logs it too
+            return
         except RemoteProtocolError as exc:
             self.warn(
                 "closing %s connection from %s: %s (a peer with another version, a bug, "

@@ -82,6 +82,10 @@ class HandshakeFailed(RemoteProtocolError):
     """The peer did not complete the handshake in time, spoke another version, or failed auth."""
 
 
+class ProtocolVersionMismatch(HandshakeFailed):
+    """The peer speaks another protocol version; the message says which side to upgrade."""
+
+
 class StorageError(JobReactorError):
     """A storage operation failed."""
 

@@ -115,7 +115,7 @@ def test_an_anonymous_peer_announcing_a_big_frame_is_closed_at_the_header(
 
 def test_an_anonymous_peer_may_send_only_handshake_kinds(reactor: Reactor) -> None:
     port = reactor.distributor.address_port()
-    body = msgpack.packb([8, 1, [["j", 1, "success", True, {}]]])  # Reports before Hello
+    body = msgpack.packb([8, 1, [["j", 1, "success", True, {}, ""]]])  # Reports before Hello
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(struct.pack(">I", len(body)) + body)
         assert closed_by_peer(sock, timeout=5)

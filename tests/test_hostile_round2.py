@@ -28,7 +28,7 @@ from jobreactor.protocol import (
     Bye,
     Dropped,
     FrameDecoder,
-    Held,
+    HeldJobs,
     Hello,
     Jobs,
     Message,
@@ -106,7 +106,7 @@ BEYOND = {
     "ack": encode(Ack([1, 2, 3], 0)),
     "return": encode(Return(["a", "b"])),
     # more items in one frame than any node sends
-    "held": encode(Held([(f"j{i}", i) for i in range(MAX_ITEMS_PER_FRAME + 1)], True)),
+    "held": encode(HeldJobs([(f"j{i}", i) for i in range(MAX_ITEMS_PER_FRAME + 1)], True)),
     "ack-count": encode(Ack(list(range(MAX_ITEMS_PER_FRAME + 1)), 0)),
     # a stream of acknowledgements that acknowledge nothing and grant nothing
     "idle-acks": encode(Ack([], 0)) * 1002,
@@ -132,7 +132,7 @@ def test_a_peer_beyond_a_bound_is_closed_with_a_bye(
 def test_a_peer_at_the_bounds_is_served(probed: Reactor) -> None:
     peer = RawNode(probed.distributor.address_port(), credits=0)
     try:
-        peer.send(encode(Held([(f"j{i}", i) for i in range(MAX_ITEMS_PER_FRAME)], True)))
+        peer.send(encode(HeldJobs([(f"j{i}", i) for i in range(MAX_ITEMS_PER_FRAME)], True)))
         answer = peer.next()
         assert isinstance(answer, Dropped)
         for _ in range(200):  # a flood of empty acknowledgements granting credit

@@ -31,7 +31,7 @@ from jobreactor.protocol import (
     CommandResult,
     Dropped,
     FrameDecoder,
-    Held,
+    HeldJobs,
     Hello,
     Jobs,
     Message,
@@ -88,8 +88,8 @@ ALL_MESSAGES: list[Message] = [
     Ping(),
     Pong(),
     Bye("shutting down"),
-    Held([("j3", 4), ("j4", 5)], False),
-    Held([], True),
+    HeldJobs([("j3", 4), ("j4", 5)], False),
+    HeldJobs([], True),
     Dropped(["j3"], False),
     Dropped([], True),
     Command(1, "release_lock", "lock:nightly"),
@@ -376,20 +376,20 @@ def test_every_field_of_the_wrong_type_is_malformed(message: Message, index: int
 HELLO = ALL_MESSAGES[0]
 NONCE = b"\x01" * NONCE_BYTES
 GOOD_JOB = {"id": "j", "name": "n", "args": {}}
-GOOD_REPORT = ["j", 1, "success", True, {}]
+GOOD_REPORT = ["j", 1, "success", True, {}, ""]
 
 NESTED_WRONG_TYPES = {
-    "job names with an int": [1, 1, "w", ["a", 2], 1, "memory", NONCE, []],
-    "held entry not a pair": [1, 1, "w", [], 1, "memory", NONCE, [["j1"]]],
-    "held entry of three": [1, 1, "w", [], 1, "memory", NONCE, [["j1", 1, 2]]],
-    "held entry a string": [1, 1, "w", [], 1, "memory", NONCE, ["j1"]],
-    "held lease a string": [1, 1, "w", [], 1, "memory", NONCE, [["j1", "1"]]],
-    "held lease a bool": [1, 1, "w", [], 1, "memory", NONCE, [["j1", True]]],
-    "held job id an int": [1, 1, "w", [], 1, "memory", NONCE, [[1, 1]]],
+    "job names with an int": [1, PROTOCOL_VERSION, "w", ["a", 2], 1, "memory", NONCE, []],
+    "held entry not a pair": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, [["j1"]]],
+    "held entry of three": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, [["j1", 1, 2]]],
+    "held entry a string": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, ["j1"]],
+    "held lease a string": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, [["j1", "1"]]],
+    "held lease a bool": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, [["j1", True]]],
+    "held job id an int": [1, PROTOCOL_VERSION, "w", [], 1, "memory", NONCE, [[1, 1]]],
     "version a bool": [1, True, "w", [], 1, "memory", NONCE, []],
-    "credits a float": [1, 1, "w", [], 1.0, "memory", NONCE, []],
-    "nonce as text": [1, 1, "w", [], 1, "memory", "nonce", []],
-    "welcome drop with an int": [4, 1, "d:1", [1]],
+    "credits a float": [1, PROTOCOL_VERSION, "w", [], 1.0, "memory", NONCE, []],
+    "nonce as text": [1, PROTOCOL_VERSION, "w", [], 1, "memory", "nonce", []],
+    "welcome drop with an int": [4, PROTOCOL_VERSION, "d:1", [1]],
     "command op unknown": [20, 1, "flushall", "x"],
     "command result job without id": [21, 1, True, {"name": "n", "args": {}}, ""],
     "job entry not a pair": [5, [[1]]],
@@ -408,17 +408,18 @@ NESTED_WRONG_TYPES = {
     "ack leases with a bool": [6, [1, True], 1],
     "ack leases with a float": [6, [1.0], 1],
     "ack credits a bool": [6, [], False],
-    "report of four": [8, 0, [GOOD_REPORT[:4]]],
-    "report of six": [8, 0, [[*GOOD_REPORT, None]]],
+    "report of five": [8, 0, [GOOD_REPORT[:5]]],
+    "report of seven": [8, 0, [[*GOOD_REPORT, None]]],
+    "report completes_batch an int": [8, 0, [["j", 1, "success", True, {}, 1]]],
     "report a dict": [8, 0, [{"job_id": "j"}]],
-    "report unknown outcome": [8, 0, [["j", 1, "done", True, {}]]],
-    "report outcome an int": [8, 0, [["j", 1, 1, True, {}]]],
-    "report outcome a list": [8, 0, [["j", 1, ["success"], True, {}]]],
-    "report outcome a map": [8, 0, [["j", 1, {"success": 1}, True, {}]]],
-    "report job id an int": [8, 0, [[1, 1, "success", True, {}]]],
-    "report lease a bool": [8, 0, [["j", True, "success", True, {}]]],
-    "report final an int": [8, 0, [["j", 1, "success", 1, {}]]],
-    "report args a list": [8, 0, [["j", 1, "success", True, []]]],
+    "report unknown outcome": [8, 0, [["j", 1, "done", True, {}, ""]]],
+    "report outcome an int": [8, 0, [["j", 1, 1, True, {}, ""]]],
+    "report outcome a list": [8, 0, [["j", 1, ["success"], True, {}, ""]]],
+    "report outcome a map": [8, 0, [["j", 1, {"success": 1}, True, {}, ""]]],
+    "report job id an int": [8, 0, [[1, 1, "success", True, {}, ""]]],
+    "report lease a bool": [8, 0, [["j", True, "success", True, {}, ""]]],
+    "report final an int": [8, 0, [["j", 1, "success", 1, {}, ""]]],
+    "report args a list": [8, 0, [["j", 1, "success", True, [], ""]]],
     "reports not a list": [8, 0, {"j": GOOD_REPORT}],
     "return ids with an int": [11, ["j1", 2]],
 }
@@ -471,7 +472,7 @@ def test_timestamp_ext_type_becomes_plain_float_seconds() -> None:
     message = decode_body(body_of([Jobs.TAG, [[1, record]]]))
     assert isinstance(message, Jobs)
     assert message.jobs[0][1]["args"]["when"] == 1704067200.0
-    item = ["j", 1, "success", True, {"when": stamp}]
+    item = ["j", 1, "success", True, {"when": stamp}, ""]
     decoded = decode_body(body_of([Reports.TAG, 0, [item]]))
     assert isinstance(decoded, Reports)
     assert decoded.items[0].args == {"when": 1704067200.0}
@@ -656,18 +657,19 @@ arg_dicts = st.dictionaries(names, json_like, max_size=4)
 records = st.fixed_dictionaries({"id": names, "name": names, "args": arg_dicts})
 report_items = st.builds(
     ReportItem, names, leases, st.sampled_from(["success", "error", "cancelled"]),
-    st.booleans(), arg_dicts,
+    st.booleans(), arg_dicts, st.just("") | names,
 )  # fmt: skip
 # One strategy per message kind (test_protocol_fuzz checks that every kind is here).
 KIND_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Hello: st.builds(
-        Hello, st.integers(0, 2**31), names, st.lists(names, max_size=4), st.integers(0, 2**31),
+        Hello, st.just(PROTOCOL_VERSION), names, st.lists(names, max_size=4), st.integers(0, 2**31),
         st.sampled_from(["memory", "redis"]), st.binary(min_size=16, max_size=16),
         st.lists(st.tuples(names, leases), max_size=4), st.text(max_size=16), st.booleans(),
     ),
     Challenge: st.builds(Challenge, st.binary(max_size=32), st.binary(max_size=32)),
     Auth: st.builds(Auth, st.binary(max_size=32)),
-    Welcome: st.builds(Welcome, st.integers(0, 2**31), names, st.lists(names, max_size=4)),
+    # (a hello of another version is an "upgrade" error: tests/test_protocol_versions.py)
+    Welcome: st.builds(Welcome, st.just(PROTOCOL_VERSION), names, st.lists(names, max_size=4)),
     Jobs: st.builds(Jobs, st.lists(st.tuples(leases, records), max_size=4)),
     Ack: st.builds(Ack, st.lists(leases, max_size=8), st.integers(0, 2**31)),
     Nack: st.builds(Nack, leases, st.text(max_size=20)),
@@ -678,7 +680,7 @@ KIND_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Ping: st.just(Ping()),
     Pong: st.just(Pong()),
     Bye: st.builds(Bye, st.text(max_size=20)),
-    Held: st.builds(Held, st.lists(st.tuples(names, leases), max_size=4), st.booleans()),
+    HeldJobs: st.builds(HeldJobs, st.lists(st.tuples(names, leases), max_size=4), st.booleans()),
     Dropped: st.builds(Dropped, st.lists(names, max_size=4), st.booleans()),
     Command: st.builds(
         Command, st.integers(0, 2**31), st.sampled_from(["release_lock", "retry"]), names

@@ -102,11 +102,11 @@ def test_reports_with_an_out_of_range_seq_are_a_protocol_error() -> None:
         with pytest.raises(Exception, match="first_seq") as info:
             decode_body(body)
         assert type(info.value).__name__ == "MalformedFrame"
-    item = ["j1", 1, "success", True, {}]
+    item = ["j1", 1, "success", True, {}, ""]
     with pytest.raises(Exception, match="first_seq"):
         decode_body(msgpack.packb([Reports.TAG, 2**63 - 1, [item]]))
     with pytest.raises(Exception, match="lease"):
-        decode_body(msgpack.packb([Reports.TAG, 1, [["j1", 2**64 - 1, "success", True, {}]]]))
+        decode_body(msgpack.packb([Reports.TAG, 1, [["j1", 2**64 - 1, "success", True, {}, ""]]]))
 
 
 def _frame(body: list[Any]) -> bytes:

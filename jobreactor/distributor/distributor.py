@@ -44,7 +44,7 @@ from jobreactor.protocol import (
     Cancel,
     CommandResult,
     Dropped,
-    Held,
+    HeldJobs,
     ReportItem,
     Reports,
 )
@@ -552,7 +552,7 @@ class Distributor(Sessions):
         else:  # acknowledged once the removals they caused are stored (journal.py)
             self.journal.when_durable(lambda: session.ack_reports(upto))
 
-    def _on_held(self, session: NodeSession, message: Held) -> None:
+    def _on_held(self, session: NodeSession, message: HeldJobs) -> None:
         drop = self._take_over_held(session, message.held)
         session.conn.send(Dropped(drop, message.last))
         if message.origin and message.last:

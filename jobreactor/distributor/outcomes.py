@@ -21,7 +21,7 @@ from jobreactor.distributor.journal import Journal
 from jobreactor.errors import StorageError
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.protocol import BATCH_COMPLETE_KEY, ReportItem
+from jobreactor.protocol import ReportItem
 from jobreactor.storage.base import Storage
 
 logger = logging.getLogger("jobreactor.distributor")
@@ -88,9 +88,8 @@ class Outcomes:
             if "attempt" not in item.args:  # the first attempt (a retry says which it is)
                 self._release_unique(item.job_id)
             return
-        batch_token = item.args.pop(BATCH_COMPLETE_KEY, None)
-        if isinstance(batch_token, str):
-            self._batch_complete(batch_token)
+        if item.completes_batch:
+            self._batch_complete(item.completes_batch)
         if not item.final:
             waiting = self._waiting.get(item.job_id)
             if waiting is not None:

@@ -29,7 +29,7 @@ from jobreactor.protocol import (
     CommandResult,
     FrameOpener,
     FrameSealer,
-    Held,
+    HeldJobs,
     Hello,
     Jobs,
     Message,
@@ -69,14 +69,14 @@ class Phase(Enum):
 _ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
     Phase.AWAIT_HELLO: (Hello, Bye),
     Phase.AWAIT_AUTH: (Auth, Bye),
-    Phase.READY: (Ack, Nack, Reports, Return, Held, CommandResult, Bye),
+    Phase.READY: (Ack, Nack, Reports, Return, HeldJobs, CommandResult, Bye),
     Phase.CLOSED: (),
 }
 # What an anonymous peer may send at all; anything else is refused before it is unpacked.
 PRE_AUTH_TAGS: Final = frozenset({Hello.TAG, Auth.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 # What a node may send once admitted (never Jobs: refused by its tag, before it is buffered).
 NODE_TAGS: Final = frozenset(
-    {Ack.TAG, Nack.TAG, Reports.TAG, Return.TAG, Held.TAG, CommandResult.TAG, Bye.TAG}
+    {Ack.TAG, Nack.TAG, Reports.TAG, Return.TAG, HeldJobs.TAG, CommandResult.TAG, Bye.TAG}
     | {Ping.TAG, Pong.TAG}
 )
 # Size bounds per kind, on top of max_frame_bytes (which only Reports and CommandResult, the
@@ -86,7 +86,7 @@ NODE_KIND_BYTES: Final = {
     Ack.TAG: 10 * MAX_ITEMS_PER_FRAME + 64,
     Nack.TAG: 8192,
     Return.TAG: _ITEM_FRAME,
-    Held.TAG: _ITEM_FRAME,
+    HeldJobs.TAG: _ITEM_FRAME,
     Bye.TAG: 8192,
     Ping.TAG: 16,
     Pong.TAG: 16,

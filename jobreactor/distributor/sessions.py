@@ -23,7 +23,7 @@ from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     CommandResult,
-    Held,
+    HeldJobs,
     Message,
     Nack,
     Reports,
@@ -58,7 +58,7 @@ class Sessions(Recovery):
         def _dispatch(self) -> None: ...
         def _on_reports(self, session: NodeSession, message: Reports) -> None: ...
         def _on_command_result(self, session: NodeSession, result: CommandResult) -> None: ...
-        def _on_held(self, session: NodeSession, message: Held) -> None: ...
+        def _on_held(self, session: NodeSession, message: HeldJobs) -> None: ...
 
     def live_session(self, name: str) -> NodeSession | None:
         return self._by_name.get(name)
@@ -256,7 +256,7 @@ class Sessions(Recovery):
                 self._on_reports(session, message)
             case CommandResult():
                 self._on_command_result(session, message)
-            case Held():
+            case HeldJobs():
                 self._on_held(session, message)
             case Return():
                 self._on_return(session, message)

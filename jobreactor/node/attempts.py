@@ -30,7 +30,6 @@ from jobreactor.node.process_pool import ProcessPool
 from jobreactor.node.runner import errbacks_of, plain_args, run_steps, run_sync, steps_of
 from jobreactor.node.scheduler import ReadyQueue, TimerHeap
 from jobreactor.node.supervisor import Recycler
-from jobreactor.protocol import BATCH_COMPLETE_KEY
 from jobreactor.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -261,21 +260,22 @@ class Attempts:
         record = held.record
         assert record.batch is not None
         assert record.part is not None
+        completes = ""  # the report's `completes_batch`: the app runs the batch's on_complete
         try:
             if await self.batch_done(record.batch, record.part):
-                args[BATCH_COMPLETE_KEY] = record.batch
+                completes = record.batch
         except StorageError as exc:
             logger.warning("job %s: could not mark batch part done: %s", record.id, exc)
-        self._complete_success(held, args)
+        self._complete_success(held, args, completes)
 
-    def _complete_success(self, held: Held, args: dict[str, Any]) -> None:
+    def _complete_success(self, held: Held, args: dict[str, Any], completes: str = "") -> None:
         record = held.record
         periodic = record.is_periodic and not held.cancel_requested
         if held.span is not None:
             otel.end_run(held, "success")
         if not record.is_periodic:
             self._end_attempt(held)  # first: its lock/perform id go before the app hears of it
-        self._report(held, "success", not record.is_periodic, args)
+        self._report(held, "success", not record.is_periodic, args, completes)
         if periodic and not held.dropped:
             args.pop("job_itself", None)
             record.args = args
@@ -442,7 +442,9 @@ class Attempts:
         else:
             self._persist(held.record)
 
-    def _report(self, held: Held, outcome: str, final: bool, args: dict[str, Any]) -> None:
+    def _report(
+        self, held: Held, outcome: str, final: bool, args: dict[str, Any], completes: str = ""
+    ) -> None:
         if held.dropped:
             return
         link = held.link
@@ -461,10 +463,10 @@ class Attempts:
             # it can take the same lock or perform id again at once.
             record = held.record
             releasing.add_done_callback(
-                lambda _: link.report(record.id, record.lease, outcome, final, args)
+                lambda _: link.report(record.id, record.lease, outcome, final, args, completes)
             )
             return
-        link.report(held.record.id, held.record.lease, outcome, final, args)
+        link.report(held.record.id, held.record.lease, outcome, final, args, completes)
 
     def _job_itself(self, record: JobRecord) -> dict[str, Any]:
         itself = record.to_dict()

@@ -33,7 +33,7 @@ from jobreactor.protocol import (
     Challenge,
     Command,
     Dropped,
-    Held,
+    HeldJobs,
     Jobs,
     Message,
     Nack,
@@ -269,7 +269,7 @@ class DistributorLink(Reporting):
         more, self._more_held = self._more_held, []
         for start in range(0, len(more), _HELD_PER_FRAME):  # before any re-routed `Held`:
             last = start + _HELD_PER_FRAME >= len(more)  # its `Dropped` settles our parked jobs
-            self.conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
+            self.conn.send(HeldJobs(more[start : start + _HELD_PER_FRAME], last))
         self.node.link_ready(self, welcome.drop, settled=not more)
         # Everything unacknowledged goes again, in order, on the new connection.
         self._unsent_from = 0
@@ -386,4 +386,4 @@ class DistributorLink(Reporting):
             return
         for start in range(0, max(1, len(held)), _HELD_PER_FRAME):
             last = start + _HELD_PER_FRAME >= len(held)
-            self.conn.send(Held(held[start : start + _HELD_PER_FRAME], last, origin))
+            self.conn.send(HeldJobs(held[start : start + _HELD_PER_FRAME], last, origin))

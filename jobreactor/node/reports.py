@@ -40,7 +40,7 @@ def _too_large(entry: tuple[int, ReportItem]) -> tuple[int, ReportItem]:
             "elsewhere and return a reference",
         }
     }
-    return seq, ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
+    return seq, item._replace(args=args)
 
 
 def wire_safe(value: Any) -> Any:
@@ -72,7 +72,13 @@ class Reporting:
         def _flush_soon(self) -> None: ...
 
     def report(
-        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
+        self,
+        job_id: str,
+        lease: int,
+        outcome: str,
+        final: bool,
+        args: dict[str, Any],
+        completes_batch: str = "",
     ) -> None:
         if self.outcome_lost:  # each of its jobs was named at WARNING when it left
             logger.debug(
@@ -83,7 +89,8 @@ class Reporting:
             )
             return
         self._seq += 1
-        self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
+        item = ReportItem(job_id, lease, outcome, final, args, completes_batch)
+        self._reports.append((self._seq, item))
         self._reports_drained.clear()
         self._flush_soon()
 
@@ -101,7 +108,7 @@ class Reporting:
     def adopt_reports(self, reports: list[tuple[int, ReportItem]]) -> None:
         """Send reports taken from another link, after ours, in their order."""
         for _, item in reports:
-            self.report(item.job_id, item.lease, item.outcome, item.final, item.args)
+            self.report(*item)
 
     def drop_reports_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]
@@ -168,6 +175,6 @@ class Reporting:
                     item.job_id,
                 )
                 args = {k: wire_safe(v) for k, v in item.args.items()}
-                item = ReportItem(item.job_id, item.lease, item.outcome, item.final, args)
+                item = item._replace(args=args)
             fixed.append((seq, item))
         return encode_split(fixed, _reports_frame, self.node.settings.max_frame_bytes, _too_large)

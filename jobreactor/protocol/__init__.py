@@ -14,13 +14,13 @@ Conversation (the node dials; one connection per node/distributor pair, full dup
                                         <- Challenge(nonce, proof)     only with a secret
     Auth(proof) ->                                                     only with a secret
                                         <- Welcome(address, drop, instance)
-    Held(more held, last, origin) ->       (the held list outgrew the Hello; or, with
+    HeldJobs(held, last, origin) ->        (the held list outgrew the Hello; or, with
                                             origin, jobs handed over from an adopted instance)
                                         <- Dropped(drop, last)
                                         <- Jobs([(lease, record), ...])
     Ack(leases, credits) ->                (jobs stored; credits granted back)
     Nack(lease, reason) ->                 (could not store: the distributor requeues)
-    Reports(first_seq, [(job_id, lease, outcome, final, args), ...]) ->
+    Reports(first_seq, [(job_id, lease, outcome, final, args, completes_batch), ...]) ->
                                         <- ReportsAck(upto_seq)  (a journaling distributor:
                                                 once the reports' removals are stored)
                                         <- Cancel(job_id)
@@ -34,9 +34,15 @@ node's name and its own role label, so a proof can be neither replayed nor refle
 then on every frame carries a MAC under a per-session, per-direction key (`mac`): the
 distributor's from the frame after its Challenge, the node's from the frame after its Auth.
 
-The package: `messages` (the message kinds and the constants they obey), `decoding` (per-kind
-limits and field checks), `framing` (length prefix, `encode`, `FrameDecoder`) and `auth` (the
-handshake proofs). None of them does I/O. Import from `jobreactor.protocol`.
+The version is the first field of both hellos (Hello, Welcome) in every protocol version, and
+is read before the rest of the frame: a peer of another version gets ProtocolVersionMismatch,
+whose message says which side to upgrade, whatever the rest of its hello looks like.
+
+The package: `schema` (field kinds: types and bounds; the codec generated from them),
+`messages` (the message kinds, each declared once with the kinds of its fields, and the
+constants they obey), `decoding` (unpacking with per-kind limits, then the generated checks),
+`framing` (length prefix, `encode`, `FrameDecoder`) and `auth` (the handshake proofs). None of
+them does I/O. Import from `jobreactor.protocol`.
 """
 
 from __future__ import annotations
@@ -53,14 +59,13 @@ from jobreactor.protocol.mac import (
     session_key,
 )
 from jobreactor.protocol.messages import (
-    BATCH_COMPLETE_KEY,
     COMMAND_OPS,
     DEFAULT_MAX_FRAME_BYTES,
     MAX_HELD_IN_HELLO,
     MAX_ITEMS_PER_FRAME,
     MAX_JOB_NAMES,
     MAX_NAME_CHARS,
-    MAX_WIRE_INT,
+    MESSAGES,
     NONCE_BYTES,
     OUTCOMES,
     PRE_AUTH_MAX_FRAME_BYTES,
@@ -73,7 +78,7 @@ from jobreactor.protocol.messages import (
     Command,
     CommandResult,
     Dropped,
-    Held,
+    HeldJobs,
     Hello,
     Jobs,
     Message,
@@ -87,10 +92,10 @@ from jobreactor.protocol.messages import (
     Return,
     Welcome,
 )
+from jobreactor.protocol.schema import MAX_WIRE_INT
 
 __all__ = [
     "ARGS_KINDS",
-    "BATCH_COMPLETE_KEY",
     "COMMAND_OPS",
     "DEFAULT_MAX_FRAME_BYTES",
     "DISTRIBUTOR_TO_NODE",
@@ -100,6 +105,7 @@ __all__ = [
     "MAX_JOB_NAMES",
     "MAX_NAME_CHARS",
     "MAX_WIRE_INT",
+    "MESSAGES",
     "NODE_TO_DISTRIBUTOR",
     "NONCE_BYTES",
     "OUTCOMES",
@@ -116,7 +122,7 @@ __all__ = [
     "FrameDecoder",
     "FrameOpener",
     "FrameSealer",
-    "Held",
+    "HeldJobs",
     "Hello",
     "Jobs",
     "Message",

@@ -73,9 +73,16 @@ class InlineLink:
         self.reports: list[ReportItem] = []
 
     def report(
-        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
+        self,
+        job_id: str,
+        lease: int,
+        outcome: str,
+        final: bool,
+        args: dict[str, Any],
+        completes_batch: str = "",
     ) -> None:
-        self.reports.append(ReportItem(job_id, lease, outcome, final, _as_on_the_wire(args)))
+        args = _as_on_the_wire(args)
+        self.reports.append(ReportItem(job_id, lease, outcome, final, args, completes_batch))
 
     def grant(self, credits: int = 1) -> None:
         return None  # nothing to grant credit to
