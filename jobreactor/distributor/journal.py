@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +26,6 @@ from jobreactor.storage.base import Storage
 
 logger = logging.getLogger("jobreactor.distributor")
 
-# Tests only: hold every journal write that removes jobs this many seconds, so a test can kill a
-# distributor between a final report and its removal (tests/web/test_adoption_acks.py).
-_TEST_DELAY = float(os.environ.get("JOBREACTOR_TEST_JOURNAL_DELAY") or 0)
 ASSIGNED = "assigned_to"  # extra field: the node a journaled job was sent to
 # Extra field: the instance that sent an adopted job to its node. Kept through chained
 # adoptions (a recycling adopter releases it again): the node knows the job by that sender.
@@ -181,8 +177,6 @@ class Journal:
         withdraw, self._withdraw = self._withdraw, set()
         durable, self._durable = self._durable, []
         try:
-            if _TEST_DELAY and remove:
-                await asyncio.sleep(_TEST_DELAY)
             if save:
                 await self.storage.queue_save(self.queue, list(save.values()))
             if remove:

@@ -151,7 +151,7 @@ class RedisStorage(WakeUps):
         # One script call per 1000 jobs, one msgpack argument per job: redis-py's Python
         # per-argument packing, not Redis, was the cost of pipelined HSETs (40 -> 14 us/job).
         packed = [pack_job(job) for job in jobs]
-        codes = [status_index.code_of(job) for job in jobs]
+        codes = [status_index.save_code(job) for job in jobs]  # "u": periodic update
         index = self._indexes(node)
         with self._errors("save_many"):
             if node not in self._listed:
