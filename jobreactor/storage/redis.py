@@ -298,6 +298,29 @@ class RedisStorage(WakeUps):
             for start in range(0, len(job_ids), _CHUNK):
                 await self._script("QUEUE_WITHDRAW", keys, job_ids[start : start + _CHUNK])
 
+    async def queue_update(
+        self,
+        queue: str,
+        save: Sequence[JobRecord],
+        remove: Sequence[str],
+        withdraw: Sequence[str],
+    ) -> None:
+        """`queue_save(save)`, `queue_remove(remove)`, `queue_withdraw(withdraw)` in that
+        order, in one round trip (a journal's writes of one loop turn)."""
+        if len(save) + len(remove) + len(withdraw) > _CHUNK:
+            await self.queue_save(queue, save)
+            await self.queue_remove(queue, remove)
+            await self.queue_withdraw(queue, withdraw)
+            return
+        args: list[Any] = [len(save), len(remove)]
+        for job in save:
+            args += (job.id, record_json(job))
+        args += remove
+        args += withdraw
+        keys = [*self.keys.queue(queue), self.keys.withdrawn(queue)]
+        with self._errors("queue_update"):
+            await self._script("QUEUE_UPDATE", keys, args)
+
     def sync_writer(self, timeout_s: float) -> SyncQueueWriter:
         """A blocking writer of this storage's journals, for the enqueuing thread (one round
         trip, no hop through the loop); calls on it time out after `timeout_s`, connecting
