@@ -8,6 +8,7 @@ from __future__ import annotations
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.storage import Storage
 from jobreactor.storage.redis import RedisStorage
+from jobreactor.storage.status_index import StatusIndexReader
 
 
 def _periodic(job_id: str, *, cron: bool = False) -> JobRecord:
@@ -47,6 +48,7 @@ async def test_a_deleted_periodic_record_is_not_brought_back_by_a_runs_save(
     )
     for job in jobs:
         assert await storage.load("n1", job.id) is None, job.id
+    assert isinstance(storage, StatusIndexReader)
     assert await storage.index_count("n1", "retrying") == 0  # "failing" was not re-indexed
 
 
@@ -56,8 +58,10 @@ async def test_updates_of_a_stored_periodic_record_are_saved(storage: Storage) -
     plain.status = JobStatus.IN_PROGRESS  # not periodic: saved whether stored or not
     await storage.save_many("n1", [_after_a_run(job, JobStatus.ERROR), plain])
     stored = await storage.load("n1", "every")
-    assert stored is not None and stored.status == JobStatus.ERROR
+    assert stored is not None
+    assert stored.status == JobStatus.ERROR
     assert stored.run_at_ts == 2_000_000_000.0
+    assert isinstance(storage, StatusIndexReader)
     assert await storage.index_count("n1", "retrying") == 1
     assert await storage.load("n1", "plain") is not None
 
