@@ -109,6 +109,12 @@ def worker_exit(server, worker):
     _note("exit", worker.pid)
     _exit(server, worker)
     _note("exited", worker.pid)
+    if {fast_exit!r}:  # --fast-exit: the process ends here (atexit handlers run first)
+        import atexit, os
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def child_exit(server, worker):
@@ -120,7 +126,8 @@ def _start_gunicorn(tree: Path, work: Path, env: dict[str, str], opts: Any, recy
     port = free_port()
     conf = work / "gunicorn_timed.py"
     examples = str(tree / "examples" / "web")
-    conf.write_text(_TIMED_HOOKS.format(examples=examples, out=str(work / "timeline.jsonl")))
+    timeline = str(work / "timeline.jsonl")
+    conf.write_text(_TIMED_HOOKS.format(examples=examples, out=timeline, fast_exit=opts.fast_exit))
     argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(opts.workers),
             "-b", f"127.0.0.1:{port}", "--no-control-socket", "--backlog", "2048"]  # fmt: skip
     if recycle:
@@ -265,6 +272,7 @@ def one_case(
             "max_requests": opts.max_requests if recycle else None,
             "max_requests_jitter": opts.jitter if recycle else None,
             "preload": opts.preload,
+            "fast_exit": opts.fast_exit,
             "request_max_s": round(max(latencies), 3),
             "request_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
             "failed_requests": failed,
@@ -289,6 +297,9 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200)
     parser.add_argument("--jitter", type=int, default=0, help="--max-requests-jitter")
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
+    parser.add_argument(
+        "--fast-exit", action="store_true", help="end a worker right after its exit hook"
+    )
     parser.add_argument("--storage", choices=["memory", "redis", "both"], default="both")
     opts = parser.parse_args()
     storages = ["memory", "redis"] if opts.storage == "both" else [opts.storage]
