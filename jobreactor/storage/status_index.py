@@ -53,8 +53,9 @@ def code_of(job: JobRecord) -> str:
 def is_update_only(job: JobRecord) -> bool:
     """A periodic (or cron) record that has run: saved only while it is still stored. Deleting
     the record is the external way to cancel the job; a run's own save must not undo a delete
-    that landed after the run checked for its record (node/guards.py `record_gone`)."""
-    return job.status != _NEW and (job.period > 0 or job.cron is not None)
+    that landed after the run checked for its record (node/guards.py `record_gone`). A new
+    record, or a failed one put back after a claim (node/commands.py), is always written."""
+    return job.status not in (_NEW, _FAILED) and (job.period > 0 or job.cron is not None)
 
 
 def save_code(job: JobRecord) -> str:
