@@ -77,12 +77,65 @@ def _start_nodes(tree: Path, work: Path, redis_url: str, group: str) -> list[Any
     return procs
 
 
+# The recipe's hooks (examples/web/gunicorn_hooks.py), timed: each worker's life in
+# timeline.jsonl, to say where a recycle's time goes (`_phases`).
+_TIMED_HOOKS = """
+import json, sys, time
+sys.path.insert(0, {examples!r})
+from gunicorn_hooks import post_worker_init as _init, worker_exit as _exit
+
+
+def _note(what, pid):
+    with open({out!r}, "a") as f:
+        f.write(json.dumps({{"t": time.time(), "what": what, "pid": pid}}) + "\\n")
+
+
+def post_fork(server, worker):
+    _note("forked", worker.pid)
+
+
+def post_worker_init(worker):
+    import atexit, threading
+    _note("init", worker.pid)
+    _init(worker)
+    _note("serving", worker.pid)
+    # Interpreter shutdown: threading's exit hooks run first (then non-daemon threads are
+    # joined), atexit's later.
+    threading._register_atexit(_note, "threads_shutdown", worker.pid)
+    atexit.register(_note, "atexit", worker.pid)
+
+
+def worker_exit(server, worker):
+    _note("exit", worker.pid)
+    _exit(server, worker)
+    _note("exited", worker.pid)
+    if {fast_exit!r}:  # --fast-exit: the process ends here (atexit handlers run first)
+        import atexit, os
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def child_exit(server, worker):
+    _note("reaped", worker.pid)
+"""
+
+
 def _start_gunicorn(tree: Path, work: Path, env: dict[str, str], opts: Any, recycle: bool) -> Any:
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn_hooks.py", "-w", str(opts.workers),
+    conf = work / "gunicorn_timed.py"
+    examples = str(tree / "examples" / "web")
+    timeline = str(work / "timeline.jsonl")
+    conf.write_text(_TIMED_HOOKS.format(examples=examples, out=timeline, fast_exit=opts.fast_exit))
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(opts.workers),
             "-b", f"127.0.0.1:{port}", "--no-control-socket", "--backlog", "2048"]  # fmt: skip
     if recycle:
         argv += ["--max-requests", str(opts.max_requests)]
+        if opts.jitter:
+            argv += ["--max-requests-jitter", str(opts.jitter)]
+    if opts.preload:
+        argv += ["--preload"]  # the app (and jobreactor) imported once, in the master
     log = (work / "gunicorn.log").open("wb")
     proc = subprocess.Popen(
         [*argv, "flask_app:app"],
@@ -153,6 +206,52 @@ def _settle(
     return len(set(answers) - _fed(out))
 
 
+def _phases(work: Path) -> dict[str, float]:
+    """Where recycles spent their time (max over recycles, seconds), and the longest span with
+    no worker serving: from a worker's decision to recycle (`exit`) to its replacement
+    serving, through its exit hook, its reaping by the master, the fork and the boot."""
+    path = work / "timeline.jsonl"
+    if not path.exists():
+        return {}
+    events = [json.loads(line) for line in path.read_text().splitlines() if line]
+    events.sort(key=lambda e: e["t"])
+    at: dict[tuple[str, int], float] = {(e["what"], e["pid"]): e["t"] for e in events}
+    spans: dict[str, list[float]] = {}
+
+    def span(name: str, start: tuple[str, int], end: tuple[str, int]) -> None:
+        if start in at and end in at:
+            spans.setdefault(name, []).append(at[end] - at[start])
+
+    forked = [e for e in events if e["what"] == "forked"]
+    for e in events:
+        if e["what"] == "exit":
+            pid = e["pid"]
+            span("exit_hook", ("exit", pid), ("exited", pid))
+            span("process_end_and_reap", ("exited", pid), ("reaped", pid))
+            span("exited_to_threads_shutdown", ("exited", pid), ("threads_shutdown", pid))
+            span("threads_joined_to_atexit", ("threads_shutdown", pid), ("atexit", pid))
+            span("atexit_to_reaped", ("atexit", pid), ("reaped", pid))
+            after = next((f for f in forked if f["t"] >= at.get(("reaped", pid), 1e18)), None)
+            if after is not None:
+                span("reap_to_fork", ("reaped", pid), ("forked", after["pid"]))
+    for f in forked:
+        span("fork_to_init (app import)", ("forked", f["pid"]), ("init", f["pid"]))
+        span("init_to_serving (reactor start)", ("init", f["pid"]), ("serving", f["pid"]))
+    out = {name: round(max(values), 3) for name, values in spans.items()}
+    serving, gap, since = 0, 0.0, None
+    for e in events:
+        if e["what"] == "serving":
+            serving += 1
+            if serving == 1 and since is not None:
+                gap = max(gap, e["t"] - since)
+        elif e["what"] == "exit":
+            serving -= 1
+            if serving == 0:
+                since = e["t"]
+    out["no_worker_serving_max"] = round(gap, 3)
+    return out
+
+
 def one_case(
     tree: Path, redis: RedisServer, storage: str, recycle: bool, opts: Any
 ) -> dict[str, Any]:
@@ -171,6 +270,9 @@ def one_case(
         return {
             "storage": storage,
             "max_requests": opts.max_requests if recycle else None,
+            "max_requests_jitter": opts.jitter if recycle else None,
+            "preload": opts.preload,
+            "fast_exit": opts.fast_exit,
             "request_max_s": round(max(latencies), 3),
             "request_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
             "failed_requests": failed,
@@ -179,6 +281,7 @@ def one_case(
             # What the worker's exit hook itself took (the rest is gunicorn: reap, fork, boot).
             "worker_stops": len(stops),
             "worker_stop_max_s": max(stops, default=0.0),
+            "phases_max_s": _phases(work),
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
     finally:
@@ -192,6 +295,11 @@ def main() -> None:
     parser.add_argument("--job-seconds", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-requests", type=int, default=200)
+    parser.add_argument("--jitter", type=int, default=0, help="--max-requests-jitter")
+    parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
+    parser.add_argument(
+        "--fast-exit", action="store_true", help="end a worker right after its exit hook"
+    )
     parser.add_argument("--storage", choices=["memory", "redis", "both"], default="both")
     opts = parser.parse_args()
     storages = ["memory", "redis"] if opts.storage == "both" else [opts.storage]

@@ -115,8 +115,8 @@ def test_deleting_a_periodic_jobs_record_ends_it(
     handle = reactor.enqueue("tick", {}, {"period": 2.0})
     assert handle is not None
     ran.wait(1, timeout=20)
-    # Delete between runs, once the run's own save has landed: a delete racing that save is
-    # undone by it (docs/decisions.md, issue 16), which is not what this test is about.
+    # Delete between runs. A delete racing a run's own save stays deleted too (the storage
+    # saves a periodic update only while its record exists): tests/storage/test_periodic_delete.py.
     with RedisMonitor(redis_server.url, prefix=prefix) as monitor:
         wait_until(lambda: _between_runs(monitor, handle.id), 20, "the run's own save")
     if how == "monitor":

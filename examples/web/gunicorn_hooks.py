@@ -7,6 +7,8 @@
 # post_worker_init starts it in each worker, after the fork and after the app is imported;
 # worker_exit stops it. The distributor binds an ephemeral port; nodes find it by discovery
 # (JOBREACTOR_DISCOVERY_URL, JOBREACTOR_GROUP: see common.py).
+# With --max-requests, add --max-requests-jitter and consider hooks(fast_exit=True): README.md
+# here, "Recycling workers".
 from jobreactor.contrib.gunicorn import hooks
 
 post_worker_init, worker_exit = hooks()

@@ -4,7 +4,10 @@ With redis storage on the distributor, every accepted job is written here before
 dispatched (batched: one pipeline per loop tick for every job accepted in it), updated when it
 is sent to a node (which node, which lease), and removed at its final report. A node's reports
 are acknowledged only once that removal is stored (`when_durable`): a report whose removal
-died with this process is sent again by its node, to a restart or to the adopter. If the write
+died with this process is sent again by its node, to a restart or to the adopter. The updates
+and removals of one loop turn (a dispatch round's assignments, a batch of reports' removals)
+go in one write, one round trip with Redis (`queue_update`); a round is sent only once its
+assignments are stored (the distributor waits on `when_durable`). If the write
 fails the job is refused, not dispatched: its handle's `accepted()` raises, so "enqueued" always
 means "stored". A restarted distributor reads the journal back: jobs never sent are queued
 again; jobs out on a node wait for that node (node_grace) under the lease it holds. Feedbacks
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobreactor.errors import StorageError
@@ -28,8 +31,10 @@ from jobreactor.storage.base import Storage
 logger = logging.getLogger("jobreactor.distributor")
 
 # Tests only: hold every journal write that removes jobs this many seconds, so a test can kill a
-# distributor between a final report and its removal (tests/web/test_adoption_acks.py).
+# distributor between a final report and its removal. Set as JOBREACTOR_TEST_JOURNAL_DELAY by
+# tests/discovery/test_adoption_acks.py (`producers(..., test_journal_delay=60)`).
 _TEST_DELAY = float(os.environ.get("JOBREACTOR_TEST_JOURNAL_DELAY") or 0)
+
 ASSIGNED = "assigned_to"  # extra field: the node a journaled job was sent to
 # Extra field: the instance that sent an adopted job to its node. Kept through chained
 # adoptions (a recycling adopter releases it again): the node knows the job by that sender.
@@ -62,6 +67,10 @@ class Journal:
         # Safe to reorder: a job's updates and removal all follow its store (it is dispatched
         # only once stored); a cancel while it is stored is removed again after (`_admitted`).
         self._admitting: asyncio.Task[None] | None = None
+        # save, remove and withdraw in one call (RedisStorage.queue_update), if the storage can
+        self._write_all: Callable[..., Awaitable[None]] | None = getattr(
+            storage, "queue_update", None
+        )
 
     def admit(self, job: JobRecord, handle: JobHandle | None) -> None:
         """Store `job`, then hand it to `on_admitted`; refuse it if it can't be stored."""
@@ -183,12 +192,8 @@ class Journal:
         try:
             if _TEST_DELAY and remove:
                 await asyncio.sleep(_TEST_DELAY)
-            if save:
-                await self.storage.queue_save(self.queue, list(save.values()))
-            if remove:
-                await self.storage.queue_remove(self.queue, list(remove))
-            if withdraw:
-                await self.storage.queue_withdraw(self.queue, list(withdraw))
+            if save or remove or withdraw:
+                await self._write(list(save.values()), list(remove), list(withdraw))
         except StorageError as exc:
             logger.error("distributor journal update failed (%s); will retry", exc)
             for job_id, job in save.items():
@@ -200,6 +205,18 @@ class Journal:
             return
         for callback in durable:
             callback()
+
+    async def _write(self, save: list[JobRecord], remove: list[str], withdraw: list[str]) -> None:
+        """One loop turn's updates: in one round trip where the storage can (Redis)."""
+        if self._write_all is not None:
+            await self._write_all(self.queue, save, remove, withdraw)
+            return
+        if save:
+            await self.storage.queue_save(self.queue, save)
+        if remove:
+            await self.storage.queue_remove(self.queue, remove)
+        if withdraw:
+            await self.storage.queue_withdraw(self.queue, withdraw)
 
     def _settle_admitted(self, admit: list[tuple[JobRecord, JobHandle | None]]) -> None:
         """The write landed: dispatch the jobs whose caller still waits; a job whose enqueue

@@ -15,7 +15,7 @@ from typing import Final
 from jobreactor.job import JobRecord
 from jobreactor.storage.base import UnlockResult
 from jobreactor.storage.codec import unpack_record
-from jobreactor.storage.status_index import IndexKind, MemoryIndex
+from jobreactor.storage.status_index import IndexKind, MemoryIndex, is_update_only
 
 # Sweep expired keys once per this many acquire/lock calls (amortised O(1)).
 _SWEEP_EVERY: Final = 4096
@@ -82,9 +82,13 @@ class MemoryStorage:
 
     async def save_many(self, node: str, jobs: Sequence[JobRecord]) -> None:
         table = self._jobs.setdefault(node, {})
+        gone: set[str] = set()
         for job in jobs:
+            if (job.period or job.cron is not None) and job.id not in table and is_update_only(job):
+                gone.add(job.id)  # deleted: a periodic run's own save doesn't bring it back
+                continue
             table[job.id] = job
-        self._index.saved(node, jobs)
+        self._index.saved(node, [job for job in jobs if job.id not in gone] if gone else jobs)
 
     def note_status(self, node: str, job: JobRecord) -> None:
         """A node changed a record this storage shares with it: follow its status."""

@@ -151,7 +151,7 @@ class RedisStorage(WakeUps):
         # One script call per 1000 jobs, one msgpack argument per job: redis-py's Python
         # per-argument packing, not Redis, was the cost of pipelined HSETs (40 -> 14 us/job).
         packed = [pack_job(job) for job in jobs]
-        codes = [status_index.code_of(job) for job in jobs]
+        codes = [status_index.save_code(job) for job in jobs]  # "u": periodic update
         index = self._indexes(node)
         with self._errors("save_many"):
             if node not in self._listed:
@@ -297,6 +297,29 @@ class RedisStorage(WakeUps):
         with self._errors("queue_withdraw"):
             for start in range(0, len(job_ids), _CHUNK):
                 await self._script("QUEUE_WITHDRAW", keys, job_ids[start : start + _CHUNK])
+
+    async def queue_update(
+        self,
+        queue: str,
+        save: Sequence[JobRecord],
+        remove: Sequence[str],
+        withdraw: Sequence[str],
+    ) -> None:
+        """`queue_save(save)`, `queue_remove(remove)`, `queue_withdraw(withdraw)` in that
+        order, in one round trip (a journal's writes of one loop turn)."""
+        if len(save) + len(remove) + len(withdraw) > _CHUNK:
+            await self.queue_save(queue, save)
+            await self.queue_remove(queue, remove)
+            await self.queue_withdraw(queue, withdraw)
+            return
+        args: list[Any] = [len(save), len(remove)]
+        for job in save:
+            args += (job.id, record_json(job))
+        args += remove
+        args += withdraw
+        keys = [*self.keys.queue(queue), self.keys.withdrawn(queue)]
+        with self._errors("queue_update"):
+            await self._script("QUEUE_UPDATE", keys, args)
 
     def sync_writer(self, timeout_s: float) -> SyncQueueWriter:
         """A blocking writer of this storage's journals, for the enqueuing thread (one round

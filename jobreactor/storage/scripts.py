@@ -55,6 +55,39 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - KEPT_MS)
 return 1
 """.replace("KEPT_MS", str(WITHDRAWN_KEPT_MS))
 
+QUEUE_UPDATE = """
+-- KEYS: jobs hash, order zset, sequence, withdrawn zset. ARGV: the number of saves, the number
+-- of removals, then id/record pairs to save, ids to remove, ids to withdraw (the rest).
+-- A journal's updates of one loop turn in one call: QUEUE_SAVE, QUEUE_REMOVE, QUEUE_WITHDRAW.
+local saves, removals = tonumber(ARGV[1]), tonumber(ARGV[2])
+local i = 3
+for _ = 1, saves do
+  if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+    if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+      redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
+    end
+  end
+  i = i + 2
+end
+for j = i, i + removals - 1 do
+  redis.call('HDEL', KEYS[1], ARGV[j])
+  redis.call('ZREM', KEYS[2], ARGV[j])
+end
+i = i + removals
+if i <= #ARGV then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for j = i, #ARGV do
+    redis.call('HDEL', KEYS[1], ARGV[j])
+    redis.call('ZREM', KEYS[2], ARGV[j])
+    redis.call('ZADD', KEYS[4], now, ARGV[j])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - KEPT_MS)
+end
+if i > 3 + 2 * saves and redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
+return 1
+""".replace("KEPT_MS", str(WITHDRAWN_KEPT_MS))
+
 ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
@@ -124,6 +157,7 @@ NAMES: Final = (
     "LOAD_MANY",
     "QUEUE_SAVE",
     "QUEUE_WITHDRAW",
+    "QUEUE_UPDATE",
     "ACQUIRE",
     "RELEASE",
     "LOCK",

@@ -30,6 +30,7 @@ IndexKind = Literal["failed", "retrying"]
 # Looked up once: an Enum member's attribute access costs more than the comparison.
 _FAILED: Final = JobStatus.FAILED
 _ERROR: Final = JobStatus.ERROR
+_NEW: Final = JobStatus.NEW
 KINDS: Final[tuple[IndexKind, ...]] = ("failed", "retrying")
 
 
@@ -49,36 +50,60 @@ def code_of(job: JobRecord) -> str:
     return index_code(job.status, job.failed_at, job.run_at_ts)
 
 
+def is_update_only(job: JobRecord) -> bool:
+    """A periodic (or cron) record that has run: saved only while it is still stored. Deleting
+    the record is the external way to cancel the job; a run's own save must not undo a delete
+    that landed after the run checked for its record (node/guards.py `record_gone`). A new
+    record, or a failed one put back after a claim (node/commands.py), is always written."""
+    return job.status not in (_NEW, _FAILED) and (job.period > 0 or job.cron is not None)
+
+
+def save_code(job: JobRecord) -> str:
+    """What `SAVE_INDEXED` gets for `job`: its index code, "u"-prefixed if `is_update_only`."""
+    code = index_code(job.status, job.failed_at, job.run_at_ts)
+    return "u" + code if is_update_only(job) else code
+
+
 # KEYS[1] index set, KEYS[2] failed zset, KEYS[3] retrying zset, KEYS[4..] job hashes;
-# ARGV[1..n] msgpack [id, field1, value1, ...] for KEYS[i + 3], ARGV[n+1..2n] index codes.
-# Atomic: a job is never seen half-written, nor between its DEL and HSET by a claim. DEL
-# first, so fields that went back to None/default don't linger.
+# ARGV[1..n] msgpack [id, field1, value1, ...] for KEYS[i + 3], ARGV[n+1..2n] index codes
+# (`save_code`). Atomic: a job is never seen half-written, nor between its DEL and HSET by a
+# claim. DEL first, so fields that went back to None/default don't linger. A code prefixed
+# "u" (an update of a periodic record) is skipped when the record is gone: it was deleted.
 SAVE_INDEXED: Final = """
 local n = #KEYS - 3
 local hasf = redis.call('EXISTS', KEYS[2]) == 1
 local hase = redis.call('EXISTS', KEYS[3]) == 1
+local saved = 0
 for i = 1, n do
-  local flat = cmsgpack.unpack(ARGV[i])
-  local id = flat[1]
-  redis.call('DEL', KEYS[i + 3])
-  redis.call('HSET', KEYS[i + 3], unpack(flat, 2))
-  redis.call('SADD', KEYS[1], id)
   local code = ARGV[n + i]
-  local kind = string.sub(code, 1, 1)
-  if kind == 'f' then
-    redis.call('ZADD', KEYS[2], string.sub(code, 2), id)
-    hasf = true
-    if hase then redis.call('ZREM', KEYS[3], id) end
-  elseif kind == 'e' then
-    redis.call('ZADD', KEYS[3], string.sub(code, 2), id)
-    hase = true
-    if hasf then redis.call('ZREM', KEYS[2], id) end
-  else
-    if hasf then redis.call('ZREM', KEYS[2], id) end
-    if hase then redis.call('ZREM', KEYS[3], id) end
+  local write = true
+  if string.sub(code, 1, 1) == 'u' then
+    code = string.sub(code, 2)
+    write = redis.call('EXISTS', KEYS[i + 3]) == 1
+  end
+  if write then
+    saved = saved + 1
+    local flat = cmsgpack.unpack(ARGV[i])
+    local id = flat[1]
+    redis.call('DEL', KEYS[i + 3])
+    redis.call('HSET', KEYS[i + 3], unpack(flat, 2))
+    redis.call('SADD', KEYS[1], id)
+    local kind = string.sub(code, 1, 1)
+    if kind == 'f' then
+      redis.call('ZADD', KEYS[2], string.sub(code, 2), id)
+      hasf = true
+      if hase then redis.call('ZREM', KEYS[3], id) end
+    elseif kind == 'e' then
+      redis.call('ZADD', KEYS[3], string.sub(code, 2), id)
+      hase = true
+      if hasf then redis.call('ZREM', KEYS[2], id) end
+    else
+      if hasf then redis.call('ZREM', KEYS[2], id) end
+      if hase then redis.call('ZREM', KEYS[3], id) end
+    end
   end
 end
-return n
+return saved
 """
 
 # KEYS[1] index set, KEYS[2] failed zset, KEYS[3] retrying zset, KEYS[4..] job hashes;

@@ -48,6 +48,7 @@ def test_reports_whose_removal_died_with_the_worker_go_to_the_adopter(
     # The victim stores its jobs and their assignment to n1 at once, but every journal write
     # that removes a finished job waits 60 s: it dies with its feedbacks fired and no removal
     # stored. Its nodes' reports must not have been acknowledged.
+    # test_journal_delay: JOBREACTOR_TEST_JOURNAL_DELAY, read by distributor/journal.py
     victim = producers(group, count, "redis", slow=2, test_journal_delay=60)
     iid = victim.ready()["iid"]
     ids = {f"{victim.proc.pid}-{i}" for i in range(count)}

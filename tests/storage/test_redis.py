@@ -21,7 +21,7 @@ from jobreactor.storage import open_storage
 from jobreactor.storage.connect import open_sync
 from jobreactor.storage.redis import RedisStorage
 from tests.redis_server import RedisServer
-from tests.storage.test_contract import full_record, rec
+from tests.storage.test_contract import as_new, full_record, rec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,6 +90,7 @@ async def test_key_layout(
 async def test_records_are_readable_by_external_tools(
     redis_storage: RedisStorage, client: redis.Redis[str], prefix: str
 ) -> None:
+    await redis_storage.save_many("w1", [as_new(full_record("j1", "w1"))])
     await redis_storage.save_many("w1", [full_record("j1", "w1")])
     stored = client.hgetall(f"{{{prefix}:n:w1}}:job:j1")
     assert set(SPEC_FIELDS) <= set(stored)
@@ -344,6 +345,7 @@ def test_monitor_round_trips_the_hand_written_record(
 async def test_monitor_reads_what_the_storage_wrote(
     redis_storage: RedisStorage, monitor: RedisMonitor
 ) -> None:
+    await redis_storage.save_many("w1", [as_new(full_record("j1", "w1"))])
     await redis_storage.save_many("w1", [full_record("j1", "w1"), rec("j2", JobStatus.COMPLETE)])
     loaded = monitor.load("j1")
     assert loaded is not None

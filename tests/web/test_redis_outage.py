@@ -11,6 +11,7 @@ starts with Redis away.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -30,23 +31,26 @@ logger = logging.getLogger(__name__)
 UNREACHABLE = "registers in group web once redis answers"
 
 
-def ran_once_and_fed_home(out: Path, answers: dict[int, dict[str, object]]) -> bool:
+def ran_once_and_fed_home(out: Path, answers: dict[int, dict[str, object]], log: str = "") -> bool:
+    """Every answered job ran once and fed back in its worker, or, if a worker recycled with it
+    out (memory storage: nothing to hand over), was named lost at WARNING in `log`."""
+    lost = set(LOST_ID.findall(log)) if log else set()
     runs = Counter(row["n"] for row in read_jsonl(out / "runs.jsonl") if row["n"] in answers)
     fed = [row for row in read_jsonl(out / "feedback.jsonl") if row["n"] in answers]
-    if len(fed) < len(answers):
+    fed_ns = {row["n"] for row in fed}
+    if any(n not in fed_ns and answer["id"] not in lost for n, answer in answers.items()):
         return False
     assert {n for n, count in runs.items() if count != 1} == set()
-    assert set(runs) == set(answers)
-    assert sorted(row["n"] for row in fed) == sorted(answers)
+    assert {n for n, a in answers.items() if a["id"] not in lost} <= set(runs)
+    assert len(fed) == len(fed_ns)  # each feedback once
     assert all(row["pid"] == row["enqueued_by"] == answers[row["n"]]["pid"] for row in fed)
     return True
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FLAKE, open: 1 of 3 whole-suite CI runs saw the set of fed-back jobs differ "
-    "from the answered ones after the outage; cause not found yet (session 3 note)",
-)
+# Job ids in the WARNING lines of a recycling memory-storage worker (distributor/handover.py).
+LOST_ID = re.compile(r"\b([0-9a-f]{16,})\(")
+
+
 def test_gunicorn_reload_and_recycling_while_discovery_redis_is_down(
     web: Callable[..., WebServer], nodes: Callable[..., list[WebNode]], tmp_path: Path
 ) -> None:
@@ -74,7 +78,15 @@ def test_gunicorn_reload_and_recycling_while_discovery_redis_is_down(
         wait_linked_to_current(server, made)
         answers, failed = request_all(server.url, range(10**6, 10**6 + 150), threads=4)
         assert failed == []
-        wait_until(lambda: ran_once_and_fed_home(server.out, answers), 60, "jobs after Redis")
+        # --max-requests 80 keeps recycling the 2 workers through these 150 requests: a
+        # recycling memory-storage worker loses the outcome of jobs still out after its 0.5 s
+        # drain, and names each (issue 17). A loaded machine made that happen (the whole-suite
+        # failure): the check takes the named losses as the contract says, nothing else.
+        wait_until(
+            lambda: ran_once_and_fed_home(server.out, answers, server.log_text()),
+            60,
+            "jobs after Redis",
+        )
         logger.info(
             "outage: %d requests answered, %d workers booted meanwhile", len(during), booted
         )
