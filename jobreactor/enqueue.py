@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import time
 from collections.abc import Coroutine, Iterable
@@ -32,6 +31,7 @@ from jobreactor.errors import (
     StorageError,
 )
 from jobreactor.handle import JobHandle
+from jobreactor.ids import JobIds
 from jobreactor.job import JobRecord, build_record
 from jobreactor.node.guards import call_hook
 from jobreactor.protocol import pack_args
@@ -121,8 +121,7 @@ class Enqueuing:
         _inbox: Inbox
         _wake_pending: bool
         _named_feedbacks: dict[str, Feedback]
-        _id_prefix: str
-        _id_counter: itertools.count[int]
+        _ids: JobIds
 
         def _in_loop_thread(self) -> bool: ...
         def _check_fork(self) -> None: ...
@@ -326,7 +325,7 @@ class Enqueuing:
                 limit.key_for(args)  # LimitKeyError now, when this process knows the job
 
         record = build_record(
-            f"{self._id_prefix}{next(self._id_counter):08x}",
+            self._ids.next_id(),
             name,
             msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
             opts,

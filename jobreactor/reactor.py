@@ -16,7 +16,6 @@ import collections
 import concurrent.futures
 import contextlib
 import inspect
-import itertools
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from jobreactor.enqueue import Enqueuing
 from jobreactor.errors import ReactorClosed, ReactorForkedError, ReactorTimeout
 from jobreactor.handle import JobHandle
 from jobreactor.housekeeping import Housekeeping
+from jobreactor.ids import JobIds
 from jobreactor.job import JobRecord
 from jobreactor.logs import apply_log_format
 from jobreactor.node import Node
@@ -89,11 +89,8 @@ class Reactor(Enqueuing, AppCalls, Housekeeping, Starting):
         self._attached = False
         self._wake_pending = False
         self._stop_event: asyncio.Event | None = None
-        # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
-        # purposes (ids need only never collide) at a tenth of the cost: no syscall
-        # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
-        self._id_prefix = os.urandom(8).hex()
-        self._id_counter = itertools.count(1)
+        # Job ids (ids.py): drawn again in a forked child, so pre-fork workers never repeat ids.
+        self._ids = JobIds()
 
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's parts (forksafe). Assignments only."""
