@@ -321,8 +321,10 @@ class NodeProcess:
             lines.append(f'redis_url = "{redis_url}"')
         self.config.write_text("\n".join(lines) + "\n")
         with self.log.open("wb") as log:
+            profile = os.environ.get("BENCH_NODE_PROFILE")  # bench/profile.py --node
+            prefix = ["-m", "cProfile", "-o", f"{profile}/node-{name}.prof"] if profile else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                [sys.executable, *prefix, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

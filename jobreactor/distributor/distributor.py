@@ -43,7 +43,7 @@ from jobreactor.distributor.outcomes import (
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.sessions import Sessions
 from jobreactor.distributor.startup import Startup
-from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
+from jobreactor.distributor.tracking import InFlight, Tracker
 from jobreactor.handle import JobHandle, WeakHandles
 from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS
@@ -511,13 +511,9 @@ class Distributor(Sessions):
                 name = job.name
                 metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
             session = self._sessions[key]
-            record = job.to_dict()  # sent, and kept by the tracker (not the JobRecord)
-            try:
-                pack_wire(record)  # encodable, or it fails alone here, its credit kept
-            except (OverflowError, TypeError, ValueError) as exc:
-                self.dispatcher.grant(key, 1)  # never sent: the node's credit stays free
-                self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
-                continue
+            # Sent, and kept as it is by the tracker (not the JobRecord). A record that can't
+            # be encoded fails alone when its frame is built (session.py), its credit given back.
+            record = job.to_dict()
             lease = self.tracker.issue(job, key, session.node_name, seq, wire=record)
             if journal is None:
                 session.queue_job(lease, record)

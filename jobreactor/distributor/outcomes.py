@@ -230,7 +230,7 @@ class Outcomes:
             # A failing feedback is the app's bug; log it and keep serving.
             logger.exception("feedback for job %s raised; continuing", job_id)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # None: the usual, no call
             self._spawn(self._await_feedback(result, job_id))
 
     async def _await_feedback(self, awaitable: Any, job_id: str) -> None:
