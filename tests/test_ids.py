@@ -18,19 +18,22 @@ def test_ids_are_15_characters_unique_and_in_enqueue_order() -> None:
     assert all(_PATH_SAFE.fullmatch(job_id) for job_id in made)
 
 
-def test_two_reactors_draw_different_prefixes_and_none_starts_with_a_dash() -> None:
+def test_two_reactors_draw_different_prefixes_lowercase_only() -> None:
     assert JobIds().prefix != JobIds().prefix
     for first in range(256):
         prefix = random_prefix(bytes([first]) + b"\xff" * 7)
         assert len(prefix) == 10
-        assert prefix[0] in "0123456789ABCDEF"
-    assert random_prefix(b"\x00" * 8) == "0" + "-" * 9
+        assert prefix == prefix.lower()
+        assert not prefix.startswith("-")
+    assert random_prefix(b"\x00" * 8) == "0" * 10
+    assert random_prefix(b"\xff" * 8) == "v" * 10
 
 
 def test_the_counter_sorts_as_numbers_do_past_its_narrow_width() -> None:
     assert list(ALPHABET) == sorted(ALPHABET)
-    numbers = [0, 1, 63, 64, 4095, 4096, 2**24, 2**30 - 1, 2**30, 2**48, 2**72 - 1]
+    numbers = [0, 1, 31, 32, 1023, 1024, 2**20, 2**25 - 1, 2**25, 2**48, 2**65 - 1]
     texts = [counter_text(n) for n in numbers]
     assert texts == sorted(texts)
     assert len(set(texts)) == len(texts)
     assert [len(text) for text in texts[:8]] == [5] * 8
+    assert {len(text) for text in texts[8:]} == {14}
