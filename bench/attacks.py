@@ -28,14 +28,14 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.attack_kit import Results, TargetProcess, main, run_each
+
 MAX_FRAME = 16 * 1024 * 1024
 EMPTY_MAPS = 16_777_000
 
@@ -43,14 +43,7 @@ EMPTY_MAPS = 16_777_000
 # --- the target process: distributor + probe node, driven over stdin -------------------------
 
 
-def _rss_kb(field: str = "VmRSS", pid: str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def target() -> None:
+def target(options: argparse.Namespace) -> None:
     import logging
 
     from jobreactor import Reactor, Registry
@@ -100,45 +93,17 @@ def _count_done(handles: list[Any], out: str) -> None:
     Path(out + ".resolved").write_text(str(done))
 
 
-class Target:
+class Target(TargetProcess):
     def __init__(self, code: Path | None, log: Path) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(code)] * (code is not None) + [str(ROOT), env.get("PYTHONPATH", "")]
-        )
-        self.env = env
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.attacks", "--target"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            cwd=log.parent,  # not ROOT: `-m` puts the cwd first on sys.path, before --code
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        self.log = log
+        super().__init__(__file__, code, log, [])
+        self.port = int(self.first_line)
 
     def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline()
-
-    def rss_mb(self, field: str = "VmRSS") -> float:
-        return _rss_kb(field, str(self.proc.pid)) / 1024
+        return self.ask_line(command)
 
     def warnings(self) -> int:
         text = self.log.read_text(errors="replace")
         return sum(line.startswith("WARNING") for line in text.splitlines())
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self._log.close()
 
 
 # --- raw-socket attackers ----------------------------------------------------------------------
@@ -191,7 +156,7 @@ def _hello_frame() -> bytes:
     fields = [1, "authed", [], 0, "memory", b"n" * 16, []]
     if os.environ.get("ATTACK_HELLO_FIELDS", "9") == "9":
         fields += ["x", False]
-    body = msgpack.packb([1, *fields], use_bin_type=True)
+    body: bytes = msgpack.packb([1, *fields], use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 
@@ -382,47 +347,26 @@ def attack_authed_maps(target: Target) -> dict[str, Any]:
 ATTACKS = ["big-frames", "empty-maps", "stall", "idle", "namesakes", "authed-maps"]
 
 
-def run(code: Path | None, only: list[str]) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        for name in only:
-            target = Target(code, tmp / f"{name}.log")  # a fresh distributor per attack
-            try:
-                if name == "big-frames":
-                    results[name] = attack_big_frames(target)
-                elif name == "empty-maps":
-                    results[name] = attack_empty_maps(target)
-                elif name == "stall":
-                    results[name] = attack_stall(target)
-                elif name == "idle":
-                    results[name] = attack_idle(target)
-                elif name == "authed-maps":
-                    results[name] = attack_authed_maps(target)
-                else:
-                    results[name] = attack_namesakes(target, tmp)
-            finally:
-                target.close()
-            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    return results
+def run(code: Path | None, only: list[str]) -> Results:
+    def one(name: str, tmp: Path) -> dict[str, Any]:
+        target = Target(code, tmp / f"{name}.log")  # a fresh distributor per attack
+        try:
+            if name == "namesakes":
+                return attack_namesakes(target, tmp)
+            return ATTACK[name](target)
+        finally:
+            target.close()
+
+    return run_each(only, one)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--code", type=Path, help="directory holding the jobreactor package")
-    parser.add_argument("--only", nargs="*", choices=ATTACKS, default=ATTACKS)
-    args = parser.parse_args()
-    if args.target:
-        target()
-        return
-    results = run(args.code, args.only)
-    print(f"| attack | measure | value ({args.code or 'this tree'}) |")
-    print("|---|---|---|")
-    for name, figures in results.items():
-        for measure, value in figures.items():
-            print(f"| {name} | {measure} | {value} |")
-
+ATTACK = {
+    "big-frames": attack_big_frames,
+    "empty-maps": attack_empty_maps,
+    "stall": attack_stall,
+    "idle": attack_idle,
+    "authed-maps": attack_authed_maps,
+}
 
 if __name__ == "__main__":
-    main()
+    main(__doc__ or "", ATTACKS, target, run)

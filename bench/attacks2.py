@@ -27,23 +27,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.attack_kit import ROOT, Results, TargetProcess, main, run_each
+
 NAMES = 500
 
 
-def target(secret: str | None) -> None:
+def target(args: argparse.Namespace) -> None:
+    secret: str | None = args.secret
     import logging
 
     from jobreactor import Reactor, Registry
@@ -95,38 +95,14 @@ def _probe(reactor: Any, seconds: float) -> list[float]:
     return latencies
 
 
-class Target:
+class Target(TargetProcess):
     def __init__(self, code: Path | None, log: Path, secret: str | None = None) -> None:
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join([str(code)] * (code is not None) + [str(ROOT)])
-        self._log = log.open("wb")
-        # By path, not `-m bench.attacks2`: DIR (first on the path) may have a `bench` too.
-        args = [sys.executable, str(Path(__file__).resolve()), "--target"]
-        args += ["--secret", secret] if secret else []
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=self.env,
-            cwd=log.parent,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        port, version = self.proc.stdout.readline().split()
+        super().__init__(__file__, code, log, ["--secret", secret] if secret else [])
+        port, version = self.first_line.split()
         self.port, self.version = int(port), int(version)
 
     def ask(self, command: str) -> Any:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self._log.close()
+        return json.loads(self.ask_line(command))
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -137,7 +113,7 @@ def _ms(values: list[float], q: float) -> float:
 def _frame(fields: list[Any]) -> bytes:
     import msgpack
 
-    body = msgpack.packb(fields, use_bin_type=True)
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 
@@ -153,7 +129,7 @@ def _authed(target: Target, name: str = "raw") -> socket.socket:
 def _flood_peer(target: Target, frame: bytes, seconds: float) -> dict[str, Any]:
     """Send `frame` over and over for `seconds` while probing; was the peer closed?"""
     sock = _authed(target)
-    state = {"closed_after_s": None, "frames": 0}
+    state: dict[str, Any] = {"closed_after_s": None, "frames": 0}
     stop = threading.Event()
 
     def send() -> None:
@@ -161,7 +137,7 @@ def _flood_peer(target: Target, frame: bytes, seconds: float) -> dict[str, Any]:
         while not stop.is_set():
             try:
                 sock.sendall(frame)
-                state["frames"] += 1  # type: ignore[operator]
+                state["frames"] += 1
             except OSError:
                 state["closed_after_s"] = round(time.perf_counter() - started, 3)
                 return
@@ -300,66 +276,36 @@ def attack_hellos(target: Target) -> dict[str, Any]:
     names = ["a"] * 32_000
     hello = [1, target.version, "h", names, 0, "memory", b"n" * 16, [], "h", True]
     frame = _frame(hello + ([0] if target.version >= 2 else []))
-    base = _rss_mb(target.proc.pid)
+    base = target.rss_mb()
     socks = []
     for _ in range(128):
         sock = socket.create_connection(("127.0.0.1", target.port), timeout=10)
         sock.sendall(frame)
         socks.append(sock)
     time.sleep(1.0)
-    grown = _rss_mb(target.proc.pid) - base
+    grown = target.rss_mb() - base
     for sock in socks:
         sock.close()
     return {"Hello bytes": len(frame), "RSS growth while held (MB)": round(grown, 1)}
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 ATTACKS = ["flood", "held", "acks", "jobs", "names", "dispatch", "mac", "hellos"]
 
 
-def run(code: Path | None, only: list[str]) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        for name in only:
-            if name == "mac":
-                results[name] = attack_mac(code, tmp)
-            else:
-                secret = "bench-secret" if name in ("flood", "hellos") else None
-                target = Target(code, tmp / f"{name}.log", secret)
-                try:
-                    results[name] = globals()[f"attack_{name}"](target)
-                finally:
-                    target.close()
-            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    return results
+def run(code: Path | None, only: list[str]) -> Results:
+    def one(name: str, tmp: Path) -> dict[str, Any]:
+        if name == "mac":
+            return attack_mac(code, tmp)
+        secret = "bench-secret" if name in ("flood", "hellos") else None
+        target = Target(code, tmp / f"{name}.log", secret)
+        try:
+            result: dict[str, Any] = globals()[f"attack_{name}"](target)
+            return result
+        finally:
+            target.close()
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--secret", help=argparse.SUPPRESS)
-    parser.add_argument("--code", type=Path, help="directory holding the jobreactor package")
-    parser.add_argument("--only", nargs="*", choices=ATTACKS, default=ATTACKS)
-    args = parser.parse_args()
-    if args.target:
-        target(args.secret)
-        return
-    load = os.getloadavg()
-    results = run(args.code, args.only)
-    print(f"load average before: {load[0]:.2f}")
-    print(f"| attack | measure | value ({args.code or 'this tree'}) |")
-    print("|---|---|---|")
-    for name, figures in results.items():
-        for measure, value in figures.items():
-            print(f"| {name} | {measure} | {value} |")
+    return run_each(only, one)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__ or "", ATTACKS, target, run)

@@ -6,6 +6,7 @@ import argparse
 import atexit
 import datetime as dt
 import logging
+import sys
 import tempfile
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bench import compare
 from bench.context import Context, Params
 from bench.harness import REGISTRY, RedisServerMissing, RedisStorageUnavailable
 from bench.report import (
@@ -56,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=100, help="node concurrency")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                         help="where the JSON goes (default bench/results)")  # fmt: skip
+    parser.add_argument("--compare", metavar="REF", default=None,
+                        help="run the workloads against REF too (a git ref, checked out in a "
+                        "temporary worktree, or a checkout's path), alternating rounds, and print "
+                        "both sides and the change in %%")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --compare: rounds per side (default 3)")  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the temp dir with node and redis logs")  # fmt: skip
     args = parser.parse_args(argv)
@@ -110,6 +118,8 @@ def run_one(ctx: Context, name: str, storage: str) -> tuple[Figs, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare is not None:
+        return compare.main(args.compare, args.rounds, sys.argv[1:] if argv is None else argv)
     params = Params.build(args.quick, args.n, args.concurrency)
     params.distributor_storage = args.distributor_storage
     storages = ["memory", "redis"] if args.storage == "both" else [args.storage]

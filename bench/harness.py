@@ -23,6 +23,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where child processes import from (`python -m bench --compare` points it at a directory whose
+# `jobreactor` is another checkout's; see compare.py).
+RUN_ROOT = Path(os.environ.get("BENCH_RUN_ROOT") or REPO_ROOT)
 JOB_DIRECTORY = Path(__file__).resolve().parent / "jobs"
 NODE_START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
@@ -124,7 +127,7 @@ def tail(path: Path, lines: int = 12) -> str:
 
 def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(RUN_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -318,12 +321,14 @@ class NodeProcess:
             lines.append(f'redis_url = "{redis_url}"')
         self.config.write_text("\n".join(lines) + "\n")
         with self.log.open("wb") as log:
+            profile = os.environ.get("BENCH_NODE_PROFILE")  # bench/profile.py --node
+            prefix = ["-m", "cProfile", "-o", f"{profile}/node-{name}.prof"] if profile else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobreactor", "node", "--config", str(self.config)],
+                [sys.executable, *prefix, "-m", "jobreactor", "node", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
+                cwd=RUN_ROOT,
                 env=_child_env(env),
             )
         REGISTRY.add(self.proc)

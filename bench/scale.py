@@ -19,7 +19,7 @@ from typing import Any
 from bench.context import Context
 from bench.harness import (
     REGISTRY,
-    REPO_ROOT,
+    RUN_ROOT,
     BenchError,
     Cluster,
     RedisClusterServers,
@@ -80,7 +80,7 @@ def _fanout_case(ctx: Context, nodes: int, n: int) -> float:
         fleet = subprocess.Popen(
             [sys.executable, "-m", "bench.fleet", f"{host}:{port}", str(nodes),
              "--concurrency", str(FLEET_CONCURRENCY)],
-            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=RUN_ROOT,
             env=_child_env(),
         )  # fmt: skip
         REGISTRY.add(fleet)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -40,6 +38,7 @@ from jobreactor.errors import (
     WrongThread,
 )
 from jobreactor.handle import JobHandle
+from jobreactor.ids import JobIds
 from jobreactor.job import JobRecord, build_record
 from jobreactor.loophost import LoopHost
 from jobreactor.protocol import pack_args
@@ -144,11 +143,8 @@ class Enqueuer:
         old: Inbox | None = getattr(self, "_inbox", None)
         self._inbox: Inbox = collections.deque()
         self._wake_pending = False
-        # Job ids: 64 random bits per reactor and process + a counter. Unique like uuid4 for our
-        # purposes (ids need only never collide) at a tenth of the cost: no syscall
-        # per job. Drawn again in a forked child, so pre-fork workers never repeat ids.
-        self._id_prefix = os.urandom(8).hex()
-        self._id_counter = itertools.count(1)
+        # Job ids (ids.py): drawn again in a forked child, so pre-fork workers never repeat ids.
+        self._ids = JobIds()
         return old
 
     # --- the app's calls --------------------------------------------------------------------------
@@ -352,7 +348,7 @@ class Enqueuer:
                 limit.key_for(args)  # LimitKeyError now, when this process knows the job
 
         record = build_record(
-            f"{self._id_prefix}{next(self._id_counter):08x}",
+            self._ids.next_id(),
             name,
             msgpack.unpackb(packed, raw=False, strict_map_key=False),  # the app keeps its dict
             opts,

@@ -3,13 +3,19 @@
 A handle costs almost nothing until somebody waits on it: no Future, no Condition per job (a
 `concurrent.futures.Future` per job was 20 % of the whole enqueue-to-feedback path). Waiters
 register under one module lock; the distributor resolves the handle once, on its loop.
+
+A job without feedbacks is kept by the distributor through a weak reference to its handle
+(`WeakHandles`): a handle the app drops costs nothing while the job waits, a week if need be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -35,10 +41,14 @@ class JobHandle:
     resolves only when the job ends (cancelled, or failed for good).
     """
 
-    __slots__ = ("_durable", "_durable_waiters", "_state", "_value", "_waiters", "id")
+    __slots__ = (
+        "__weakref__", "_dropped", "_durable", "_durable_waiters", "_state", "_value", "_waiters",
+        "id",
+    )  # fmt: skip
 
     def __init__(self, job_id: str) -> None:
         self.id = job_id
+        self._dropped: WeakHandles | None = None  # kept weakly by it (see WeakHandles)
         self._state = _PENDING
         self._value: Any = None
         self._waiters: list[Callable[[], None]] | None = None
@@ -127,6 +137,11 @@ class JobHandle:
         """True if the job was not stored (timed out, or the storage refused it): never runs."""
         return isinstance(self._durable, BaseException)
 
+    def __del__(self) -> None:
+        dropped = self._dropped
+        if dropped is not None:
+            dropped.gone(self.id)
+
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {'done' if self.done() else 'pending'}>"
 
@@ -185,6 +200,45 @@ class JobHandle:
 
     def _cancel(self, reason: str = "cancelled") -> None:
         self._resolve(_FAILED, JobCancelled(f"job {self.id} {reason}"))
+
+
+class WeakHandles:
+    """Lets `table` (job id -> what waits for the job) hold handles weakly.
+
+    `keep(handle)` gives the weak reference to store as the job's value. When the app drops the
+    handle, its id is queued here (from whatever thread dropped it) and, on the loop, a value
+    that is still that dead reference becomes `nobody`: the job stays in the table (it is still
+    awaited: unique keys, `wait_idle`), at no cost beyond the table's own entry.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, table: dict[str, Any], nobody: object
+    ) -> None:
+        self._loop, self._table, self._nobody = loop, table, nobody
+        self._gone: collections.deque[str] = collections.deque()
+        self._sweep_pending = False
+
+    def keep(self, handle: JobHandle) -> weakref.ref[JobHandle]:
+        handle._dropped = self
+        return weakref.ref(handle)
+
+    def gone(self, job_id: str) -> None:
+        """A kept handle was dropped (called from its `__del__`, on any thread)."""
+        self._gone.append(job_id)
+        if not self._sweep_pending:
+            self._sweep_pending = True
+            with contextlib.suppress(RuntimeError):  # a closed loop: nothing is awaited now
+                self._loop.call_soon_threadsafe(self.sweep)
+
+    def sweep(self) -> None:
+        """On the loop: dead references of dropped handles become `nobody`."""
+        self._sweep_pending = False
+        table, gone, nobody = self._table, self._gone, self._nobody
+        while gone:
+            job_id = gone.popleft()
+            kept = table.get(job_id)
+            if type(kept) is weakref.ref and kept() is None:
+                table[job_id] = nobody
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

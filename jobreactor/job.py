@@ -14,6 +14,7 @@ import operator
 import traceback
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from itertools import compress
 from typing import Any, Final
 
 from jobreactor.cron import CronSchedule, next_cron_due
@@ -108,12 +109,11 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         """Every field that differs from its default: the wire and storage form."""
         out: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
-        # One C call reads every field; comparing in a comprehension beats getattr per field.
-        for name, value, default in zip(
-            _DEFAULT_NAMES, _GET_DEFAULTED(self), _DEFAULT_VALUES, strict=True
-        ):
-            if value != default:
-                out[name] = value
+        # One C call reads every field, and the comparing and picking run in C too (no Python
+        # loop over the ~30 fields: this is on every job's path).
+        values = _GET_DEFAULTED(self)
+        differs = map(operator.ne, values, _DEFAULT_VALUES)
+        out.update(compress(zip(_DEFAULT_NAMES, values, strict=True), differs))
         if self.extra:
             for key, value in self.extra.items():
                 out.setdefault(key, value)

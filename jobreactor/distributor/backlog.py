@@ -134,7 +134,7 @@ class BacklogWatch:
         d = self._d
         backlog = read_backlog(
             d.dispatcher.pending_jobs(),
-            (entry.name for entry in d.tracker._jobs.values()),
+            d.tracker.names(),
             d.dispatcher.nodes,
             d.settings.always_use_specified_node,
         )

@@ -32,12 +32,19 @@ from jobreactor.distributor.guard import check_bind_is_safe, evicted
 from jobreactor.distributor.handoff import label, send_assigned
 from jobreactor.distributor.handover import hand_over
 from jobreactor.distributor.journal import Journal
-from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, awaited, waiting_of
+from jobreactor.distributor.outcomes import (
+    NOBODY,
+    Awaited,
+    Feedback,
+    Observer,
+    awaited,
+    waiting_of,
+)
 from jobreactor.distributor.session import NodeSession
 from jobreactor.distributor.sessions import Sessions
 from jobreactor.distributor.startup import Startup
-from jobreactor.distributor.tracking import InFlight, Tracker, pack_wire
-from jobreactor.handle import JobHandle
+from jobreactor.distributor.tracking import InFlight, Tracker
+from jobreactor.handle import JobHandle, WeakHandles
 from jobreactor.job import JobRecord
 from jobreactor.metrics import METRICS
 from jobreactor.protocol import (
@@ -106,6 +113,7 @@ class Distributor(Sessions):
         self.dispatcher = Dispatcher(strict_node=settings.always_use_specified_node)
         self.tracker = Tracker()
         self._waiting: dict[str, Awaited] = {}
+        self._weak_handles = WeakHandles(self.loop, self._waiting, NOBODY)
         self._sessions: dict[int, NodeSession] = {}
         self._by_name: dict[str, NodeSession] = {}
         self._keys = itertools.count(1)
@@ -374,12 +382,13 @@ class Distributor(Sessions):
         ],
     ) -> None:
         address, journal, metrics = self.address, self.journal, self._metrics
+        weak = self._weak_handles
         for job, success, error, handle in items:
             label(job, address, success, error)
             if metrics is not None:
                 name = job.name
                 metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
-            self._waiting[job.id] = awaited(success, error, handle)
+            self._waiting[job.id] = awaited(success, error, handle, weak)
             if job.trace is not None and len(self._traces) < MAX_TRACED:
                 self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
             if journal is not None and (handle is None or handle._durable is not True):
@@ -424,13 +433,12 @@ class Distributor(Sessions):
         if self.dispatcher.remove(job_id) is not None:
             self._resolve_cancelled(job_id)
             return True
-        entry = self.tracker.get(job_id)
+        entry = self.tracker.request_cancel(job_id)
         if entry is None:
             if job_id in self._waiting and self.journal is not None:
                 self._resolve_cancelled(job_id)  # still being stored: it won't be dispatched
                 return True
             return False
-        entry.cancel_requested = True
         session = self._sessions.get(entry.conn) if entry.conn is not None else None
         if session is not None:
             session.conn.send(Cancel(job_id))
@@ -503,14 +511,10 @@ class Distributor(Sessions):
                 name = job.name
                 metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
             session = self._sessions[key]
-            record = job.to_dict()  # sent, and kept packed by the tracker (not the JobRecord)
-            try:
-                packed = pack_wire(record)
-            except (OverflowError, TypeError, ValueError) as exc:
-                self.dispatcher.grant(key, 1)  # never sent: the node's credit stays free
-                self.job_unsendable(job.id, f"{type(exc).__name__}: {exc}")
-                continue
-            lease = self.tracker.issue(job, key, session.node_name, seq, packed=packed)
+            # Sent, and kept as it is by the tracker (not the JobRecord). A record that can't
+            # be encoded fails alone when its frame is built (session.py), its credit given back.
+            record = job.to_dict()
+            lease = self.tracker.issue(job, key, session.node_name, seq, wire=record)
             if journal is None:
                 session.queue_job(lease, record)
                 continue

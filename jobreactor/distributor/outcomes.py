@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from jobreactor.config import ReactorConfig
 from jobreactor.distributor.journal import Journal
 from jobreactor.errors import StorageError
-from jobreactor.handle import JobHandle
+from jobreactor.handle import JobHandle, WeakHandles
 from jobreactor.job import JobRecord
 from jobreactor.protocol import ReportItem
 from jobreactor.storage.base import Storage
@@ -50,21 +51,30 @@ class Waiting:
     handle: JobHandle | None
 
 
-# What the app keeps per job until its final report: the handle alone when the job has no
-# feedbacks (the usual case; a million delayed jobs then cost no Waiting each).
-Awaited = Waiting | JobHandle
+# What the app keeps per job until its final report: when the job has no feedbacks (the usual
+# case), the handle alone, held weakly (`weak`), and NOBODY once the app dropped it: a million
+# delayed jobs then cost no Waiting and no handle each.
+Awaited = Waiting | JobHandle | weakref.ref[JobHandle]
+NOBODY = Waiting(None, None, None)
 
 
 def awaited(
-    success: Feedback | str | None, error: Feedback | str | None, handle: JobHandle | None
+    success: Feedback | str | None,
+    error: Feedback | str | None,
+    handle: JobHandle | None,
+    weak: WeakHandles | None = None,
 ) -> Awaited:
-    if success is None and error is None and handle is not None:
-        return handle
+    if success is None and error is None:
+        if handle is None:
+            return NOBODY
+        return handle if weak is None else weak.keep(handle)
     return Waiting(success, error, handle)
 
 
 def waiting_of(kept: Awaited) -> Waiting:
-    return Waiting(None, None, kept) if isinstance(kept, JobHandle) else kept
+    if isinstance(kept, Waiting):
+        return kept
+    return Waiting(None, None, kept if isinstance(kept, JobHandle) else kept())
 
 
 class Outcomes:
@@ -219,7 +229,7 @@ class Outcomes:
             # A failing feedback is the app's bug; log it and keep serving.
             logger.exception("feedback for job %s raised; continuing", job_id)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # None: the usual, no call
             self._spawn(self._await_feedback(result, job_id))
 
     async def _await_feedback(self, awaitable: Any, job_id: str) -> None:

@@ -170,6 +170,7 @@ class NodeSession:
                 frames += encode_split([(lease, record)], Jobs, limit)
             except LocalProtocolError as exc:
                 self.distributor.job_unsendable(record["id"], str(exc))
+                self.distributor.dispatcher.grant(self.key, 1)  # never sent: the credit is free
         return frames
 
     # --- handshake --------------------------------------------------------------------------

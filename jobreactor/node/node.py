@@ -32,7 +32,7 @@ from jobreactor.node.limits import NodeLimits
 from jobreactor.node.link import DistributorLink
 from jobreactor.node.membership import Membership
 from jobreactor.node.persistence import Persistence
-from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.node.scheduler import LOOP_TIMER_LEAD_S, ReadyQueue, TimerHeap, timer_lead
 from jobreactor.protocol import Record
 from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
@@ -84,7 +84,7 @@ class Node(Membership, Persistence):
         self._jobs: dict[str, Held] = {}
         self._timers = TimerHeap()
         self._ready = ReadyQueue()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_when: float | None = None
         self._drain_scheduled = False
         self._running = 0
@@ -440,9 +440,17 @@ class Node(Membership, Persistence):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_when = deadline
-        self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+        self._timer = (
+            None
+            if deadline is None
+            else self.loop.call_at(deadline - LOOP_TIMER_LEAD_S, self._on_timer)
+        )
 
     def _on_timer(self) -> None:
+        when = self._timer_when
+        if when is not None and timer_lead(when, time.monotonic()) is not None:
+            self._timer = self.loop.call_soon(self._on_timer)  # armed early: the last of it
+            return
         if self._metrics is not None and self._timer_when is not None:
             self._metrics.lateness.observe(self.name, time.monotonic() - self._timer_when)
         self._timer = None

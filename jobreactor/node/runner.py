@@ -34,7 +34,7 @@ def run_sync(steps: Sequence[Step], args: dict[str, Any]) -> BaseException | Non
     try:
         for step in steps:
             result = step(args)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 # A sync wrapper returned a coroutine: it can't be awaited on this path.
                 close = getattr(result, "close", None)
                 if close is not None:

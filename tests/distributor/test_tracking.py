@@ -327,3 +327,99 @@ def test_a_report_claims_a_restored_orphan_of_its_node_under_its_lease_only() ->
     assert tracker.orphans_of("n1") == []
     assert tracker.check_report(3, "j1", 7) is entry
     assert tracker.claim_reported("j1", "n1", 7, conn=4) is None  # bound now: not an orphan
+
+
+# --- the cold form: entries frozen into bytes once `young_limit` have piled up --------------
+
+
+def frozen_tracker() -> Tracker:
+    return Tracker(young_limit=1)  # every entry is frozen as soon as it is issued
+
+
+def test_a_frozen_entry_reads_back_equal_with_its_record() -> None:
+    tracker = frozen_tracker()
+    record = JobRecord("j1", "echo", {"n": [1, 2.5, "x"]}, run_at_ts=1e9, period=60.0,
+                       distributor="127.0.0.1:5000", extra={"newer": {"a": 1}})  # fmt: skip
+    lease = tracker.issue(record, CONN1, "w1", seq=7, wire=record.to_dict())
+    entry = tracker.get("j1")
+    assert entry is not None
+    assert entry.job == record
+    assert (entry.job_id, entry.name, entry.periodic) == ("j1", "echo", True)
+    assert (entry.lease, entry.conn, entry.node, entry.seq) == (lease, CONN1, "w1", 7)
+    assert (entry.acked, entry.cancel_requested, entry.origin) == (False, False, "")
+    assert list(tracker.names()) == ["echo"]
+    assert tracker.check_report(CONN1, "j1", lease) == entry
+    assert tracker.check_report(CONN2, "j1", lease) is None
+    assert tracker.check_report(CONN1, "j1", lease + 1) is None
+
+
+def test_changes_to_a_frozen_entry_are_kept() -> None:
+    tracker = frozen_tracker()
+    unacked, acked = two_jobs_on_conn1(tracker)
+    assert tracker.by_lease(CONN1, unacked) is not None
+    entry = tracker.get("acked")
+    assert entry is not None
+    assert entry.acked is True
+    assert tracker.request_cancel("acked") is not None
+    assert tracker.request_cancel("nope") is None
+    requeue = tracker.detach(CONN1, keep_acked=True)
+    assert [e.job_id for e in requeue] == ["unacked"]
+    assert requeue[0].job == job("unacked")
+    [kept] = tracker.orphans_of("w1")
+    assert (kept.job_id, kept.conn, kept.acked, kept.cancel_requested) == (
+        "acked",
+        None,
+        True,
+        True,
+    )
+    assert tracker.orphan_count("w1") == 1
+    moved = tracker.rebind("acked", CONN3)
+    assert moved is not None
+    assert moved.conn == CONN3
+    assert tracker.check_report(CONN3, "acked", acked) == moved
+    assert tracker.orphans_of("w1") == []
+    assert tracker.count_on(CONN3) == 1
+    forgotten = tracker.forget("acked")
+    assert forgotten is not None
+    assert forgotten.job == job("acked")
+    assert tracker.count_on(CONN3) == 0
+
+
+def test_a_frozen_adopted_orphan_keeps_its_origin() -> None:
+    tracker = frozen_tracker()
+    tracker.adopt_orphan(job("j1"), "w1", lease=42, seq=3, origin="dead-instance")
+    [entry] = tracker.orphans_of_all()
+    assert (entry.origin, entry.lease, entry.acked, entry.node) == ("dead-instance", 42, True, "w1")
+    claimed = tracker.claim_reported("j1", "w1", 42, CONN1)
+    assert claimed is not None
+    assert claimed.conn == CONN1
+    assert tracker.orphans_of_all() == []
+
+
+def test_an_entry_that_does_not_fit_the_cold_form_stays_young() -> None:
+    tracker = frozen_tracker()
+    tracker.issue(job("big"), CONN1, "w1", seq=0, lease=2**70)  # no 64-bit lease
+    odd = JobRecord("odd", "echo", {}, extra={7: "an int key"})  # type: ignore[dict-item]
+    # (an int key, as a peer may send: it would read back as field number 7)
+    tracker.issue(odd, CONN1, "w1", seq=1)
+    big = tracker.get("big")
+    assert big is not None
+    assert big.lease == 2**70
+    assert tracker.get("odd") is tracker.get("odd")  # the young object itself
+    entry = tracker.get("odd")
+    assert entry is not None
+    assert entry.job == odd
+    assert sorted(e.job_id for e in tracker.jobs_on(CONN1)) == ["big", "odd"]
+
+
+def test_young_entries_are_frozen_in_a_batch_at_the_limit() -> None:
+    tracker = Tracker(young_limit=3)
+    leases = [tracker.issue(job(f"j{i}"), CONN1, "w1", seq=i) for i in range(7)]
+    assert len(tracker) == 7
+    assert [e.job_id for e in tracker.peek(10)] == [f"j{i}" for i in range(7)]
+    for i, lease in enumerate(leases):
+        entry = tracker.check_report(CONN1, f"j{i}", lease)
+        assert entry is not None
+        assert entry.job == job(f"j{i}")
+        assert tracker.ack(CONN1, lease) is not None
+    assert all(e.acked for e in tracker.jobs_on(CONN1))

@@ -7,15 +7,18 @@ stays what the timers use.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
 import pytest
+import uvloop
 
 from jobreactor import Reactor, Registry
 from jobreactor.job import JobRecord, JobStatus
 from jobreactor.node import Node
+from jobreactor.node.scheduler import LOOP_TIMER_LEAD_S, timer_lead
 from tests.conftest import Recorder, wait_until
 from tests.redis_server import RedisServer, unique_prefix
 
@@ -129,3 +132,27 @@ def test_job_itself_carries_make_after_also_when_zero(reactor: Reactor) -> None:
     assert by_id[now.id]["make_after"] == 0
     assert by_id[later.id]["make_after"] == pytest.approx(0.05)
     assert {"name", "args", "attempt", "status", "distributor", "node"} <= by_id[now.id].keys()
+
+
+def test_a_loop_timer_armed_early_then_waited_out_never_fires_before_the_deadline() -> None:
+    async def fire_at(deadline: float) -> float:
+        loop = asyncio.get_running_loop()
+        fired: asyncio.Future[float] = loop.create_future()
+
+        def on_timer() -> None:  # the node's _on_timer, reduced to the timing
+            if timer_lead(deadline, time.monotonic()) is not None:
+                loop.call_soon(on_timer)
+                return
+            fired.set_result(time.monotonic())
+
+        loop.call_at(deadline - LOOP_TIMER_LEAD_S, on_timer)
+        return await fired
+
+    async def scenario() -> list[float]:
+        lateness = []
+        for k in range(20):
+            deadline = time.monotonic() + 0.005 + k * 0.00037
+            lateness.append(await fire_at(deadline) - deadline)
+        return lateness
+
+    assert min(uvloop.run(scenario())) >= 0.0  # how late it is depends on the machine: bench

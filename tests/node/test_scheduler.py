@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from jobreactor.job import next_periodic_due, retry_delay
-from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.node.scheduler import LOOP_TIMER_LEAD_S, ReadyQueue, TimerHeap, timer_lead
 
 # --- TimerHeap ---------------------------------------------------------------------------------
 
@@ -298,3 +298,14 @@ def test_retry_delay_linear_and_exponential() -> None:
     assert [retry_delay(a, "linear", 5) for a in (1, 2, 3, 9)] == [5, 10, 15, 45]
     assert retry_delay(3, "linear", 0) == 0
     assert [retry_delay(a, "exponential", 5) for a in (1, 2, 3)] == [6.0, 21.0, 86.0]
+
+
+# --- arming the loop timer early (uvloop counts whole milliseconds) ---------------------------
+
+
+def test_timer_lead_says_how_much_is_left_until_the_deadline() -> None:
+    assert timer_lead(10.0, 10.0) is None
+    assert timer_lead(10.0, 10.5) is None
+    left = timer_lead(10.0, 10.0 - LOOP_TIMER_LEAD_S)
+    assert left is not None
+    assert abs(left - LOOP_TIMER_LEAD_S) < 1e-9
