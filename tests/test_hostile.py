@@ -216,4 +216,4 @@ def test_a_node_whose_hello_cannot_fit_says_so_and_keeps_trying(
             what="the error",
         )
     assert not node.links[0].is_ready
-    assert all(not task.done() for task in node._link_tasks), "the link keeps trying"
+    assert all(not task.done() for task in node.members.tasks), "the link keeps trying"
