@@ -136,8 +136,7 @@ def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) ->
     node = reactor.start_node("w1", registry=noop_registry())
     link = node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
-    node.held_from = lambda link: held  # type: ignore[method-assign]
-    frame, more_held = hello_frame(link, b"n" * NONCE_BYTES)
+    frame, more_held = hello_frame(node.hello(link, b"n" * NONCE_BYTES), held)
     assert len(frame) <= PRE_AUTH_MAX_FRAME_BYTES
     decoder = FrameDecoder(PRE_AUTH_MAX_FRAME_BYTES)
     decoder.feed(frame)

@@ -77,9 +77,8 @@ class LinkOwner(Protocol):
     """What a link needs of its node (node.py): the node's side of each session event."""
 
     def hello(self, link: DistributorLink, nonce: bytes) -> Hello:
-        """Our Hello to this link's distributor (its `held` is filled in by the link)."""
-
-    def held_from(self, link: DistributorLink) -> list[tuple[str, int]]: ...
+        """Our Hello to this link's distributor, listing every job held from it (the link
+        sends those that do not fit in Held frames after the welcome)."""
 
     def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None: ...
 
@@ -200,9 +199,9 @@ class DistributorLink:
         self.conn, self.peer = conn, conn.peer
         nonce = secrets.token_bytes(NONCE_BYTES)
         self.handshake.connect(time.monotonic(), nonce)
-        held = self._owner.held_from(self) + self.reports.unacked_ids()
+        hello = self._owner.hello(self, nonce)
         try:
-            frame, self._more_held = hello_frame(self._owner.hello(self, nonce), held)
+            frame, self._more_held = hello_frame(hello, hello.held)
             conn.send_frame(frame)
         except LocalProtocolError:
             conn.close("our Hello does not fit")

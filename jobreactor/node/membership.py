@@ -87,12 +87,16 @@ class Membership:
             if held.link is None and held.record.distributor in (link.address, link.configured):
                 held.link = link
 
-    def add_link(self, host: str, port: int, expected_instance: str) -> DistributorLink:
-        """Dial one more distributor (found by discovery, listed as `expected_instance`)."""
+    def add_link(
+        self, host: str, port: int, expected_instance: str | None, *, run: bool = True
+    ) -> DistributorLink:
+        """Dial one more distributor (found by discovery, listed as `expected_instance`; a
+        static one: None, and `run` later, at the node's start)."""
         link = self._make_link(host, port)
         link.handshake.expected_instance = expected_instance
         self.links.append(link)
-        self.run(link)
+        if run:
+            self.run(link)
         return link
 
     def remove_link(self, link: DistributorLink) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ class Node:
         self._stop_now = asyncio.Event()  # a second signal: stop without waiting for anything
         self._build(redis_url if storage.durable else None)
         for host, port in distributors:
-            self.links.append(self._new_link(host, port))
+            self.members.add_link(host, port, None, run=False)
         self.metrics.track(self)
         self.metrics.register(registry.names())
         self.discovered = self._discovery(discovery_url or settings.discovery_url)
@@ -137,7 +138,11 @@ class Node:
         """The parts that face the distributors and operators."""
         name, settings, storage, tasks = self.name, self.settings, self.storage, self.tasks
         self.intake_state = intake = Intake()
-        self.members = Membership(name, self.holdings, self.store.persist, make_link=self._new_link)
+        make_link = functools.partial(
+            DistributorLink, self, ssl_context=self._ssl, settings=settings, node_name=name,
+            secret=self.secret, intake=intake, running=lambda: self.timetable.running,
+        )  # fmt: skip
+        self.members = Membership(name, self.holdings, self.store.persist, make_link=make_link)
         self.links = self.members.links
         self.intake = JobIntake(
             name, storage, window=window, retry_every_s=settings.reconnect_interval,
@@ -153,12 +158,6 @@ class Node:
         self.recovery = Recovery(
             name, storage, holdings=self.holdings, at_epoch=self.timetable.at_epoch,
             links=self.links, limits=self.limits, control=self.control,
-        )  # fmt: skip
-
-    def _new_link(self, host: str, port: int) -> DistributorLink:
-        return DistributorLink(
-            self, host, port, self._ssl, settings=self.settings, node_name=self.name,
-            secret=self.secret, intake=self.intake_state, running=lambda: self.timetable.running,
         )  # fmt: skip
 
     def _discovery(self, url: str | None) -> Discovered | None:
@@ -214,7 +213,10 @@ class Node:
         if self.discovered is not None:
             await self.discovered.stop()
         self.timetable.stopped = True
-        forget = self._hand_back
+
+        def forget(held: HeldJob) -> None:
+            self.settle.forget(held, destroy=True)
+
         self.intake.hand_back_unstarted(self.limits, forget)
         await self.timetable.wait_idle(grace)
         self.intake.hand_back_unstarted(self.limits, forget)
@@ -228,9 +230,6 @@ class Node:
         await self.storage.aclose()
         logger.info("node %s stopped", self.name)
 
-    def _hand_back(self, held: HeldJob) -> None:
-        self.settle.forget(held, destroy=True)
-
     def close_intake(self) -> None:
         """Take no more jobs (credit 0 on every link); held ones go on (a recycling child)."""
         self.intake_state.set(closed=True)
@@ -243,6 +242,7 @@ class Node:
     # --- what a link asks of its node (link.LinkOwner) --------------------------------------------
 
     def hello(self, link: DistributorLink, nonce: bytes) -> Hello:
+        """Our Hello to `link`'s distributor: what we run, our credit, what we hold from it."""
         settings = self.settings
         return Hello(
             PROTOCOL_VERSION,
@@ -251,14 +251,11 @@ class Node:
             self.intake.free_credits(link),
             self.storage.kind,
             nonce,
-            [],
+            self.members.held_from(link) + link.reports.unacked_ids(),
             self.instance,
             self.secret is not None,
             settings.concurrency + settings.prefetch,
         )
-
-    def held_from(self, link: DistributorLink) -> list[tuple[str, int]]:
-        return self.members.held_from(link)
 
     def receive_jobs(self, link: DistributorLink, jobs: list[tuple[int, Record]]) -> None:
         self.intake.receive(link, jobs)

@@ -65,6 +65,8 @@ class Settle:
         self._releaser = releaser
         self._batches = batches
         self._limits = limits
+        self._limits_forget = None if limits is None else limits.gates.forget
+        self._timers, self._ready = holdings.timers, holdings.ready
         self._metrics = metrics
         self._log_jobs = log_jobs
 
@@ -305,9 +307,11 @@ class Settle:
     def forget(self, held: HeldJob, *, destroy: bool) -> None:
         """The job is done here: drop it from memory, and from storage if `destroy`."""
         job_id = held.record.id
-        self._holdings.remove(job_id)
-        if self._limits is not None:
-            self._limits.forget(job_id)
+        self._timers.cancel(job_id)  # holdings.remove, inline: once per job
+        self._ready.remove(job_id)
+        self._jobs.pop(job_id, None)
+        if self._limits_forget is not None:
+            self._limits_forget(job_id)
         if held.holds_credit and not held.running:
             held.holds_credit = False
             if held.link is not None and not held.dropped:
