@@ -79,9 +79,10 @@ class ReportQueue:
                 self.address,
             )
             return
+        if not self._reports:  # `drained` is set exactly while the queue is empty
+            self.drained.clear()
         self._seq += 1
         self._reports.append((self._seq, ReportItem(job_id, lease, outcome, final, args)))
-        self.drained.clear()
         self._flush_soon()
 
     def unacked_ids(self) -> list[tuple[str, int]]:

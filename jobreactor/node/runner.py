@@ -22,6 +22,8 @@ from jobreactor.job import JobRecord, error_value
 
 
 def steps_of(definition: JobDefinition) -> list[Step]:
+    if not definition.callbacks:  # the usual case, once per attempt: no generator
+        return [definition.fn]
     return [definition.fn, *(fn for _, fn in definition.callbacks)]
 
 
@@ -34,7 +36,7 @@ def run_sync(steps: Sequence[Step], args: dict[str, Any]) -> BaseException | Non
     try:
         for step in steps:
             result = step(args)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 # A sync wrapper returned a coroutine: it can't be awaited on this path.
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -52,7 +54,7 @@ async def run_async(steps: Sequence[Step], args: dict[str, Any]) -> BaseExceptio
     try:
         for step in steps:
             result = step(args)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
     except CancelJob as exc:
         return exc
@@ -94,7 +96,10 @@ async def run_steps(
 
 def plain_args(args: dict[str, Any]) -> dict[str, Any]:
     """Args fit for the wire and storage: live exceptions become error values (job.error_value)."""
-    if not any(isinstance(v, BaseException) for v in args.values()):
+    for value in args.values():  # a loop, not any(<generator>): once per attempt
+        if isinstance(value, BaseException):
+            break
+    else:
         return args
     return {k: error_value(v) if isinstance(v, BaseException) else v for k, v in args.items()}
 

@@ -174,7 +174,8 @@ class Timetable:
     def claim(self, held: HeldJob) -> None:
         held.running = True
         self.running += 1
-        self.idle.clear()
+        if self.running == 1:
+            self.idle.clear()
 
     def release(self) -> None:
         self.running -= 1
@@ -201,7 +202,8 @@ class Timetable:
             budget -= 1
             held.running = True  # claim(held), inline: the hot path
             self.running += 1
-            self.idle.clear()
+            if self.running == 1:  # `idle` is set only while nothing runs
+                self.idle.clear()
             if guarded(held):
                 guard(held)
             else:
