@@ -34,6 +34,8 @@ from jobreactor.protocol import (
     Hello,
     Jobs,
     Message,
+    Ping,
+    Pong,
     ReportsAck,
     Welcome,
     encode,
@@ -46,6 +48,8 @@ from jobreactor.protocol import (
 # after about this long, not after the growing backoff: we are legitimate, just unlucky.
 _BUSY_RETRY_S: Final = 0.1
 
+# What the distributor may send before it welcomed us (the connection's first restriction).
+PRE_WELCOME_TAGS: Final = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 # What the distributor may send once it welcomed us (Ping/Pong: the connection answers them).
 SESSION_MESSAGES: Final = (Jobs, ReportsAck, Cancel, Command, Dropped)
 

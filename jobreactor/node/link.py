@@ -16,35 +16,20 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import HandshakeFailed, LocalProtocolError
+from jobreactor.node import handshake as hs
 from jobreactor.node.control import Intake
-from jobreactor.node.handshake import (
-    Action,
-    Admitted,
-    Close,
-    Deliver,
-    Leaving,
-    NodeHandshake,
-    Phase,
-    Refused,
-    Secure,
-    Send,
-    busy_retry_delay,
-    hello_frame,
-)
 from jobreactor.node.reports import ReportQueue
 from jobreactor.protocol import (
     MAX_ITEMS_PER_FRAME,
     NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
     Ack,
-    Bye,
     Cancel,
-    Challenge,
     Command,
     Dropped,
     Held,
@@ -52,8 +37,6 @@ from jobreactor.protocol import (
     Jobs,
     Message,
     Nack,
-    Ping,
-    Pong,
     Record,
     ReportsAck,
     Return,
@@ -63,14 +46,14 @@ from jobreactor.protocol import (
 
 logger = logging.getLogger("jobreactor.node")
 
+T = TypeVar("T")
+
 _MAX_BACKOFF_S = 30.0
 # How long a busy node lets outgoing frames gather before one write.
 _GATHER_S = 0.0002
 # Held jobs per Held frame (and leases per Ack, ids per Return): what the distributor accepts
 # in one frame, a bounded amount of work for its loop.
 _HELD_PER_FRAME = MAX_ITEMS_PER_FRAME
-# What the distributor may send before it welcomed us.
-_PRE_WELCOME_TAGS = frozenset({Challenge.TAG, Welcome.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 
 
 class LinkOwner(Protocol):
@@ -122,7 +105,7 @@ class DistributorLink:
         self._node_name = node_name
         self._intake = intake
         self._running = running  # the node's running attempts (a busy node gathers writes)
-        self.handshake = NodeHandshake(
+        self.handshake = hs.NodeHandshake(
             node_name, secret, settings.handshake_timeout, self.configured
         )
         self.conn: FramedConnection | None = None
@@ -143,7 +126,7 @@ class DistributorLink:
 
     @property
     def is_ready(self) -> bool:
-        return self.handshake.phase is Phase.READY
+        return self.handshake.phase is hs.Phase.READY
 
     @property
     def unacked_reports(self) -> int:
@@ -172,7 +155,9 @@ class DistributorLink:
                 return
             busy = self.handshake.busy
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), busy_retry_delay() if busy else backoff)
+                await asyncio.wait_for(
+                    self._stop.wait(), hs.busy_retry_delay() if busy else backoff
+                )
             if not busy:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
@@ -201,7 +186,7 @@ class DistributorLink:
         self.handshake.connect(time.monotonic(), nonce)
         hello = self._owner.hello(self, nonce)
         try:
-            frame, self._more_held = hello_frame(hello, hello.held)
+            frame, self._more_held = hs.hello_frame(hello, hello.held)
             conn.send_frame(frame)
         except LocalProtocolError:
             conn.close("our Hello does not fit")
@@ -222,7 +207,7 @@ class DistributorLink:
         machine say what that means."""
         self._timer = None
         for action in self.handshake.poll(time.monotonic()):
-            if isinstance(action, Close) and self.conn is not None:
+            if isinstance(action, hs.Close) and self.conn is not None:
                 logger.warning("distributor %s did not welcome us in time", self.configured)
                 self.conn.close(action.reason)
         deadline = self.handshake.deadline
@@ -230,7 +215,7 @@ class DistributorLink:
             self._poll_at(max(0.001, deadline - time.monotonic()))
 
     def _attach(self, conn: FramedConnection) -> DistributorLink:
-        conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, _PRE_WELCOME_TAGS)
+        conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, hs.PRE_WELCOME_TAGS)
         return self
 
     def stop(self) -> None:
@@ -250,29 +235,29 @@ class DistributorLink:
         for action in actions:
             self._do(action)
 
-    def _do(self, action: Action) -> None:
+    def _do(self, action: hs.Action) -> None:
         owner, conn = self._owner, self.conn
         match action:
-            case Deliver(message=Jobs() as jobs):
+            case hs.Deliver(message=Jobs() as jobs):
                 owner.receive_jobs(self, jobs.jobs)
-            case Deliver(message=ReportsAck() as ack):
+            case hs.Deliver(message=ReportsAck() as ack):
                 self.reports.acked(ack.upto_seq)
-            case Deliver(message=Cancel() as cancel):
+            case hs.Deliver(message=Cancel() as cancel):
                 owner.cancel_job(cancel.job_id)
-            case Deliver(message=Command() as command):
+            case hs.Deliver(message=Command() as command):
                 owner.command(self, command)
-            case Deliver(message=Dropped() as dropped):
+            case hs.Deliver(message=Dropped() as dropped):
                 owner.jobs_dropped(self, dropped.drop, settled=dropped.last)
-            case Send(message) if conn is not None:
+            case hs.Send(message) if conn is not None:
                 conn.send(message)
-            case Secure(sealer, opener) if conn is not None:
+            case hs.Secure(sealer, opener) if conn is not None:
                 conn.seal_from_now(sealer)
                 conn.open_from_now(opener)
-            case Admitted(welcome, was):
+            case hs.Admitted(welcome, was):
                 self._admitted(welcome, was)
-            case Refused(reason, busy):
+            case hs.Refused(reason, busy):
                 self._refused(reason, busy)
-            case Leaving(reason):
+            case hs.Leaving(reason):
                 # A distributor stopping (an app's JR.stop(), a deploy) is routine: INFO.
                 logger.info("distributor %s is closing the link: %s", self.configured, reason)
                 if conn is not None:
@@ -292,9 +277,9 @@ class DistributorLink:
             )
         self.instance = welcome.instance
         more, self._more_held = self._more_held, []
-        for start in range(0, len(more), _HELD_PER_FRAME):  # before any re-routed `Held`:
-            last = start + _HELD_PER_FRAME >= len(more)  # its `Dropped` settles our parked jobs
-            conn.send(Held(more[start : start + _HELD_PER_FRAME], last))
+        chunks = _chunks(more)  # before any re-routed `Held`: its `Dropped` settles parked jobs
+        for i, chunk in enumerate(chunks):
+            conn.send(Held(chunk, i == len(chunks) - 1))
         self._owner.link_ready(self, welcome.drop, settled=not more)
         self.reports.resend_all()  # everything unacknowledged goes again, in order
         self._flush_soon()
@@ -345,8 +330,7 @@ class DistributorLink:
         if conn is None or not self.is_ready:
             return
         if self._acks or self._credits:
-            acks = self._acks
-            chunks = [acks[i : i + _HELD_PER_FRAME] for i in range(0, len(acks), _HELD_PER_FRAME)]
+            chunks = _chunks(self._acks)
             for chunk in chunks[:-1]:
                 conn.send_frame(encode(Ack(chunk, 0)))
             conn.send_frame(encode(Ack(chunks[-1] if chunks else [], self._credits)))
@@ -397,29 +381,25 @@ class DistributorLink:
         return True
 
     def hand_back(self, job_ids: list[str]) -> None:
-        for start in range(0, len(job_ids), _HELD_PER_FRAME):
-            self.send(Return(job_ids[start : start + _HELD_PER_FRAME]))
+        for chunk in _chunks(job_ids):
+            self.send(Return(chunk))
 
     def send_held(self, held: list[tuple[str, int]], origin: str) -> None:
         """Tell the distributor these are all the jobs we hold (or have unacknowledged reports
         of) from instance `origin`, re-routed to it; it answers `Dropped`. Sent even when empty:
         the adopter requeues what it thought we had from there."""
-        for start in range(0, max(1, len(held)), _HELD_PER_FRAME):
-            last = start + _HELD_PER_FRAME >= len(held)
-            self.send(Held(held[start : start + _HELD_PER_FRAME], last, origin))
+        chunks = _chunks(held) or [[]]
+        for i, chunk in enumerate(chunks):
+            self.send(Held(chunk, i == len(chunks) - 1, origin))
 
     async def wait_reports_acked(self, timeout: float) -> bool:
         """Until every report is acknowledged, the link drops, or `timeout` passes."""
         conn = self.conn
         if conn is None or not self.is_ready:
             return not len(self.reports)
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(self.reports.drained.wait()),
-            asyncio.ensure_future(conn.closed.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not len(self.reports)
+        return await self.reports.wait_acked(conn.closed, timeout)
+
+
+def _chunks(items: list[T]) -> list[list[T]]:
+    """`items` in frames of at most _HELD_PER_FRAME."""
+    return [items[i : i + _HELD_PER_FRAME] for i in range(0, len(items), _HELD_PER_FRAME)]

@@ -99,30 +99,19 @@ class Node:
             self.loop, holdings, settings.concurrency, node_name=name, metrics=counting
         )
         gates = Gates(
-            lookup=holdings.jobs.get,
-            make_ready=clock.make_ready,
-            sleep_until=clock.sleep_until,
+            lookup=holdings.jobs.get, make_ready=clock.make_ready, sleep_until=clock.sleep_until,
             park=lambda held: settle.park(held),  # settle is made below (it needs the limits)
             unschedule=holdings.timers.cancel,
-        )
+        )  # fmt: skip
         self.limits = limits = NodeLimits(
             name, storage, settings.limit_lease, gates=gates, spawn=tasks.spawn, loop=self.loop
         )
         releaser = Releaser(settings, self.registry, storage, limits)
         batches = NodeBatches(self.loop, pool, batch_redis_url)
-        settle = Settle(
-            settings,
-            holdings=holdings,
-            clock=clock,
-            store=store,
-            tasks=tasks,
-            releaser=releaser,
-            batches=batches,
-            limits=limits,
-            metrics=counting,
-            log_jobs=log_jobs,
-        )
-        self.settle = settle
+        self.settle = settle = Settle(
+            settings, holdings=holdings, clock=clock, store=store, tasks=tasks, releaser=releaser,
+            batches=batches, limits=limits, metrics=counting, log_jobs=log_jobs,
+        )  # fmt: skip
         self.attempts = Attempts(
             name, settings, self.registry, settle=settle, store=store, tasks=tasks, pool=pool,
             metrics=counting, log_jobs=log_jobs,

@@ -116,6 +116,19 @@ class ReportQueue:
         if not reports:
             self.drained.set()
 
+    async def wait_acked(self, closed: asyncio.Event, timeout: float) -> bool:
+        """Until every report is acknowledged, `closed` is set, or `timeout` passes."""
+        waiters = [
+            asyncio.ensure_future(self.drained.wait()),
+            asyncio.ensure_future(closed.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self._reports
+
     def resend_all(self) -> None:
         """A new connection: everything unacknowledged goes again, in order."""
         self._unsent_from = 0
