@@ -197,11 +197,11 @@ class Node:
                 self.timetable.tighten(grace)
             return
         self.intake_state.stopping = True
+        self.timetable.stopped = True  # no new attempts; unstarted jobs are handed back
         grace = self.settings.shutdown_timeout if grace is None else grace
         stop_by = self.loop.time() + grace
         if self.discovered is not None:
             await self.discovered.stop()
-        self.timetable.stopped = True
 
         def forget(held: HeldJob) -> None:
             self.settle.forget(held, destroy=True)
