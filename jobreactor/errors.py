@@ -207,3 +207,11 @@ class CancelJob(JobReactorError):
 
 class QueueFull(JobReactorError):
     """The distributor's pending queue holds `max_pending_jobs` already: slow down or add nodes."""
+
+
+class NodeOpError(JobReactorError, ValueError):
+    """A node op (quiet / resume / drain) that is unknown, or impossible now (resume a drain)."""
+
+
+class JobStepError(JobReactorError, TypeError):
+    """A job step is declared wrongly: a plain `def` returned an awaitable (make it `async`)."""

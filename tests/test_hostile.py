@@ -136,8 +136,7 @@ def test_held_jobs_beyond_the_hello_go_after_authentication(reactor: Reactor) ->
     node = reactor.start_node("w1", registry=noop_registry())
     link = node._node.links[0]
     held = [(f"job-{i:010d}", i) for i in range(5000)]
-    node._node.held_from = lambda link: held  # type: ignore[method-assign]
-    frame, more_held = hello_frame(link, b"n" * NONCE_BYTES)
+    frame, more_held = hello_frame(node._node.hello(link, b"n" * NONCE_BYTES), held)
     assert len(frame) <= PRE_AUTH_MAX_FRAME_BYTES
     decoder = FrameDecoder(PRE_AUTH_MAX_FRAME_BYTES)
     decoder.feed(frame)
@@ -216,4 +215,4 @@ def test_a_node_whose_hello_cannot_fit_says_so_and_keeps_trying(
             what="the error",
         )
     assert not node._node.links[0].is_ready
-    assert all(not task.done() for task in node._node._link_tasks), "the link keeps trying"
+    assert all(not task.done() for task in node._node.members.tasks), "the link keeps trying"

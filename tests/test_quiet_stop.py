@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobreactor import Registry
-from jobreactor.node.link import LinkPhase
+from jobreactor.node.handshake import Phase
 from tests.conftest import Recorder, make_test_reactor, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,7 +49,7 @@ def test_app_stop_with_every_feedback_in_logs_no_warning_on_either_side(
         app.stop(timeout=15)  # at once: it waits for the jobs, then closes as the last reports in
         assert len(feedbacks.wait(5)) == 5
         link = node._node.links[0]
-        wait_until(lambda: link.phase is LinkPhase.DOWN, 10, "the node to see the app go")
+        wait_until(lambda: link.handshake.phase is Phase.DOWN, 10, "the node to see the app go")
         assert link.unacked_reports == 0  # the acknowledgement left before the goodbye
     finally:
         workers.stop(timeout=15)

@@ -138,7 +138,7 @@ class LocalLists:
         def read() -> list[View]:
             out: list[View] = []
             for node in self.source._nodes():
-                for job_id in node._timers.peek(SCHEDULED_MAX):
+                for job_id in node.scheduled_ids(SCHEDULED_MAX):
                     record = node.peek_record(job_id)
                     if record is not None and record.status != JobStatus.ERROR:
                         out.append(_view(record, node=node.name, where="scheduled"))

@@ -149,7 +149,7 @@ class LocalSource:
         def read() -> list[View]:
             out: list[View] = []
             for node in self._nodes():
-                for job_id in node._timers.peek(limit):
+                for job_id in node.scheduled_ids(limit):
                     record = node.peek_record(job_id)
                     if record is not None:
                         out.append(job_view(record, node=node.name))
@@ -184,9 +184,9 @@ class LocalSource:
                 if entry is not None:
                     return job_view(entry.job, where="in flight", node=entry.node)
             for node in self._nodes():
-                held = node._jobs.get(job_id)
-                if held is not None:
-                    return job_view(held.record, where="held by node", node=node.name)
+                record = node.peek_record(job_id)
+                if record is not None:
+                    return job_view(record, where="held by node", node=node.name)
             return None
 
         found: View | None = self._on_loop(live)

@@ -9,30 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
+from jobreactor.node.link import DistributorLink
 from jobreactor.storage.codec import redact_url
-
-if TYPE_CHECKING:
-    from jobreactor.node.node import Node
 
 logger = logging.getLogger("jobreactor.node")
 
 __all__ = ["warn_if_alone"]
 
 
-def warn_if_alone(node: Node, after_s: float, discovery_url: str | None) -> asyncio.TimerHandle:
+class Lonely(Protocol):
+    """What the check reads of a node (node.py's Node)."""
+
+    name: str
+    group: str
+
+    @property
+    def links(self) -> Sequence[DistributorLink]: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+def warn_if_alone(node: Lonely, after_s: float, discovery_url: str | None) -> asyncio.TimerHandle:
     """Arm the one-shot check; the returned handle may be cancelled (the node stops)."""
 
     def check() -> None:
-        if node._stopping or any(link.is_ready for link in node.links):
+        if node.stopping or any(link.is_ready for link in node.links):
             return
         logger.warning("%s", _explain(node, after_s, discovery_url))
 
     return asyncio.get_running_loop().call_later(after_s, check)
 
 
-def _explain(node: Node, after_s: float, discovery_url: str | None) -> str:
+def _explain(node: Lonely, after_s: float, discovery_url: str | None) -> str:
     static = [link.configured for link in node.links if link.configured]
     parts = [f"node {node.name} has no distributor to work for after {after_s:g} s"]
     if discovery_url:

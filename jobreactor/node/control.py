@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import Final
 
-from jobreactor.job import JobStatus
-
-if TYPE_CHECKING:
-    from jobreactor.node.node import Node
+from jobreactor.errors import NodeOpError
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -34,51 +30,80 @@ OPS: Final = ("quiet", "resume", "drain")
 CONTROL_PREFIX: Final = "\x00control:"
 
 
+class Intake:
+    """Whether the node grants credit: not while quiet (an operator), nor once closed (a
+    recycling child, `Node.close_intake`). `shut` is read per credit on the hot path."""
+
+    __slots__ = ("closed", "quiet", "shut", "stopping")
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.closed = False
+        self.shut = False
+        self.stopping = False  # the node stops: jobs that come are handed back
+
+    def set(self, *, quiet: bool | None = None, closed: bool | None = None) -> None:
+        if quiet is not None:
+            self.quiet = quiet
+        if closed is not None:
+            self.closed = closed
+        self.shut = self.quiet or self.closed
+
+
 class NodeControl:
     """The node's state for operators: "running", "quiet" or "draining"."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(
+        self,
+        node_name: str,
+        intake: Intake,
+        *,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        stop: Callable[[], Awaitable[None]],
+        retry_now: Callable[[str], bool],
+    ) -> None:
+        self._name = node_name
+        self._intake = intake
+        self._pause = pause  # credit 0 on every link
+        self._resume = resume  # free credit granted again on every link
+        self._stop_node = stop
+        self._retry_now = retry_now
         self.state = "running"
-        self.quiet = False  # read per credit on the hot path: a plain attribute, not a property
         self.stop_hook: Callable[[], None] | None = None
-        self._stopping: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
+
+    @property
+    def quiet(self) -> bool:
+        return self._intake.quiet
 
     def apply(self, op: str, who: str = "?") -> str:
-        """Do `op`; the state after it. Raises ValueError for an op it doesn't know, or for
-        `resume` while draining (a stop can't be taken back)."""
-        node = self._node
+        """Do `op`; the state after it. Raises NodeOpError (a ValueError) for an op it doesn't
+        know, or for `resume` while draining (a stop can't be taken back)."""
         if op not in OPS:
-            raise ValueError(f"unknown node op {op!r} (one of {', '.join(OPS)})")
+            raise NodeOpError(f"unknown node op {op!r} (one of {', '.join(OPS)})")
         if op == "resume":
             if self.state == "draining":
-                raise ValueError(f"node {node.name} is draining: it can't resume")
+                raise NodeOpError(f"node {self._name} is draining: it can't resume")
             if self.state == "quiet":
-                self.state, self.quiet = "running", False
-                for link in node.links:
-                    link.grant(node.free_credits(link))
+                self.state = "running"
+                self._intake.set(quiet=False)
+                self._resume()
         elif self.state == "running" or (op == "drain" and self.state == "quiet"):
-            self.state, self.quiet = ("quiet" if op == "quiet" else "draining"), True
-            for link in node.links:
-                link.pause()
+            self.state = "quiet" if op == "quiet" else "draining"
+            self._intake.set(quiet=True)
+            self._pause()
             if op == "drain":
                 self._stop()
-        logger.info("node %s: %s requested by %s; now %s", node.name, op, who, self.state)
+        logger.info("node %s: %s requested by %s; now %s", self._name, op, who, self.state)
         return self.state
 
     def retry_now(self, job_id: str) -> bool:
         """A job of ours waiting for its next attempt (status `error`) runs now, keeping its
         attempt count (the dashboard's "retry now"); False if we hold no such job."""
-        node = self._node
-        held = node._held(job_id)
-        if held is None or held.running or held.record.status != JobStatus.ERROR:
+        if not self._retry_now(job_id):
             return False
-        node._timers.cancel(job_id)
-        node._ready.remove(job_id)
-        held.record.run_at_ts = time.time()
-        node._persist(held.record)
-        node._schedule_at_epoch(held, held.record.run_at_ts)
-        logger.info("node %s: job %s retried now at an operator's request", node.name, job_id)
+        logger.info("node %s: job %s retried now at an operator's request", self._name, job_id)
         return True
 
     def _stop(self) -> None:
@@ -86,4 +111,4 @@ class NodeControl:
             self.stop_hook()
         else:
             # Not one of the node's own tasks: its stop cancels those.
-            self._stopping = self._node.loop.create_task(self._node.stop())
+            self._stopping = asyncio.ensure_future(self._stop_node())

@@ -18,40 +18,54 @@ their reports are dropped with the node (memory semantics).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
+from jobreactor.config import ReactorConfig
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Member, Registration, connect
 from jobreactor.discovery.watch import Watcher
-
-if TYPE_CHECKING:
-    from jobreactor.node.link import DistributorLink
-    from jobreactor.node.node import Node
+from jobreactor.node.link import DistributorLink
+from jobreactor.node.membership import Membership
 
 logger = logging.getLogger("jobreactor.node")
 
 
 class Discovered:
-    def __init__(self, node: Node, url: str, group: str) -> None:
-        settings = node.settings
-        self.node = node
+    def __init__(
+        self,
+        membership: Membership,
+        url: str,
+        group: str,
+        *,
+        settings: ReactorConfig,
+        node_name: str,
+        secret: bytes | None,
+        stats: Callable[[], dict[str, Any]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.members = membership
+        self._name = node_name
+        self._settings = settings
+        self._stopping = stopping
         self.client = connect(url)
         self.keys = GroupKeys(settings.redis_prefix, group)
         self.registration = Registration(
             self.client,
             self.keys,
             "node",
-            node.name,
-            node.stats,
+            node_name,
+            stats,
             beat=settings.registry_beat,
             ttl=settings.registry_ttl,
             on_beat=self._on_beat,
-            secret=node.secret,
+            secret=secret,
         )
         self.watcher = Watcher(
-            self.client, self.keys, settings.redis_prefix, self._on_members, secret=node.secret
+            self.client, self.keys, settings.redis_prefix, self._on_members, secret=secret
         )
         self.links: dict[str, DistributorLink] = {}  # address -> link dialled by discovery
         self.retired: dict[str, DistributorLink] = {}  # instance id -> link that left
@@ -68,7 +82,7 @@ class Discovered:
         except REDIS_ERRORS as exc:
             logger.warning(
                 "node %s: discovery redis unreachable (%s); retrying each beat",
-                self.node.name,
+                self._name,
                 exc,
             )
             self.registration.unreachable()  # logged: the beat loop says only when it is back
@@ -79,7 +93,7 @@ class Discovered:
         self.watcher.refresh()
 
     def _on_members(self, members: list[Member]) -> None:
-        if self.node.stopping:
+        if self._stopping():
             return
         live = {m.address: m for m in members if m.address}
         for address, link in list(self.links.items()):
@@ -91,7 +105,7 @@ class Discovered:
         self._forget_unadopted()
         for address, link in self.links.items():
             if address in live:  # its handshake must show this very instance
-                link.expected_instance = live[address].iid
+                link.handshake.expected_instance = live[address].iid
         for address, member in live.items():
             self._journaled[address] = bool(member.stats.get("journal", True))
         self._dial_new(live)
@@ -103,22 +117,22 @@ class Discovered:
 
     def _dial_new(self, live: dict[str, Member]) -> None:
         """Dial each live address we have no link to, unless its instance already has one."""
-        static = [link for link in self.node.links if link not in self.links.values()]
+        static = [link for link in self.members.links if link not in self.links.values()]
         if any(not link.tried for link in static):
             return  # a static address may be one of these: dial once it connected (or not)
         configured = {link.configured for link in static} | {link.peer for link in static}
-        served = {link.instance for link in self.node.links if link.instance}
+        served = {link.instance for link in self.members.links if link.instance}
         for address, member in live.items():
             if address in self.links or address in configured or member.iid in served:
                 continue  # one link per distributor instance, whatever address leads there
             host, _, port = address.rpartition(":")
             try:
-                link = self.node.add_link(host, int(port), member.iid)
+                link = self.members.add_link(host, int(port), member.iid)
             except ValueError:
                 logger.warning("registry entry with a bad address %r ignored", address)
                 continue
             self.links[address] = link
-            logger.info("%s: found distributor %s", self.node.name, address)
+            logger.info("%s: found distributor %s", self._name, address)
 
     def welcomed(self, link: DistributorLink) -> None:
         """`link` was welcomed: what is held for its instance goes there; one link per instance.
@@ -131,22 +145,22 @@ class Discovered:
         self._retired_at.pop(iid, None)
         bucket = self.retired.pop(iid, None)
         if bucket is not None and bucket is not link:
-            self.node.rehome(bucket, link)
-        for other in list(self.node.links):
+            self.members.rehome(bucket, link)
+        for other in list(self.members.links):
             if other is link or other.instance != iid:
                 continue
             found = set(self.links.values())
             # Not from inside `link`'s Welcome: it finishes first (and a stopped link is done).
             if other in found:
-                self.node.loop.call_soon(self._yield, other, link)
+                asyncio.get_running_loop().call_soon(self._yield, other, link)
             elif link in found:
-                self.node.loop.call_soon(self._yield, link, other)
+                asyncio.get_running_loop().call_soon(self._yield, link, other)
             elif iid not in self._pairs_told:
                 self._pairs_told.add(iid)
                 logger.warning(
                     "%s: static distributors %s and %s are one distributor (instance %s): "
                     "list it once",
-                    self.node.name,
+                    self._name,
                     other.configured,
                     link.configured,
                     iid,
@@ -154,19 +168,19 @@ class Discovered:
 
     def _yield(self, duplicate: DistributorLink, keeper: DistributorLink) -> None:
         address = next((a for a, li in self.links.items() if li is duplicate), None)
-        if address is None or keeper not in self.node.links:
+        if address is None or keeper not in self.members.links:
             return  # retired meanwhile
         del self.links[address]
         logger.info(
             "%s: %s and %s lead to one distributor (instance %s); keeping %s",
-            self.node.name,
+            self._name,
             address,
             keeper.configured,
             keeper.instance,
             keeper.configured,
         )
-        self.node.remove_link(duplicate)
-        self.node.rehome(duplicate, keeper)
+        self.members.remove_link(duplicate)
+        self.members.rehome(duplicate, keeper)
 
     def link_down(self, link: DistributorLink) -> None:
         """A discovered link died: look at the registry (gone for good, or redialled)."""
@@ -181,18 +195,18 @@ class Discovered:
 
     def _retire(self, address: str) -> None:
         link = self.links.pop(address)
-        self.node.remove_link(link)
-        logger.info("%s: distributor %s left; no more dialling it", self.node.name, address)
+        self.members.remove_link(link)
+        logger.info("%s: distributor %s left; no more dialling it", self._name, address)
         if not self._journaled.pop(address, True):  # memory: nobody will adopt it
-            self.node.outcomes_lost(link)
+            self.members.outcomes_lost(link)
             return
-        if link.instance and (link.unacked_reports or self.node.holds_from(link)):
+        if link.instance and (len(link.reports) or self.members.holds_from(link)):
             self.retired[link.instance] = link  # until an adopter shows up, or never
             self._retired_at[link.instance] = time.monotonic()
 
     def _forget_unadopted(self) -> None:
         """A retired link nobody adopted (a memory distributor) stops being kept."""
-        limit = time.monotonic() - 2 * self.node.settings.adopt_grace
+        limit = time.monotonic() - 2 * self._settings.adopt_grace
         for iid, since in list(self._retired_at.items()):
             if since < limit:
                 del self._retired_at[iid]
@@ -200,24 +214,26 @@ class Discovered:
                 logger.warning(
                     "%s: nobody adopted distributor %s (%s); its %d unacknowledged report(s) "
                     "are dropped (a memory-backed distributor keeps nothing)",
-                    self.node.name,
+                    self._name,
                     link.configured,
                     iid,
-                    link.unacked_reports,
+                    len(link.reports),
                 )
 
     def reroute(self) -> None:
         """Hand the jobs and reports of adopted instances to their adopters' links, if ready."""
         for old, address in list(self._routes.items()):
             target = self.links.get(address) or next(
-                (li for li in self.node.links if li.configured == address), None
+                (li for li in self.members.links if li.configured == address), None
             )
             if target is None or not target.is_ready:
                 continue  # again when that link is welcomed
             del self._routes[old]
             self._rerouted.add(old)
             self._retired_at.pop(old, None)
-            self.node.reroute(old, self.retired.pop(old, None) or self._adopted_link(old), target)
+            self.members.reroute(
+                old, self.retired.pop(old, None) or self._adopted_link(old), target
+            )
 
     def _adopted_link(self, old: str) -> DistributorLink | None:
         """A link still open to instance `old`, which was adopted: it stalled past adopt_grace
@@ -226,12 +242,12 @@ class Discovered:
         for address, link in list(self.links.items()):
             if link.instance == old:
                 del self.links[address]
-                self.node.remove_link(link)
+                self.members.remove_link(link)
                 logger.info(
-                    "%s: distributor %s was adopted; not dialled again", self.node.name, address
+                    "%s: distributor %s was adopted; not dialled again", self._name, address
                 )
                 return link
-        return next((li for li in self.node.links if li.instance == old), None)
+        return next((li for li in self.members.links if li.instance == old), None)
 
     async def stop(self) -> None:
         await self.watcher.stop()

@@ -1,61 +1,102 @@
-"""Membership: the node's side of discovery: links that come and go, re-routing, stats.
-
-`Discovered` (discovered.py) decides; these are the node operations it calls. Node (node.py)
-mixes this in.
+"""Membership: the node's links, as discovery (discovered.py) adds, retires and pairs them, and
+the jobs and reports that move between them when a distributor is replaced or adopted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import ssl
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
 
-from jobreactor.metrics import METRICS
-from jobreactor.node.attempts import Attempts, Held
+from jobreactor.job import JobRecord
+from jobreactor.node.held import HeldJob
+from jobreactor.node.holdings import Holdings
 from jobreactor.node.link import DistributorLink
-from jobreactor.node.packing import Packing
 from jobreactor.protocol import ReportItem
-
-if TYPE_CHECKING:
-    from jobreactor.node.discovered import Discovered
-    from jobreactor.node.node import Node
-    from jobreactor.node.scheduler import TimerHeap
 
 logger = logging.getLogger("jobreactor.node")
 
 
-class Membership(Packing, Attempts):
-    """The discovery half of Node. The attributes below are Node's."""
+class Membership:
+    """The node's distributor links (`links`, a list the other parts read) and re-routing."""
 
-    if TYPE_CHECKING:
-        group: str
-        discovered: Discovered | None
-        _ssl: ssl.SSLContext | None
-        _stopping: bool
-        _window: int
-        _concurrency: int
-        _timers: TimerHeap
+    def __init__(
+        self,
+        node_name: str,
+        holdings: Holdings,
+        persist: Callable[[JobRecord], None],
+        *,
+        make_link: Callable[[str, int], DistributorLink],
+    ) -> None:
+        self._name = node_name
+        self._holdings = holdings
+        self._persist = persist
+        self._make_link = make_link
+        self.links: list[DistributorLink] = []
+        self.tasks: list[asyncio.Task[None]] = []  # each link's dial loop
+        self.stopping = False
 
-        def _run_link(self, link: DistributorLink) -> None: ...
+    def run(self, link: DistributorLink) -> None:
+        """Start `link`'s dial loop (it runs until the link is stopped)."""
+        task = asyncio.get_running_loop().create_task(link.run(), name=f"link {link.configured}")
+        self.tasks.append(task)
+        task.add_done_callback(self._done)
 
-        def _persist(self, record: Any) -> None: ...
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task in self.tasks and not self.stopping:
+            self.tasks.remove(task)
+
+    async def stop(self, reports_within: float) -> None:
+        """Let each link's reports be acknowledged (bounded), then stop every link."""
+        self.stopping = True
+        for link in self.links:
+            await link.wait_reports_acked(timeout=reports_within)
+        for link in self.links:
+            link.stop()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def pause(self) -> None:
+        """Credit 0 on every link (quiet, recycling, storage refusing writes)."""
+        for link in self.links:
+            link.pause()
+
+    def resume(self, free_credits: Callable[[DistributorLink], int]) -> None:
+        """Each link's free credit granted again."""
+        for link in self.links:
+            link.grant(free_credits(link))
+
+    def held_from(self, link: DistributorLink) -> list[tuple[str, int]]:
+        """(job id, lease) of every job held from `link`'s distributor (its Hello lists them)."""
+        return [
+            (h.record.id, h.record.lease)
+            for h in self._holdings.jobs.values()
+            if not h.dropped and (h.link is link or h.record.distributor == link.configured)
+        ] + self._holdings.packed_held_from(link)
 
     def holds_from(self, link: DistributorLink) -> bool:
-        if any(h.link is link and not h.dropped for h in self._jobs.values()):
+        if any(h.link is link and not h.dropped for h in self._holdings.jobs.values()):
             return True
-        return any(by is link for _, _, by, _ in self._packed_jobs())
+        return any(by is link for _, _, by, _ in self._holdings.packed_jobs())
 
-    def instance_mismatch(self) -> None:
-        """A discovered address answered as another instance: look at the registry again."""
-        if self.discovered is not None:
-            self.discovered.watcher.refresh()
+    def bind_recovered(self, link: DistributorLink) -> None:
+        """Jobs resumed from storage with no link yet, sent by `link`'s distributor: now we
+        know where to report."""
+        for held in self._holdings.jobs.values():
+            if held.link is None and held.record.distributor in (link.address, link.configured):
+                held.link = link
 
-    def add_link(self, host: str, port: int, expected_instance: str) -> DistributorLink:
-        """Dial one more distributor (found by discovery, listed as `expected_instance`)."""
-        link = DistributorLink(cast("Node", self), host, port, self._ssl)
-        link.expected_instance = expected_instance
+    def add_link(
+        self, host: str, port: int, expected_instance: str | None, *, run: bool = True
+    ) -> DistributorLink:
+        """Dial one more distributor (found by discovery, listed as `expected_instance`; a
+        static one: None, and `run` later, at the node's start)."""
+        link = self._make_link(host, port)
+        link.handshake.expected_instance = expected_instance
         self.links.append(link)
-        self._run_link(link)
+        if run:
+            self.run(link)
         return link
 
     def remove_link(self, link: DistributorLink) -> None:
@@ -67,15 +108,16 @@ class Membership(Packing, Attempts):
     def outcomes_lost(self, link: DistributorLink) -> None:
         """`link`'s distributor left with memory storage (nothing to hand over): the jobs held
         from it still run, but their outcomes reach nobody. Say so, job by job."""
-        link.outcome_lost = True
-        held = [(h.record.id, h.record.name) for h in self._jobs.values() if h.link is link]
-        held += [(job_id, "?") for job_id, _, by, _ in self._packed_jobs() if by is link]
-        reports = link.take_reports()
+        link.reports.outcome_lost = True
+        jobs = self._holdings.jobs.values()
+        held = [(h.record.id, h.record.name) for h in jobs if h.link is link]
+        held += [(job_id, "?") for job_id, _, by, _ in self._holdings.packed_jobs() if by is link]
+        reports = link.reports.take()
         if held or reports:
             logger.warning(
                 "%s: distributor %s left with memory storage: the outcome of %d job(s) held "
                 "from it and %d unacknowledged report(s) is lost (the jobs still run here): %s",
-                self.name,
+                self._name,
                 link.address,
                 len(held),
                 len(reports),
@@ -91,12 +133,12 @@ class Membership(Packing, Attempts):
         ids = {job_id for job_id, _ in pairs}
         pairs += [(item.job_id, item.lease) for _, item in reports if item.job_id not in ids]
         target.send_held(pairs, old)  # first: the adopter binds them to us, then takes the reports
-        target.adopt_reports(reports)
+        target.reports.adopt(reports)
         if pairs:
             logger.warning(
                 "%s: %d job(s) and %d report(s) of vanished distributor %s go to %s, "
                 "which adopted its journal",
-                self.name,
+                self._name,
                 len(moved),
                 len(reports),
                 old,
@@ -116,10 +158,10 @@ class Membership(Packing, Attempts):
         if not pairs:
             return
         target.send_held(pairs, "")
-        target.adopt_reports(reports)
+        target.reports.adopt(reports)
         logger.info(
             "%s: %d job(s) and %d report(s) held for distributor %s move to its link %s",
-            self.name,
+            self._name,
             len(moved),
             len(reports),
             target.instance,
@@ -128,39 +170,19 @@ class Membership(Packing, Attempts):
 
     def _move(
         self, target: DistributorLink, old: str | None, bucket: DistributorLink | None
-    ) -> tuple[list[Held], list[tuple[int, ReportItem]]]:
+    ) -> tuple[list[HeldJob], list[tuple[int, ReportItem]]]:
         """Jobs from instance `old` or link `bucket` now held for `target`; `bucket`'s reports."""
 
-        def moves(link: DistributorLink | None, origin: str) -> bool:
+        def moves(link: object, origin: str) -> bool:
             return origin == old or (bucket is not None and link is bucket)
 
-        for job_id, _, by, origin in self._packed_jobs():
+        holdings = self._holdings
+        for job_id, _, by, origin in holdings.packed_jobs():
             if moves(by, origin):
-                self._held(job_id)  # unpacked: its record changes below
-        moved = [h for h in self._jobs.values() if not h.dropped and moves(h.link, h.origin)]
+                holdings.find(job_id)  # unpacked: its record changes below
+        moved = [h for h in holdings.jobs.values() if not h.dropped and moves(h.link, h.origin)]
         for held in moved:
             held.link, held.origin = target, target.instance
             held.record.distributor = target.configured
             self._persist(held.record)
-        return moved, bucket.take_reports() if bucket is not None else []
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def stats(self) -> dict[str, Any]:
-        """What this node publishes with its registry beat (and dashboards read)."""
-        return {
-            "name": self.name,
-            "group": self.group,
-            "storage": self.storage.kind,
-            "held": (len(self._jobs) + self._packed_n),
-            "scheduled": len(self._timers),
-            "running": self._running,
-            "free_credit": max(0, self._window - (len(self._jobs) + self._packed_n)),
-            "distributors": [link.address for link in self.links if link.is_ready],
-            "concurrency": self._concurrency,
-            "state": self.control.state,  # type: ignore[attr-defined]
-            "limits": self.limits.stats() if self.limits is not None else {},
-            "metrics": METRICS.snapshot(),
-        }
+        return moved, bucket.reports.take() if bucket is not None else []

@@ -1,6 +1,6 @@
 """A link's reports: numbered, kept until the distributor acknowledges them, sent again after
-a reconnect, split into frames that fit the peer's max_frame_bytes. DistributorLink (link.py)
-mixes this in; the attributes below are the link's.
+a reconnect, split into frames that fit the peer's max_frame_bytes. A DistributorLink (link.py)
+owns one; it says when to send (`send`) and when a new report wants a flush (`flush_soon`).
 """
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from jobreactor.connection import FramedConnection
 from jobreactor.errors import LocalProtocolError
 from jobreactor.protocol import ReportItem, Reports, encode, encode_split, pack_args
-
-if TYPE_CHECKING:
-    from jobreactor.node.node import Node
 
 logger = logging.getLogger("jobreactor.node")
 
@@ -52,24 +50,23 @@ def wire_safe(value: Any) -> Any:
     return value
 
 
-class Reporting:
-    """report, the unacknowledged queue and its acknowledgement; sending them (`_send_reports`)."""
+class ReportQueue:
+    """The reports of one link: numbered, unacknowledged ones kept, sent in frames that fit."""
 
-    if TYPE_CHECKING:
-        node: Node
-        address: str
-        conn: FramedConnection | None
-        _reports: deque[tuple[int, ReportItem]]  # sent or not, unacknowledged
-        _unsent_from: int  # index into _reports of the first report not yet sent
-        _seq: int
-        _reports_drained: asyncio.Event
+    def __init__(self, flush_soon: Callable[[], None], max_frame_bytes: int) -> None:
+        self._flush_soon = flush_soon
+        self._max_frame_bytes = max_frame_bytes
+        self._reports: deque[tuple[int, ReportItem]] = deque()  # sent or not, unacknowledged
+        self._unsent_from = 0  # index into _reports of the first report not yet sent
+        self._seq = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.address = ""  # its distributor's, for the log lines
         # Its distributor left with nothing to hand over (memory storage): reports go nowhere.
-        outcome_lost: bool
+        self.outcome_lost = False
 
-        @property
-        def is_ready(self) -> bool: ...
-
-        def _flush_soon(self) -> None: ...
+    def __len__(self) -> int:
+        return len(self._reports)
 
     def report(
         self,
@@ -88,55 +85,49 @@ class Reporting:
                 self.address,
             )
             return
+        if not self._reports:  # `drained` is set exactly while the queue is empty
+            self.drained.clear()
         self._seq += 1
         item = ReportItem(job_id, lease, outcome, final, args, completes_batch)
         self._reports.append((self._seq, item))
-        self._reports_drained.clear()
         self._flush_soon()
 
-    def unacked_report_ids(self) -> list[tuple[str, int]]:
+    def unacked_ids(self) -> list[tuple[str, int]]:
         return [(item.job_id, item.lease) for _, item in self._reports]
 
-    def take_reports(self) -> list[tuple[int, ReportItem]]:
+    def take(self) -> list[tuple[int, ReportItem]]:
         """Every unacknowledged report, removed from this link (to send them elsewhere)."""
         taken = list(self._reports)
         self._reports.clear()
         self._unsent_from = 0
-        self._reports_drained.set()
+        self.drained.set()
         return taken
 
-    def adopt_reports(self, reports: list[tuple[int, ReportItem]]) -> None:
+    def adopt(self, reports: list[tuple[int, ReportItem]]) -> None:
         """Send reports taken from another link, after ours, in their order."""
         for _, item in reports:
             self.report(*item)
 
-    def drop_reports_for(self, job_ids: set[str]) -> None:
+    def drop_for(self, job_ids: set[str]) -> None:
         kept = [(seq, item) for seq, item in self._reports if item.job_id not in job_ids]
         self._reports = deque(kept)
         self._unsent_from = min(self._unsent_from, len(self._reports))
         if not kept:
-            self._reports_drained.set()
+            self.drained.set()
 
-    def _on_reports_ack(self, upto_seq: int) -> None:
+    def acked(self, upto_seq: int) -> None:
         reports = self._reports
         while reports and reports[0][0] <= upto_seq:
             reports.popleft()
             self._unsent_from = max(0, self._unsent_from - 1)
         if not reports:
-            self._reports_drained.set()
+            self.drained.set()
 
-    @property
-    def unacked_reports(self) -> int:
-        return len(self._reports)
-
-    async def wait_reports_acked(self, timeout: float) -> bool:
-        """Until every report is acknowledged, the link drops, or `timeout` passes."""
-        conn = self.conn
-        if conn is None or not self.is_ready:
-            return not self._reports
+    async def wait_acked(self, closed: asyncio.Event, timeout: float) -> bool:
+        """Until every report is acknowledged, `closed` is set, or `timeout` passes."""
         waiters = [
-            asyncio.ensure_future(self._reports_drained.wait()),
-            asyncio.ensure_future(conn.closed.wait()),
+            asyncio.ensure_future(self.drained.wait()),
+            asyncio.ensure_future(closed.wait()),
         ]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -145,7 +136,11 @@ class Reporting:
                 waiter.cancel()
         return not self._reports
 
-    def _send_reports(self, conn: FramedConnection) -> None:
+    def resend_all(self) -> None:
+        """A new connection: everything unacknowledged goes again, in order."""
+        self._unsent_from = 0
+
+    def send(self, conn: FramedConnection) -> None:
         reports = self._reports
         while self._unsent_from < len(reports):
             start = self._unsent_from
@@ -153,14 +148,12 @@ class Reporting:
                 reports[i] for i in range(start, min(len(reports), start + _REPORTS_PER_FRAME))
             ]
             self._unsent_from += len(chunk)
-            for frame in self._encode_reports(chunk):
+            for frame in self._encode(chunk):
                 conn.send_frame(frame)
 
-    def _encode_reports(self, chunk: list[tuple[int, ReportItem]]) -> list[bytes]:
+    def _encode(self, chunk: list[tuple[int, ReportItem]]) -> list[bytes]:
         try:
-            return encode_split(
-                chunk, _reports_frame, self.node.settings.max_frame_bytes, _too_large
-            )
+            return encode_split(chunk, _reports_frame, self._max_frame_bytes, _too_large)
         except LocalProtocolError:
             pass
         # Some job put a value msgpack can't carry into its args: send that report with the
@@ -177,4 +170,4 @@ class Reporting:
                 args = {k: wire_safe(v) for k, v in item.args.items()}
                 item = item._replace(args=args)
             fixed.append((seq, item))
-        return encode_split(fixed, _reports_frame, self.node.settings.max_frame_bytes, _too_large)
+        return encode_split(fixed, _reports_frame, self._max_frame_bytes, _too_large)

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobreactor.definitions import JobDefinition, Step
-from jobreactor.errors import CancelJob, JobTimeout
-from jobreactor.job import error_value
+from jobreactor.errors import CancelJob, JobStepError, JobTimeout
+from jobreactor.job import JobRecord, error_value
 
 
 def steps_of(definition: JobDefinition) -> list[Step]:
+    if not definition.callbacks:  # the usual case, once per attempt: no generator
+        return [definition.fn]
     return [definition.fn, *(fn for _, fn in definition.callbacks)]
 
 
@@ -39,7 +41,7 @@ def run_sync(steps: Sequence[Step], args: dict[str, Any]) -> BaseException | Non
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-                raise TypeError(f"{step!r} returned an awaitable; declare it `async def`")
+                raise JobStepError(f"{step!r} returned an awaitable; declare it `async def`")
     except CancelJob as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 (a job's failure is data: it goes to errbacks)
@@ -52,7 +54,7 @@ async def run_async(steps: Sequence[Step], args: dict[str, Any]) -> BaseExceptio
     try:
         for step in steps:
             result = step(args)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
     except CancelJob as exc:
         return exc
@@ -94,6 +96,20 @@ async def run_steps(
 
 def plain_args(args: dict[str, Any]) -> dict[str, Any]:
     """Args fit for the wire and storage: live exceptions become error values (job.error_value)."""
-    if not any(isinstance(v, BaseException) for v in args.values()):
+    for value in args.values():  # a loop, not any(<generator>): once per attempt
+        if isinstance(value, BaseException):
+            break
+    else:
         return args
     return {k: error_value(v) if isinstance(v, BaseException) else v for k, v in args.items()}
+
+
+def job_itself(record: JobRecord) -> dict[str, Any]:
+    """The record as the `job_itself` arg shows it (merge_job_itself_to_args)."""
+    itself = record.to_dict()
+    itself["args"] = plain_args(dict(record.args))
+    itself.setdefault("attempt", record.attempt)
+    itself.setdefault("status", str(record.status))
+    itself.setdefault("node", record.node)
+    itself.setdefault("make_after", record.make_after)  # the Ruby job_itself always had it
+    return itself

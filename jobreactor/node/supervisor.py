@@ -36,11 +36,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
-if TYPE_CHECKING:
-    from jobreactor.config import NodeConfig
-    from jobreactor.node.node import Node
+from jobreactor.config import NodeConfig
 
 logger = logging.getLogger("jobreactor.supervisor")
 
@@ -210,7 +208,15 @@ def run_supervisor(config: NodeConfig, argv: list[str]) -> int:
 # --- the child's side ----------------------------------------------------------------------------
 
 
-async def supervised_child(node: Node, config: NodeConfig, supervisor_pid: int) -> None:
+class Recyclable(Protocol):
+    """What a supervised child's recycling needs of its node (node.py's Node)."""
+
+    def close_intake(self) -> None: ...
+
+    def recycle_with(self, recycler: Recycler) -> None: ...
+
+
+async def supervised_child(node: Recyclable, config: NodeConfig, supervisor_pid: int) -> None:
     """In a child, on its loop: follow the supervisor's life, and recycle past the limits."""
     watch_supervisor(asyncio.get_running_loop(), supervisor_pid)
     if config.max_jobs_per_process is not None or config.max_memory_mb is not None:
@@ -219,7 +225,7 @@ async def supervised_child(node: Node, config: NodeConfig, supervisor_pid: int) 
             node.close_intake()  # at once: no job may slip in before the stop begins
             stop_self()
 
-        node.recycler = Recycler(config.max_jobs_per_process, config.max_memory_mb, recycle)
+        node.recycle_with(Recycler(config.max_jobs_per_process, config.max_memory_mb, recycle))
 
 
 def stop_self() -> None:

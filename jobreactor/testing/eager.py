@@ -25,7 +25,7 @@ import collections
 import threading
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Feedback, Observer, Waiting
@@ -33,9 +33,7 @@ from jobreactor.enqueue import ON_LOOP_ADMISSION, check_batchable, needs_admissi
 from jobreactor.errors import InvalidOptions, ReactorRunning, WrongThread
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.node import guards
-from jobreactor.node.attempts import Held
-from jobreactor.node.link import DistributorLink
+from jobreactor.node.held import HeldJob
 from jobreactor.reactor import Reactor
 from jobreactor.storage import MemoryStorage
 from jobreactor.storage.memory import Keyspace
@@ -118,7 +116,7 @@ class EagerMode:
         for name, call in self._replaced.items():
             setattr(self.reactor, name, call)
         self.reactor.config.restore(self._saved)
-        self._node._pool.shutdown(wait=False, cancel_futures=True)
+        self._node.pool.shutdown(wait=False, cancel_futures=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
@@ -183,10 +181,7 @@ class EagerMode:
 
         def now() -> bool:
             self._resting.pop(job_id, None)
-            if job_id not in self._node._jobs:
-                return False
-            self._node.cancel_job(job_id)
-            return True
+            return self._node.settle.cancel_job(job_id)
 
         async def cancel_and_settle() -> bool:
             found = now()
@@ -206,7 +201,7 @@ class EagerMode:
             for job_id, due in list(self._resting.items()):
                 del self._resting[job_id]
                 self._budget[job_id] = self._runs[job_id] + runs
-                self._node._timers.schedule(job_id, due)
+                self._node.holdings.timers.schedule(job_id, due)
             await self._drive()
 
         self._run(again())
@@ -279,7 +274,7 @@ class EagerMode:
             for item in reports:
                 self._app.settle_report(item, self._names.get(item.job_id, "?"))
             return True
-        busy = self._node._tasks | self._app.tasks
+        busy = self._node.tasks.running | self._app.tasks
         if busy:
             await asyncio.wait(busy)
             return True
@@ -287,11 +282,12 @@ class EagerMode:
         if held is None:
             return False
         self._runs[held.record.id] += 1
-        self._node._claim_slot(held)
-        if guards.needs_guard(held, self._node.registry):
-            await guards.enter(self._node, held)
+        node = self._node
+        node.clock.claim(held)
+        if node.guards.needed(held):
+            await node.guards.enter(held)
         else:
-            self._node.start_attempt(held)
+            node.attempts.start(held)
         return True
 
     async def _intake(self) -> None:
@@ -300,21 +296,22 @@ class EagerMode:
             record.node = self._node.name
             self._app._waiting[record.id] = waiting
             self._names[record.id] = record.name
-            held = Held(record, cast(DistributorLink, self._link))
-            self._node._jobs[record.id] = held
+            held = HeldJob(record, self._link)
+            self._node.holdings.jobs[record.id] = held
             await self._node.storage.save_many(self._node.name, [record])
-            self._node._schedule_at_epoch(held, record.run_at_ts)
+            self._node.clock.at_epoch(held, record.run_at_ts)
 
-    def _next_due(self) -> Held | None:
+    def _next_due(self) -> HeldJob | None:
         """The next job by due time (time skipped); periodic jobs past their runs rest."""
         while True:
             if not self._due:
-                deadline = self._node._timers.next_deadline()
+                timers = self._node.holdings.timers
+                deadline = timers.next_deadline()
                 if deadline is None:
                     return None
-                self._due.extend(self._node._timers.pop_due(deadline))
+                self._due.extend(timers.pop_due(deadline))
             job_id = self._due.popleft()
-            held = self._node._jobs.get(job_id)
+            held = self._node.holdings.jobs.get(job_id)
             if held is None or held.running:
                 continue
             budget = self._budget.get(job_id, self.periodic_runs)

@@ -1,9 +1,10 @@
 """The engine's two halves joined without a socket, for eager mode (eager.py).
 
 `AppSide` is the distributor's feedback half (distributor/outcomes.py) with nothing to
-dispatch; `EagerNode` is a node's attempt half (node/attempts.py) whose timers only record due
-times, for the eager driver to run the next one at once; `InlineLink` stands where a node's
-link would be and keeps the reports, their args through msgpack as on the wire.
+dispatch; `EagerNode` is a node's attempt parts (node/attempts.py, settle.py, guards.py) on a
+clock that only records due times, for the eager driver to run the next one at once;
+`InlineLink` stands where a node's link would be and keeps the reports, their args through
+msgpack as on the wire.
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
 from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, Outcomes
 from jobreactor.job import JobRecord
-from jobreactor.node.attempts import Attempts, Held
+from jobreactor.node.attempts import Attempts
+from jobreactor.node.batches import NodeBatches
+from jobreactor.node.guards import Guards
+from jobreactor.node.held import HeldJob
+from jobreactor.node.holdings import Holdings
+from jobreactor.node.release import Releaser
 from jobreactor.node.reports import wire_safe
-from jobreactor.node.scheduler import ReadyQueue, TimerHeap
+from jobreactor.node.settle import Settle
+from jobreactor.node.tasks import Tasks
 from jobreactor.protocol import ReportItem, pack_args
 from jobreactor.storage import MemoryStorage
 
@@ -67,6 +74,7 @@ class InlineLink:
     """Where a node's DistributorLink would be: reports go straight to the app side."""
 
     address = configured = ADDRESS
+    instance = ""
     is_ready = True
 
     def __init__(self) -> None:
@@ -88,40 +96,74 @@ class InlineLink:
         return None  # nothing to grant credit to
 
 
-class EagerNode(Attempts):
-    """A node's attempt half, its timers replaced by "the next due job, now"."""
+class EagerClock:
+    """The node's Clock (node/timetable.py) with time skipped: due times are only recorded,
+    for the eager driver to run the next due job at once; run slots are not counted."""
+
+    def __init__(self, holdings: Holdings) -> None:
+        self._timers = holdings.timers
+
+    def at_epoch(self, held: HeldJob, due_epoch: float) -> None:
+        self._timers.schedule(held.record.id, due_epoch)
+
+    def claim(self, held: HeldJob) -> None:
+        held.running = True
+
+    def release(self) -> None:
+        return None  # the driver starts the next due job itself
+
+
+class EagerStore:
+    """The node's Persister (node/persistence.py) over memory storage: the records are the
+    storage's own objects, so only a destroy is written (a task the driver waits for)."""
+
+    def __init__(self, name: str, storage: MemoryStorage, tasks: Tasks) -> None:
+        self._name = name
+        self._storage = storage
+        self._tasks = tasks
+
+    def persist(self, record: JobRecord) -> None:
+        return None  # memory storage holds this very record object
+
+    def destroy(self, job_id: str) -> None:
+        self._tasks.spawn(self._storage.destroy_many(self._name, [job_id]))
+
+
+class EagerNode:
+    """A node's attempt parts (attempts, settle, guards) on an EagerClock and an EagerStore."""
 
     def __init__(self, settings: ReactorConfig, registry: Registry, storage: MemoryStorage) -> None:
         self.name = "eager_node"
-        self.settings = settings
         self.registry = registry
         self.storage = storage
-        self.loop = asyncio.get_running_loop()
-        self.links = []
-        self._jobs: dict[str, Held] = {}
-        self._timers = TimerHeap()
-        self._ready = ReadyQueue()
-        self._running = 0
-        self._idle = asyncio.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
+        loop = asyncio.get_running_loop()
+        self.pool = concurrent.futures.ThreadPoolExecutor(
             settings.thread_pool_size, thread_name_prefix="jobreactor-eager"
         )
-        self._log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
-        self._redis_url = None
-        self._dirty: dict[str, JobRecord] = {}
-        self._doomed: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _persist(self, record: JobRecord) -> None:
-        return None  # memory storage holds this very record object
-
-    def _flush_soon(self) -> None:
-        doomed, self._doomed = list(self._doomed), set()
-        if doomed:
-            self._spawn(self.storage.destroy_many(self.name, doomed))
-
-    def _kick(self) -> None:
-        return None  # the driver starts the next due job itself
-
-    def _schedule_at_epoch(self, held: Held, due_epoch: float) -> None:
-        self._timers.schedule(held.record.id, due_epoch)
+        log_jobs = settings.log_job_processing and logger.isEnabledFor(logging.INFO)
+        self.tasks = tasks = Tasks(loop, self.name)
+        self.holdings = holdings = Holdings(self.name, storage)
+        self.clock = clock = EagerClock(holdings)
+        store = EagerStore(self.name, storage, tasks)
+        releaser = Releaser(settings, registry, storage, None)
+        batches = NodeBatches(loop, self.pool, None)
+        self.settle = settle = Settle(
+            settings,
+            holdings=holdings,
+            clock=clock,
+            store=store,
+            tasks=tasks,
+            releaser=releaser,
+            batches=batches,
+            limits=None,
+            metrics=None,
+            log_jobs=log_jobs,
+        )
+        self.attempts = Attempts(
+            self.name, settings, registry, settle=settle, store=store, tasks=tasks,
+            pool=self.pool, metrics=None, log_jobs=log_jobs,
+        )  # fmt: skip
+        self.guards = Guards(
+            self.name, settings, registry, storage, start=self.attempts.start, settle=settle,
+            releaser=releaser, batches=batches, limits=None, tasks=tasks,
+        )  # fmt: skip

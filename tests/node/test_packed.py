@@ -14,7 +14,7 @@ import pytest
 
 from jobreactor import JobCancelled, Reactor, Registry
 from jobreactor.node import Node
-from jobreactor.node import node as node_module
+from jobreactor.node import timetable as timetable_module
 from jobreactor.storage.memory import MemoryStorage
 from tests.conftest import Recorder, wait_until
 from tests.redis_server import unique_prefix
@@ -29,7 +29,7 @@ AFTER = 1.0  # due past the horizon: packed on arrival
 def storage_kind(
     request: pytest.FixtureRequest, reactor: Reactor, monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    monkeypatch.setattr(node_module, "_PACK_AFTER_S", HORIZON)
+    monkeypatch.setattr(timetable_module, "PACK_AFTER_S", HORIZON)
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
         reactor.config.update(redis_prefix=unique_prefix(), hiredis_url=server.url)
@@ -46,7 +46,7 @@ def start(reactor: Reactor, registry: Registry, name: str = "w1") -> Node:
 
 def packed_ids(reactor: Reactor, node: Node) -> set[str]:
     async def read() -> set[str]:
-        return {job_id for job_id, _, _, _ in node._packed_jobs()}
+        return {job_id for job_id, _, _, _ in node.holdings.packed_jobs()}
 
     return reactor.call(read)
 
@@ -65,8 +65,8 @@ def test_a_far_future_job_waits_packed_then_runs_once_and_not_early(reactor: Rea
     wait_until(lambda: handle.id in packed_ids(reactor, node), 10, "the job packed")
     if isinstance(node.storage, MemoryStorage):  # the storage shares the node's bytes
         stored = node.storage._jobs[node.name][handle.id]
-        assert [stored] == [packed for job_id, packed, _, _ in node._packed_jobs()]
-        assert handle.id not in node._jobs  # no record, no Held: the timer entry is all
+        assert [stored] == [packed for job_id, packed, _, _ in node.holdings.packed_jobs()]
+        assert handle.id not in node.holdings.jobs  # no record, no Held: the timer entry is all
     assert handle.result(10) == {"i": 1}
     ((i, ran_at),) = runs.items
     assert i == 1

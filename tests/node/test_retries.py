@@ -52,7 +52,7 @@ def held_record(reactor: Reactor, node: Node, job_id: str) -> JobRecord | None:
 
 def holds(reactor: Reactor, node: Node, job_id: str) -> bool:
     async def check() -> bool:
-        return job_id in node._jobs or job_id in node._timers or job_id in node._ready
+        return node.holdings.holds(job_id) or job_id in node.holdings.ready
 
     return reactor.call(check)
 
