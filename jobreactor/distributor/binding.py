@@ -15,6 +15,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 logger = logging.getLogger("jobreactor.distributor")
@@ -99,3 +100,39 @@ def warn_if_unfound(
         )
 
     return loop.call_later(after_s, check)
+
+
+class Listener:
+    """A distributor's listening sockets: bound at `listen` (connections wait in the backlog),
+    served from `serve` on (the journal is read back first: startup.py)."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._factory = factory
+        self._unserved: list[socket.socket] = []  # listening, not accepting yet
+        self._servers: list[asyncio.Server] = []
+
+    def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and listen on host:port (0 picks a free port); the bound address."""
+        self._unserved = listen_sockets(host, port)
+        sockname = self._unserved[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def serve(self, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._unserved:
+            self._servers.append(
+                await loop.create_server(self._factory, sock=sock, ssl=ssl_context)
+            )
+        self._unserved = []
+
+    def close(self) -> None:
+        """Stop accepting (and close sockets that never served: Redis away since start)."""
+        for server in self._servers:
+            server.close()
+        for sock in self._unserved:
+            sock.close()
+        self._unserved = []
+
+    async def wait_closed(self) -> None:
+        for server in self._servers:
+            await server.wait_closed()

@@ -292,7 +292,7 @@ class EagerMode:
         while self._inbox:
             record, waiting = self._inbox.popleft()
             record.node = self._node.name
-            self._app._waiting[record.id] = waiting
+            self._app.waiting[record.id] = waiting
             self._names[record.id] = record.name
             held = Held(record, cast(DistributorLink, self._link))
             self._node._jobs[record.id] = held
