@@ -18,6 +18,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from jobreactor.errors import CannotListen
+
 logger = logging.getLogger("jobreactor.distributor")
 
 _BACKLOG = 100  # asyncio's default for create_server
@@ -52,12 +54,13 @@ def _listen_one(family: int, address: tuple[object, ...], port: int) -> socket.s
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     """Bound, listening sockets for every address of `host` (one port for all, even port 0).
 
-    Raises OSError naming host:port; an address in use says to use port 0 instead.
+    Raises CannotListen (an OSError) naming host:port; an address in use says to use port 0
+    instead.
     """
     try:
         addresses = _addresses(host, port)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise CannotListen(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sockets: list[socket.socket] = []
     try:
         for family, address in addresses:
@@ -74,8 +77,21 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
                 "; another process holds that port. With several processes (a pre-fork web "
                 "server's workers) give each one port 0 and let nodes find them by discovery"
             )
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
+        raise CannotListen(
+            exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}"
+        ) from exc
     return sockets
+
+
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
 
 
 def warn_if_unfound(

@@ -15,6 +15,7 @@ app's threads reach it only through `Reactor`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -23,15 +24,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jobreactor.config import ReactorConfig
-from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
 from jobreactor.distributor.backlog import BacklogWatch
-from jobreactor.distributor.binding import Listener, warn_if_unfound
+from jobreactor.distributor.binding import Listener, advertised, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
 from jobreactor.distributor.flow import JobFlow
 from jobreactor.distributor.guard import check_bind_is_safe
-from jobreactor.distributor.handover import Leaving, hand_over
+from jobreactor.distributor.handover import Leaving, drop_the_rest, hand_over
 from jobreactor.distributor.journal import Journal
 from jobreactor.distributor.nodes import NodeRegistry
 from jobreactor.distributor.outcomes import Feedback, Outcomes
@@ -64,17 +64,6 @@ if TYPE_CHECKING:  # imports redis-py: loaded at start, with a discovery_url onl
     from jobreactor.distributor.presence import Presence
 
 logger = logging.getLogger("jobreactor.distributor")
-
-
-def advertised(advertise: str | None, host: str, port: int) -> str:
-    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
-    port, as port 0 needs), else the bind host and port."""
-    if not advertise:
-        return f"{host}:{port}"
-    name, colon, given = advertise.rpartition(":")
-    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
-        return f"{advertise}:{port}"
-    return f"{name}:{port}" if given == "0" else advertise
 
 
 class Distributor:
@@ -158,7 +147,7 @@ class Distributor:
         self.startup = Startup(
             self._join_and_restore, self.flow.dispatch, settings.reconnect_interval
         )
-        self.listener = Listener(self._connection)
+        self.listener = Listener(self.registry.connection)
         # The app's calls that one part answers alone.
         self.submit_many = self.flow.submit_many
         self.cancel = self.flow.cancel
@@ -173,15 +162,6 @@ class Distributor:
         return (
             f"<Distributor {self.address} nodes={len(self.registry)} "
             f"pending={len(self.dispatcher)} in_flight={len(self.tracker)}>"
-        )
-
-    def _connection(self) -> FramedConnection:
-        return FramedConnection(
-            self.registry.new_session,
-            max_frame_bytes=self.settings.max_frame_bytes,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            label="node",
-            warn=self.peer_log,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -261,11 +241,14 @@ class Distributor:
         self.backlog_watch.close()
         self.recovery.cancel_takeovers()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        drain = functools.partial(self.flow.drain, connected=self.registry.__len__)
+        parts = (self.dispatcher, self.tracker, self.outcomes, drain)
+        leaving = Leaving(self.address, self.presence, self.journal, self.status, *parts)
         if handover and self.presence is not None:
-            await hand_over(self._leaving(self.presence), deadline)
+            await hand_over(leaving, self.registry.goodbye_all, deadline)
         else:
-            await self.flow.drain(deadline, lambda: bool(self.registry))
-            await self._drop_the_rest()
+            await drain(deadline)
+            await drop_the_rest(leaving, self.registry.goodbye_all)
         await self.tasks.wait(deadline)
         await self.listener.wait_closed()
         if self.journal is not None:
@@ -273,48 +256,6 @@ class Distributor:
         if self.sync_writer is not None:
             self.sync_writer.close()
         await self.storage.aclose()
-
-    def _leaving(self, presence: Presence) -> Leaving:
-        return Leaving(
-            self.address,
-            presence,
-            self.journal,
-            self.status,
-            self.dispatcher,
-            self.tracker,
-            self.outcomes,
-            lambda seconds: self.flow.drain(seconds, lambda: bool(self.registry)),
-            self.registry.goodbye_all,
-        )
-
-    async def _drop_the_rest(self) -> None:
-        """After the drain: what is still pending stays in the journal (or is dropped), the
-        group is left, nodes are told goodbye (acknowledging their last reports)."""
-        dropped = self.dispatcher.drain()
-        keep = self.journal is not None  # a durable distributor resumes them at restart
-        if dropped and keep:
-            logger.info(
-                "distributor stopping: %d pending job(s) stay in its journal for the next start",
-                len(dropped),
-            )
-        elif dropped:
-            logger.warning(
-                "distributor stopping: %d pending job(s) dropped (memory storage keeps nothing; "
-                "use redis storage on the distributor to keep them)",
-                len(dropped),
-            )
-        outcomes = self.outcomes
-        for job in dropped:
-            outcomes.resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
-        if self.presence is not None:  # leave first: nodes must not redial us
-            await self.presence.stop(journal_empty=not dropped and not outcomes.waiting)
-        if self.journal is not None:  # the reports' removals stored: acknowledge them (Bye)
-            await self.journal.durable(timeout=2.0)
-        self.registry.goodbye_all("distributor stopping")
-        for job_id in list(outcomes.waiting):
-            outcomes.resolve_cancelled(
-                job_id, "abandoned: the distributor stopped", forget=not keep
-            )
 
     # --- the app's calls ------------------------------------------------------------------------
 
@@ -351,18 +292,8 @@ class Distributor:
         return len(self.dispatcher)
 
     def nodes(self) -> list[dict[str, Any]]:
-        slots = {slot.key: slot for slot in self.dispatcher.nodes}
-        return [
-            {
-                "name": s.node_name,
-                "address": s.conn.peer,
-                "job_names": list(s.hello.job_names) if s.hello else [],
-                "free_credit": slots[s.key].credits if s.key in slots else 0,
-                "storage": s.hello.storage if s.hello else "?",
-                "in_flight": self.tracker.count_on(s.key),
-            }
-            for s in self.registry.ready()
-        ]
+        """The ready nodes: name, address, job names, free credit, storage, jobs out on it."""
+        return self.registry.describe(self.dispatcher.nodes, self.tracker.count_on)
 
     async def command(self, op: str, arg: str, timeout: float) -> list[CommandResult]:
         """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
@@ -415,17 +346,8 @@ class Distributor:
         cancelled; node sessions close, so nodes meet the new instance id we take and hand the
         jobs they hold from the old one to the adopter.
         """
-        logger.error(
-            "distributor %s: its journal was adopted by another distributor of group %s "
-            "(this process stalled longer than adopt_grace=%.0fs); its %d pending and %d "
-            "in-flight job(s) are the adopter's now. Going on as a new instance",
-            self.address,
-            self.group,
-            self.settings.adopt_grace,
-            len(self.dispatcher),
-            len(self.tracker),
-        )
-        self.recovery.let_go(list(self.registry.sessions), "adopted by another distributor")
+        group, grace = self.group, self.settings.adopt_grace
+        self.recovery.let_go(list(self.registry.sessions), group, grace)
         self.iid = new_iid()
         self.registry.close_all("distributor instance fenced")
 
@@ -489,7 +411,13 @@ class Distributor:
             case Nack():
                 self.recovery.on_nack(session.key, session.node_name, message)
             case CommandResult():
-                self._on_command_result(session, message)
+                if message.job:
+                    # A failed job the node took out of its storage for JR.retry: enqueued
+                    # again with the same id and no feedbacks, even if nobody waits any more.
+                    job = JobRecord.from_dict(message.job)
+                    job.node, job.lease = None, 0
+                    self.submit(job, None, None, JobHandle(job.id))
+                self.commands.answer(session.key, message)
             case Held():
                 drop = self.recovery.take_over_held(session.key, session.node_name, message.held)
                 session.conn.send(Dropped(drop, message.last))
@@ -498,12 +426,3 @@ class Distributor:
             case Return():
                 self.recovery.on_return(session.key, message)
         self.flow.dispatch()
-
-    def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
-        if result.job:
-            # A failed job the node took out of its storage for JR.retry: enqueued again with
-            # the same id and no feedbacks, even if the app stopped waiting for the answer.
-            job = JobRecord.from_dict(result.job)
-            job.node, job.lease = None, 0
-            self.submit(job, None, None, JobHandle(job.id))
-        self.commands.answer(session.key, result)

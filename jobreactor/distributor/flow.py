@@ -140,8 +140,9 @@ class JobFlow:
             self.idle.clear()
             await self.idle.wait()
 
-    async def drain(self, deadline: float, connected: Callable[[], bool]) -> None:
-        """While nodes are `connected`, wait (bounded) for pending and one-shot jobs to end."""
+    async def drain(self, deadline: float, connected: Callable[[], int]) -> None:
+        """While nodes are `connected` (how many), wait (bounded) for pending and one-shot
+        jobs to end."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline):
                 while connected() and (len(self.dispatcher) or self._unfinished_one_shots()):

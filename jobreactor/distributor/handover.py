@@ -16,7 +16,8 @@ site stalls (issue 17). So a group member stops in well under a second of its ow
    ones out on nodes still run, but report to nobody) is logged at WARNING with its id and
    name, never silently.
 
-Without discovery there is nobody to hand over to: `Distributor.stop` drains as before.
+Without discovery there is nobody to hand over to: `Distributor.stop` drains, then
+`drop_the_rest` says what stays in the journal or is dropped.
 """
 
 from __future__ import annotations
@@ -73,18 +74,18 @@ class Leaving:
     """The parts of a stopping distributor that hand-over works with."""
 
     address: str
-    group: Group
+    group: Group | None  # discovery only
     journal: Journal | None
     status: Status
     dispatcher: Dispatcher
     tracker: Tracker
     outcomes: Outcomes
     drain: Callable[[float], Awaitable[None]]  # until nothing is out (bounded)
-    goodbye: Callable[[str], None]  # tell every connected node goodbye
 
 
-async def hand_over(d: Leaving, timeout: float) -> None:
-    """Stop a discovery group member without waiting for its jobs."""
+async def hand_over(d: Leaving, goodbye: Callable[[str], None], timeout: float) -> None:
+    """Stop a discovery group member without waiting for its jobs (`goodbye` tells every
+    connected node so)."""
     if d.journal is None:  # nothing to hand over: let jobs about to finish report first
         await d.drain(min(timeout, _MEMORY_DRAIN_S))
     d.status.sealed = True  # no dispatch, no node message handled from here on
@@ -93,7 +94,7 @@ async def hand_over(d: Leaving, timeout: float) -> None:
     if d.journal is None:
         for entry in out:  # named once, by _drop: the closing sessions find nothing more
             d.tracker.forget(entry.job_id)
-        await _drop(d, pending + [(e.job_id, e.name) for e in out])
+        await _drop(d, goodbye, pending + [(e.job_id, e.name) for e in out])
         return
     if not await d.journal.durable(min(timeout, _FLUSH_TIMEOUT_S)):
         logger.warning(
@@ -101,8 +102,9 @@ async def hand_over(d: Leaving, timeout: float) -> None:
             "away); the adopter may run or report some jobs again",
             d.address,
         )
-    d.goodbye("distributor stopping")
+    goodbye("distributor stopping")
     waiting = list(d.outcomes.waiting)
+    assert d.group is not None  # hand-over is for members of a group
     released = await d.group.release(journal_empty=not waiting)
     if waiting:
         logger.info(
@@ -119,7 +121,7 @@ async def hand_over(d: Leaving, timeout: float) -> None:
         d.outcomes.resolve_cancelled(job_id, "handed over: the distributor stopped", forget=False)
 
 
-async def _drop(d: Leaving, lost: list[tuple[str, str]]) -> None:
+async def _drop(d: Leaving, goodbye: Callable[[str], None], lost: list[tuple[str, str]]) -> None:
     """Memory storage: name every lost outcome, leave, say goodbye, resolve the handles."""
     log_lost(
         lost,
@@ -127,8 +129,9 @@ async def _drop(d: Leaving, lost: list[tuple[str, str]]) -> None:
         "(feedbacks, handles) of these is lost; pending ones are dropped, ones out on "
         "nodes still run (use redis storage on the distributor to hand them over)",
     )
-    await d.group.stop(journal_empty=True)
-    d.goodbye("distributor stopping")
+    if d.group is not None:
+        await d.group.stop(journal_empty=True)
+    goodbye("distributor stopping")
     for job_id in list(d.outcomes.waiting):
         d.outcomes.resolve_cancelled(job_id, "dropped: the distributor stopped")
 
@@ -142,3 +145,32 @@ def _warn_closures(address: str, closures: list[str]) -> None:
             len(closures),
             " ".join(closures[:_IDS_PER_LINE]),
         )
+
+
+async def drop_the_rest(d: Leaving, goodbye: Callable[[str], None]) -> None:
+    """A stop without hand-over, after its drain: what is still pending stays in the journal
+    (or is dropped), the group is left, nodes are told goodbye (acknowledging their last
+    reports), and what the app still waits for is resolved."""
+    dropped = d.dispatcher.drain()
+    keep = d.journal is not None  # a durable distributor resumes them at restart
+    if dropped and keep:
+        logger.info(
+            "distributor stopping: %d pending job(s) stay in its journal for the next start",
+            len(dropped),
+        )
+    elif dropped:
+        logger.warning(
+            "distributor stopping: %d pending job(s) dropped (memory storage keeps nothing; "
+            "use redis storage on the distributor to keep them)",
+            len(dropped),
+        )
+    outcomes = d.outcomes
+    for job in dropped:
+        outcomes.resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
+    if d.group is not None:  # leave first: nodes must not redial us
+        await d.group.stop(journal_empty=not dropped and not outcomes.waiting)
+    if d.journal is not None:  # the reports' removals stored: acknowledge them (Bye)
+        await d.journal.durable(timeout=2.0)
+    goodbye("distributor stopping")
+    for job_id in list(outcomes.waiting):
+        outcomes.resolve_cancelled(job_id, "abandoned: the distributor stopped", forget=not keep)

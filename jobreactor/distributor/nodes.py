@@ -19,6 +19,7 @@ from typing import Any
 from jobreactor.config import ReactorConfig
 from jobreactor.connection import FramedConnection
 from jobreactor.distributor.admission import Admission
+from jobreactor.distributor.dispatch import NodeSlot
 from jobreactor.distributor.guard import evicted, name_clash
 from jobreactor.distributor.session import NodeSession
 from jobreactor.errors import ReactorTimeout
@@ -60,6 +61,17 @@ class NodeRegistry:
     def __len__(self) -> int:
         """Nodes ready to work."""
         return len(self.by_name)
+
+    def connection(self) -> FramedConnection:
+        """A new node connection (the listener's protocol factory); its session comes at once."""
+        settings = self.settings
+        return FramedConnection(
+            self.new_session,
+            max_frame_bytes=settings.max_frame_bytes,
+            heartbeat_interval=settings.heartbeat_interval,
+            label="node",
+            warn=self.peer_log,
+        )
 
     def new_session(self, conn: FramedConnection) -> NodeSession:
         victim = self._handshaking.make_room(conn.peer)
@@ -120,13 +132,31 @@ class NodeRegistry:
 
         self._spawn(notify())
 
+    def describe(
+        self, slots: list[NodeSlot], count_on: Callable[[int], int]
+    ) -> list[dict[str, Any]]:
+        """The ready nodes as the app lists them (`slots`: the dispatcher's, for the free
+        credit; `count_on`: jobs out on a session)."""
+        credits = {slot.key: slot.credits for slot in slots}
+        return [
+            {
+                "name": s.node_name,
+                "address": s.conn.peer,
+                "job_names": list(s.hello.job_names) if s.hello else [],
+                "free_credit": credits.get(s.key, 0),
+                "storage": s.hello.storage if s.hello else "?",
+                "in_flight": count_on(s.key),
+            }
+            for s in self.by_name.values()
+        ]
+
     def ready(self) -> list[NodeSession]:
         return list(self.by_name.values())
 
     def open(self) -> list[NodeSession]:
         return list(self.sessions.values())
 
-    async def wait_for_node(self, name: str | None, timeout: float) -> None:
+    async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
         """Until a node (named `name`, or any) has joined; ReactorTimeout after `timeout`."""
         try:
             async with asyncio.timeout(timeout), self._joined:

@@ -288,10 +288,21 @@ class Recovery:
             self._arm_takeover(name)
         return out_on
 
-    def let_go(self, keys: list[int], reason: str) -> None:
-        """Our journal was adopted (fenced): forget every pending and in-flight job (on the
-        sessions `keys` or waiting for their node), their handles cancelled, the journal kept
-        (it is the adopter's now)."""
+    def let_go(self, keys: list[int], group: str, adopt_grace: float) -> None:
+        """Our journal was adopted by a member of `group` (fenced): forget every pending and
+        in-flight job (on the sessions `keys` or waiting for their node), their handles
+        cancelled, the journal kept (it is the adopter's now)."""
+        logger.error(
+            "distributor %s: its journal was adopted by another distributor of group %s "
+            "(this process stalled longer than adopt_grace=%.0fs); its %d pending and %d "
+            "in-flight job(s) are the adopter's now. Going on as a new instance",
+            self.address,
+            group,
+            adopt_grace,
+            len(self.dispatcher),
+            len(self.tracker),
+        )
+        reason = "adopted by another distributor"
         for job in self.dispatcher.drain():
             self.outcomes.resolve_cancelled(job.id, reason, forget=False)
         for entry in self.tracker.orphans_of_all() + [
