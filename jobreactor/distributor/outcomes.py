@@ -134,27 +134,36 @@ class Outcomes:
         if not item.final:
             waiting = self.waiting.get(item.job_id)
             if waiting is not None:
-                self._deliver(waiting_of(waiting), item, name)
+                self._deliver(waiting, item, name)
             return
         final = self.waiting.pop(item.job_id, None)
-        if final is not None:
+        if final is None:
+            return
+        if self.unique and item.job_id in self.unique:
             # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self.release_unique(
-                item.job_id, then=lambda: self._deliver(waiting_of(final), item, name)
-            )
+            self.release_unique(item.job_id, then=lambda: self._deliver(final, item, name))
+        else:
+            self._deliver(final, item, name)
 
-    def _deliver(self, waiting: Waiting, item: ReportItem, name: str) -> None:
+    def _deliver(self, kept: Awaited, item: ReportItem, name: str) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
+        handle: JobHandle | None
+        if isinstance(kept, JobHandle):  # the usual job: a handle, no feedbacks
+            success, error, handle = None, None, kept
+        else:
+            success, error, handle = kept.success, kept.error, kept.handle
         if item.outcome == "success":
-            self._call(waiting.success, item.args, item.job_id)
-            if item.final and waiting.handle is not None:
-                waiting.handle._succeed(item.args)
+            if success is not None:
+                self._call(success, item.args, item.job_id)
+            if item.final and handle is not None:
+                handle._succeed(item.args)
         elif item.outcome == "error":
-            self._call(waiting.error, item.args, item.job_id)
-            if waiting.handle is not None:
-                waiting.handle._fail(item.args)
-        elif waiting.handle is not None:
-            waiting.handle._cancel()
+            if error is not None:
+                self._call(error, item.args, item.job_id)
+            if handle is not None:
+                handle._fail(item.args)
+        elif handle is not None:
+            handle._cancel()
         for observe in self.observers:  # after the app's own feedback has run
             observe(name, item)
 
