@@ -134,6 +134,12 @@ class Distributor:
             backlog_arm=self.backlog_watch.arm,
             tasks=self.tasks,
         )
+        self._wire_recovery(counting)
+
+    def _wire_recovery(self, counting: JobMetrics | None) -> None:
+        """The parts that act on node and journal events, and the app's calls bound to the
+        part that answers them alone."""
+        settings = self.settings
         self.recovery = Recovery(
             dispatcher=self.dispatcher,
             tracker=self.tracker,
@@ -148,7 +154,6 @@ class Distributor:
             self._join_and_restore, self.flow.dispatch, settings.reconnect_interval
         )
         self.listener = Listener(self.registry.connection)
-        # The app's calls that one part answers alone.
         self.submit_many = self.flow.submit_many
         self.cancel = self.flow.cancel
         self.unfinished = self.flow.unfinished
