@@ -2,11 +2,12 @@
 
 Starting never fails because Redis is unreachable (issue 16). Called from `Distributor.start`
 once its sockets listen: with discovery it joins the group (`Presence.start`, which owns the
-journal first with redis storage), with redis storage it reads its journal back (`_restore`),
-and then it accepts nodes (`serve`: a node that connected before the read would report jobs
-not known yet). If Redis does not answer, `start` returns anyway: it retries with backoff,
-nodes wait in the listen backlog (their handshake times out and they redial), nothing is
-dispatched, and enqueues are refused by the journal write (told, never a false yes).
+journal first with redis storage), with redis storage it reads its journal back
+(`Recovery.restore`), and then it accepts nodes (`serve`: a node that connected before the
+read would report jobs not known yet). If Redis does not answer, `start` returns anyway: it
+retries with backoff, nodes wait in the listen backlog (their handshake times out and they
+redial), nothing is dispatched, and enqueues are refused by the journal write (told, never
+a false yes).
 """
 
 from __future__ import annotations
