@@ -1,10 +1,15 @@
-"""Every shell command in the README and in examples/web/README.md runs as written.
+"""Every shell command in the README, the docs site's pages and examples/web/README.md runs
+as written, and every link of the README leads somewhere.
 
 A command in the docs that exits 2 on a fresh machine is a bug a new user meets first. This
 test reads the docs' `sh` blocks and runs each command line as it is written, in a project
 directory laid out from the docs themselves: a code block whose first line is `# <path>`
 (`# node.toml`, `# reactor_jobs/my_jobs.py`, `# myapp/feedbacks.py`) is that file. A block
 naming a file that exists in this repository must equal it (docs and examples stay one).
+The README is read first, then the pages of docs/ in the order of mkdocs.yml's nav, as a
+reader follows them: one project, the files shown so far. (`mkdocs build --strict` in
+.ci/run checks the site's own links and anchors; the README is not part of the site, so its
+links are checked here.)
 
 The one liberty taken: Redis. The docs say `redis://localhost:6379`; here that address is
 rewritten to the test's own redis-server, and `JOBREACTOR_HIREDIS_URL` (the documented default
@@ -16,6 +21,7 @@ commands must exit 0 (1, "no such job", where the docs use a placeholder id such
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shlex
@@ -25,9 +31,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
@@ -35,7 +43,35 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "examples" / "web" / "README.md"]
+
+
+class _NavLoader(yaml.SafeLoader):
+    """mkdocs.yml names Python objects (`!!python/name:...`): read them as nothing."""
+
+
+_NavLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda *_: None)
+
+
+def _nav_pages(entries: Any) -> list[str]:
+    """The pages of a mkdocs nav, in order (entries are paths, {title: path} or sections)."""
+    if isinstance(entries, str):
+        return [entries]
+    if isinstance(entries, list):
+        return [page for entry in entries for page in _nav_pages(entry)]
+    if isinstance(entries, dict):
+        return [page for value in entries.values() for page in _nav_pages(value)]
+    return []
+
+
+def site_pages() -> list[Path]:
+    """docs/ pages in the order of mkdocs.yml's nav."""
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_NavLoader)
+    return [ROOT / config.get("docs_dir", "docs") / page for page in _nav_pages(config["nav"])]
+
+
+# The README, then the site's pages, as a reader goes; the web recipe's README on its own.
+READING = [ROOT / "README.md", *site_pages()]
+DOCS = [*READING, ROOT / "examples" / "web" / "README.md"]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FILE_HEADER = re.compile(r"^# ([\w./-]+\.(?:py|toml))(?: \(.*\))?$", re.M)
 
@@ -43,7 +79,7 @@ FILE_HEADER = re.compile(r"^# ([\w./-]+\.(?:py|toml))(?: \(.*\))?$", re.M)
 NOT_RUN = {
     "pip install": "installing is what .ci/run does first, the same way",
     "bash .ci/run": "this test is part of that very command",
-    "python -m bench": "benchmarks take minutes; their figures are in the README",
+    "python -m bench": "benchmarks take minutes; their figures are in docs/benchmarks.md",
 }
 
 
@@ -216,14 +252,48 @@ def test_every_doc_command_has_a_rule() -> None:
                 )
 
 
+def test_every_site_page_is_in_the_nav() -> None:
+    on_disk = {p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts}
+    assert on_disk == set(site_pages()), "add the page to mkdocs.yml's nav (or delete it)"
+
+
+# [text](target) in markdown outside code; a target that is not an URL.
+LINK = re.compile(r"\[[^\]\n]*\]\((?![a-z][a-z0-9+.-]*:)([^)\s]+)\)")
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    text = BLOCK.sub("", doc.read_text())
+    return {_github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def test_readme_links_lead_somewhere() -> None:
+    """Relative links of the README (into docs/, to examples) name files that exist, and
+    anchors that their page has: they must work on GitHub, where the README is read."""
+    readme = ROOT / "README.md"
+    links = LINK.findall(BLOCK.sub("", readme.read_text()))
+    assert len(links) >= 20
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path) if path else readme
+        assert target.exists(), f"README.md links to {link}: no such file"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"README.md links to {link}: no such heading"
+
+
 def test_readme_commands_run_as_written(tmp_path: Path, redis_server: RedisServer) -> None:
-    """Top to bottom, as a reader follows it: each file block (re)writes its file in the
-    project, each command runs with the files shown so far."""
+    """The README, then the site's pages, top to bottom as a reader follows them: each file
+    block (re)writes its file in the project, each command runs with the files shown so far."""
     project = tmp_path / "project"
     project.mkdir()
     env = _child_env(redis_server)
     ran = 0
-    for block in blocks(ROOT / "README.md"):
+    for block in (block for doc in READING for block in blocks(doc)):
         path = file_of(block)
         if path is not None:
             (project / path).parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +306,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, redis_server: RedisServe
                 if any(part.startswith(prefix) for prefix in NOT_RUN):
                     continue
                 log = tmp_path / f"command-{ran}.log"
-                where = f"README.md:{block.line}"
+                where = f"{block.doc.relative_to(ROOT)}:{block.line}"
                 with running(_local_redis(redis_server, part), project, env, log, where):
                     ran += 1
     assert ran >= 10
@@ -285,3 +355,77 @@ def test_web_example_commands_run_as_written(tmp_path: Path, redis_server: Redis
                     timeout=60,
                     what=f"the feedback of `{command}`'s request",
                 )
+
+
+def _help(*words: str) -> str:
+    """`jobreactor <words> --help`, run in this process (`main` is the console script)."""
+    from jobreactor.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*words, "--help"])
+    return out.getvalue()
+
+
+def _choices(help_text: str) -> list[str]:
+    """The subcommands a `--help` lists (`{a,b,c}`)."""
+    found = re.search(r"\{([\w,-]+)\}", help_text)
+    return found.group(1).split(",") if found else []
+
+
+def test_the_cli_reference_has_every_command_and_option() -> None:
+    """docs/reference/cli.md (written from `--help`) names every subcommand and every option
+    each one takes: a new command or flag needs its line there."""
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    commands = [[name] for name in _choices(_help())]
+    commands += [["jobs", name] for name in _choices(_help("jobs"))]
+    assert len(commands) >= 15
+    for words in commands:
+        title = f"`jobreactor {' '.join(words)}`"
+        assert f"# {title}" in page, f"docs/reference/cli.md: no heading {title}"
+        section = page.split(f"# {title}", 1)[1].split("\n## ", 1)[0]
+        for option in set(re.findall(r"(?<![\w-])--[a-z][\w-]*", _help(*words))):
+            assert option in section, f"docs/reference/cli.md: {title} lacks {option}"
+
+
+def test_the_keys_page_names_every_key_the_code_spells() -> None:
+    """docs/storage/keys.md lists each key and channel as the code spells it (`storage/keys.py`,
+    `storage/status_index.py`, `discovery/keys.py`), placeholders in angle brackets."""
+    from jobreactor.discovery.keys import GroupKeys
+    from jobreactor.storage import status_index
+    from jobreactor.storage.keys import Keys, LegacyKeys, batch_keys
+
+    page = (ROOT / "docs" / "storage" / "keys.md").read_text()
+    keys, group, legacy = Keys("<p>"), GroupKeys("<p>", "<group>"), LegacyKeys("jr")
+    tagged_batch = batch_keys(None, "<token>", cluster=True)[1:]  # on a cluster
+    spelled = [
+        keys.job("<node>", "<id>"),
+        keys.index("<node>"),
+        keys.claim("<node>", "<token>:<start>"),
+        keys.commands("<node>"),
+        keys.nodes,
+        *keys.queue("<queue>"),
+        keys.withdrawn("<queue>"),
+        keys.uniq("enqueue:<enqueue_id>"),
+        keys.uniq("loner:<lock key>"),
+        keys.uniq("perform:<perform_id>"),
+        keys.lock("<lock key>"),
+        *keys.limit("<job>:<kind>:<key>"),
+        *(status_index.index_key(keys.node_tag("<node>"), kind) for kind in status_index.KINDS),
+        *batch_keys(None, "<token>", cluster=False)[1:],
+        *(key.replace("{", "{[<namespace>:]") for key in tagged_batch),
+        group.members("distributor"),
+        group.members("node"),
+        group.member("<instance id>"),
+        group.events,
+        group.journals,
+        group.journal("<journal>"),
+        legacy.job("<node>", "<id>"),
+        legacy.index("<node>"),
+        legacy.nodes,
+        legacy.queue("distributor:<host:port>")[0],
+        legacy.uniq_stem(),
+        legacy.lock_stem(),
+    ]
+    for key in spelled:
+        assert key in page, f"docs/storage/keys.md does not list {key}"
