@@ -31,6 +31,11 @@ class InsecureBind(ConfigError):
     `insecure = true` if the network itself is trusted."""
 
 
+class CannotListen(JobReactorError, OSError):
+    """A distributor could not bind or listen on its host and port (in use, not an address of
+    this host, no permission); the message names them and what to do."""
+
+
 class InvalidOptions(JobReactorError, ValueError):
     """Options of a call (`enqueue`'s, a batch's, a node op) are unknown, of the wrong type or
     contradictory."""

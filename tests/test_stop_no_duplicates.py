@@ -124,7 +124,7 @@ def test_a_node_cut_off_while_the_distributor_stops_keeps_its_jobs_alone(
         wait_until(lambda: all(_acked(distributor, i) for i in ids), 30, "a to acknowledge")
         stopping = threading.Thread(target=reactor.stop, kwargs={"timeout": 20})
         stopping.start()
-        wait_until(lambda: distributor.closed, 10, "the stop to begin")
+        wait_until(lambda: distributor.status.closed, 10, "the stop to begin")
         proxy.close()  # a keeps running its jobs; its session closes during the drain
         cut = True
         stopping.join(30)

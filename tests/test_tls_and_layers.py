@@ -21,6 +21,7 @@ PURE_MODULES = [
     "errors.py",
     "distributor/dispatch.py",
     "distributor/tracking.py",
+    "distributor/session_state.py",
     "node/scheduler.py",
 ]
 IO_MODULES = {"asyncio", "socket", "selectors", "ssl", "redis", "uvloop", "time"}

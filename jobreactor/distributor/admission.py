@@ -13,10 +13,23 @@ round trips) outlives a churn of hundreds of connections per second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from jobreactor.distributor.session import NodeSession
+
+class Anonymous(Protocol):
+    """A connection still in its handshake, as admission sees it."""
+
+    @property
+    def key(self) -> int: ...
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def heard_hello(self) -> bool: ...
+
+
+S = TypeVar("S", bound=Anonymous)
 
 
 def source_of(peer: str) -> str:
@@ -24,14 +37,14 @@ def source_of(peer: str) -> str:
     return peer.rpartition(":")[0] or peer
 
 
-class Admission:
+class Admission(Generic[S]):
     """The sessions still in their handshake, oldest first, and who goes when one is needed."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.per_source = max(1, limit // 4)
-        self._sessions: dict[int, NodeSession] = {}  # insertion order: oldest first
-        self._by_source: dict[str, dict[int, NodeSession]] = {}
+        self._sessions: dict[int, S] = {}  # insertion order: oldest first
+        self._by_source: dict[str, dict[int, S]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -39,7 +52,7 @@ class Admission:
     def __contains__(self, key: object) -> bool:
         return key in self._sessions
 
-    def make_room(self, peer: str) -> NodeSession | None:
+    def make_room(self, peer: str) -> S | None:
         """The session to evict before a connection from `peer` is admitted, if any."""
         same_source = self._by_source.get(source_of(peer), {})
         if len(same_source) >= self.per_source:
@@ -48,15 +61,15 @@ class Admission:
             return _oldest(self._sessions)
         return None
 
-    def add(self, session: NodeSession) -> None:
+    def add(self, session: S) -> None:
         self._sessions[session.key] = session
-        self._by_source.setdefault(source_of(session.conn.peer), {})[session.key] = session
+        self._by_source.setdefault(source_of(session.peer), {})[session.key] = session
 
     def discard(self, key: int) -> None:
         session = self._sessions.pop(key, None)
         if session is None:
             return
-        source = source_of(session.conn.peer)
+        source = source_of(session.peer)
         group = self._by_source.get(source)
         if group is not None:
             group.pop(key, None)
@@ -64,7 +77,7 @@ class Admission:
                 del self._by_source[source]
 
 
-def _oldest(sessions: dict[int, NodeSession]) -> NodeSession | None:
+def _oldest(sessions: dict[int, S]) -> S | None:
     """The oldest that has sent nothing yet, else the oldest (at most `limit` looked at)."""
     for session in sessions.values():
         if not session.heard_hello:

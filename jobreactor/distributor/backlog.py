@@ -18,16 +18,14 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobreactor.distributor.dispatch import BucketKey, NodeSlot
-from jobreactor.metrics import METRICS
+from jobreactor.distributor.dispatch import BucketKey, Dispatcher, NodeSlot
+from jobreactor.distributor.status import Status
+from jobreactor.distributor.tracking import Tracker
 from jobreactor.ratelimit import RateLimitedLog
-
-if TYPE_CHECKING:
-    from jobreactor.distributor.distributor import Distributor
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -70,8 +68,13 @@ def eligible(key: BucketKey, nodes: list[NodeSlot], strict_node: bool) -> bool:
 
 
 def read_backlog(
-    jobs: Iterable[Any], in_flight_names: Iterable[str], nodes: list[NodeSlot], strict_node: bool
+    jobs: Iterable[Any],
+    in_flight_names: Iterable[str],
+    nodes: list[NodeSlot],
+    strict_node: bool,
+    label: Callable[[str], str],
 ) -> Backlog:
+    """The backlog of `jobs` (pending) and `in_flight_names`; `label` names a job's series."""
     now = time.time()
     # Keyed by (label, node, not_node): names no node declared are all `unknown` (a node's
     # names are registered), so 100k made-up names make one key, and the same rule decides
@@ -79,7 +82,6 @@ def read_backlog(
     due: dict[BucketKey, float] = {}  # earliest due time per key
     count: collections.Counter[BucketKey] = collections.Counter()
     labels: dict[str, str] = {}
-    label = METRICS.label
     for job in jobs:
         name = job.name
         named = labels.get(name)
@@ -110,11 +112,27 @@ def read_backlog(
 
 
 class BacklogWatch:
-    """Reads a distributor's backlog, and warns when jobs wait with no eligible node."""
+    """Reads a distributor's backlog, and warns when jobs wait with no eligible node.
+    `label` is the metrics' (a job name's series); `where` names the distributor in logs."""
 
-    def __init__(self, distributor: Distributor) -> None:
-        self._d = distributor
-        self._after = distributor.settings.warn_no_node_after
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        tracker: Tracker,
+        status: Status,
+        *,
+        warn_after: float,
+        strict_node: bool,
+        label: Callable[[str], str],
+        where: Callable[[], str],
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._tracker = tracker
+        self._status = status
+        self._after = warn_after
+        self._strict_node = strict_node
+        self._label = label
+        self._where = where
         self._timer: asyncio.TimerHandle | None = None
         self._warned: set[str] = set()
         self._log = RateLimitedLog(logger, logging.WARNING, 60.0)
@@ -131,19 +149,20 @@ class BacklogWatch:
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < FRESH_S:
             return self._last[1]
-        d = self._d
+        tracker = self._tracker
         backlog = read_backlog(
-            d.dispatcher.pending_jobs(),
-            d.tracker.names(),
-            d.dispatcher.nodes,
-            d.settings.always_use_specified_node,
+            self._dispatcher.pending_jobs(),
+            tracker.names(),
+            self._dispatcher.nodes,
+            self._strict_node,
+            self._label,
         )
         self._last = (now, backlog)
         return backlog
 
     def arm(self) -> None:
-        if self._after > 0 and self._timer is None and not self._d.closed:
-            self._timer = self._d.loop.call_later(self._after, self._check)
+        if self._after > 0 and self._timer is None and not self._status.closed:
+            self._timer = asyncio.get_running_loop().call_later(self._after, self._check)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -152,8 +171,7 @@ class BacklogWatch:
 
     def _check(self) -> None:
         self._timer = None
-        d = self._d
-        if d.closed or not len(d.dispatcher):
+        if self._status.closed or not len(self._dispatcher):
             self._warned.clear()
             return
         backlog = self.read()
@@ -166,7 +184,7 @@ class BacklogWatch:
                     "allowed to run them: start a node that defines these job names and dials "
                     "this distributor (or its discovery group), or check their node / not_node "
                     "options and always_use_specified_node",
-                    d.address,
+                    self._where(),
                     backlog.no_node_jobs,
                     ", ".join(backlog.no_node_names),
                     backlog.no_node_s,

@@ -15,7 +15,10 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+
+from jobreactor.errors import CannotListen
 
 logger = logging.getLogger("jobreactor.distributor")
 
@@ -51,12 +54,13 @@ def _listen_one(family: int, address: tuple[object, ...], port: int) -> socket.s
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     """Bound, listening sockets for every address of `host` (one port for all, even port 0).
 
-    Raises OSError naming host:port; an address in use says to use port 0 instead.
+    Raises CannotListen (an OSError) naming host:port; an address in use says to use port 0
+    instead.
     """
     try:
         addresses = _addresses(host, port)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise CannotListen(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sockets: list[socket.socket] = []
     try:
         for family, address in addresses:
@@ -73,8 +77,21 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
                 "; another process holds that port. With several processes (a pre-fork web "
                 "server's workers) give each one port 0 and let nodes find them by discovery"
             )
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
+        raise CannotListen(
+            exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}"
+        ) from exc
     return sockets
+
+
+def advertised(advertise: str | None, host: str, port: int) -> str:
+    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
+    port, as port 0 needs), else the bind host and port."""
+    if not advertise:
+        return f"{host}:{port}"
+    name, colon, given = advertise.rpartition(":")
+    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
+        return f"{advertise}:{port}"
+    return f"{name}:{port}" if given == "0" else advertise
 
 
 def warn_if_unfound(
@@ -99,3 +116,39 @@ def warn_if_unfound(
         )
 
     return loop.call_later(after_s, check)
+
+
+class Listener:
+    """A distributor's listening sockets: bound at `listen` (connections wait in the backlog),
+    served from `serve` on (the journal is read back first: startup.py)."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._factory = factory
+        self._unserved: list[socket.socket] = []  # listening, not accepting yet
+        self._servers: list[asyncio.Server] = []
+
+    def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and listen on host:port (0 picks a free port); the bound address."""
+        self._unserved = listen_sockets(host, port)
+        sockname = self._unserved[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def serve(self, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._unserved:
+            self._servers.append(
+                await loop.create_server(self._factory, sock=sock, ssl=ssl_context)
+            )
+        self._unserved = []
+
+    def close(self) -> None:
+        """Stop accepting (and close sockets that never served: Redis away since start)."""
+        for server in self._servers:
+            server.close()
+        for sock in self._unserved:
+            sock.close()
+        self._unserved = []
+
+    async def wait_closed(self) -> None:
+        for server in self._servers:
+            await server.wait_closed()

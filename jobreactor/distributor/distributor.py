@@ -1,85 +1,72 @@
 """Distributor: accepts nodes, dispatches jobs by credit, routes feedback back to the app.
 
-The shell around three pure parts: `Dispatcher` (who gets what), `Tracker` (what is out and
-under which lease) and the feedback table here. Everything runs on the reactor's loop; the
+A coordinator of parts, each with one job (docs/architecture.md):
+- `Listener` (binding.py): the listening sockets; `NodeRegistry` (nodes.py): the node
+  sessions, each a `NodeSession` shell (session.py) around a sans-IO `SessionState`;
+- `JobFlow` (flow.py): accept, queue (`Dispatcher`), send (`Tracker`), acknowledge, report;
+- `Outcomes` (outcomes.py): feedbacks, handles, unique keys, batch completion;
+- `Recovery` (recovery.py): the jobs of nodes and distributors that went away;
+- `Journal` (journal.py, redis storage), `Presence` (presence.py, discovery), `Startup`,
+  `BacklogWatch`, `NodeCommands`.
+The parts talk through the callbacks wired here. Everything runs on the reactor's loop; the
 app's threads reach it only through `Reactor`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
-import itertools
 import logging
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from jobreactor import otel
 from jobreactor.config import ReactorConfig
-from jobreactor.connection import FramedConnection
 from jobreactor.discovery.keys import new_iid
-from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.backlog import BacklogWatch
-from jobreactor.distributor.binding import listen_sockets, warn_if_unfound
+from jobreactor.distributor.binding import Listener, advertised, warn_if_unfound
 from jobreactor.distributor.commands import NodeCommands
 from jobreactor.distributor.dispatch import Dispatcher
-from jobreactor.distributor.guard import check_bind_is_safe, evicted
-from jobreactor.distributor.handoff import label, send_assigned
-from jobreactor.distributor.handover import hand_over
+from jobreactor.distributor.flow import JobFlow
+from jobreactor.distributor.guard import check_bind_is_safe
+from jobreactor.distributor.handover import Leaving, drop_the_rest, hand_over
 from jobreactor.distributor.journal import Journal
-from jobreactor.distributor.outcomes import (
-    NOBODY,
-    Awaited,
-    Feedback,
-    Observer,
-    awaited,
-    waiting_of,
-)
+from jobreactor.distributor.nodes import NodeRegistry
+from jobreactor.distributor.outcomes import Feedback, Outcomes
+from jobreactor.distributor.recovery import Recovery, journal_base
 from jobreactor.distributor.session import NodeSession
-from jobreactor.distributor.sessions import Sessions
 from jobreactor.distributor.startup import Startup
-from jobreactor.distributor.tracking import InFlight, Tracker
-from jobreactor.handle import JobHandle, WeakHandles
+from jobreactor.distributor.status import Status, Tasks
+from jobreactor.distributor.tracking import Tracker
+from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.metrics import METRICS
+from jobreactor.metrics import METRICS, PENDING_SAMPLE, JobMetrics, brief
 from jobreactor.protocol import (
-    Cancel,
+    PROTOCOL_VERSION,
+    Ack,
     CommandResult,
     Dropped,
     HeldJobs,
-    ReportItem,
+    Message,
+    Nack,
     Reports,
+    Return,
+    Welcome,
 )
 from jobreactor.protocol.auth import secret_bytes
 from jobreactor.ratelimit import RateLimitedLog
 from jobreactor.storage import MemoryStorage, Storage
+from jobreactor.storage.queue_sync import SyncQueueWriter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imports redis-py: loaded at start, with a discovery_url only
     from jobreactor.distributor.presence import Presence
-    from jobreactor.storage.queue_sync import SyncQueueWriter
 
 logger = logging.getLogger("jobreactor.distributor")
 
-MAX_TRACED = 100_000  # traced jobs whose feedback span we can parent (beyond: not parented)
 
-
-def advertised(advertise: str | None, host: str, port: int) -> str:
-    """The address nodes dial: `advertise` ("host:port"; "host" or "host:0" take the bound
-    port, as port 0 needs), else the bind host and port."""
-    if not advertise:
-        return f"{host}:{port}"
-    name, colon, given = advertise.rpartition(":")
-    if not colon or not given.isdigit() or name.endswith(":"):  # "10.0.0.5", "::1"
-        return f"{advertise}:{port}"
-    return f"{name}:{port}" if given == "0" else advertise
-
-
-class Distributor(Sessions):
+class Distributor:
     def __init__(
         self,
         settings: ReactorConfig,
@@ -89,58 +76,96 @@ class Distributor(Sessions):
         storage: Storage | None = None,
         discovery_url: str | None = None,
         group: str | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.iid = new_iid()  # this instance; nodes see it in Welcome (a recycled port shows)
         self.started = time.time()
         self.discovery_url = discovery_url if discovery_url is not None else settings.discovery_url
         self.group = group if group is not None else settings.group
-        self.presence: Presence | None = None  # with discovery_url: from start()
-        self.startup = Startup(self)
-        self._unserved: list[socket.socket] = []  # listening, not accepting yet (startup.py)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
-        self._unique: dict[str, list[str]] = {}
-        self.journal: Journal | None = None
-        # With redis storage: writes the journal from the enqueuing thread (storage/queue_sync).
-        self.sync_writer: SyncQueueWriter | None = None
-        self.named_feedbacks: dict[str, Feedback] = {}
-        self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
-        secret = secret if secret is not None else settings.secret
-        self.secret = secret_bytes(secret)
+        self.secret = secret_bytes(secret if secret is not None else settings.secret)
         self.address = advertise or ""
         self._advertise = advertise
-        self.loop = asyncio.get_running_loop()
+        self.metrics = metrics if metrics is not None else METRICS
+        self.status = Status()
+        self.tasks = Tasks()
+        self.presence: Presence | None = None  # with discovery_url: from start()
+        self.journal: Journal | None = None  # with redis storage: from start()
+        # With redis storage: writes the journal from the enqueuing thread (storage/queue_sync).
+        self.sync_writer: SyncQueueWriter | None = None
+        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
         self.dispatcher = Dispatcher(strict_node=settings.always_use_specified_node)
         self.tracker = Tracker()
-        self._waiting: dict[str, Awaited] = {}
-        self._weak_handles = WeakHandles(self.loop, self._waiting, NOBODY)
-        self._sessions: dict[int, NodeSession] = {}
-        self._by_name: dict[str, NodeSession] = {}
-        self._keys = itertools.count(1)
-        self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # Jobs we took from a node and sent elsewhere (or queued again): if that node comes
-        # back still holding one, it must drop it. Bounded: the oldest entries go first.
-        self._given_away: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._takeovers: dict[str, asyncio.TimerHandle] = {}
-        # Sessions still in their handshake (anonymous peers), capped by max_unauthenticated.
-        self._handshaking = Admission(settings.max_unauthenticated)
-        self.peer_log = RateLimitedLog(logger, logging.WARNING, 10.0)
-        self._node_joined = asyncio.Condition()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.commands = NodeCommands()
-        self.observers: list[Observer] = []
-        self.closed = False
-        self.sealed = False  # handing over: dispatch nothing, ignore nodes (handover.py)
-        self._metrics = METRICS if settings.metrics else None
-        METRICS.track(self)
-        self.backlog_watch = BacklogWatch(self)
-        self._traces: dict[str, str] = {}  # traced jobs' traceparent until their final report
+        self._wire_parts(self.metrics if settings.metrics else None)
+        self.metrics.track(self)
+
+    def _wire_parts(self, counting: JobMetrics | None) -> None:
+        settings, spawn = self.settings, self.tasks.spawn
+        self.outcomes = Outcomes(self.storage, settings.unique_ttl, spawn=spawn)
+        self.observers = self.outcomes.observers
+        self.backlog_watch = BacklogWatch(
+            self.dispatcher,
+            self.tracker,
+            self.status,
+            warn_after=settings.warn_no_node_after,
+            strict_node=settings.always_use_specified_node,
+            label=self.metrics.label,
+            where=lambda: self.address,
+        )
+        self.registry = NodeRegistry(
+            settings,
+            self.secret,
+            peer_log=self.peer_log,
+            deliver=self._on_node_message,
+            on_ready=self._on_node_ready,
+            on_gone=self._on_session_closed,
+            unsendable=lambda job_id, reason, key: self.flow.job_unsendable(job_id, reason, key),
+            spawn=spawn,
+        )
+        self.flow = JobFlow(
+            dispatcher=self.dispatcher,
+            tracker=self.tracker,
+            outcomes=self.outcomes,
+            metrics=counting,
+            session_of=self.registry.sessions.get,
+            paused=self._paused,
+            backlog_arm=self.backlog_watch.arm,
+            tasks=self.tasks,
+        )
+        self._wire_recovery(counting)
+
+    def _wire_recovery(self, counting: JobMetrics | None) -> None:
+        """The parts that act on node and journal events, and the app's calls bound to the
+        part that answers them alone."""
+        settings = self.settings
+        self.recovery = Recovery(
+            dispatcher=self.dispatcher,
+            tracker=self.tracker,
+            outcomes=self.outcomes,
+            node_grace=settings.node_grace,
+            metrics=counting,
+            requeue=self.flow.requeue,
+            dispatch=self.flow.dispatch,
+            connected=self.registry.by_name.__contains__,
+        )
+        self.startup = Startup(
+            self._join_and_restore, self.flow.dispatch, settings.reconnect_interval
+        )
+        self.listener = Listener(self.registry.connection)
+        self.submit_many = self.flow.submit_many
+        self.cancel = self.flow.cancel
+        self.unfinished = self.flow.unfinished
+        self.wait_idle = self.flow.wait_idle
+        self.resume_dispatch = self.flow.dispatch
+        self.admit = self.outcomes.admit
+        self.on_batch_complete = self.outcomes.on_batch_complete
+        self.wait_for_node = self.registry.wait_for_node
 
     def __repr__(self) -> str:
         return (
-            f"<Distributor {self.address} nodes={len(self._by_name)} "
+            f"<Distributor {self.address} nodes={len(self.registry)} "
             f"pending={len(self.dispatcher)} in_flight={len(self.tracker)}>"
         )
 
@@ -152,87 +177,61 @@ class Distributor(Sessions):
         """Listen on host:port (0 picks a free port); return the bound address.
 
         Raises `InsecureBind` for a non-loopback address with neither a secret nor TLS client
-        certificates, unless the `insecure` setting allows it.
+        certificates, unless the `insecure` setting allows it; `CannotListen` if it can't bind.
+
+        Journal and presence first, accepting nodes last: a node that connects before the
+        journal is read back would report jobs we don't know yet, and those reports would be
+        lost (issue 16). Until then connections wait in the listen backlog.
         """
         check_bind_is_safe(host, self.secret is not None, ssl_context, self.settings.insecure)
-
-        def factory() -> FramedConnection:
-            return FramedConnection(
-                self._new_session,
-                max_frame_bytes=self.settings.max_frame_bytes,
-                heartbeat_interval=self.settings.heartbeat_interval,
-                label="node",
-                warn=self.peer_log,
-            )
-
-        sockets = listen_sockets(host, port)  # OSError (never a half-made server) on failure
+        self.outcomes.hold_weakly(asyncio.get_running_loop())
+        bound = self.listener.listen(host, port)  # CannotListen (no half-made server)
         try:
-            bound = await self._prepare_then_serve(host, sockets, factory, ssl_context)
+            self._prepare(advertised(self._advertise, host, bound[1]))
+            # Join, own and read back the journal, then accept nodes: now, or once Redis is back.
+            await self.startup.run(self.address, lambda: self.listener.serve(ssl_context))
         except BaseException:
-            for server in self._servers:
-                server.close()
-            for sock in sockets:
-                sock.close()
+            self.listener.close()
             if self.presence is not None:
                 await self.presence.abandon()  # a failed start leaves Redis as it found it
             raise
         if port == 0 and not self.discovery_url and not self._advertise:
             after = self.settings.warn_no_node_after
             if after > 0:
-                warn_if_unfound(
-                    self.loop, after, self.address, lambda: bool(self._by_name), lambda: self.closed
-                )
+                loop = asyncio.get_running_loop()
+                has_nodes, closed = lambda: bool(self.registry), lambda: self.status.closed
+                warn_if_unfound(loop, after, self.address, has_nodes, closed)
         logger.info("Distributor listens %s:%d (advertised as %s)", *bound, self.address)
         return bound
 
-    async def _prepare_then_serve(
-        self,
-        host: str,
-        sockets: list[socket.socket],
-        factory: Callable[[], FramedConnection],
-        ssl_context: ssl.SSLContext | None,
-    ) -> tuple[str, int]:
-        """Journal and presence first, accepting nodes last: a node that connects before the
-        journal is read back would report jobs we don't know yet, and those reports would be
-        lost (issue 16). Until then connections wait in the listen backlog."""
-        sockname = sockets[0].getsockname()
-        bound = (str(sockname[0]), int(sockname[1]))
-        self.address = advertised(self._advertise, host, bound[1])
+    def _prepare(self, address: str) -> None:
+        """The address is known: the journal (redis storage) and presence (discovery)."""
+        self.address = address
         if self.storage.durable:
             self.journal = Journal(
                 self.storage,
-                self.journal_base,
+                journal_base(address),
                 self.settings.reconnect_interval,
-                self._admitted,
-                self._refused,
+                self.flow.admitted,
+                self.flow.refused,
             )
             make_writer = getattr(self.storage, "sync_writer", None)
             if make_writer is not None:
                 self.sync_writer = make_writer(self.settings.enqueue_timeout)
+            self.outcomes.bind(self.journal.remove)
+        self.flow.bind(address, self.journal)
+        self.recovery.bind(address, self.journal)
         if self.discovery_url:
             from jobreactor.distributor.presence import Presence  # imports redis-py
 
             self.presence = Presence(self, self.discovery_url, self.group)
-        # Join, own and read back the journal, then accept nodes: now, or once Redis is back.
-        self._unserved = sockets
-        await self.startup.run(functools.partial(self._serve, sockets, factory, ssl_context))
-        return bound
 
-    async def _serve(
-        self,
-        sockets: list[socket.socket],
-        factory: Callable[[], FramedConnection],
-        ssl_context: ssl.SSLContext | None,
-    ) -> None:
-        for sock in sockets:
-            self._servers.append(await self.loop.create_server(factory, sock=sock, ssl=ssl_context))
-        self._unserved = []
-
-    async def _stop_startup(self) -> None:
-        await self.startup.stop()
-        for sock in self._unserved:  # Redis away since start: these never served
-            sock.close()
-        self._unserved = []
+    async def _join_and_restore(self) -> None:
+        """Join the group (owning the journal first) and read the journal back."""
+        if self.presence is not None:
+            await self.presence.start()  # owns the journal first: it may pick another one
+        if self.journal is not None:
+            await self.recovery.restore()
 
     async def stop(self, timeout: float | None = None, *, handover: bool = False) -> None:
         """Stop accepting, let connected nodes finish what was sent (bounded), then close.
@@ -240,130 +239,31 @@ class Distributor(Sessions):
         `handover` (the web recipes' worker exit): a member of a discovery group does not
         wait for its jobs but hands them to its group (handover.py); elsewhere it drains.
         """
-        if self.closed:
+        if self.status.closed:
             return
-        self.closed = True
-        await self._stop_startup()
+        self.status.closed = True
+        await self.startup.stop()
+        self.listener.close()
         self.backlog_watch.close()
-        for handle in self._takeovers.values():
-            handle.cancel()
-        self._takeovers.clear()
-        for server in self._servers:
-            server.close()
+        self.recovery.cancel_takeovers()
         deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        drain = functools.partial(self.flow.drain, connected=self.registry.__len__)
+        parts = (self.dispatcher, self.tracker, self.outcomes, drain)
+        leaving = Leaving(self.address, self.presence, self.journal, self.status, *parts)
         if handover and self.presence is not None:
-            await hand_over(self, deadline)
-            await self._close(deadline)
-            return
-        await self._drain(deadline)
-        dropped = self.dispatcher.drain()
-        keep = self.journal is not None  # a durable distributor resumes them at restart
-        if dropped and keep:
-            logger.info(
-                "distributor stopping: %d pending job(s) stay in its journal for the next start",
-                len(dropped),
-            )
-        elif dropped:
-            logger.warning(
-                "distributor stopping: %d pending job(s) dropped (memory storage keeps nothing; "
-                "use redis storage on the distributor to keep them)",
-                len(dropped),
-            )
-        for job in dropped:
-            self._resolve_cancelled(job.id, "dropped: the distributor stopped", forget=not keep)
-        await self._leave_and_close(journal_empty=not dropped and not self._waiting)
-        for waiting_id in list(self._waiting):
-            self._resolve_cancelled(
-                waiting_id, "abandoned: the distributor stopped", forget=not keep
-            )
-        await self._close(deadline)
-
-    async def _close(self, deadline: float) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=deadline)
-        for server in self._servers:
-            await server.wait_closed()
+            await hand_over(leaving, self.registry.goodbye_all, deadline)
+        else:
+            await drain(deadline)
+            await drop_the_rest(leaving, self.registry.goodbye_all)
+        await self.tasks.wait(deadline)
+        await self.listener.wait_closed()
         if self.journal is not None:
             await self.journal.aclose()
         if self.sync_writer is not None:
             self.sync_writer.close()
         await self.storage.aclose()
 
-    async def _leave_and_close(self, *, journal_empty: bool) -> None:
-        if self.presence is not None:  # leave first: nodes must not redial us
-            await self.presence.stop(journal_empty=journal_empty)
-        if self.journal is not None:  # the reports' removals stored: acknowledge them (Bye)
-            await self.journal.durable(timeout=2.0)
-        for session in list(self._sessions.values()):
-            session.goodbye("distributor stopping")
-
-    def started_late(self) -> None:
-        """The journal was read back after start (Startup) and nodes are accepted: dispatch."""
-        self._dispatch()
-
-    # --- what hand_over (handover.py) uses ----------------------------------------------------
-
-    def waiting_ids(self) -> list[str]:
-        """Jobs whose outcome the app still waits for here."""
-        return list(self._waiting)
-
-    def has_closure(self, job_id: str) -> bool:
-        """True if a feedback of `job_id` is a callable (it can't move to another process)."""
-        waiting = self._waiting.get(job_id)
-        if waiting is None:
-            return False
-        kept = waiting_of(waiting)
-        return callable(kept.success) or callable(kept.error)
-
-    def resolve_cancelled(self, job_id: str, reason: str, *, keep: bool) -> None:
-        """End `job_id` here without a report; `keep`: it stays in the journal (handed over)."""
-        self._resolve_cancelled(job_id, reason, forget=not keep)
-
-    def open_sessions(self) -> list[NodeSession]:
-        return list(self._sessions.values())
-
-    async def drain_for(self, seconds: float) -> None:
-        """At most `seconds`, while nodes are connected: until nothing is pending or out."""
-        await self._drain(seconds)
-
-    def unfinished(self) -> int:
-        """One-shot jobs accepted and not finished (pending here or out on nodes) + pending."""
-        return len(self.dispatcher) + sum(
-            1
-            for job_id in self._waiting
-            if (entry := self.tracker.get(job_id)) is not None and not entry.periodic
-        )
-
-    async def wait_idle(self) -> None:
-        """Until no job is pending, no one-shot job is out on a node, every feedback has run."""
-        while self.unfinished() or self._tasks:
-            if self._tasks:
-                await asyncio.wait(set(self._tasks))
-                continue
-            self._idle.clear()
-            await self._idle.wait()
-
-    def _busy(self) -> bool:
-        return bool(self._by_name) and bool(
-            len(self.dispatcher) or self._has_unfinished_one_shots()
-        )
-
-    async def _drain(self, deadline: float) -> None:
-        """While nodes are connected, wait (bounded) for pending and one-shot jobs to finish."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(deadline):
-                while self._busy():
-                    self._idle.clear()
-                    await self._idle.wait()
-
-    def _has_unfinished_one_shots(self) -> bool:
-        return any(
-            not self.tracker.get(job_id).periodic  # type: ignore[union-attr]
-            for job_id in self._waiting
-            if self.tracker.get(job_id) is not None
-        )
-
-    # --- app side -----------------------------------------------------------------------------
+    # --- the app's calls ------------------------------------------------------------------------
 
     def submit(
         self,
@@ -373,31 +273,7 @@ class Distributor(Sessions):
         handle: JobHandle | None = None,
     ) -> None:
         """Queue a validated job (on the loop) and send it out if a node has credit."""
-        self.submit_many([(job, success, error, handle)])
-
-    def submit_many(
-        self,
-        items: list[
-            tuple[JobRecord, Feedback | str | None, Feedback | str | None, JobHandle | None]
-        ],
-    ) -> None:
-        address, journal, metrics = self.address, self.journal, self._metrics
-        weak = self._weak_handles
-        for job, success, error, handle in items:
-            label(job, address, success, error)
-            if metrics is not None:
-                name = job.name
-                metrics.enqueued[name if name in metrics.known else metrics.label(name)] += 1
-            self._waiting[job.id] = awaited(success, error, handle, weak)
-            if job.trace is not None and len(self._traces) < MAX_TRACED:
-                self._traces[job.id] = job.trace  # its feedback runs in its trace (otel.py)
-            if journal is not None and (handle is None or handle._durable is not True):
-                journal.admit(job, handle)  # dispatched once stored (see _admitted)
-                continue
-            if handle is not None and handle._durable is None:
-                handle._stored()  # memory: held here, best effort
-            self.dispatcher.add(job)
-        self._dispatch()
+        self.flow.submit_many([(job, success, error, handle)])
 
     def withdraw(self, job_ids: list[str]) -> None:
         """Jobs whose enqueue failed or timed out in the app's thread (`sync_writer`): the
@@ -405,21 +281,14 @@ class Distributor(Sessions):
         if self.journal is not None:
             self.journal.withdraw(job_ids)
 
-    def _admitted(self, jobs: list[JobRecord]) -> None:
-        for job in jobs:
-            if job.id in self._waiting:  # not cancelled while it was being stored
-                self.dispatcher.add(job)
-            elif self.journal is not None:
-                self.journal.remove(job.id)  # its removal may have landed before its store
-        self._dispatch()
+    @property
+    def named_feedbacks(self) -> dict[str, Feedback]:
+        """Feedbacks registered by name (JR.register_feedback): a restart finds them again."""
+        return self.outcomes.named_feedbacks
 
-    def _refused(self, jobs: list[JobRecord]) -> None:
-        for job in jobs:
-            self._release_unique(job.id)
-            waiting = self._waiting.pop(job.id, None)
-            handle = None if waiting is None else waiting_of(waiting).handle
-            if handle is not None:
-                handle._cancel("refused: it could not be stored")
+    @named_feedbacks.setter
+    def named_feedbacks(self, named: dict[str, Feedback]) -> None:
+        self.outcomes.named_feedbacks = named
 
     def address_port(self) -> int:
         return int(self.address.rpartition(":")[2])
@@ -428,174 +297,138 @@ class Distributor(Sessions):
     def pending_count(self) -> int:
         return len(self.dispatcher)
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a pending, scheduled or periodic job wherever it is. True if it was found."""
-        if self.dispatcher.remove(job_id) is not None:
-            self._resolve_cancelled(job_id)
-            return True
-        entry = self.tracker.request_cancel(job_id)
-        if entry is None:
-            if job_id in self._waiting and self.journal is not None:
-                self._resolve_cancelled(job_id)  # still being stored: it won't be dispatched
-                return True
-            return False
-        session = self._sessions.get(entry.conn) if entry.conn is not None else None
-        if session is not None:
-            session.conn.send(Cancel(job_id))
-        return True
-
     def nodes(self) -> list[dict[str, Any]]:
-        slots = {slot.key: slot for slot in self.dispatcher.nodes}
-        return [
-            {
-                "name": s.node_name,
-                "address": s.conn.peer,
-                "job_names": list(s.hello.job_names) if s.hello else [],
-                "free_credit": slots[s.key].credits if s.key in slots else 0,
-                "storage": s.hello.storage if s.hello else "?",
-                "in_flight": self.tracker.count_on(s.key),
-            }
-            for s in self._by_name.values()
-        ]
+        """The ready nodes: name, address, job names, free credit, storage, jobs out on it."""
+        return self.registry.describe(self.dispatcher.nodes, self.tracker.count_on)
 
     async def command(self, op: str, arg: str, timeout: float) -> list[CommandResult]:
         """Ask every ready node to do `op(arg)` in its storage (protocol.Command)."""
-        return await self.commands.ask(list(self._by_name.values()), op, arg, timeout)
+        return await self.commands.ask(self.registry.ready(), op, arg, timeout)
 
     async def command_node(
         self, name: str, op: str, arg: str, timeout: float
     ) -> CommandResult | None:
         """Ask the node named `name` alone (node/control.py ops); None if it isn't connected."""
-        session = self._by_name.get(name)
+        session = self.registry.by_name.get(name)
         if session is None:
             return None
         answers = await self.commands.ask([session], op, arg, timeout)
         return answers[0] if answers else None
 
-    async def wait_for_node(self, name: str | None = None, timeout: float = 10.0) -> None:
-        """Until a node (named `name`, or any) has joined; TimeoutError after `timeout`."""
-        async with asyncio.timeout(timeout), self._node_joined:
-            await self._node_joined.wait_for(
-                lambda: bool(self._by_name) if name is None else name in self._by_name
-            )
+    def stats(self) -> dict[str, Any]:
+        """What this distributor publishes with its registry beat (and dashboards read)."""
+        return {
+            "address": self.address,
+            "iid": self.iid,
+            "group": self.group,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "pending": len(self.dispatcher),
+            "in_flight": len(self.tracker),
+            "nodes": [
+                {"name": n["name"], "free_credit": n["free_credit"], "in_flight": n["in_flight"]}
+                for n in self.nodes()
+            ],
+            "adopted": list(self.presence.adopted) if self.presence is not None else [],
+            "pending_jobs": [brief(job) for job in self.dispatcher.peek(PENDING_SAMPLE)],
+            # Where a dashboard finds any pending job of ours by id (Redis storage only); for
+            # nodes, whether anyone would adopt our jobs (None: memory storage, nobody).
+            "journal": self.journal.queue if self.journal is not None else None,
+            **self.backlog_watch.read().stats(),
+            "metrics": self.metrics.snapshot(),
+        }
 
-    # --- node sessions (the rest: sessions.py) -------------------------------------------------
+    # --- what presence (discovery) asks -------------------------------------------------------
 
-    def _new_session(self, conn: FramedConnection) -> NodeSession | None:
-        victim = self._handshaking.make_room(conn.peer)
-        if victim is not None:  # the newest is admitted; an older anonymous one goes
-            evicted(self.peer_log, victim.conn.peer, self.settings.max_unauthenticated)
-            self._handshaking.discard(victim.key)
-            victim.evict()
-        session = NodeSession(self, conn, next(self._keys))
-        self._sessions[session.key] = session
-        self._handshaking.add(session)
-        return session
+    async def adopt_journal(self, queue: str, owner: str) -> tuple[int, set[str]]:
+        """Take the jobs of a dead distributor's journal into ours (Presence)."""
+        return await self.recovery.adopt_journal(self.storage, queue, owner)
 
-    # --- dispatch and feedback ------------------------------------------------------------------
+    def fenced(self) -> None:
+        """Our journal was adopted (this process stalled past adopt_grace): let go of its jobs.
 
-    def resume_dispatch(self) -> None:
-        self._dispatch()
+        The adopter runs them now. Pending and in-flight jobs are forgotten here, their handles
+        cancelled; node sessions close, so nodes meet the new instance id we take and hand the
+        jobs they hold from the old one to the adopter.
+        """
+        group, grace = self.group, self.settings.adopt_grace
+        self.recovery.let_go(list(self.registry.sessions), group, grace)
+        self.iid = new_iid()
+        self.registry.close_all("distributor instance fenced")
 
-    def _dispatch(self) -> None:
+    # --- what sessions tell -------------------------------------------------------------------
+
+    def _paused(self) -> bool:
         if self.startup.pending:
-            return  # the journal is not read back yet (Redis away at start)
-        if self.sealed:
-            return  # handing over: the group dispatches these jobs now
-        if self.presence is not None and self.presence.hold_dispatch():
-            return  # back from a stall: the next beat round says whether these jobs are ours
-        metrics, journal = self._metrics, self.journal
-        held_back: list[tuple[NodeSession, int, dict[str, Any]]] = []
-        for key, job, seq in self.dispatcher.assign():
-            if metrics is not None:
-                name = job.name
-                metrics.dispatched[name if name in metrics.known else metrics.label(name)] += 1
-            session = self._sessions[key]
-            # Sent, and kept as it is by the tracker (not the JobRecord). A record that can't
-            # be encoded fails alone when its frame is built (session.py), its credit given back.
-            record = job.to_dict()
-            lease = self.tracker.issue(job, key, session.node_name, seq, wire=record)
-            if journal is None:
-                session.queue_job(lease, record)
-                continue
-            journal.assigned(job, session.node_name, lease)
-            held_back.append((session, lease, record))
-        if held_back:
-            # Sent once the assignment is stored: a distributor killed before that restarts
-            # with the job unsent (and sends it once), never unsent-but-running (issue 16).
-            journal.when_durable(lambda: send_assigned(held_back))  # type: ignore[union-attr]
-        if not len(self.dispatcher):
-            self._idle.set()
-        elif self.backlog_watch.idle:
-            self.backlog_watch.arm()  # jobs wait: check for ones no node may run (backlog.py)
+            return True  # the journal is not read back yet (Redis away at start)
+        if self.status.sealed:
+            return True  # handing over: the group dispatches these jobs now
+        # Back from a stall: the next beat round says whether these jobs are ours.
+        return self.presence is not None and self.presence.hold_dispatch()
 
-    def _on_command_result(self, session: NodeSession, result: CommandResult) -> None:
-        if result.job:
-            # A failed job the node took out of its storage for JR.retry: enqueued again with
-            # the same id and no feedbacks, even if the app stopped waiting for the answer.
-            job = JobRecord.from_dict(result.job)
-            job.node, job.lease = None, 0
-            self.submit(job, None, None, JobHandle(job.id))
-        self.commands.answer(session.key, result)
-
-    def _requeue(self, entry: InFlight) -> None:
-        if entry.cancel_requested:
-            self._resolve_cancelled(entry.job_id)
+    def _on_node_ready(self, session: NodeSession) -> None:
+        hello = session.hello
+        assert hello is not None
+        if self.status.sealed:  # handed over while it shook hands: it must meet the adopter
+            session.goodbye("distributor stopping")
             return
-        job = entry.job  # rebuilt from its packed form, once
-        if self.journal is not None:
-            self.journal.unassigned(job)
-        self.dispatcher.add(job, seq=entry.seq)
+        drop = self.recovery.take_over_held(session.key, hello.node_name, hello.held)
+        self.registry.join(session)
+        self.recovery.node_back(hello.node_name)
+        held_now = self.tracker.count_on(session.key)
+        self.dispatcher.add_node(
+            session.key,
+            hello.node_name,
+            hello.job_names,
+            hello.credits,
+            max(hello.window, hello.credits, 1),  # its free credit is never counted above this
+        )
+        self.metrics.register(hello.job_names)  # these names get their own metric series
+        session.conn.send(Welcome(PROTOCOL_VERSION, self.address, drop, self.iid))
+        logger.info(
+            "%s ready to work (%d credits, %d jobs kept)", hello.node_name, hello.credits, held_now
+        )
+        self.flow.dispatch()
 
-    def _on_reports(self, session: NodeSession, message: Reports) -> None:
-        for item in message.items:
-            self._on_report(session, item)
-        upto = message.first_seq + len(message.items) - 1
-        if self.journal is None:
-            session.ack_reports(upto)
-        else:  # acknowledged once the removals they caused are stored (journal.py)
-            self.journal.when_durable(lambda: session.ack_reports(upto))
-
-    def _on_held(self, session: NodeSession, message: HeldJobs) -> None:
-        drop = self._take_over_held(session, message.held)
-        session.conn.send(Dropped(drop, message.last))
-        if message.origin and message.last:
-            self.handed_over(session.node_name, message.origin)
-
-    def _on_report(self, session: NodeSession, item: ReportItem) -> None:
-        entry = self.tracker.check_report(session.key, item.job_id, item.lease)
-        if entry is None:  # restored as out on this node, finished before it said so
-            name = session.node_name
-            entry = self.tracker.claim_reported(item.job_id, name, item.lease, session.key)
-        if entry is None:
-            logger.debug(
-                "stale report for job %s (lease %d) from %s rejected",
-                item.job_id,
-                item.lease,
-                session.node_name,
-            )
+    def _on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None:
+        self.dispatcher.remove_node(session.key)
+        self.commands.session_gone(session.key)
+        name, key = session.node_name, session.key
+        if self.status.closed:
+            self.recovery.left_while_stopping(key, name, was_ready=was_ready, why=reason)
+            self.flow.idle.set()
             return
-        if item.final:
-            self.tracker.forget(item.job_id)
-            if self.journal is not None:
-                self.journal.remove(item.job_id)
-        metrics = self._metrics
-        if metrics is not None:  # outcomes are counted here, once (metrics.py)
-            name = entry.name
-            if item.outcome == "success" and name in metrics.known:
-                metrics.succeeded[name] += 1  # the usual report, without a call
-            else:
-                metrics.count_report(name, item.outcome, item.final, item.args)
-        if self._traces and item.final and item.job_id in self._traces:
-            trace = self._traces.pop(item.job_id)
-            with otel.feedback_span(trace, item.job_id, entry.name, item.outcome):
-                self.settle_report(item, entry.name)
-        else:
-            self.settle_report(item, entry.name)
-        if item.final:
-            self._idle.set()
+        durable = bool(session.hello and session.hello.storage == "redis")
+        self.recovery.node_left(key, name, durable=durable, was_ready=was_ready, why=reason)
+        self.flow.dispatch()
+        self.flow.idle.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _on_node_message(self, session: NodeSession, message: Message) -> None:
+        if self.status.sealed:
+            return  # handed over: unacknowledged, the node sends it to the group's adopter
+        session.state.check_bounds(message, self.tracker.count_on(session.key))
+        match message:
+            case Ack():
+                if not self.flow.on_ack(session, message):
+                    return  # no credit gained: no dispatch round
+            case Reports():
+                self.flow.on_reports(session, message)
+            case Nack():
+                self.recovery.on_nack(session.key, session.node_name, message)
+            case CommandResult():
+                if message.job:
+                    # A failed job the node took out of its storage for JR.retry: enqueued
+                    # again with the same id and no feedbacks, even if nobody waits any more.
+                    job = JobRecord.from_dict(message.job)
+                    job.node, job.lease = None, 0
+                    self.submit(job, None, None, JobHandle(job.id))
+                self.commands.answer(session.key, message)
+            case HeldJobs():
+                drop = self.recovery.take_over_held(session.key, session.node_name, message.held)
+                session.conn.send(Dropped(drop, message.last))
+                if message.origin and message.last:
+                    self.recovery.handed_over(session.node_name, message.origin)
+            case Return():
+                self.recovery.on_return(session.key, message)
+        self.flow.dispatch()

@@ -4,21 +4,18 @@ nodes claiming one name is refused.
 
 The rest of the pre-authentication bounds live where the bytes are: small frames and a short
 list of message kinds (`NodeSession` restricts its connection until the handshake succeeds),
-per-kind msgpack limits (`protocol.decode_body`), the handshake deadline (`NodeSession`).
+per-kind msgpack limits (`protocol.decode_body`), the handshake deadline and the rules of a
+ready session (`session_state.py`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
-from typing import TYPE_CHECKING
 
-from jobreactor.errors import InsecureBind, RemoteProtocolError
-from jobreactor.protocol import Ack, Message, Return
+from jobreactor.errors import InsecureBind
+from jobreactor.protocol import Hello
 from jobreactor.ratelimit import RateLimitedLog
-
-if TYPE_CHECKING:
-    from jobreactor.distributor.session import NodeSession
 
 
 def is_loopback(host: str) -> bool:
@@ -56,36 +53,17 @@ def evicted(warn: RateLimitedLog, peer: str, limit: int) -> None:
     )
 
 
-def name_clash(live: NodeSession | None, newcomer: NodeSession) -> str | None:
-    """Why `newcomer` may not join: `live`, another node process, holds its name.
+def name_clash(newcomer: Hello, live: Hello | None, live_peer: str) -> str | None:
+    """Why the node saying `newcomer` may not join: another node process, connected (and
+    open) from `live_peer` with `live`, holds its name.
 
     The live one is never kicked (it would lose its running jobs to the queue, then come back
     and kick the other: the flapping loop of issue 10); the newcomer is refused.
     """
-    hello = newcomer.hello
-    assert hello is not None
-    if live is None or live is newcomer or live.hello is None or not live.conn.is_open:
-        return None
-    if live.hello.instance == hello.instance:
-        return None  # the same node process reconnecting: it replaces its old connection
+    if live is None or live.instance == newcomer.instance:
+        return None  # nobody, or the same node process reconnecting: it replaces its old one
     return (
-        f"duplicate node name {hello.node_name!r}: another node process with that name is "
-        f"connected from {live.conn.peer}; give each node its own name "
+        f"duplicate node name {newcomer.node_name!r}: another node process with that name is "
+        f"connected from {live_peer}; give each node its own name "
         '(e.g. name = "worker-{hostname}")'
-    )
-
-
-def check_bounds(session: NodeSession, message: Message, on_session: int) -> None:
-    """A node acknowledges or returns only jobs it was given (`on_session` are out on it);
-    one that claims more breaks the protocol and is closed (RemoteProtocolError: Bye, log)."""
-    match message:
-        case Ack(leases=leases) if len(leases) > on_session:
-            what = f"acknowledged {len(leases)} jobs"
-        case Return(job_ids=job_ids) if len(job_ids) > on_session:
-            what = f"returned {len(job_ids)} jobs"
-        case _:
-            return
-    raise RemoteProtocolError(
-        f"node {session.node_name!r} {what} but holds {on_session} from us (a bug or a hostile "
-        "peer)"
     )

@@ -5,20 +5,19 @@ per report, the final one exactly once; an exception in one is logged and contai
 Unique enqueues (dj_one's `enqueue_id`, resque-lock's `loner`) take their keys here, at
 enqueue, and give them back when the job starts or ends; the app hears the final outcome only
 after that. A batch's `on_complete` runs here when the part that completes it reports.
-Distributor (distributor.py) mixes this in.
+The distributor owns one `Outcomes`; eager mode (jobreactor.testing) builds its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobreactor.config import ReactorConfig
-from jobreactor.distributor.journal import Journal
 from jobreactor.errors import StorageError
 from jobreactor.handle import JobHandle, WeakHandles
 from jobreactor.job import JobRecord
@@ -78,52 +77,111 @@ def waiting_of(kept: Awaited) -> Waiting:
 
 
 class Outcomes:
-    """The outcome half of Distributor. The attributes below are Distributor's."""
+    """What the app waits for, per job, and how each report reaches it.
 
-    if TYPE_CHECKING:
-        settings: ReactorConfig
-        storage: Storage
-        journal: Journal | None
-        named_feedbacks: dict[str, Feedback]
-        observers: list[Observer]
-        _waiting: dict[str, Awaited]
-        _unique: dict[str, list[str]]
-        _batch_callbacks: dict[str, Callable[[str], Any]]
+    `spawn` runs a coroutine the owner waits for at stop (async feedbacks, key releases);
+    `forget` drops a job from the owner's journal (none: nothing to drop). Eager mode
+    (jobreactor.testing) builds one of these with no distributor around it.
+    """
 
-        def _spawn(self, coro: Any) -> None: ...
+    def __init__(
+        self,
+        storage: Storage,
+        unique_ttl: float,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        forget: Callable[[str], None] | None = None,
+        named_feedbacks: dict[str, Feedback] | None = None,
+        observers: list[Observer] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.unique_ttl = unique_ttl
+        self.named_feedbacks: dict[str, Feedback] = (
+            named_feedbacks if named_feedbacks is not None else {}
+        )
+        self.observers: list[Observer] = observers if observers is not None else []
+        # Per job accepted and not finished: who hears its outcome.
+        self.waiting: dict[str, Awaited] = {}
+        self.unique: dict[str, list[str]] = {}  # enqueue-time keys held per job
+        self._batch_callbacks: dict[str, Callable[[str], Any]] = {}
+        self._spawn = spawn
+        self._forget = forget
+        self.weak: WeakHandles | None = None  # from hold_weakly: handles without feedbacks
+
+    def hold_weakly(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on a job without feedbacks keeps its handle weakly (handle.WeakHandles):
+        a handle the app drops costs nothing while the job waits."""
+        self.weak = WeakHandles(loop, self.waiting, NOBODY)
+
+    def bind(self, forget: Callable[[str], None]) -> None:
+        """At start, with a journal: how a job is dropped from it."""
+        self._forget = forget
+
+    def expect(self, job_id: str, keys: list[str], waiting: Awaited) -> None:
+        """A job read back from a journal: who hears it, and the keys it still holds."""
+        self.waiting[job_id] = waiting
+        if keys:
+            self.unique[job_id] = keys  # released at its start or end, as before
+
+    def has_closure(self, job_id: str) -> bool:
+        """True if a feedback of `job_id` is a callable (it can't move to another process)."""
+        kept = self.waiting.get(job_id)
+        if kept is None:
+            return False
+        waiting = waiting_of(kept)
+        return callable(waiting.success) or callable(waiting.error)
+
+    def refused(self, job_id: str) -> None:
+        """The job could not be stored: its keys go, its handle is cancelled."""
+        self.release_unique(job_id)
+        kept = self.waiting.pop(job_id, None)
+        handle = None if kept is None else waiting_of(kept).handle
+        if handle is not None:
+            handle._cancel("refused: it could not be stored")
 
     def settle_report(self, item: ReportItem, name: str) -> None:
         """What a (checked) report means here: unique keys, batch completion, feedbacks."""
         if item.outcome == "started":
             if "attempt" not in item.args:  # the first attempt (a retry says which it is)
-                self._release_unique(item.job_id)
+                self.release_unique(item.job_id)
             return
         if item.completes_batch:
             self._batch_complete(item.completes_batch)
         if not item.final:
-            waiting = self._waiting.get(item.job_id)
+            waiting = self.waiting.get(item.job_id)
             if waiting is not None:
-                self._deliver(waiting_of(waiting), item, name)
+                self._deliver(waiting, item, name)
             return
-        final = self._waiting.pop(item.job_id, None)
-        if final is not None:
+        final = self.waiting.pop(item.job_id, None)
+        if final is None:
+            return
+        if self.unique and item.job_id in self.unique:
             # The app hears the outcome once its unique keys are free again (dj_one, loner).
-            self._release_unique(
-                item.job_id, then=lambda: self._deliver(waiting_of(final), item, name)
-            )
+            self.release_unique(item.job_id, then=lambda: self._deliver(final, item, name))
+        else:
+            self._deliver(final, item, name)
 
-    def _deliver(self, waiting: Waiting, item: ReportItem, name: str) -> None:
+    def _deliver(self, kept: Awaited, item: ReportItem, name: str) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
+        handle: JobHandle | None
+        if isinstance(kept, JobHandle):  # the usual job: a handle, no feedbacks
+            success, error, handle = None, None, kept
+        elif type(kept) is weakref.ref:  # the same, held weakly: None if the app dropped it
+            success, error, handle = None, None, kept()
+        else:
+            success, error, handle = kept.success, kept.error, kept.handle
         if item.outcome == "success":
-            self._call(waiting.success, item.args, item.job_id)
-            if item.final and waiting.handle is not None:
-                waiting.handle._succeed(item.args)
+            if success is not None:
+                self._call(success, item.args, item.job_id)
+            if item.final and handle is not None:
+                handle._succeed(item.args)
         elif item.outcome == "error":
-            self._call(waiting.error, item.args, item.job_id)
-            if waiting.handle is not None:
-                waiting.handle._fail(item.args)
-        elif waiting.handle is not None:
-            waiting.handle._cancel()
+            if error is not None:
+                self._call(error, item.args, item.job_id)
+            if handle is not None:
+                handle._fail(item.args)
+        elif handle is not None:
+            handle._cancel()
         for observe in self.observers:  # after the app's own feedback has run
             observe(name, item)
 
@@ -135,7 +193,7 @@ class Outcomes:
         Keys are held until the job's first attempt starts (the node reports "started"), or
         until it ends, is cancelled or dropped; a TTL (unique_ttl) bounds a lost job's hold.
         """
-        storage, ttl, taken = self.storage, self.settings.unique_ttl, []
+        storage, ttl, taken = self.storage, self.unique_ttl, []
         try:
             if job.enqueue_id is not None:
                 key = f"enqueue:{job.enqueue_id}"
@@ -155,13 +213,13 @@ class Outcomes:
                 await storage.release(held_key, job.id)
             raise
         if taken:
-            self._unique[job.id] = taken
+            self.unique[job.id] = taken
             # Journaled with the job: a restarted or adopting distributor releases them too.
             job.extra = {**(job.extra or {}), UNIQUE_KEYS: taken}
         return True
 
-    def _release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:
-        keys = self._unique.pop(job_id, None)
+    def release_unique(self, job_id: str, then: Callable[[], None] | None = None) -> None:
+        keys = self.unique.pop(job_id, None)
         if keys:
             self._spawn(self._release_keys(keys, job_id, then))
         elif then is not None:
@@ -194,21 +252,19 @@ class Outcomes:
         if inspect.isawaitable(result):
             self._spawn(self._await_feedback(result, f"batch {token}"))
 
-    def _resolve_cancelled(
+    def resolve_cancelled(
         self, job_id: str, reason: str = "cancelled", *, forget: bool = True
     ) -> None:
         """The job ends here without a report. `forget=False` keeps it in the journal."""
-        waiting = self._waiting.pop(job_id, None)
+        waiting = self.waiting.pop(job_id, None)
         handle = waiting_of(waiting).handle if waiting is not None else None
         if not forget:
             if handle is not None:
                 handle._cancel(reason)
             return
-        if self.journal is not None:
-            self.journal.remove(job_id)
-        self._release_unique(
-            job_id, then=None if handle is None else lambda: handle._cancel(reason)
-        )
+        if self._forget is not None:
+            self._forget(job_id)
+        self.release_unique(job_id, then=None if handle is None else lambda: handle._cancel(reason))
 
     def _call(self, feedback: Feedback | str | None, args: dict[str, Any], job_id: str) -> None:
         if feedback is None:

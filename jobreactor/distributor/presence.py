@@ -16,25 +16,45 @@ import json
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from jobreactor.config import ReactorConfig
 from jobreactor.discovery.journals import JournalClaims
 from jobreactor.discovery.keys import GroupKeys
 from jobreactor.discovery.registry import REDIS_ERRORS, Registration, connect
+from jobreactor.distributor.journal import Journal
+from jobreactor.distributor.recovery import journal_base
 from jobreactor.distributor.releases import ReleaseListener
+from jobreactor.distributor.status import Status
 from jobreactor.errors import StorageUnavailable
 from jobreactor.storage.codec import redact_url
-
-if TYPE_CHECKING:
-    from jobreactor.distributor.distributor import Distributor
 
 logger = logging.getLogger("jobreactor.distributor")
 
 _ADOPTED_KEPT = 64  # adopted instance ids listed in stats (nodes re-route their jobs by them)
 
 
+class Member(Protocol):
+    """What presence reads of its distributor, and tells it (the coordinator implements it)."""
+
+    settings: ReactorConfig
+    address: str
+    iid: str  # renewed when fenced
+    secret: bytes | None
+    journal: Journal | None
+    status: Status
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def fenced(self) -> None: ...
+
+    async def adopt_journal(self, queue: str, owner: str) -> tuple[int, set[str]]: ...
+
+    def resume_dispatch(self) -> None: ...
+
+
 class Presence:
-    def __init__(self, distributor: Distributor, url: str, group: str) -> None:
+    def __init__(self, distributor: Member, url: str, group: str) -> None:
         settings = distributor.settings
         self.distributor = distributor
         self.url = url
@@ -124,7 +144,7 @@ class Presence:
             self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
 
     async def _after_beat(self) -> None:
-        if self.claims is None or self.distributor.closed:
+        if self.claims is None or self.distributor.status.closed:
             return
         journal = self.distributor.journal
         assert journal is not None
@@ -140,7 +160,7 @@ class Presence:
         if not owned:
             self.distributor.fenced()
             await self.registration.renew(self.distributor.iid)
-            journal.switch(f"{self.distributor.journal_base}:{self.distributor.iid}")
+            journal.switch(f"{journal_base(self.distributor.address)}:{self.distributor.iid}")
             self.epoch = await self.claims.claim_own(journal.queue, self.distributor.iid)
             return
         await self._adopt_stale()
@@ -148,7 +168,7 @@ class Presence:
     async def _adopt_stale(self) -> None:
         """Adopt the journals whose owner is gone (stopped beating, or released it)."""
         journal = self.distributor.journal
-        if self.claims is None or journal is None or self.distributor.closed:
+        if self.claims is None or journal is None or self.distributor.status.closed:
             return
         for journal_id, owner in await self.claims.stale(self.grace):
             if journal_id != journal.queue:

@@ -1,30 +1,36 @@
-"""NodeSession: the distributor's side of one node connection.
+"""NodeSession: the asyncio shell around one node connection's `SessionState`.
 
-What is legal now is one table: Hello first, then Auth when a secret is set, then
-the working messages. Anything else is a protocol violation that closes this connection only.
+It carries out what the state machine asks (send, seal, close), runs its handshake timer, and
+batches what goes out: jobs in frames of `_JOBS_PER_FRAME`, one report acknowledgement per
+flush. The rules are `session_state.py`'s; what the node's messages mean is the owner's
+(`SessionOwner`, the distributor's node registry).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import secrets
-from enum import Enum
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from jobreactor.connection import FramedConnection
-from jobreactor.distributor.guard import name_clash
-from jobreactor.errors import HandshakeFailed, LocalProtocolError, RemoteProtocolError
+from jobreactor.distributor.session_state import (
+    Action,
+    Admit,
+    Close,
+    OpenIncoming,
+    Phase,
+    SealOutgoing,
+    Send,
+    SessionState,
+)
+from jobreactor.errors import LocalProtocolError
 from jobreactor.protocol import (
-    DISTRIBUTOR_TO_NODE,
     MAX_ITEMS_PER_FRAME,
-    NODE_TO_DISTRIBUTOR,
-    NONCE_BYTES,
     PRE_AUTH_MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     Ack,
     Auth,
     Bye,
-    Challenge,
     Command,
     CommandResult,
     FrameOpener,
@@ -42,36 +48,14 @@ from jobreactor.protocol import (
     Return,
     encode,
     encode_split,
-    handshake_proof,
-    proof_matches,
-    session_key,
 )
-
-if TYPE_CHECKING:
-    from jobreactor.distributor.distributor import Distributor
 
 logger = logging.getLogger("jobreactor.distributor")
 
 # Jobs per Jobs frame: big enough to amortise packing, small enough to stay far below
 # max_frame_bytes for ordinary jobs and to let the node start work on the first ones early.
 _JOBS_PER_FRAME: Final = 512
-# Acknowledgements in a row that change nothing before the node is closed as a flood.
-_IDLE_ACKS: Final = 1000
 
-
-class Phase(Enum):
-    AWAIT_HELLO = "await hello"
-    AWAIT_AUTH = "await auth"
-    READY = "ready"
-    CLOSED = "closed"
-
-
-_ALLOWED: Final[dict[Phase, tuple[type[Message], ...]]] = {
-    Phase.AWAIT_HELLO: (Hello, Bye),
-    Phase.AWAIT_AUTH: (Auth, Bye),
-    Phase.READY: (Ack, Nack, Reports, Return, HeldJobs, CommandResult, Bye),
-    Phase.CLOSED: (),
-}
 # What an anonymous peer may send at all; anything else is refused before it is unpacked.
 PRE_AUTH_TAGS: Final = frozenset({Hello.TAG, Auth.TAG, Bye.TAG, Ping.TAG, Pong.TAG})
 # What a node may send once admitted (never Jobs: refused by its tag, before it is buffered).
@@ -93,56 +77,82 @@ NODE_KIND_BYTES: Final = {
 }
 
 
+class SessionOwner(Protocol):
+    """What a session tells the distributor (its node registry implements this); the
+    working messages of a ready session go to `deliver`, given at construction."""
+
+    def name_clash(self, session: NodeSession) -> str | None: ...
+
+    def on_node_ready(self, session: NodeSession) -> None: ...
+
+    def on_session_closed(self, session: NodeSession, was_ready: bool, reason: str) -> None: ...
+
+    def job_unsendable(self, job_id: str, reason: str, key: int) -> None: ...
+
+
 class NodeSession:
-    def __init__(self, distributor: Distributor, conn: FramedConnection, key: int) -> None:
-        self.distributor = distributor
+    def __init__(
+        self,
+        owner: SessionOwner,
+        conn: FramedConnection,
+        key: int,
+        *,
+        deliver: Callable[[NodeSession, Message], None],
+        secret: bytes | None,
+        handshake_timeout: float,
+        max_frame_bytes: int,
+    ) -> None:
         self.conn = conn
         self.key = key
-        self.phase = Phase.AWAIT_HELLO
-        self.hello: Hello | None = None
-        self.heard_hello = False  # anonymous peers that sent nothing are evicted first
-        self._idle_acks = 0  # acknowledgements in a row that acknowledged and granted nothing
-        self._nonce = b""
+        self._owner = owner
+        self._deliver = deliver  # every working message of the ready session
+        self._max_frame_bytes = max_frame_bytes
         self._outbox: list[tuple[int, Record]] = []
         self._report_ack: int | None = None
+        self._ready = False
+        loop = asyncio.get_running_loop()
+        self.state = SessionState(secret, handshake_timeout, loop.time())
         conn.restrict(PRE_AUTH_MAX_FRAME_BYTES, PRE_AUTH_TAGS)
-        loop = distributor.loop
-        self._deadline = loop.call_later(
-            distributor.settings.handshake_timeout, self._handshake_expired
-        )
+        self._deadline = loop.call_at(self.state.deadline, self._handshake_expired)
 
     def __repr__(self) -> str:
-        name = self.hello.node_name if self.hello else "?"
-        return f"<NodeSession {name} {self.conn.peer} {self.phase.name}>"
+        return f"<NodeSession {self.node_name} {self.conn.peer} {self.state.phase.name}>"
+
+    @property
+    def hello(self) -> Hello | None:
+        return self.state.hello
 
     @property
     def node_name(self) -> str:
-        return self.hello.node_name if self.hello else "?"
+        hello = self.state.hello
+        return hello.node_name if hello else "?"
+
+    @property
+    def peer(self) -> str:
+        return self.conn.peer
+
+    @property
+    def heard_hello(self) -> bool:
+        return self.state.heard_hello
 
     # --- ConnectionOwner --------------------------------------------------------------------
 
     def on_message(self, message: Message) -> None:
-        if not isinstance(message, _ALLOWED[self.phase]):
-            raise RemoteProtocolError(
-                f"{type(message).__name__} is not allowed in phase {self.phase.value}"
-            )
-        match message:
-            case Hello():
-                self._on_hello(message)
-            case Auth():
-                self._on_auth(message)
-            case Bye():
-                logger.info("node %s said goodbye: %s", self.node_name, message.reason)
-                self.conn.close("peer said goodbye")
-            case _:
-                self.distributor.on_node_message(self, message)
+        if self._ready and type(message) is not Bye:
+            # Ready: the connection passes only NODE_TAGS now (restricted at admission), and
+            # every one but Bye is the distributor's (the hot path: no action list built).
+            self._deliver(self, message)
+            return
+        if type(message) is Bye:
+            logger.info("node %s said goodbye: %s", self.node_name, message.reason)
+        self._apply(self.state.receive(message))
 
     def on_close(self, reason: str) -> None:
         self._deadline.cancel()
-        was_ready = self.phase is Phase.READY
-        self.phase = Phase.CLOSED
+        self._ready = False
+        was_ready = self.state.closed()
         self._outbox.clear()
-        self.distributor.on_session_closed(self, was_ready, reason)
+        self._owner.on_session_closed(self, was_ready, reason)
 
     def before_flush(self) -> None:
         if self._report_ack is not None:
@@ -159,7 +169,7 @@ class NodeSession:
         """Frames for `chunk`. Enqueue bounds each job's size, so a frame too big is only ever
         split; enqueue also range-checks every value, but a job that still can't be encoded
         fails alone (its handle resolves), never the jobs next to it."""
-        limit = self.distributor.settings.max_frame_bytes
+        limit = self._max_frame_bytes
         try:
             return encode_split(chunk, Jobs, limit)
         except LocalProtocolError:
@@ -169,110 +179,50 @@ class NodeSession:
             try:
                 frames += encode_split([(lease, record)], Jobs, limit)
             except LocalProtocolError as exc:
-                self.distributor.job_unsendable(record["id"], str(exc))
-                self.distributor.dispatcher.grant(self.key, 1)  # never sent: the credit is free
+                self._owner.job_unsendable(record["id"], str(exc), self.key)
         return frames
 
-    # --- handshake --------------------------------------------------------------------------
+    # --- carrying out the state machine's actions -------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send():
+                    self.conn.send(action.message)
+                case SealOutgoing():
+                    self.conn.seal_from_now(FrameSealer(action.key))
+                case OpenIncoming():
+                    self.conn.open_from_now(FrameOpener(action.key))
+                case Admit():
+                    self._admit()
+                case Close():
+                    if action.warning:  # in the format string: log filters match it
+                        escaped = action.warning.replace("%", "%%")
+                        self.conn.warn(f"closing connection from %s: {escaped}", self.conn.peer)
+                    self.conn.close(action.reason, notify=action.notify)
+
+    def _admit(self) -> None:
+        clash = self._owner.name_clash(self)
+        if clash is not None:
+            logger.error("refused node %r from %s: %s", self.node_name, self.conn.peer, clash)
+            self._apply(self.state.refused(clash))
+            return
+        self._deadline.cancel()
+        self.state.admitted()
+        self._ready = True
+        self.conn.restrict(self._max_frame_bytes, NODE_TAGS, NODE_KIND_BYTES)
+        self._owner.on_node_ready(self)
 
     def _handshake_expired(self) -> None:
-        if self.phase in (Phase.AWAIT_HELLO, Phase.AWAIT_AUTH):
-            self.conn.warn(
-                "closing connection from %s: no handshake within %.1fs "
-                "(not a jobreactor node, or a wrong port)",
-                self.conn.peer,
-                self.distributor.settings.handshake_timeout,
-            )
-            self.conn.close("handshake timeout", notify=True)
+        self._apply(self.state.expire(asyncio.get_running_loop().time()))
 
-    def count_idle_ack(self, useful: bool) -> None:
-        """A node acknowledges jobs or grants credit it has; a stream of acks that do neither
-        is a flood (a real node sends one only when it over-grants, now and then)."""
-        self._idle_acks = 0 if useful else self._idle_acks + 1
-        if self._idle_acks > _IDLE_ACKS:
-            raise RemoteProtocolError(
-                f"node {self.node_name!r} sent {_IDLE_ACKS} acknowledgements in a row that "
-                "acknowledged nothing and granted no credit (a flood)"
-            )
+    @property
+    def is_ready(self) -> bool:
+        return self.state.phase is Phase.READY
 
     def evict(self) -> None:
         """Make room for a newer anonymous connection: tell this one to retry soon."""
         self.conn.close("busy: too many handshakes under way here; retry in a moment", notify=True)
-
-    def _on_hello(self, hello: Hello) -> None:
-        self.heard_hello = True
-        if hello.version != PROTOCOL_VERSION:
-            raise HandshakeFailed(
-                f"node {hello.node_name!r} speaks protocol {hello.version}, we speak "
-                f"{PROTOCOL_VERSION}: upgrade the older side"
-            )
-        if not hello.node_name or hello.credits < 0 or len(hello.nonce) != NONCE_BYTES:
-            raise HandshakeFailed("hello with an empty name, negative credits or a bad nonce")
-        self.hello = hello
-        secret = self.distributor.secret
-        if secret is None:
-            if hello.wants_auth:
-                self.conn.warn(
-                    "refused node %r from %s: it has a secret and this distributor has none; "
-                    "set the same secret on both sides",
-                    hello.node_name,
-                    self.conn.peer,
-                )
-                self._refuse(
-                    "this distributor has no secret but the node has one: "
-                    "set the same secret on both sides"
-                )
-                return
-            self._admit()
-            return
-        self._nonce = secrets.token_bytes(NONCE_BYTES)
-        proof = handshake_proof(secret, "distributor", hello.node_name, hello.nonce, self._nonce)
-        self.phase = Phase.AWAIT_AUTH
-        self.conn.send(Challenge(self._nonce, proof))
-        # Everything we send from now on carries a MAC (even a refusal: a node whose proof
-        # check failed reads it unchecked, and never trusts it).
-        self.conn.seal_from_now(FrameSealer(self._session_key(DISTRIBUTOR_TO_NODE)))
-
-    def _session_key(self, direction: bytes) -> bytes:
-        assert self.hello is not None
-        assert self.distributor.secret is not None
-        return session_key(
-            self.distributor.secret, self.hello.node_name, self.hello.nonce, self._nonce, direction
-        )
-
-    def _on_auth(self, auth: Auth) -> None:
-        assert self.hello is not None
-        assert self.distributor.secret is not None
-        expected = handshake_proof(
-            self.distributor.secret, "node", self.hello.node_name, self.hello.nonce, self._nonce
-        )
-        if not proof_matches(expected, auth.proof):
-            self.conn.warn(
-                "refused node %r from %s: bad secret (its proof does not match ours): "
-                "check that both sides have the same secret",
-                self.hello.node_name,
-                self.conn.peer,
-            )
-            self.conn.close("bad secret: check that both sides have the same secret", notify=True)
-            return
-        self.conn.open_from_now(FrameOpener(self._session_key(NODE_TO_DISTRIBUTOR)))
-        self._admit()
-
-    def _admit(self) -> None:
-        assert self.hello is not None
-        clash = name_clash(self.distributor.live_session(self.hello.node_name), self)
-        if clash is not None:
-            logger.error("refused node %r from %s: %s", self.hello.node_name, self.conn.peer, clash)
-            self._refuse(clash)
-            return
-        self._deadline.cancel()
-        self.phase = Phase.READY
-        self.conn.restrict(self.distributor.settings.max_frame_bytes, NODE_TAGS, NODE_KIND_BYTES)
-        self.distributor.on_node_ready(self)
-
-    def _refuse(self, reason: str) -> None:
-        """Tell the node why (a Bye) and close; it never becomes ready here."""
-        self.conn.close(reason, notify=True)
 
     # --- sending ----------------------------------------------------------------------------
 

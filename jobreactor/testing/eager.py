@@ -294,7 +294,7 @@ class EagerMode:
         while self._inbox:
             record, waiting = self._inbox.popleft()
             record.node = self._node.name
-            self._app._waiting[record.id] = waiting
+            self._app.waiting[record.id] = waiting
             self._names[record.id] = record.name
             held = HeldJob(record, self._link)
             self._node.holdings.jobs[record.id] = held

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import msgpack
 
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
-from jobreactor.distributor.outcomes import Awaited, Feedback, Observer, Outcomes
+from jobreactor.distributor.outcomes import Feedback, Observer, Outcomes
 from jobreactor.job import JobRecord
 from jobreactor.node.attempts import Attempts
 from jobreactor.node.batches import NodeBatches
@@ -45,7 +46,7 @@ def _as_on_the_wire(args: dict[str, Any]) -> dict[str, Any]:
 
 
 class AppSide(Outcomes):
-    """The distributor's feedback half, with nothing to dispatch."""
+    """The distributor's feedback half, with nothing to dispatch: its tasks are its own."""
 
     def __init__(
         self,
@@ -54,17 +55,16 @@ class AppSide(Outcomes):
         named_feedbacks: dict[str, Feedback],
         observers: list[Observer],
     ) -> None:
-        self.settings = settings
-        self.storage = storage
-        self.journal = None
-        self.named_feedbacks = named_feedbacks
-        self.observers = observers
-        self._waiting: dict[str, Awaited] = {}
-        self._unique: dict[str, list[str]] = {}
-        self._batch_callbacks: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        super().__init__(
+            storage,
+            settings.unique_ttl,
+            spawn=self._spawn_task,
+            named_feedbacks=named_feedbacks,
+            observers=observers,
+        )
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

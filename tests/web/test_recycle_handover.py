@@ -34,7 +34,7 @@ def _lost_lines(server: WebServer, node_list: list[WebNode]) -> str:
         line
         for text in texts
         for line in text.splitlines()
-        if " is lost" in line  # handover.py, sessions.py, membership.py: WARNING lines
+        if " is lost" in line  # handover.py, recovery.py, membership.py: WARNING lines
     )
 
 
