@@ -8,7 +8,6 @@ dashboard, health); `start_node` returns a `NodeHandle` (nodehandle.py), not the
 
 from __future__ import annotations
 
-import inspect
 import ssl as ssl_module
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -28,15 +27,6 @@ from jobreactor.storage import Storage, open_storage
 from jobreactor.storage.memory import Keyspace
 
 T = TypeVar("T")
-
-
-def _owned(engine: type, metrics: JobMetrics) -> dict[str, JobMetrics]:
-    """`metrics=` for an engine that takes it. Until both engines' `metrics` keyword has landed
-    (issue 20: the node and distributor slices add it) an engine without it counts into the
-    process default, which `process_metrics()` still shows; then this is `metrics=metrics`."""
-    if "metrics" in inspect.signature(engine).parameters:
-        return {"metrics": metrics}
-    return {}
 
 
 def _redis_url(storage: str, redis_url: str | None, settings: ReactorConfig) -> str | None:
@@ -178,7 +168,7 @@ class Members:
         }
         distributor = Distributor(
             settings,
-            **_owned(Distributor, self._metrics),
+            metrics=self._metrics,
             secret=secret,
             advertise=advertise,
             storage=_open(
@@ -277,7 +267,7 @@ class Members:
             redis_url=_redis_url(storage, redis_url, settings),
             discovery_url=discovery_url,
             group=group,
-            **_owned(Node, self._metrics),
+            metrics=self._metrics,
         )
         await node.start()
         if settings.warn_no_node_after > 0:

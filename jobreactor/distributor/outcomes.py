@@ -166,7 +166,7 @@ class Outcomes:
         handle: JobHandle | None
         if isinstance(kept, JobHandle):  # the usual job: a handle, no feedbacks
             success, error, handle = None, None, kept
-        elif type(kept) is weakref.ref:  # the same, held weakly: None if the app dropped it
+        elif isinstance(kept, weakref.ref):  # the same, held weakly: None if the app dropped it
             success, error, handle = None, None, kept()
         else:
             success, error, handle = kept.success, kept.error, kept.handle

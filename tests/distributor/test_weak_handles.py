@@ -82,7 +82,7 @@ def test_a_job_whose_handle_was_dropped_still_runs_and_settles(reactor: Reactor)
         reactor.enqueue("noop", {"i": i}, {"after": 0.2})  # handles dropped at once
     kept = reactor.enqueue("noop", {"i": 50}, {"after": 0.2})
     assert kept is not None
-    waiting = reactor.distributor._waiting
+    waiting = reactor.distributor.outcomes.waiting
     wait_until(lambda: sum(value is NOBODY for value in list(waiting.values())) == 50, 10, "swept")
     kept.result(timeout=30)
     reactor.wait_idle(30)

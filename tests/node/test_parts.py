@@ -29,7 +29,13 @@ class Link:
         self.credits = 0
 
     def report(
-        self, job_id: str, lease: int, outcome: str, final: bool, args: dict[str, Any]
+        self,
+        job_id: str,
+        lease: int,
+        outcome: str,
+        final: bool,
+        args: dict[str, Any],
+        completes_batch: str = "",
     ) -> None:
         self.reports.append((job_id, outcome))
 
