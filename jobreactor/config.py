@@ -434,7 +434,7 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         if key not in ReactorConfig.model_fields:
             raise UnknownConfigKey(
-                f"{key!r} is not a setting (README: Configuration lists them all)"
+                f"{key!r} is not a setting (docs/reference/configuration.md lists them all)"
             )
         return getattr(self._model, key)
 

@@ -62,7 +62,7 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str
         hint = f"did you mean {close[0]}?" if close else "no jobreactor setting has that name"
         logger.warning(
             "environment variable %s is not a jobreactor setting and is ignored: %s "
-            "(the settings are listed in the README's configuration table)",
+            "(docs/reference/configuration.md lists every setting)",
             name,
             hint,
         )

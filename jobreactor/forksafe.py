@@ -81,7 +81,7 @@ def fork_message(parent: int, started_at: str) -> str:
         "worker: gunicorn: the post_worker_init hook (jobreactor.contrib.gunicorn), not at "
         "import under --preload; uvicorn/ASGI: lifespan startup (jobreactor.contrib.asgi); "
         "Django: the server's hook, not AppConfig.ready(); elsewhere JR.ensure_started(). "
-        "See the README, 'Running inside a web app'."
+        "See docs/web.md, 'Running inside a web app'."
     )
 
 

@@ -219,7 +219,7 @@ class Reactor:
             logger.warning(
                 "this process (%d) is a fork of one where the reactor was started (%s); "
                 "starting a new reactor here. Start it only after fork, in each worker "
-                "(README: 'Running inside a web app')",
+                "(docs/web.md: 'Running inside a web app')",
                 os.getpid(),
                 self._started_at,
             )

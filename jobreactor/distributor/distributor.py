@@ -42,7 +42,7 @@ from jobreactor.distributor.status import Status, Tasks
 from jobreactor.distributor.tracking import Tracker
 from jobreactor.handle import JobHandle
 from jobreactor.job import JobRecord
-from jobreactor.metrics import METRICS, PENDING_SAMPLE, JobMetrics, brief
+from jobreactor.metrics import PENDING_SAMPLE, JobMetrics, brief
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -87,7 +87,7 @@ class Distributor:
         self.secret = secret_bytes(secret if secret is not None else settings.secret)
         self.address = advertise or ""
         self._advertise = advertise
-        self.metrics = metrics if metrics is not None else METRICS
+        self.metrics = metrics if metrics is not None else JobMetrics()  # its own: no global
         self.status = Status()
         self.tasks = Tasks()
         self.presence: Presence | None = None  # with discovery_url: from start()
@@ -257,6 +257,9 @@ class Distributor:
             await drop_the_rest(leaving, self.registry.goodbye_all)
         await self.tasks.wait(deadline)
         await self.listener.wait_closed()
+        # A connection accepted just before the listener closed gets its session a loop turn
+        # later, after the goodbyes: close it too, or the loop closes with its socket open.
+        self.registry.close_all("the distributor stopped")
         if self.journal is not None:
             await self.journal.aclose()
         if self.sync_writer is not None:

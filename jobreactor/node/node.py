@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from jobreactor.config import ReactorConfig
 from jobreactor.definitions import Registry
 from jobreactor.job import JobRecord
-from jobreactor.metrics import METRICS, JobMetrics
+from jobreactor.metrics import JobMetrics
 from jobreactor.node.attempts import Attempts
 from jobreactor.node.batches import NodeBatches
 from jobreactor.node.commands import Commands
@@ -74,7 +74,7 @@ class Node:
         self.secret = secret_bytes(secret if secret is not None else settings.secret)
         self.group = group if group is not None else settings.group
         self.loop = asyncio.get_running_loop()
-        self.metrics = metrics if metrics is not None else METRICS
+        self.metrics = metrics if metrics is not None else JobMetrics()  # its own: no global
         self._ssl = ssl_context
         self._stop_now = asyncio.Event()  # a second signal: stop without waiting for anything
         self._build(redis_url if storage.durable else None)

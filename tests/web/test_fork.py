@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 
 from jobreactor import Reactor, ReactorTimeout, Registry
+from jobreactor.ids import JobIds
 from tests.conftest import make_test_reactor
 
 ROOT = Path(__file__).resolve().parents[2]
+
+PREFIX = len(JobIds().prefix)  # the per-process part of a job id
 
 
 def _run_fork_app(mode: str, tmp_path: Path) -> dict[str, Any]:
@@ -61,7 +64,7 @@ def test_workers_forked_from_one_import_never_repeat_job_ids(tmp_path):
         ids += child["ids"]
     assert len(ids) == 4 * 200
     assert len(set(ids)) == len(ids)
-    assert len({i[:16] for i in ids}) == 4  # one id prefix per process
+    assert len({i[:PREFIX] for i in ids}) == 4  # one id prefix per process
 
 
 def test_a_blocked_loop_gives_a_typed_timeout_not_a_bare_one():
