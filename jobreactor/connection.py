@@ -196,15 +196,19 @@ class FramedConnection(asyncio.Protocol):
                 self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         if self._owner is not None and not self.closed.is_set():
             try:
+                # What the owner sends now goes in this write: no second flush is scheduled.
                 self._owner.before_flush()
             except LocalProtocolError:
                 # The owner failed items one by one where it could; what is queued still goes.
                 logger.exception(
                     "%s connection %s: a message could not be encoded", self.label, self.peer
                 )
+            finally:
+                self._flush_scheduled = False
+        else:
+            self._flush_scheduled = False
         transport = self._transport
         if not self._out or transport is None or self.closed.is_set():
             return

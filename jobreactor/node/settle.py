@@ -87,11 +87,11 @@ class Settle:
         if metrics is not None and record.run_at is not None:
             name = record.name if record.name in metrics.known else metrics.label(record.name)
             metrics.run.observe(name, time.time() - record.run_at)
+        self._release_slot()  # first: an idle node's credit (and report) then leave at once
         if held.holds_credit:
             held.holds_credit = False
             if held.link is not None:
                 held.link.grant(1)
-        self._release_slot()
 
     def park(self, held: HeldJob) -> None:
         """It waits for a limit's slot: its run slot back; a job cancelled meanwhile ends."""
