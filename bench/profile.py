@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 def _profiled(cluster: Cluster, out: Path, fn: Any) -> float:
     """Run `fn` (here, the enqueue thread) with a profiler on in this thread and another on the
     reactor's loop thread; `app-enqueue.prof` and `app-loop.prof`."""
-    loop = cluster.reactor._loop
+    loop = cluster.reactor.loop_host.loop
     mine, theirs = cProfile.Profile(), cProfile.Profile()
     switched = threading.Event()
 
