@@ -68,6 +68,7 @@ def _start_nodes(tree: Path, work: Path, redis_url: str, group: str) -> list[Any
         log = (work / f"node{i}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobreactor", "node", "--config", str(config)],
+            cwd=work,  # not here: `python -m` puts the cwd first on sys.path (see bench.web)
             env=_env(tree, work / "out", {"NODE": f"node{i}"}),
             stdout=log,
             stderr=subprocess.STDOUT,

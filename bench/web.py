@@ -102,7 +102,9 @@ def _node(env: dict[str, str], workdir: Path, name: str, group: str) -> Any:
     config.write_text("\n".join(lines) + "\n")
     log = (workdir / f"{name}.log").open("ab")
     argv = [sys.executable, "-m", "jobreactor", "node", "--config", str(config)]
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # In `workdir`, not here: `python -m` puts the working directory first on sys.path, and the
+    # node must import the tree under test (PYTHONPATH), not the checkout the bench runs from.
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     REGISTRY.add(proc)
     return proc
 
