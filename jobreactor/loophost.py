@@ -102,28 +102,32 @@ class LoopHost:
         if nice and sys.platform == "linux":  # Linux nice values are per thread
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
-        loop = new_loop()
-        self.loop = loop
-        asyncio.set_event_loop(loop)
 
-        async def main() -> None:
+        async def main(loop: asyncio.AbstractEventLoop) -> None:
             self._stop_event = asyncio.Event()
             started.set()
             await self._stop_event.wait()
             await self._shutdown()
 
+        self._run_loop(main)
+
+    def _run_loop(
+        self, main: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, None]]
+    ) -> None:
+        """A new loop, ours, in this thread: `main` runs on it; then it closes."""
+        loop = new_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(main())
+            loop.run_until_complete(main(loop))
         finally:
             loop.close()
+            self.ready.clear()
             self.stopped.set()
 
     def run_here(self, setup: Setup | None, on_second_signal: Callable[[], None]) -> None:
         """Run the loop in this thread until `request_stop` or SIGINT/SIGTERM (a second
         signal calls `on_second_signal`). `setup` runs in a helper thread once the loop is up."""
-        loop = new_loop()
-        self.loop = loop
-        asyncio.set_event_loop(loop)
         signals = 0
 
         def on_signal() -> None:
@@ -135,7 +139,7 @@ class LoopHost:
             else:
                 on_second_signal()
 
-        async def main() -> None:
+        async def main(loop: asyncio.AbstractEventLoop) -> None:
             self._stop_event = asyncio.Event()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -151,12 +155,7 @@ class LoopHost:
             await self._stop_event.wait()
             await self._shutdown()
 
-        try:
-            loop.run_until_complete(main())
-        finally:
-            loop.close()
-            self.ready.clear()
-            self.stopped.set()
+        self._run_loop(main)
 
     def attach(self, loop: asyncio.AbstractEventLoop, setup: Setup | None) -> None:
         """Live on the app's `loop`; `setup` (plain or async) runs there, then ready."""
