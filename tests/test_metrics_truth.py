@@ -19,7 +19,6 @@ from jobreactor.dashboard import create_app
 from jobreactor.dashboard.registry import ProcessTotals
 from jobreactor.errors import JobFailed
 from jobreactor.metrics import (
-    METRICS,
     JobMetrics,
     job_stats,
     metrics_registry,
@@ -178,8 +177,7 @@ def test_100k_unknown_job_names_cost_one_series() -> None:
 
 @pytest.mark.timeout(60)
 def test_oldest_pending_is_per_job_name(reactor: Reactor) -> None:
-    for metrics in (reactor.metrics,):
-        metrics.register(["waits"])
+    reactor.metrics.register(["waits"])
     reactor.enqueue("waits", {})
 
     def aged() -> bool:
