@@ -12,7 +12,7 @@ import pytest
 from jobreactor import Reactor
 from jobreactor.distributor.outcomes import NOBODY, Waiting, awaited, waiting_of
 from jobreactor.handle import JobHandle, WeakHandles
-from tests.conftest import noop_registry, wait_until
+from tests.conftest import eventually, noop_registry, wait_until
 
 
 def test_a_dropped_handle_leaves_nobody_in_the_table_and_a_kept_one_is_found() -> None:
@@ -46,11 +46,11 @@ def test_a_handle_dropped_on_another_thread_is_swept_on_the_loop() -> None:
         thread = threading.Thread(target=handles.clear)
         thread.start()
         thread.join(10)
-        for _ in range(1000):  # the sweeps run on this loop, between these sleeps
-            if all(value is NOBODY for value in table.values()):
-                break
-            await asyncio.sleep(0.01)
-        assert all(value is NOBODY for value in table.values())
+
+        async def swept() -> bool:  # the sweeps run on this loop, while this polls
+            return all(value is NOBODY for value in table.values())
+
+        await eventually(swept, within=10)
         assert len(table) == 100  # still awaited: only what waits for them is gone
 
     asyncio.run(scenario())
