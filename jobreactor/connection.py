@@ -68,7 +68,8 @@ class FramedConnection(asyncio.Protocol):
         self._resume_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
-        self._flush_scheduled = False
+        # A flush is on its way (read it, don't set it: senders skip asking again).
+        self.flush_scheduled = False
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat: asyncio.TimerHandle | None = None
         self._heard_since_beat = True
@@ -188,8 +189,8 @@ class FramedConnection(asyncio.Protocol):
     def schedule_flush(self, delay: float = 0.0) -> None:
         """Flush on the next loop turn, or after `delay` seconds (to gather a few frames in one
         write when more are surely coming, e.g. reports of jobs still running)."""
-        if not self._flush_scheduled and not self.closed.is_set():
-            self._flush_scheduled = True
+        if not self.flush_scheduled and not self.closed.is_set():
+            self.flush_scheduled = True
             if delay > 0:
                 self._loop.call_later(delay, self._flush)
             else:
@@ -206,9 +207,9 @@ class FramedConnection(asyncio.Protocol):
                     "%s connection %s: a message could not be encoded", self.label, self.peer
                 )
             finally:
-                self._flush_scheduled = False
+                self.flush_scheduled = False
         else:
-            self._flush_scheduled = False
+            self.flush_scheduled = False
         transport = self._transport
         if not self._out or transport is None or self.closed.is_set():
             return

@@ -71,9 +71,11 @@ class _NodeHeap:
         slot = self.members.get(entry[1])
         if slot is not None and -entry[0] == slot.credits:
             return slot
-        heapq.heappop(self.heap)
         if slot is not None and 0 < slot.credits < -entry[0]:
-            heapq.heappush(self.heap, (-slot.credits, slot.key))
+            # Every job sent leaves its node's entry claiming too much: one heap operation.
+            heapq.heapreplace(self.heap, (-slot.credits, slot.key))
+        else:
+            heapq.heappop(self.heap)
         return None
 
     def best(self, not_node: str | None) -> NodeSlot | None:

@@ -410,7 +410,8 @@ class Distributor:
     def _on_node_message(self, session: NodeSession, message: Message) -> None:
         if self.status.sealed:
             return  # handed over: unacknowledged, the node sends it to the group's adopter
-        session.state.check_bounds(message, self.tracker.count_on(session.key))
+        if type(message) is Ack or type(message) is Return:  # the two check_bounds bounds
+            session.state.check_bounds(message, self.tracker.count_on(session.key))
         match message:
             case Ack():
                 if not self.flow.on_ack(session, message):

@@ -164,7 +164,8 @@ class Tracker:
         `wire`: the `job.to_dict()` being sent (kept as is: don't change it afterwards), or
         `packed`, that packed; without either the record is packed here.
         """
-        self.forget(job.id)
+        if job.id in self._young or job.id in self._cold:  # a new job (the usual) has none
+            self.forget(job.id)
         adopted = lease is not None
         if lease is None:
             lease = self._next_lease
@@ -172,10 +173,12 @@ class Tracker:
         self._next_lease = max(self._next_lease, lease + 1)
         kept: dict[str, Any] | bytes
         kept = wire if wire is not None else packed if packed is not None else job.to_dict()
+        periodic = job.period > 0 or job.cron is not None  # job.is_periodic, without a call
         entry = InFlight(job.id, job.name, kept, lease, conn, node, seq, adopted, False,
-                         job.is_periodic)  # fmt: skip
+                         periodic)  # fmt: skip
         self._add(entry)
-        self._on_conn[conn] = self._on_conn.get(conn, 0) + 1
+        on_conn = self._on_conn
+        on_conn[conn] = on_conn.get(conn, 0) + 1
         if not adopted:
             self._by_lease[lease] = job.id
         return lease
@@ -193,12 +196,18 @@ class Tracker:
 
     def ack(self, conn: int, lease: int) -> InFlight | None:
         job_id = self._by_lease.get(lease)
-        entry = None if job_id is None else self.get(job_id)
+        if job_id is None:
+            return None
+        entry = self._young.get(job_id)  # the usual: acked within milliseconds, still young
+        young = entry is not None
+        if entry is None:
+            entry = self.get(job_id)
         if entry is None or entry.conn != conn:
             return None
         del self._by_lease[lease]
         entry.acked = True
-        self._store(entry)
+        if not young:
+            self._store(entry)  # a cold one is frozen again
         return entry
 
     def by_lease(self, conn: int, lease: int) -> InFlight | None:
@@ -235,9 +244,15 @@ class Tracker:
             entry = self._thaw(job_id, frozen)
         if not entry.acked:
             self._by_lease.pop(entry.lease, None)
-        if entry.conn is None:
+        conn = entry.conn
+        if conn is None:
             self._unorphan(entry.node)
-        self._uncount(entry.conn)
+            return entry
+        left = self._on_conn.get(conn, 0) - 1  # _uncount, inline: once per finished job
+        if left > 0:
+            self._on_conn[conn] = left
+        else:
+            self._on_conn.pop(conn, None)
         return entry
 
     def _unorphan(self, node: str) -> None:

@@ -344,11 +344,12 @@ class DistributorLink:
     # --- what the node sends --------------------------------------------------------------------
 
     def _flush_soon(self) -> None:
-        if self.conn is not None and self.is_ready:
+        conn = self.conn  # 3 calls a job: one already on its way is the usual case
+        if conn is not None and not conn.flush_scheduled and self.is_ready:
             # While jobs run, more acks, credits and reports are moments away: one write for
             # them all (a write per report was 15 % of a node's CPU on the peers' async body,
             # py-spy, issue 13). An idle node writes at once (latency).
-            self.conn.schedule_flush(_GATHER_S if self._running() else 0.0)
+            conn.schedule_flush(_GATHER_S if self._running() else 0.0)
 
     def ack(self, lease: int, credit: bool) -> None:
         self._acks.append(lease)
