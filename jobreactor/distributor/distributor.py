@@ -242,6 +242,7 @@ class Distributor:
         if self.status.closed:
             return
         self.status.closed = True
+        self.registry.refusing = True  # a connection accepted from now on is closed at once
         await self.startup.stop()
         self.listener.close()
         self.backlog_watch.close()
@@ -373,7 +374,8 @@ class Distributor:
     def _on_node_ready(self, session: NodeSession) -> None:
         hello = session.hello
         assert hello is not None
-        if self.status.sealed:  # handed over while it shook hands: it must meet the adopter
+        if self.status.sealed or self.status.closed:
+            # Handed over, or stopping, while it shook hands: it must meet another distributor.
             session.goodbye("distributor stopping")
             return
         drop = self.recovery.take_over_held(session.key, hello.node_name, hello.held)

@@ -57,6 +57,7 @@ class NodeRegistry:
         self._on_gone = on_gone
         self._unsendable = unsendable
         self._spawn = spawn
+        self.refusing = False  # the distributor stops: a new connection is closed at once
 
     def __len__(self) -> int:
         """Nodes ready to work."""
@@ -73,7 +74,9 @@ class NodeRegistry:
             warn=self.peer_log,
         )
 
-    def new_session(self, conn: FramedConnection) -> NodeSession:
+    def new_session(self, conn: FramedConnection) -> NodeSession | None:
+        if self.refusing:  # accepted in the instant the listener closed: dropped at once
+            return None
         victim = self._handshaking.make_room(conn.peer)
         if victim is not None:  # the newest is admitted; an older anonymous one goes
             evicted(self.peer_log, victim.peer, self.settings.max_unauthenticated)
