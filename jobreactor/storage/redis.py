@@ -76,7 +76,7 @@ def _ms(seconds: float | None) -> int:
     return max(1, round(seconds * 1000))
 
 
-class RedisStorage(WakeUps):
+class RedisStorage:
     """The `Storage` protocol on `redis.asyncio` (hiredis parser when installed).
 
     `options` go to `redis.asyncio.Redis.from_url` (e.g. `socket_timeout`, `max_connections`),
@@ -107,6 +107,12 @@ class RedisStorage(WakeUps):
         self._scripts: dict[str, Any] = {}
         self._listed: set[str] = set()  # nodes this process has put in the `nodes` directory
         self._closed = False
+        # Pub/sub wake-ups (wakeups.py): this storage's `send_command` and `commands`.
+        wakeups = WakeUps(
+            self.keys, url, options, self._where, redis=self._redis, errors=self._errors
+        )
+        self.send_command = wakeups.send_command
+        self.commands = wakeups.commands
 
     def __repr__(self) -> str:
         return f"<RedisStorage {self._where} prefix={self.prefix!r}>"

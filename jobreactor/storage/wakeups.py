@@ -1,6 +1,6 @@
 """Wake-up commands through Redis pub/sub: `send_command` asks a node to (re)schedule a job
 from storage, `commands` is the node's subscription (no polling; it resubscribes by itself).
-RedisStorage (redis.py) mixes this in; the attributes below are RedisStorage's.
+RedisStorage (redis.py) owns one `WakeUps` and hands out its two methods as its own.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, Final
 
 import redis.asyncio as aredis
 import redis.exceptions
@@ -31,16 +31,22 @@ RESYNC: Final = ""
 
 
 class WakeUps:
-    """send_command and commands. The attributes below are RedisStorage's."""
+    """send_command and commands, over the storage's client (`redis`: connects on first use)
+    and its error translation (`errors`)."""
 
-    if TYPE_CHECKING:
-        keys: Keys
-        _url: str
-        _options: dict[str, Any]
-        _where: str
-
-        def _errors(self, operation: str) -> contextlib.AbstractContextManager[None]: ...
-        async def _redis(self) -> Any: ...
+    def __init__(
+        self,
+        keys: Keys,
+        url: str,
+        options: dict[str, Any],
+        where: str,
+        *,
+        redis: Callable[[], Awaitable[Any]],
+        errors: Callable[[str], contextlib.AbstractContextManager[None]],
+    ) -> None:
+        self.keys = keys
+        self._url, self._options, self._where = url, options, where
+        self._redis, self._errors = redis, errors
 
     async def send_command(self, node: str, job_id: str) -> int:
         """Ask `node` to (re)schedule `job_id` from storage; returns how many subscribers got it.
