@@ -70,6 +70,7 @@ class FramedConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         # A flush is on its way (read it, don't set it: senders skip asking again).
         self.flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat: asyncio.TimerHandle | None = None
         self._heard_since_beat = True
@@ -192,9 +193,20 @@ class FramedConnection(asyncio.Protocol):
         if not self.flush_scheduled and not self.closed.is_set():
             self.flush_scheduled = True
             if delay > 0:
-                self._loop.call_later(delay, self._flush)
+                self._flush_handle = self._loop.call_later(delay, self._flush)
             else:
-                self._loop.call_soon(self._flush)
+                self._flush_handle = self._loop.call_soon(self._flush)
+
+    def flush_now(self) -> None:
+        """Write what is queued now rather than at the end of this loop turn: for jobs the
+        peer waits for while this turn has more to do (the reports that came with the
+        credit). Without it a node sat idle while the distributor ran the feedbacks of the
+        reports it had just sent, and the whole credit window went back and forth as one
+        batch (docs/decisions.md, issue 20, session 6)."""
+        if self.flush_scheduled:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
 
     def _flush(self) -> None:
         if self._owner is not None and not self.closed.is_set():

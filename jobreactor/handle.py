@@ -42,13 +42,18 @@ class JobHandle:
     """
 
     __slots__ = (
-        "__weakref__", "_dropped", "_durable", "_durable_waiters", "_state", "_value", "_waiters",
-        "id",
+        "__weakref__", "_dropped", "_durable", "_durable_waiters", "_error", "_state", "_success",
+        "_value", "_waiters", "id",
     )  # fmt: skip
 
     def __init__(self, job_id: str) -> None:
         self.id = job_id
         self._dropped: WeakHandles | None = None  # kept weakly by it (see WeakHandles)
+        # The feedbacks given to enqueue, kept here by the distributor (outcomes.awaited): a
+        # job with feedbacks costs one object while it waits, not a handle and a record of
+        # who waits. Dropped when the job ends. A str names a registered feedback.
+        self._success: Callable[[dict[str, Any]], Any] | str | None = None
+        self._error: Callable[[dict[str, Any]], Any] | str | None = None
         self._state = _PENDING
         self._value: Any = None
         self._waiters: list[Callable[[], None]] | None = None
@@ -189,6 +194,7 @@ class JobHandle:
                 return
             self._state, self._value = state, value
             waiters, self._waiters = self._waiters, None
+            self._success = self._error = None  # called already: a kept handle keeps no closure
         for wake in waiters or ():
             wake()
 

@@ -164,6 +164,7 @@ class JobFlow:
         metrics, journal, tracker = self._metrics, self.journal, self.tracker
         session_of = self._session_of
         held_back: list[tuple[NodeSession, int, dict[str, Any]]] = []
+        sent_to: set[NodeSession] = set()
         for key, job, seq in self.dispatcher.assign():
             if metrics is not None:
                 name = job.name
@@ -176,6 +177,7 @@ class JobFlow:
             lease = tracker.issue(job, key, session.node_name, seq, wire=record)
             if journal is None:
                 session.queue_job(lease, record)
+                sent_to.add(session)
                 continue
             journal.assigned(job, session.node_name, lease)
             held_back.append((session, lease, record))
@@ -183,6 +185,8 @@ class JobFlow:
             # Sent once the assignment is stored: a distributor killed before that restarts
             # with the job unsent (and sends it once), never unsent-but-running (issue 16).
             journal.when_durable(lambda: _send_assigned(held_back))  # type: ignore[union-attr]
+        for session in sent_to:
+            session.conn.flush_now()
         if not len(self.dispatcher):
             self.idle.set()
         else:

@@ -63,17 +63,24 @@ def awaited(
     handle: JobHandle | None,
     weak: WeakHandles | None = None,
 ) -> Awaited:
+    """What to keep for a job: its handle (holding the feedbacks, if any), weakly when it has
+    none; a `Waiting` only for feedbacks without a handle (a job read back from a journal)."""
     if success is None and error is None:
         if handle is None:
             return NOBODY
         return handle if weak is None else weak.keep(handle)
-    return Waiting(success, error, handle)
+    if handle is None:
+        return Waiting(success, error, None)
+    handle._success, handle._error = success, error
+    return handle
 
 
 def waiting_of(kept: Awaited) -> Waiting:
     if isinstance(kept, Waiting):
         return kept
-    return Waiting(None, None, kept if isinstance(kept, JobHandle) else kept())
+    if isinstance(kept, JobHandle):
+        return Waiting(kept._success, kept._error, kept)
+    return Waiting(None, None, kept())
 
 
 class Outcomes:
@@ -164,8 +171,8 @@ class Outcomes:
     def _deliver(self, kept: Awaited, item: ReportItem, name: str) -> None:
         """Call the feedback for this report and settle the handle on the final one."""
         handle: JobHandle | None
-        if isinstance(kept, JobHandle):  # the usual job: a handle, no feedbacks
-            success, error, handle = None, None, kept
+        if isinstance(kept, JobHandle):  # the usual job: a handle, and its feedbacks if any
+            success, error, handle = kept._success, kept._error, kept
         elif isinstance(kept, weakref.ref):  # the same, held weakly: None if the app dropped it
             success, error, handle = None, None, kept()
         else:

@@ -29,8 +29,10 @@ def test_a_dropped_handle_leaves_nobody_in_the_table_and_a_kept_one_is_found() -
         assert waiting_of(table["kept"]).handle is kept  # type: ignore[arg-type]
         assert type(table["kept"]) is weakref.ref
         callback = table["callback"]
-        assert isinstance(callback, Waiting)  # feedbacks: kept as before, the handle with them
-        assert callback.handle is not None
+        # Feedbacks: the handle is kept strongly and carries them (no separate record).
+        assert isinstance(callback, JobHandle)
+        assert waiting_of(callback) == Waiting(print, None, callback)
+        assert awaited(print, None, None, weak) == Waiting(print, None, None)  # a read-back job
         assert waiting_of(NOBODY) == Waiting(None, None, None)
 
     asyncio.run(scenario())
