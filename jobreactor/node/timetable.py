@@ -22,10 +22,12 @@ from jobreactor.node.scheduler import LOOP_TIMER_LEAD_S, timer_lead
 logger = logging.getLogger("jobreactor.node")
 
 # Jobs started per loop turn before yielding, so acks, credits and reports keep flowing under
-# load. 512 let a node run a whole credit window of no-op jobs in one turn and hand every
-# credit back at once: the distributor then sent the whole window at once too, and the two
-# sides took turns instead of working side by side (issue 20, session 6: +28 % end to end).
-_DRAIN_BUDGET = 64
+# load. 512 let a node run half its credit window of no-op jobs in one turn and hand all those
+# credits back at once: the distributor then sent them back as one batch too, and the two
+# sides took turns instead of working side by side. 64 split the window finely but cost a
+# Redis node a storage round trip (save, delete) per 64 jobs; 128 is the middle (issue 20,
+# session 6: docs/decisions.md).
+_DRAIN_BUDGET = 128
 
 # A job due later than this after it is scheduled waits packed (msgpack bytes, not a record):
 # a million week-long delayed jobs then cost a node a third of the memory.
