@@ -10,10 +10,14 @@ them, so an entry is kept in one of two forms:
 * **young**: an `InFlight` object holding the wire form the job was sent in (no copy, no
   encoding). A no-op is reported within milliseconds and never leaves this form.
 * **cold**: once `young_limit` entries have piled up, they are frozen, each into one `bytes`
-  (`_HEAD`: lease, seq, connection, flags, and indexes of its name, node, origin and distributor
-  strings in a table kept once; then its record minus those, msgpack with field numbers for
-  keys). About 90 bytes a job instead of ~330 (an object, two ints, the packed record).
+  (cold_form.py: lease, seq, connection, flags, and indexes of its name, node, origin and
+  distributor strings in a table kept once; then its record minus those). About 80 bytes a job
+  instead of ~700 (an object, ints, floats, the wire dict and its args).
   Reading one builds an `InFlight` view; changes go through the tracker's methods.
+  A job that will stay on its node (enqueued `LONG_WAIT_S` or more ahead, or periodic) is
+  frozen alone as soon as the node acknowledges it (or at once, adopted acknowledged): it
+  would only sit in the young pile until the next batch, and that pile's peak stays in the
+  RSS. A job due sooner stays young, so a drain never freezes or thaws.
 
 The record is rebuilt only to requeue or journal the job (node lost, nack, returned).
 """
@@ -22,25 +26,31 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import struct
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import msgpack
 
+from jobreactor.distributor.cold_form import (
+    ACKED,
+    CANCEL,
+    PACK_ERRORS,
+    PERIODIC,
+    compact_record,
+    name_index,
+    pack_head,
+    packed_record,
+    thawed_record,
+    unpack_head,
+)
 from jobreactor.job import JobRecord
 
 # Young entries are frozen in one batch when this many have piled up (reported jobs leave first).
 YOUNG_LIMIT = 4096
-# lease, seq, connection (-1: none), flags, then string-table indexes: name, node, origin,
-# distributor (past 65,535 strings an entry can't be frozen: it stays young). 65 bytes with the
-# bench's no-op record: a 96-byte allocation.
-_HEAD = struct.Struct("<qqiBHHHH")
-_ACKED, _CANCEL, _PERIODIC = 1, 2, 4
-_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "extra")
-_FIELD_NUMBER = {name: number for number, name in enumerate(_FIELDS)}
-_IN_HEAD = frozenset({"id", "name", "distributor"})
+# An acknowledged job enqueued to wait this long or more (its `make_after`: `after`, `run_at`,
+# a cron tick) is frozen at once; one due sooner stays young (its report comes soon, and a
+# thaw on the way out would cost the drain CPU for no lasting saving).
+LONG_WAIT_S = 60.0
 
 
 class InFlight:
@@ -74,7 +84,7 @@ class InFlight:
         """The record, rebuilt from its kept form (a fresh copy on every call)."""
         wire = self._wire
         if isinstance(wire, tuple):  # a cold entry's view: (distributor, frozen)
-            return JobRecord.from_dict(_thawed_record(self.job_id, self.name, *wire))
+            return JobRecord.from_dict(thawed_record(self.job_id, self.name, *wire))
         packed = wire if isinstance(wire, bytes) else pack_wire(wire)
         return JobRecord.from_dict(msgpack.unpackb(packed, raw=False, strict_map_key=False))
 
@@ -137,9 +147,9 @@ class Tracker:
 
     def names(self) -> Iterator[str]:
         """The job name of every tracked job (a scan; no view built)."""
-        strings, unpack = self._strings, _HEAD.unpack_from
+        strings = self._strings
         for frozen in list(self._cold.values()):
-            yield strings[unpack(frozen)[4]]
+            yield strings[name_index(frozen)]
         for entry in list(self._young.values()):
             yield entry.name
 
@@ -208,6 +218,8 @@ class Tracker:
         entry.acked = True
         if not young:
             self._store(entry)  # a cold one is frozen again
+        elif _stays_long(entry):
+            self._freeze_young(entry)  # it stays on the node until due: no need to wait
         return entry
 
     def by_lease(self, conn: int, lease: int) -> InFlight | None:
@@ -336,6 +348,11 @@ class Tracker:
     # --- the two forms ------------------------------------------------------------------------
 
     def _add(self, entry: InFlight) -> None:
+        if entry.acked and _stays_long(entry):  # adopted (acknowledged already) and waiting
+            frozen = self._freeze(entry)
+            if frozen is not None:
+                self._cold[entry.job_id] = frozen
+                return
         young = self._young
         young[entry.job_id] = entry
         if len(young) >= self._young_limit:
@@ -346,6 +363,13 @@ class Tracker:
                     self._young[job_id] = old  # can't be frozen (odd values): stays young
                 else:
                     self._cold[job_id] = frozen
+
+    def _freeze_young(self, entry: InFlight) -> None:
+        """Freeze one young entry now (if it fits the cold form; else it stays young)."""
+        frozen = self._freeze(entry)
+        if frozen is not None:
+            del self._young[entry.job_id]
+            self._cold[entry.job_id] = frozen
 
     def _store(self, entry: InFlight) -> None:
         """Write back a changed entry (a cold one is frozen again)."""
@@ -370,59 +394,40 @@ class Tracker:
         wire = entry._wire
         tail: bytes | None
         if isinstance(wire, tuple):  # thawed, changed, frozen again: the record is as it was
-            distributor, tail = wire[0], wire[1][_HEAD.size :]
+            distributor, tail = wire[0], packed_record(wire[1])
         else:
             data = wire if isinstance(wire, dict) else entry.job.to_dict()
-            distributor, tail = data.get("distributor", ""), _compact_record(data)
+            distributor, tail = data.get("distributor", ""), compact_record(data)
         if tail is None:
             return None
         flags = (
-            (_ACKED if entry.acked else 0)
-            | (_CANCEL if entry.cancel_requested else 0)
-            | (_PERIODIC if entry.periodic else 0)
+            (ACKED if entry.acked else 0)
+            | (CANCEL if entry.cancel_requested else 0)
+            | (PERIODIC if entry.periodic else 0)
         )
         conn = -1 if entry.conn is None else entry.conn
         dist = self._string(distributor) if type(distributor) is str else 0
         name, node, origin = (self._string(text) for text in (entry.name, entry.node, entry.origin))
         try:
-            return _HEAD.pack(entry.lease, entry.seq, conn, flags, name, node, origin, dist) + tail
-        except (struct.error, OverflowError, TypeError):
+            return pack_head(flags, entry.lease, entry.seq, conn, name, node, origin, dist) + tail
+        except PACK_ERRORS:
             return None
 
     def _thaw(self, job_id: str, frozen: bytes) -> InFlight:
-        lease, seq, conn, flags, name, node, origin, dist = _HEAD.unpack_from(frozen)
+        flags, lease, seq, conn, name, node, origin, dist = unpack_head(frozen)
         strings = self._strings
         return InFlight(
             job_id, strings[name], (strings[dist], frozen), lease, None if conn < 0 else conn,
-            strings[node], seq, bool(flags & _ACKED), bool(flags & _CANCEL),
-            bool(flags & _PERIODIC), strings[origin],
+            strings[node], seq, bool(flags & ACKED), bool(flags & CANCEL),
+            bool(flags & PERIODIC), strings[origin],
         )  # fmt: skip
 
 
-def _compact_record(data: dict[str, Any]) -> bytes | None:
-    """`data` (a wire form) packed without id, name and distributor, field numbers for keys;
-    None if it can't be (an odd extra key would read back as a field number, or msgpack fails)."""
-    compact: dict[int | str, Any] = {}
-    for key, value in data.items():
-        if key in _IN_HEAD and (key != "distributor" or type(value) is str):
-            continue
-        number = _FIELD_NUMBER.get(key)
-        if number is None and type(key) is not str:
-            return None
-        compact[key if number is None else number] = value
-    try:
-        packed: bytes = msgpack.packb(compact, use_bin_type=True)
-        return packed
-    except (OverflowError, TypeError, ValueError):
-        return None
-
-
-def _thawed_record(job_id: str, name: str, distributor: str, frozen: bytes) -> dict[str, Any]:
-    """The wire form of a frozen entry's record (a fresh copy)."""
-    compact = msgpack.unpackb(frozen[_HEAD.size :], raw=False, strict_map_key=False)
-    data: dict[str, Any] = {"id": job_id, "name": name}
-    if distributor:
-        data["distributor"] = distributor
-    for key, value in compact.items():
-        data[_FIELDS[key] if type(key) is int else key] = value
-    return data
+def _stays_long(entry: InFlight) -> bool:
+    """Whether an acknowledged job stays on its node a while: periodic, or enqueued to wait
+    `LONG_WAIT_S` or more (a no-op in a drain: one dict lookup)."""
+    wire = entry._wire
+    wait_s = wire.get("make_after") if type(wire) is dict else None
+    if wait_s is None:
+        return entry.periodic
+    return entry.periodic or (type(wait_s) in (float, int) and wait_s >= LONG_WAIT_S)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from jobreactor.distributor.tracking import InFlight, Tracker
+from dataclasses import replace
+
+from jobreactor.distributor.tracking import LONG_WAIT_S, InFlight, Tracker
 from jobreactor.job import JobRecord
 
 CONN1, CONN2, CONN3 = 11, 12, 13
@@ -423,3 +425,81 @@ def test_young_entries_are_frozen_in_a_batch_at_the_limit() -> None:
         assert entry.job == job(f"j{i}")
         assert tracker.ack(CONN1, lease) is not None
     assert all(e.acked for e in tracker.jobs_on(CONN1))
+
+
+# --- jobs that stay on their node: frozen alone, at the acknowledgement -------------------
+
+
+def delayed(job_id: str, wait_s: float) -> JobRecord:
+    return JobRecord(job_id, "echo", {"n": 1}, run_at_ts=1e9 + wait_s, make_after=wait_s,
+                     distributor="127.0.0.1:5000")  # fmt: skip
+
+
+def is_young(tracker: Tracker, job_id: str) -> bool:
+    return tracker.get(job_id) is tracker.get(job_id)  # a frozen one gives a fresh view
+
+
+def test_an_acknowledged_job_that_waits_long_is_frozen_at_once() -> None:
+    tracker = Tracker()  # the batch limit (4,096) is far away
+    record = delayed("later", LONG_WAIT_S)
+    lease = tracker.issue(record, CONN1, "w1", seq=3, wire=record.to_dict())
+    assert is_young(tracker, "later")
+    assert tracker.ack(CONN1, lease) is not None
+    assert not is_young(tracker, "later")
+    entry = tracker.check_report(CONN1, "later", lease)
+    assert entry is not None
+    assert (entry.acked, entry.lease, entry.conn, entry.seq) == (True, lease, CONN1, 3)
+    assert entry.job == record
+    assert tracker.count_on(CONN1) == 1
+    assert tracker.ack(CONN1, lease) is None  # acknowledged once
+    forgotten = tracker.forget("later")
+    assert forgotten is not None
+    assert forgotten.job == record
+    assert (len(tracker), tracker.count_on(CONN1)) == (0, 0)
+
+
+def test_a_job_due_soon_stays_young_and_a_periodic_one_is_frozen() -> None:
+    tracker = Tracker()
+    soon, instant = delayed("soon", LONG_WAIT_S - 1), job("instant")
+    ticking = JobRecord("tick", "echo", {}, period=1.0)
+    for i, record in enumerate((soon, instant, ticking)):
+        lease = tracker.issue(record, CONN1, "w1", seq=i, wire=record.to_dict())
+        assert tracker.ack(CONN1, lease) is not None
+    assert is_young(tracker, "soon")
+    assert is_young(tracker, "instant")
+    assert not is_young(tracker, "tick")
+    tick = tracker.get("tick")
+    assert tick is not None
+    assert (tick.periodic, tick.acked, tick.job) == (True, True, ticking)
+
+
+def test_an_adopted_job_that_waits_long_is_frozen_at_once() -> None:
+    tracker = Tracker()
+    record = delayed("held", 86_400.0)
+    tracker.issue(record, CONN1, "w1", seq=0, lease=77)  # a reconnecting node still holds it
+    tracker.adopt_orphan(delayed("restored", 86_400.0), "w2", lease=78, seq=1)
+    assert not is_young(tracker, "held")
+    assert not is_young(tracker, "restored")
+    held = tracker.check_report(CONN1, "held", 77)
+    assert held is not None
+    assert (held.acked, held.job) == (True, record)
+    assert tracker.orphan_count("w2") == 1
+
+
+def test_the_cold_form_keeps_floats_and_any_lease_or_seq() -> None:
+    tracker = frozen_tracker()
+    whole = replace(delayed("whole", 3600.0), period=60.0, max_run_time=2.5, lock_timeout=1e300)
+    tracker.issue(whole, CONN1, "w1", seq=2**40, lease=2**50)  # past the narrow head
+    tracker.issue(delayed("small", 0.25), CONN2, "w2", seq=1, lease=2**48 - 1)
+    entry = tracker.get("whole")
+    assert entry is not None
+    assert not is_young(tracker, "whole")
+    assert (entry.lease, entry.seq, entry.conn, entry.node) == (2**50, 2**40, CONN1, "w1")
+    thawed = entry.job
+    assert thawed == whole
+    for name in ("run_at_ts", "make_after", "period", "max_run_time", "lock_timeout"):
+        assert type(getattr(thawed, name)) is float, name  # 3600.0 is packed as 3600
+    small = tracker.get("small")
+    assert small is not None
+    assert (small.lease, small.conn, small.job) == (2**48 - 1, CONN2, delayed("small", 0.25))
+    assert sorted(tracker.names()) == ["echo", "echo"]
