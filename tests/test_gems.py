@@ -185,7 +185,7 @@ def test_lock_expired_before_release_calls_the_hook_and_keeps_the_key(reactor: R
 
     @registry.job("slow")
     async def slow(args: dict[str, Any]) -> None:
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # outlasts lock_timeout 0.1: the lock expires by the clock
 
     @registry.job_lock_expired("slow")
     def expired(args: dict[str, Any]) -> None:

@@ -118,7 +118,7 @@ async def test_commands_are_per_node_and_per_prefix(
             assert await other_prefix.send_command("w1", "elsewhere") == 0
             assert await w1.next() == "for-w1"
             assert await w2.next() == "for-w2"
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # nothing more must arrive: a window, no event to wait on
             assert w1.received.empty()
             assert w2.received.empty()
     finally:
