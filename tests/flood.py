@@ -14,7 +14,7 @@ async def _one(port: int, stop: asyncio.Event, made: list[int]) -> None:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # connect failed: try again almost at once, not in a spin
             continue
         made[0] += 1
         with contextlib.suppress(OSError, TimeoutError):  # held until closed, or 0.2 s

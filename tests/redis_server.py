@@ -11,7 +11,6 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -122,19 +121,24 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra,
         ]  # fmt: skip
+        from tests.conftest import wait_until  # here: conftest imports this module
+
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ping(self.port):
-            if self.proc.poll() is not None:
-                self.proc = None
-                if not self._started_once and "in use" in self._log_tail():
-                    return False
-                pytest.fail(f"redis-server exited at start:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"redis-server gave no PONG in {START_TIMEOUT_S}s on {self.url}")
-            time.sleep(0.02)
+            proc = self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: _ping(self.port) or proc.poll() is not None,
+                START_TIMEOUT_S,
+                f"a PONG from redis-server on {self.url}",
+            )
+        except AssertionError:
+            self.stop()
+            pytest.fail(f"redis-server gave no PONG in {START_TIMEOUT_S}s on {self.url}")
+        if proc.poll() is not None:
+            self.proc = None
+            if not self._started_once and "in use" in self._log_tail():
+                return False
+            pytest.fail(f"redis-server exited at start:\n{self._log_tail()}")
         return True
 
     def kill(self) -> None:
@@ -198,12 +202,17 @@ class RedisClusterServers:
         if done.returncode != 0:
             self.stop()
             pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout!r}\n{done.stderr!r}")
-        deadline = time.monotonic() + START_TIMEOUT_S * 3
-        while not all(self._state_ok(server.port) for server in self.servers):
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("the redis cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
+        from tests.conftest import wait_until  # here: conftest imports this module
+
+        try:
+            wait_until(
+                lambda: all(self._state_ok(server.port) for server in self.servers),
+                START_TIMEOUT_S * 3,
+                "cluster_state:ok on every node",
+            )
+        except AssertionError:
+            self.stop()
+            pytest.fail("the redis cluster did not reach cluster_state:ok")
         return self
 
     @staticmethod

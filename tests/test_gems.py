@@ -87,8 +87,10 @@ def test_enqueue_id_refuses_a_second_copy_until_the_first_starts(reactor: Reacto
     assert runs.items == [1, 3]
 
 
-def test_perform_id_postpones_a_duplicate_without_using_an_attempt(reactor: Reactor) -> None:
-    registry, events = Registry(), Recorder()
+def test_perform_id_postpones_a_duplicate_without_using_an_attempt(
+    reactor: Reactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, events, turned_away = Registry(), Recorder(), Recorder()
     gate = threading.Event()
 
     @registry.job("work")
@@ -98,14 +100,24 @@ def test_perform_id_postpones_a_duplicate_without_using_an_attempt(reactor: Reac
             await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
         events(("end", args["n"], time.monotonic()))
 
-    start(reactor, registry)
+    storage = start(reactor, registry)._node.storage
+    real_acquire = storage.acquire
+
+    async def acquire(key: str, owner: str, ttl_s: float) -> bool:
+        got = await real_acquire(key, owner, ttl_s)
+        if not got:
+            turned_away(owner)  # the node found the perform_id taken: it postpones that job
+        return got
+
+    monkeypatch.setattr(storage, "acquire", acquire)
     key = uid()
     opts = {"perform_id": key, "duplicate_delay": 0.2, "max_attempt": 1}
     h1 = reactor.enqueue("work", {"n": 1}, opts)
     events.wait(1)
     h2 = reactor.enqueue("work", {"n": 2}, opts)
-    time.sleep(0.5)  # h2 is being postponed every 0.2 s meanwhile; it must not start
-    assert [e[:2] for e in events.items] == [("start", 1)]
+    assert h2 is not None
+    assert set(turned_away.wait(3)) == {h2.id}  # postponed three times (every 0.2 s)...
+    assert [e[:2] for e in events.items] == [("start", 1)]  # ...and never started
     gate.set()
     h1.result(10)  # type: ignore[union-attr]
     h2.result(10)  # type: ignore[union-attr]  # max_attempt 1: postponements used no attempt
@@ -173,7 +185,7 @@ def test_lock_expired_before_release_calls_the_hook_and_keeps_the_key(reactor: R
 
     @registry.job("slow")
     async def slow(args: dict[str, Any]) -> None:
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # outlasts lock_timeout 0.1: the lock expires by the clock
 
     @registry.job_lock_expired("slow")
     def expired(args: dict[str, Any]) -> None:

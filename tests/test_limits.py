@@ -10,6 +10,7 @@ import itertools
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -301,11 +302,12 @@ def test_a_retry_waits_for_its_slot_again(reactor: Reactor) -> None:
 
 def test_a_stopping_node_hands_its_waiting_jobs_to_another(reactor: Reactor) -> None:
     registry1, registry2, where = Registry(), Registry(), Recorder()
+    release = threading.Event()
 
     @registry1.job("export", limits=[Limit(concurrency=1)])
     async def slow(args: dict[str, Any]) -> None:
         where(("w1", args["i"]))
-        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(release.wait, 30)  # holds the slot until released
 
     registry2.job("export", limits=[Limit(concurrency=1)])(lambda args: where(("w2", args["i"])))
     w1 = start(reactor, registry1)
@@ -314,7 +316,11 @@ def test_a_stopping_node_hands_its_waiting_jobs_to_another(reactor: Reactor) -> 
     reactor.start_node(
         "w2", "memory", [("127.0.0.1", reactor.distributor.address_port())], registry=registry2
     )
-    reactor.call(w1.stop, timeout=30)
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(reactor.call, w1.stop, timeout=30)
+        where.wait(3)  # the two waiting ones handed back and run on w2 while w1 holds the slot
+        release.set()
+        stopping.result(40)
     for handle in handles:
         handle.result(20)  # type: ignore[union-attr]
     assert sorted(i for _, i in where.items) == [0, 1, 2]  # each once

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -36,17 +38,25 @@ def test_app_stop_with_every_feedback_in_logs_no_warning_on_either_side(
     workers = make_test_reactor()
     try:
         host, port = app.start_distributor("127.0.0.1", 0)
-        registry = Registry()
+        registry, started, release = Registry(), Recorder(), threading.Event()
 
         @registry.job("nap")
         async def nap(args: dict[str, Any]) -> None:
-            await asyncio.sleep(0.1)
+            started(args["i"])
+            assert await asyncio.to_thread(release.wait, 30)  # in flight until released
 
         node = workers.start_node("w", "memory", [(host, port)], registry=registry)
         feedbacks = Recorder()
         for i in range(5):
             app.enqueue("nap", {"i": i}, success=feedbacks)
-        app.stop(timeout=15)  # at once: it waits for the jobs, then closes as the last reports in
+        started.wait(5)
+        with ThreadPoolExecutor(1) as pool:
+            # The app stops with all five in flight: it waits for them, then closes as the
+            # last reports come in.
+            stopping = pool.submit(app.stop, timeout=15)
+            wait_until(lambda: app.distributor.status.closed, 10, "the app to begin stopping")
+            release.set()
+            stopping.result(30)
         assert len(feedbacks.wait(5)) == 5
         link = node._node.links[0]
         wait_until(lambda: link.handshake.phase is Phase.DOWN, 10, "the node to see the app go")

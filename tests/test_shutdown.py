@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 
 from jobreactor import JobCancelled, Reactor, Registry
 from jobreactor.node import Node
-from tests.conftest import Recorder
+from tests.conftest import Recorder, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,32 +48,38 @@ def stop_node(reactor: Reactor, node: Node) -> float:
 
 def test_stop_lets_a_running_async_job_finish(reactor: Reactor) -> None:
     registry, started, finished = Registry(), Recorder(), Recorder()
+    release = threading.Event()
 
     @registry.job("slow")
     async def slow(args: dict[str, Any]) -> None:
-        started(time.monotonic())
-        await asyncio.sleep(0.5)
+        started(1)
+        assert await asyncio.to_thread(release.wait, 30)  # runs until the test releases it
         args["done"] = True
-        finished(time.monotonic())
+        finished(1)
 
     node = start(reactor, registry)
     h = reactor.enqueue("slow", {})
     assert h is not None
-    began = started.wait(1)[0]
-    took = stop_node(reactor, node)
-    assert len(finished) == 1  # finished inside stop(), not cut short
-    assert finished.items[0] - began >= 0.45
+    started.wait(1)
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(lambda: (stop_node(reactor, node), len(finished)))
+        wait_until(lambda: node.stopping, 10, "the node to begin stopping")
+        assert not stopping.done()  # it waits for the running job...
+        release.set()  # ...which ends now, mid-stop
+        took, finished_when_stopped = stopping.result(30)
+    assert finished_when_stopped == 1  # finished inside stop(), not cut short
     assert took < 5.0  # shutdown_timeout is 2 s in the fixture
     assert h.result(5) == {"done": True}  # its report went out before the node closed
 
 
 def test_stop_hands_unstarted_jobs_back_to_another_node(reactor: Reactor) -> None:
     registry1, started, where = Registry(), Recorder(), Recorder()
+    release = threading.Event()
 
     @registry1.job("slow")
     async def slow(args: dict[str, Any]) -> None:
         started(1)
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(release.wait, 30)  # holds w1's slot until released
 
     registry1.job("quick")(lambda args: where(("w1", args["i"])))
     w1 = start(reactor, registry1, concurrency=1)  # one running slot: quick jobs wait
@@ -81,7 +89,11 @@ def test_stop_hands_unstarted_jobs_back_to_another_node(reactor: Reactor) -> Non
     registry2 = Registry()
     registry2.job("quick")(lambda args: where(("w2", args["i"])))
     start(reactor, registry2, "w2")
-    stop_node(reactor, w1)
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(stop_node, reactor, w1)
+        where.wait(3)  # handed back and run on w2 while slow still holds w1's slot
+        release.set()
+        stopping.result(60)
     assert slow_handle is not None
     slow_handle.result(5)
     for h in quick:
@@ -241,24 +253,32 @@ def test_stop_waits_for_a_connected_node_to_finish_then_returns() -> None:
     r = Reactor(logger_method="WARNING", shutdown_timeout=5.0, log_job_processing=False)
     r.run()
     registry, started = Registry(), Recorder()
+    release = threading.Event()
 
     @registry.job("slow")
     async def slow(args: dict[str, Any]) -> None:
         started(1)
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(release.wait, 30)  # runs until the test releases it
         args["done"] = True
 
     try:
         r.start_distributor("127.0.0.1", 0)
-        r.start_node(
+        node = r.start_node(
             "w1", "memory", [("127.0.0.1", r.distributor.address_port())], registry=registry
-        )
+        )._node
         h = r.enqueue("slow", {})
         assert h is not None
         started.wait(1)
+        with ThreadPoolExecutor(1) as pool:
+            began = time.monotonic()
+            stopping = pool.submit(r.stop)
+            wait_until(lambda: node.stopping, 10, "the node to begin stopping")
+            assert not stopping.done()  # JR.stop() waits for the in-flight job...
+            release.set()  # ...which ends now, mid-stop
+            stopping.result(30)
+            took = time.monotonic() - began
     finally:
-        began = time.monotonic()
+        release.set()
         r.stop()
-        took = time.monotonic() - began
     assert h.result(1) == {"done": True}
     assert took < 5.0 + 3.0

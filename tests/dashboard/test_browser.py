@@ -36,7 +36,7 @@ def flowing() -> Iterator[tuple[Reactor, threading.Event]]:
 
     @registry.job("transcode")
     async def transcode(args: dict[str, Any]) -> None:
-        await asyncio.sleep(60)  # in flight until the reactor stops (shutdown_timeout 2 s)
+        await asyncio.Event().wait()  # in flight until the reactor stops (shutdown_timeout 2 s)
 
     # Two run slots, no prefetch: two long jobs fill the node and what follows waits.
     reactor = make_test_reactor(concurrency=2, prefetch=0)

@@ -61,7 +61,7 @@ def busy() -> Iterator[State]:
 
     @registry.job("transcode")
     async def transcode(args: dict[str, Any]) -> None:
-        await asyncio.sleep(120)  # holds a slot until the reactor stops
+        await asyncio.Event().wait()  # holds a slot until the reactor stops (never set)
 
     reactor = make_test_reactor(
         concurrency=2, prefetch=0, remove_failed_jobs=False, retry_multiplier=900

@@ -51,7 +51,7 @@ def main() -> None:
         args: dict[str, Any] = {"i": f"{tag}-{i}"} | ({"s": 5.0} if i < slow else {})
         handles.append(reactor.enqueue("work", args, success="fed"))
         if delay:
-            time.sleep(delay)
+            time.sleep(delay)  # paced on purpose: jobs keep flowing while a test scales workers
     for handle in handles:
         assert handle is not None
         handle.accepted(10)

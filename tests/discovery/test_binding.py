@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -17,12 +16,13 @@ pytestmark = pytest.mark.timeout(120)
 
 RACER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from jobreactor import Reactor
-    port, start = int(sys.argv[1]), float(sys.argv[2])
+    port = int(sys.argv[1])
     reactor = Reactor(logger_method="CRITICAL")
     reactor.run()
-    time.sleep(max(0.0, start - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": every racer is ready, all bind at once
     try:
         reactor.start_distributor("127.0.0.1", port)
         print("ok", flush=True)
@@ -80,10 +80,10 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("attempt", range(4))
 def test_processes_binding_one_port_at_once_get_one_winner_and_oserrors(attempt: int) -> None:
-    port, start = _free_port(), time.time() + 2.0  # all bind at the same instant
+    port = _free_port()
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(port), str(start)],
+            [sys.executable, "-c", RACER, str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -91,6 +91,11 @@ def test_processes_binding_one_port_at_once_get_one_winner_and_oserrors(attempt:
         for _ in range(5)
     ]
     try:
+        for racer in racers:
+            assert racer.stdout.readline() == "ready\n"  # type: ignore[union-attr]
+        for racer in racers:  # released together: all bind at the same instant
+            racer.stdin.write("go\n")  # type: ignore[union-attr]
+            racer.stdin.flush()  # type: ignore[union-attr]
         answers = [racer.stdout.readline().strip() for racer in racers]  # type: ignore[union-attr]
     finally:
         for racer in racers:

@@ -9,9 +9,11 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.client
 
 from jobreactor.job import JobStatus
 from jobreactor.monitor import RedisMonitor
@@ -116,7 +118,7 @@ async def test_commands_are_per_node_and_per_prefix(
             assert await other_prefix.send_command("w1", "elsewhere") == 0
             assert await w1.next() == "for-w1"
             assert await w2.next() == "for-w2"
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # nothing more must arrive: a window, no event to wait on
             assert w1.received.empty()
             assert w2.received.empty()
     finally:
@@ -193,13 +195,19 @@ async def test_subscription_survives_a_redis_restart(
 
 
 async def test_commands_wait_for_redis_that_is_down_at_start(
-    own_redis_server: RedisServer, prefix: str
+    own_redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="jobreactor.storage.redis")
     own_redis_server.stop()
     store = RedisStorage(own_redis_server.url, prefix=prefix)
     try:
         async with listening(store, "w1") as listener:
-            await asyncio.sleep(0.3)
+
+            async def retried() -> bool:  # failed, and tried again after its backoff
+                failures = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+                return len(failures) >= 2
+
+            await eventually(retried)
             assert not listener.task.done()
             own_redis_server.start()
             await until_subscribed(store, "w1", "late")
@@ -213,10 +221,22 @@ async def test_an_idle_subscription_pings_and_stays(
 ) -> None:
     monkeypatch.setattr("jobreactor.storage.wakeups._COMMANDS_IDLE_S", 0.05)
     caplog.set_level(logging.WARNING, logger="jobreactor.storage.redis")
+    pings = 0
+    real_ping = redis.asyncio.client.PubSub.ping
+
+    async def counted_ping(self: redis.asyncio.client.PubSub, *args: Any, **kw: Any) -> Any:
+        nonlocal pings
+        pings += 1
+        return await real_ping(self, *args, **kw)
+
+    async def ten_pings() -> bool:
+        return pings >= 10
+
+    monkeypatch.setattr(redis.asyncio.client.PubSub, "ping", counted_ping)
     async with listening(redis_storage, "w1", resync=True) as listener:
         await until_subscribed(redis_storage, "w1", "one")
         assert await listener.next() == "one"
-        await asyncio.sleep(0.5)  # ten idle periods: ten PINGs, each answered
+        await eventually(ten_pings, within=20)  # ten idle periods: ten PINGs, each answered
         assert await redis_storage.send_command("w1", "two") == 1
         assert await listener.next() == "two"
     assert caplog.records == []  # never thought the link dead

@@ -357,7 +357,7 @@ async def test_expired_key_has_no_holder(storage: Storage) -> None:
 async def test_owner_acquiring_again_refreshes_the_ttl(storage: Storage) -> None:
     start = time.monotonic()
     assert await storage.acquire("k", "owner", 1.0)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # the TTL's clock is what is tested: past half of it, no event
     assert await storage.acquire("k", "owner", 1.0)  # now held until ~1.6 s
     await asyncio.sleep(max(0.0, 1.2 - (time.monotonic() - start)))
     assert await storage.holder("k") == "owner"
@@ -413,7 +413,7 @@ async def test_expired_lock_can_be_taken_by_another_token(storage: Storage) -> N
 @pytest.mark.parametrize("timeout", [None, 0])
 async def test_lock_without_timeout_never_expires(storage: Storage, timeout: float | None) -> None:
     assert await storage.lock("L", "t1", timeout)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # nothing must happen: longer than the 0.2 s TTLs that do expire
     assert await storage.lock("L", "t2", 0.1) is False
     assert await storage.lock_holder("L") == "t1"
     assert await storage.unlock("L", "t1") == "released"
