@@ -104,7 +104,7 @@ def test_perform_id_postpones_a_duplicate_without_using_an_attempt(
     real_acquire = storage.acquire
 
     async def acquire(key: str, owner: str, ttl_s: float) -> bool:
-        got = await real_acquire(key, owner, ttl_s)
+        got: bool = await real_acquire(key, owner, ttl_s)
         if not got:
             turned_away(owner)  # the node found the perform_id taken: it postpones that job
         return got
@@ -120,7 +120,7 @@ def test_perform_id_postpones_a_duplicate_without_using_an_attempt(
     assert [e[:2] for e in events.items] == [("start", 1)]  # ...and never started
     gate.set()
     h1.result(10)  # type: ignore[union-attr]
-    h2.result(10)  # type: ignore[union-attr]  # max_attempt 1: postponements used no attempt
+    h2.result(10)  # max_attempt 1: postponements used no attempt
     kinds = [e[:2] for e in events.items]
     assert kinds == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
 
