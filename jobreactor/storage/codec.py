@@ -71,10 +71,6 @@ def load_json(text: str) -> Any:
     return json.loads(text, object_hook=_json_hook)
 
 
-def _bool_text(value: Any) -> str:
-    return "true" if value else "false"
-
-
 # How each kind of field becomes text (an expression over `v`, the field's value).
 _ENCODE_KIND: Final = {
     "str": "str(v)",
